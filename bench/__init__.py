@@ -1,0 +1,1 @@
+"""Stepline benchmarks: figures printed and written to bench/results/."""

@@ -1,0 +1,1 @@
+"""Stepline: generated protobuf contracts (see proto/ for the sources)."""

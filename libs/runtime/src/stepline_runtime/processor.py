@@ -1,0 +1,354 @@
+"""The transactional processor: consume → handle → produce outputs and state → commit, atomically.
+
+Each assigned input partition is a *task* with its own transactional producer
+(`<app_id>-<partition>`), the Kafka Streams EOS-v1 pattern: aiokafka cannot fence zombies across
+a rebalance with one shared producer (aiokafka #844), but a per-partition transactional id is
+fenced by whichever process initialises it next. Input topics must be co-partitioned with the
+state changelog, so partition `p` of every input and of the changelog belong to task `p`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import (
+    IllegalStateError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
+
+from stepline_runtime.codec import Cause, InvalidRecordError
+from stepline_runtime.deadletter import dead_letter
+from stepline_runtime.logs import redact
+from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_runtime.settings import KafkaSettings
+
+__all__ = ["ProcessorConfig", "StatefulHandler", "TransactionalProcessor", "inbound"]
+
+log = logging.getLogger(__name__)
+
+_Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+# Errors after which a transactional producer must not be used again (ARCHITECTURE.md §7).
+_FATAL = (ProducerFenced, OutOfOrderSequenceNumber, UnknownProducerId, IllegalStateError)
+
+
+class StatefulHandler(Protocol):
+    """What the processor drives. `handle` must not change state when it raises."""
+
+    def forget(self, partition: int) -> None:
+        """Drop all state of `partition` (revoked, or about to be restored)."""
+
+    async def restore(self, partition: int, records: Sequence[InboundRecord]) -> None:
+        """Fold a batch of changelog records (oldest first) into the state of `partition`."""
+
+    async def handle(self, record: InboundRecord) -> Sequence[OutboundRecord]:
+        """Outputs (changelog updates too) for one input; raise InvalidRecordError to refuse it."""
+
+    async def tick(self, partition: int, now: datetime) -> Sequence[OutboundRecord]:
+        """Outputs due by `now` (timers) for `partition`; usually empty."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    """How a processor consumes and where its state lives."""
+
+    app_id: str
+    inputs: tuple[str, ...]
+    changelog: str
+    max_batch: int = 500
+    tick_interval_s: float = 1.0
+    session_timeout_ms: int = 10_000
+    transaction_timeout_ms: int = 60_000
+    retry_backoff_s: float = 0.5
+
+
+def inbound(record: _Record) -> InboundRecord:
+    """Convert an aiokafka record into the library-free `InboundRecord`."""
+    return InboundRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple((k, bytes(v) if v is not None else b"") for k, v in record.headers),
+        timestamp_ms=record.timestamp,
+    )
+
+
+@dataclass
+class _Task:
+    partition: int
+    producer: AIOKafkaProducer
+    next_tick: float = 0.0
+    fenced: bool = False
+    inputs: list[TopicPartition] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: TransactionalProcessor) -> None:
+        self._processor = processor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Waiting for the lock means no transaction is open when the group moves on.
+        async with self._processor._lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self._processor._lock:
+            await self._processor._reassign(set(assigned))
+
+
+class TransactionalProcessor:
+    """Runs a `StatefulHandler` over co-partitioned inputs with exactly-once transactions."""
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        handler: StatefulHandler,
+        kafka: KafkaSettings,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._config = config
+        self._handler = handler
+        self._kafka = kafka
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._tasks: dict[int, _Task] = {}
+        self._stopping = asyncio.Event()
+        self._consumer = AIOKafkaConsumer(
+            group_id=config.app_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, config.session_timeout_ms // 3),
+            **kafka.client_kwargs(f"{config.app_id}-consumer"),
+        )
+        self._restorer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **kafka.client_kwargs(f"{config.app_id}-restore"),
+        )
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """Partitions (tasks) this instance owns right now."""
+        return frozenset(self._tasks)
+
+    async def run(self) -> None:
+        """Process until `stop()` is called; leaves the group cleanly."""
+        await self._restorer.start()
+        await self._consumer.start()
+        self._consumer.subscribe(list(self._config.inputs), listener=_Rebalance(self))
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(
+                    timeout_ms=int(self._config.tick_interval_s * 1000),
+                    max_records=self._config.max_batch,
+                )
+                async with self._lock:
+                    await self._process(batch)
+                    await self._tick_due()
+        finally:
+            async with self._lock:
+                for partition in list(self._tasks):
+                    await self._close_task(partition)
+            await self._consumer.stop()
+            await self._restorer.stop()
+
+    def stop(self) -> None:
+        """Ask `run()` to finish after the current batch."""
+        self._stopping.set()
+
+    # --- assignment -------------------------------------------------------------------------
+
+    async def _reassign(self, assigned: set[TopicPartition]) -> None:
+        by_partition: dict[int, list[TopicPartition]] = defaultdict(list)
+        for tp in assigned:
+            by_partition[tp.partition].append(tp)
+        for partition in set(self._tasks) - set(by_partition):
+            await self._close_task(partition)
+        for partition, tps in by_partition.items():
+            task = self._tasks.get(partition)
+            if task is None or task.fenced:
+                # A retained task needs no restore: in an eager rebalance nobody else owned it
+                # in between, and if somebody did, its producer fenced ours (handled as fatal).
+                await self._open_task(partition)
+            self._tasks[partition].inputs = sorted(tps)
+
+    async def _open_task(self, partition: int) -> None:
+        if partition in self._tasks:
+            await self._close_task(partition)
+        producer = AIOKafkaProducer(
+            transactional_id=f"{self._config.app_id}-{partition}",
+            enable_idempotence=True,
+            acks="all",
+            transaction_timeout_ms=self._config.transaction_timeout_ms,
+            **self._kafka.client_kwargs(f"{self._config.app_id}-{partition}"),
+        )
+        # start() runs InitProducerId: it fences the previous owner and aborts its open
+        # transaction, so the changelog read below contains only committed state.
+        await producer.start()
+        self._tasks[partition] = _Task(partition, producer)
+        await self._restore(partition)
+        log.info("task assigned", extra={"partition": partition, "app": self._config.app_id})
+
+    async def _close_task(self, partition: int) -> None:
+        task = self._tasks.pop(partition, None)
+        self._handler.forget(partition)
+        if task is not None:
+            with contextlib.suppress(KafkaError):
+                await task.producer.stop()
+
+    async def _restore(self, partition: int) -> None:
+        self._handler.forget(partition)
+        tp = TopicPartition(self._config.changelog, partition)
+        self._restorer.assign([tp])
+        await self._restorer.seek_to_beginning(tp)
+        end = (await self._restorer.end_offsets([tp]))[tp]
+        restored = 0
+        while await self._restorer.position(tp) < end:
+            batch = await self._restorer.getmany(tp, timeout_ms=1_000, max_records=2_000)
+            records = [inbound(r) for r in batch.get(tp, [])]
+            if records:
+                await self._handler.restore(partition, records)
+                restored += len(records)
+        log.info("state restored", extra={"partition": partition, "records": restored})
+
+    # --- processing -------------------------------------------------------------------------
+
+    async def _process(self, batch: dict[TopicPartition, list[_Record]]) -> None:
+        by_task: dict[int, dict[TopicPartition, list[_Record]]] = defaultdict(dict)
+        for tp, fetched in batch.items():
+            if fetched:
+                by_task[tp.partition][tp] = fetched
+        for partition, per_tp in by_task.items():
+            first = {tp: rs[0].offset for tp, rs in per_tp.items()}
+            task = self._tasks.get(partition)
+            if task is None or task.fenced:
+                # An earlier recovery failed: try again, and fetch these records once more.
+                await self._recover(partition, first, reopen=True)
+                continue
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in per_tp.items()}
+            inputs = [r for rs in per_tp.values() for r in rs]
+            await self._transact(task, inputs, offsets, first=first)
+
+    async def _tick_due(self) -> None:
+        now = time.monotonic()
+        for task in list(self._tasks.values()):
+            if task.fenced or now < task.next_tick:
+                continue
+            task.next_tick = now + self._config.tick_interval_s
+            outputs = await self._handler.tick(task.partition, self._clock())
+            if outputs:
+                await self._transact(task, [], {}, first={}, ready=list(outputs))
+
+    async def _transact(
+        self,
+        task: _Task,
+        inputs: list[_Record],
+        offsets: dict[TopicPartition, int],
+        *,
+        first: dict[TopicPartition, int],
+        ready: list[OutboundRecord] | None = None,
+    ) -> None:
+        producer = task.producer
+        try:
+            await producer.begin_transaction()
+            sends = [await self._send(task, out) for out in ready or []]
+            for record in inputs:
+                for out in await self._outputs(inbound(record)):
+                    sends.append(await self._send(task, out))
+            if sends:
+                await asyncio.gather(*sends)
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self._config.app_id)
+            await producer.commit_transaction()
+        except _FATAL as error:
+            log.warning(
+                "producer fenced or broken; re-opening task",
+                extra={"partition": task.partition, "error": repr(error)},
+            )
+            task.fenced = True
+            await self._recover(task.partition, first, reopen=True)
+        except KafkaError as error:
+            log.warning(
+                "transaction failed; retrying from the last commit",
+                extra={"partition": task.partition, "error": repr(error)},
+            )
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            await self._recover(task.partition, first, reopen=False)
+
+    async def _recover(
+        self, partition: int, first: dict[TopicPartition, int], *, reopen: bool
+    ) -> None:
+        """Rewind inputs and rebuild state so the failed batch is processed again from scratch."""
+        await asyncio.sleep(self._config.retry_backoff_s)
+        if partition not in {tp.partition for tp in self._consumer.assignment()}:
+            await self._close_task(partition)
+            return
+        for tp, offset in first.items():
+            self._consumer.seek(tp, offset)
+        try:
+            if reopen:
+                await self._open_task(partition)
+            else:
+                await self._restore(partition)
+        except KafkaError:
+            log.exception(
+                "cannot recover task yet; retrying on the next batch",
+                extra={"partition": partition},
+            )
+            task = self._tasks.get(partition)
+            if task is not None:
+                task.fenced = True
+
+    async def _outputs(self, record: InboundRecord) -> Sequence[OutboundRecord]:
+        try:
+            return await self._handler.handle(record)
+        except InvalidRecordError as failure:
+            cause, reason = failure.cause, failure.reason
+        except Exception as error:  # a bug must not stop the partition: park the record
+            log.exception(
+                "handler failed; dead-lettering the record",
+                extra={"topic": record.topic, "offset": record.offset},
+            )
+            cause, reason = Cause.HANDLER_FAILED, redact(f"{type(error).__name__}: {error}")
+        log.warning(
+            "record dead-lettered",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "cause": cause.value,
+                "reason": reason,
+            },
+        )
+        return [dead_letter(record, cause, reason, consumer=self._config.app_id, now=self._clock())]
+
+    async def _send(self, task: _Task, out: OutboundRecord) -> asyncio.Future[Any]:
+        partition = out.partition
+        if partition is None and out.topic == self._config.changelog:
+            # State must live in the task's own changelog partition, whatever the key hashes to.
+            partition = task.partition
+        sent: asyncio.Future[Any] = await task.producer.send(
+            out.topic, out.value, key=out.key, headers=list(out.headers), partition=partition
+        )
+        return sent

@@ -1,0 +1,97 @@
+"""Typed settings shared by every service: where Kafka is and how to reach it securely."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Literal
+
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["KafkaSettings", "ServiceSettings"]
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSettings(BaseSettings):
+    """Connection to the Kafka cluster; `STEPLINE_KAFKA_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPLINE_KAFKA_", extra="ignore")
+
+    bootstrap: str = Field(
+        default="127.0.0.1:9092",
+        description="Comma-separated host:port list of brokers: the local one or a cluster.",
+    )
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    client_id_prefix: str = "stepline"
+    request_timeout_ms: int = 30_000
+
+    def client_kwargs(self, client_id: str) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": f"{self.client_id_prefix}-{client_id}",
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = self._ssl_context()
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(
+                    "STEPLINE_KAFKA_SECURITY_PROTOCOL is SASL_*: set STEPLINE_KAFKA_SASL_MECHANISM,"
+                    " STEPLINE_KAFKA_SASL_USERNAME and STEPLINE_KAFKA_SASL_PASSWORD"
+                )
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return kwargs
+
+    def faststream_security(self) -> BaseSecurity | None:
+        """The same connection security expressed as a FastStream security object."""
+        context = self._ssl_context() if self.security_protocol in ("SSL", "SASL_SSL") else None
+        if not self.security_protocol.startswith("SASL"):
+            return BaseSecurity(ssl_context=context) if context else None
+        sasl = self.client_kwargs("security")
+        kinds: dict[str, type[SASLPlaintext | SASLScram256 | SASLScram512]] = {
+            "PLAIN": SASLPlaintext,
+            "SCRAM-SHA-256": SASLScram256,
+            "SCRAM-SHA-512": SASLScram512,
+        }
+        return kinds[sasl["sasl_mechanism"]](
+            sasl["sasl_plain_username"],
+            sasl["sasl_plain_password"],
+            ssl_context=context,
+            use_ssl=context is not None,
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
+
+
+class ServiceSettings(BaseSettings):
+    """Base for each service's one `Settings` class; `STEPLINE_*` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STEPLINE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    service_name: str = "stepline"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    partitions: int = Field(
+        default=6, ge=1, description="Partition count used when Stepline creates its topics."
+    )
+    replication_factor: int = Field(default=1, ge=1)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"

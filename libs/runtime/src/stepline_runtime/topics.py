@@ -1,0 +1,178 @@
+"""The one topic catalog: every Stepline topic, its key, cleanup policy and configs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+__all__ = [
+    "CATALOG",
+    "Cleanup",
+    "Topic",
+    "TopicMismatchError",
+    "Topics",
+    "ensure_topics",
+]
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+_DAY_MS = 24 * 60 * 60 * 1000
+
+
+class Cleanup(StrEnum):
+    """Kafka `cleanup.policy`."""
+
+    DELETE = "delete"
+    COMPACT = "compact"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """One topic of the catalog."""
+
+    name: str
+    key: str
+    payloads: tuple[str, ...]
+    cleanup: Cleanup = Cleanup.DELETE
+    configs: Mapping[str, str] = field(default_factory=dict)
+    # Topics in the same group are read together by one consumer and must be co-partitioned.
+    copartition_group: str | None = None
+
+    def kafka_configs(self) -> dict[str, str]:
+        """Topic-level configs sent at creation."""
+        return {"cleanup.policy": self.cleanup.value, **self.configs}
+
+
+def _retention(days: int) -> dict[str, str]:
+    return {"retention.ms": str(days * _DAY_MS)}
+
+
+class Topics:
+    """Names of every topic, so code never spells a topic name twice."""
+
+    GOALS = "stepline.goals.v1"
+    CONTROL = "stepline.control.v1"
+    MODEL_REQUESTS = "stepline.model.requests.v1"
+    MODEL_RESULTS = "stepline.model.results.v1"
+    TOOL_REQUESTS = "stepline.tool.requests.v1"
+    TOOL_RESULTS = "stepline.tool.results.v1"
+    RUNS = "stepline.runs.v1"
+    USAGE = "stepline.usage.v1"
+    USAGE_ROLLUPS = "stepline.usage.rollups.v1"
+    BUDGETS = "stepline.budgets.v1"
+    PLANNER_STATE = "stepline.planner.state.v1"
+    DLQ = "stepline.dlq.v1"
+
+
+_PLANNER = "planner-inputs"
+
+CATALOG: tuple[Topic, ...] = (
+    Topic(
+        Topics.GOALS,
+        "run_id",
+        ("stepline.v1.GoalSubmitted",),
+        configs=_retention(7),
+        copartition_group=_PLANNER,
+    ),
+    Topic(
+        Topics.CONTROL,
+        "run_id",
+        ("stepline.v1.ControlCommand",),
+        configs=_retention(7),
+        copartition_group=_PLANNER,
+    ),
+    Topic(
+        Topics.MODEL_REQUESTS, "run_id", ("stepline.v1.ModelCallRequested",), configs=_retention(7)
+    ),
+    Topic(
+        Topics.MODEL_RESULTS,
+        "run_id",
+        ("stepline.v1.ModelCallResult",),
+        configs=_retention(7),
+        copartition_group=_PLANNER,
+    ),
+    Topic(
+        Topics.TOOL_REQUESTS,
+        "run_id",
+        ("stepline.v1.ToolCallRequested", "stepline.v1.ToolCallsCancelRequested"),
+        configs=_retention(7),
+    ),
+    Topic(
+        Topics.TOOL_RESULTS,
+        "run_id",
+        ("stepline.v1.ToolCallResult",),
+        configs=_retention(7),
+        copartition_group=_PLANNER,
+    ),
+    Topic(Topics.RUNS, "run_id", ("stepline.v1.RunEvent",), configs=_retention(30)),
+    Topic(Topics.USAGE, "tenant_id", ("stepline.v1.UsageRecorded",), configs=_retention(30)),
+    Topic(Topics.USAGE_ROLLUPS, "tenant_id", ("stepline.v1.UsageRollup",), configs=_retention(90)),
+    Topic(Topics.BUDGETS, "tenant_id", ("stepline.v1.BudgetState",), Cleanup.COMPACT),
+    # The changelog is co-partitioned with the planner inputs: partition p's state lives in p.
+    Topic(
+        Topics.PLANNER_STATE,
+        "run_id",
+        ("stepline.v1.RunState",),
+        Cleanup.COMPACT,
+        {"min.compaction.lag.ms": "0", "segment.ms": str(60 * 60 * 1000)},
+        copartition_group=_PLANNER,
+    ),
+    Topic(Topics.DLQ, "original key", ("stepline.v1.DeadLetter",), configs=_retention(30)),
+)
+
+
+class TopicMismatchError(RuntimeError):
+    """An existing topic does not match the catalog in a way that breaks a guarantee."""
+
+
+def _errors(response: Any) -> list[tuple[str, int, str]]:
+    """(topic, error code, message) triples of a CreateTopics response of any version."""
+    errors = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 and isinstance(entry[2], str) else ""
+        errors.append((name, code, message or ""))
+    return errors
+
+
+async def ensure_topics(
+    admin: AIOKafkaAdminClient,
+    topics: Iterable[Topic],
+    partitions: int,
+    replication_factor: int = 1,
+) -> None:
+    """Create missing topics and check co-partitioned ones agree; safe to call on every start."""
+    wanted = list(topics)
+    response = await admin.create_topics(
+        [
+            NewTopic(t.name, partitions, replication_factor, topic_configs=t.kafka_configs())
+            for t in wanted
+        ]
+    )
+    for name, code, message in _errors(response):
+        if code not in (0, _TOPIC_ALREADY_EXISTS):
+            raise TopicMismatchError(f"cannot create topic {name}: error {code} {message}".strip())
+        if code == 0:
+            log.info("created topic", extra={"topic": name, "partitions": partitions})
+    await _check_copartitioning(admin, wanted)
+
+
+async def _check_copartitioning(admin: AIOKafkaAdminClient, topics: list[Topic]) -> None:
+    groups: dict[str, list[str]] = {}
+    for topic in topics:
+        if topic.copartition_group:
+            groups.setdefault(topic.copartition_group, []).append(topic.name)
+    for group, names in groups.items():
+        described = await admin.describe_topics(names)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if len(set(counts.values())) > 1:
+            raise TopicMismatchError(
+                f"topics of co-partitioned group {group!r} have different partition counts "
+                f"{counts}; give them the same count (kafka-topics --alter --partitions N)"
+            )
