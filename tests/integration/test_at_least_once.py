@@ -16,7 +16,7 @@ from stepline_runtime.codec import decode, encode
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
-from tests.integration.conftest import create_topics, read_all
+from tests.kafkatools import create_topics, read_all
 
 pytestmark = pytest.mark.kafka
 

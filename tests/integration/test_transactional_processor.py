@@ -20,7 +20,7 @@ from stepline.v1 import control_pb2, dead_letter_pb2, goals_pb2
 from stepline_runtime.codec import encode
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
-from tests.integration.conftest import create_topics, read_all
+from tests.kafkatools import create_topics, read_all
 
 pytestmark = pytest.mark.kafka
 

@@ -1,46 +1,15 @@
-"""Integration fixtures: a real broker (started by `make test`), unique topics per test."""
+"""Helpers for tests on the real broker: create topics, read them back."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Callable
 
-import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stepline_runtime.settings import KafkaSettings
 
-
-@pytest.fixture(scope="session")
-def kafka() -> KafkaSettings:
-    """Settings for the broker under test; fails with guidance when none is configured."""
-    if not os.environ.get("STEPLINE_KAFKA_BOOTSTRAP"):
-        pytest.fail(
-            "no broker: run `make test`, or `make kafka-up` and export "
-            "STEPLINE_KAFKA_BOOTSTRAP=127.0.0.1:9092"
-        )
-    return KafkaSettings()
-
-
-@pytest.fixture
-async def admin(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
-    """An admin client for the test broker."""
-    client = AIOKafkaAdminClient(**kafka.client_kwargs("test-admin"))
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-def unique() -> Callable[[str], str]:
-    """Names unique to this test, so tests never see each other's records."""
-    suffix = uuid.uuid4().hex[:8]
-    return lambda name: f"test.{name}.{suffix}"
+__all__ = ["create_topics", "read_all"]
 
 
 async def create_topics(
@@ -96,27 +65,3 @@ async def read_all(
     finally:
         await consumer.stop()
     return records
-
-
-async def end_offsets(kafka: KafkaSettings, topic: str, partitions: int) -> dict[int, int]:
-    """Log-end offsets per partition (aborted records and markers included)."""
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs("test-offsets"))
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-
-
-@pytest.fixture
-async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
-    """An idempotent producer for seeding input topics."""
-    client = AIOKafkaProducer(
-        enable_idempotence=True, acks="all", **kafka.client_kwargs("test-producer")
-    )
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.stop()

@@ -1,0 +1,164 @@
+"""Command line: python -m stepline_localkafka {up,down,status,run -- CMD...}."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from .broker import LocalKafka, default_echo_stderr
+from .errors import LocalKafkaError
+from .paths import ENV_BOOTSTRAP, KafkaSettings
+from .readiness import is_ready
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=s,
+        help="state directory (env STEPLINE_KAFKA_STATE_DIR; default <repo>/.local/kafka)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=s, help="broker port (env STEPLINE_KAFKA_PORT; default 9092)"
+    )
+    parser.add_argument(
+        "--controller-port", type=int, default=s, help="KRaft controller port (default port+1)"
+    )
+    parser.add_argument(
+        "--deploy-dir",
+        type=Path,
+        default=s,
+        help="directory with pom.xml and the config templates (default <repo>/deploy/kafka)",
+    )
+    parser.add_argument(
+        "--lib-dir",
+        type=Path,
+        default=s,
+        help="jar directory (env STEPLINE_KAFKA_LIB_DIR; default <state-dir>/lib)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=s, help="show Kafka client logs"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stepline_localkafka",
+        description="Single-node KRaft Apache Kafka on loopback, from Maven Central jars.",
+    )
+    _common_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the broker (idempotent) and wait until ready")
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for readiness (env STEPLINE_KAFKA_START_TIMEOUT; default 90)",
+    )
+    commands.add_parser("down", help="stop the broker recorded in the pid file")
+    commands.add_parser("status", help="exit 0 if up and ready, 3 if down")
+    run = commands.add_parser(
+        "run", help="run CMD against a ready broker, starting and stopping one if needed"
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    for sub in (up, commands.choices["down"], commands.choices["status"], run):
+        _common_options(sub)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> KafkaSettings:
+    return KafkaSettings.resolve(
+        state_dir=getattr(args, "state_dir", None),
+        port=getattr(args, "port", None),
+        controller_port=getattr(args, "controller_port", None),
+        deploy_dir=getattr(args, "deploy_dir", None),
+        lib_dir=getattr(args, "lib_dir", None),
+    )
+
+
+def _run(kafka: LocalKafka, cmd: Sequence[str]) -> int:
+    """Run ``cmd`` with STEPLINE_KAFKA_BOOTSTRAP set; start/stop a broker around it if needed."""
+    started = False
+    child: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if child is not None and child.poll() is None:
+            # SIGINT from a terminal already reached the child (same process group).
+            if signum != signal.SIGINT:
+                child.send_signal(signum)
+            return
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        bootstrap = kafka.bootstrap
+        if asyncio.run(is_ready(bootstrap, 10.0)):
+            default_echo_stderr(f"kafka already ready at {bootstrap}; not starting one")
+        else:
+            started = kafka.up()
+        env = {**os.environ, ENV_BOOTSTRAP: kafka.bootstrap}
+        try:
+            child = subprocess.Popen(list(cmd), env=env)
+        except OSError as exc:
+            default_echo_stderr(f"cannot run {cmd[0]}: {exc}")
+            return 127
+        code = child.wait()
+        return 128 - code if code < 0 else code
+    except KeyboardInterrupt:
+        default_echo_stderr("interrupted")
+        return 130
+    finally:
+        if started:
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            kafka.down()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        # aiokafka logs every refused connection while the broker starts.
+        logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+        logging.getLogger("aiokafka").propagate = False
+    try:
+        if args.command == "up":
+            LocalKafka(_settings(args)).up(args.timeout)
+            return 0
+        if args.command == "down":
+            LocalKafka(_settings(args)).down()
+            return 0
+        if args.command == "status":
+            status = LocalKafka(_settings(args)).status()
+            pid = status.pid if status.pid is not None else "-"
+            print(f"{status.state} pid={pid} bootstrap={status.bootstrap} ({status.detail})")
+            return status.exit_code
+        cmd = list(args.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            print("usage: python -m stepline_localkafka run -- CMD [ARGS...]", file=sys.stderr)
+            return EXIT_ERROR
+        return _run(LocalKafka(_settings(args), echo=default_echo_stderr), cmd)
+    except LocalKafkaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

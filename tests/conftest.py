@@ -1,0 +1,55 @@
+"""Shared fixtures: the real broker `make test` starts, admin/producer clients, unique names."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from stepline_runtime.settings import KafkaSettings
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaSettings:
+    """Settings for the broker under test; fails with guidance when none is configured."""
+    if not os.environ.get("STEPLINE_KAFKA_BOOTSTRAP"):
+        pytest.fail(
+            "no broker: run `make test`, or `make kafka-up` and export "
+            "STEPLINE_KAFKA_BOOTSTRAP=127.0.0.1:9092"
+        )
+    return KafkaSettings()
+
+
+@pytest.fixture
+async def admin(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client for the test broker."""
+    client = AIOKafkaAdminClient(**kafka.client_kwargs("test-admin"))
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Names unique to this test, so tests never see each other's records."""
+    suffix = uuid.uuid4().hex[:8]
+    return lambda name: f"test.{name}.{suffix}"
+
+
+@pytest.fixture
+async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    """An idempotent producer for seeding input topics."""
+    client = AIOKafkaProducer(
+        enable_idempotence=True, acks="all", **kafka.client_kwargs("test-producer")
+    )
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
