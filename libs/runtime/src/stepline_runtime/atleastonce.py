@@ -146,16 +146,6 @@ class AtLeastOnce:
         raise RedeliverError(reason) from error
 
     async def _dead_letter(self, record: InboundRecord, cause: Cause, reason: str) -> None:
-        log.warning(
-            "record dead-lettered",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "cause": cause.value,
-                "reason": reason,
-            },
-        )
         letter = dead_letter(record, cause, reason, consumer=self._consumer, now=self._clock())
         # If this publish fails the exception propagates: the record is redelivered, not lost.
         await self._publisher.publish([letter])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,6 +14,8 @@ from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.topics import Topics
 
 __all__ = ["dead_letter"]
+
+log = logging.getLogger(__name__)
 
 # Keep the reason readable in a console and well under Kafka's record limit.
 _MAX_REASON = 2_000
@@ -27,6 +30,16 @@ def dead_letter(
     now: datetime,
 ) -> OutboundRecord:
     """The DLQ record for `record`: reason, original coordinates, key, raw bytes and headers."""
+    log.warning(
+        "record dead-lettered",
+        extra={
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "cause": cause.value,
+            "reason": reason,
+        },
+    )
     letter = dead_letter_pb2.DeadLetter(
         reason=reason[:_MAX_REASON],
         cause=dead_letter_pb2.DeadLetterCause.Value(f"DEAD_LETTER_CAUSE_{cause.value}"),

@@ -331,16 +331,6 @@ class TransactionalProcessor:
                 extra={"topic": record.topic, "offset": record.offset},
             )
             cause, reason = Cause.HANDLER_FAILED, redact(f"{type(error).__name__}: {error}")
-        log.warning(
-            "record dead-lettered",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "cause": cause.value,
-                "reason": reason,
-            },
-        )
         return [dead_letter(record, cause, reason, consumer=self._config.app_id, now=self._clock())]
 
     async def _send(self, task: _Task, out: OutboundRecord) -> asyncio.Future[Any]:
