@@ -62,6 +62,7 @@ class Topics:
     MODEL_RESULTS = "stepline.model.results.v1"
     TOOL_REQUESTS = "stepline.tool.requests.v1"
     TOOL_RESULTS = "stepline.tool.results.v1"
+    TOOLS = "stepline.tools.v1"
     RUNS = "stepline.runs.v1"
     USAGE = "stepline.usage.v1"
     USAGE_ROLLUPS = "stepline.usage.rollups.v1"
@@ -110,6 +111,8 @@ CATALOG: tuple[Topic, ...] = (
         configs=_retention(7),
         copartition_group=_PLANNER,
     ),
+    # The executor's tool registry: the schemas models see are the ones the executor validates.
+    Topic(Topics.TOOLS, "tool name", ("stepline.v1.ToolRegistered",), Cleanup.COMPACT),
     Topic(Topics.RUNS, "run_id", ("stepline.v1.RunEvent",), configs=_retention(30)),
     Topic(Topics.USAGE, "tenant_id", ("stepline.v1.UsageRecorded",), configs=_retention(30)),
     Topic(Topics.USAGE_ROLLUPS, "tenant_id", ("stepline.v1.UsageRollup",), configs=_retention(90)),

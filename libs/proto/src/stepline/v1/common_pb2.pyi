@@ -61,6 +61,7 @@ class TokenUsage(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """All prompt tokens, cached ones included."""
     output_tokens: _builtins.int
@@ -69,6 +70,10 @@ class TokenUsage(_message.Message):
     """The subset of input_tokens served from the provider's prompt cache (often priced lower)."""
     reasoning_tokens: _builtins.int
     """The subset of output_tokens spent on hidden reasoning."""
+    cache_write_input_tokens: _builtins.int
+    """The subset of input_tokens written to the provider's prompt cache (Anthropic
+    cache_creation_input_tokens; often priced higher than plain input).
+    """
     def __init__(
         self,
         *,
@@ -76,10 +81,11 @@ class TokenUsage(_message.Message):
         output_tokens: _builtins.int = ...,
         cached_input_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

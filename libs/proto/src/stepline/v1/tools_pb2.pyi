@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from stepline.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -68,18 +69,65 @@ TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL: ToolCallErrorKind.ValueType  # 7
 Global___ToolCallErrorKind: _TypeAlias = ToolCallErrorKind  # noqa: Y015
 
 @_typing.final
-class ToolCallRequested(_message.Message):
-    """Topic stepline.tool.requests.v1 (key: run_id, planner -> tool-executor) carries two message
-    types, told apart by the proto type-name record header:
-      - ToolCallRequested: run one tool call (the normal payload);
-      - ToolCallsCancelRequested: stop in-flight calls of a run (cancellation, deadline).
-    Because both share the run_id key they stay ordered on one partition.
-    Topic stepline.tool.results.v1 (key: run_id, tool-executor -> planner) carries ToolCallResult.
-    The executor is at-least-once with intent -> outcome records: a redelivered request whose call
-    already completed re-emits the recorded result (replayed = true).
+class ToolRegistered(_message.Message):
+    """Topic stepline.tools.v1 (compacted, key: tool name, tool-executor -> planner and anyone):
+    the executor's tool registry. The executor publishes one ToolRegistered per tool it can run
+    (built-ins, webhook tools, mounted MCP tools) at start and whenever the set changes, and a
+    tombstone for a tool it no longer offers. The planner offers models exactly these
+    definitions, so the schema a model sees is the schema the executor validates against.
 
-    ToolCallRequested asks the executor to run one tool call.
+    ToolRegistered announces one tool the executor can run, with its exact argument schema.
     """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    PRICE_PER_CALL_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Where the tool comes from: "builtin", "webhook", "mcp:<server>"."""
+    max_concurrency: _builtins.int
+    """Most calls of this tool that run at once per executor instance."""
+    max_output_bytes: _builtins.int
+    """Outputs longer than this are truncated with a visible marker."""
+    @_builtins.property
+    def definition(self) -> _common_pb2.ToolDefinition: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Execution time limit."""
+
+    @_builtins.property
+    def price_per_call(self) -> _common_pb2.Money:
+        """Price per call for billing, as in the price book; empty when the tool is free."""
+
+    @_builtins.property
+    def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        definition: _common_pb2.ToolDefinition | None = ...,
+        source: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        max_concurrency: _builtins.int = ...,
+        max_output_bytes: _builtins.int = ...,
+        price_per_call: _common_pb2.Money | None = ...,
+        registered_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "price_per_call", b"price_per_call", "registered_at", b"registered_at", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "max_concurrency", b"max_concurrency", "max_output_bytes", b"max_output_bytes", "price_per_call", b"price_per_call", "registered_at", b"registered_at", "source", b"source", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolRegistered: _TypeAlias = ToolRegistered  # noqa: Y015
+
+@_typing.final
+class ToolCallRequested(_message.Message):
+    """ToolCallRequested asks the executor to run one tool call."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
