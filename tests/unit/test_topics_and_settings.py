@@ -17,7 +17,7 @@ from stepline.v1 import (  # noqa: F401  (imported to register their message typ
     tools_pb2,
     usage_pb2,
 )
-from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.settings import KafkaSettings, ServiceSettings
 from stepline_runtime.topics import CATALOG, Cleanup, Topics
 
 
@@ -71,3 +71,15 @@ def test_sasl_settings_require_credentials_and_keep_the_password_secret() -> Non
 def test_bootstrap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STEPLINE_KAFKA_BOOTSTRAP", "broker-1:9093,broker-2:9093")
     assert KafkaSettings().client_kwargs("x")["bootstrap_servers"] == "broker-1:9093,broker-2:9093"
+
+
+def test_service_settings_read_kafka_settings_and_namespace_topics_and_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEPLINE_KAFKA_BOOTSTRAP", "10.0.0.1:9092")
+    monkeypatch.setenv("STEPLINE_TOPIC_NAMESPACE", "staging")
+    settings = ServiceSettings()
+    assert settings.kafka.bootstrap == "10.0.0.1:9092"
+    assert settings.topic(Topics.GOALS) == "staging.stepline.goals.v1"
+    assert settings.group("stepline-planner") == "staging.stepline-planner"
+    assert ServiceSettings(topic_namespace="").topic(Topics.GOALS) == Topics.GOALS

@@ -23,6 +23,7 @@ from stepline_runtime.deadletter import dead_letter
 from stepline_runtime.logs import redact
 from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_runtime.topics import Topics
 
 __all__ = [
     "AtLeastOnce",
@@ -94,6 +95,7 @@ class AtLeastOnce:
         *,
         max_attempts: int = 5,
         backoff_s: float = 0.2,
+        dead_letter_topic: str = Topics.DLQ,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._consumer = consumer
@@ -101,6 +103,7 @@ class AtLeastOnce:
         self._publisher = publisher
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
+        self._dead_letter_topic = dead_letter_topic
         self._clock = clock
         self._attempts: dict[tuple[str, int, int], int] = {}
 
@@ -146,7 +149,14 @@ class AtLeastOnce:
         raise RedeliverError(reason) from error
 
     async def _dead_letter(self, record: InboundRecord, cause: Cause, reason: str) -> None:
-        letter = dead_letter(record, cause, reason, consumer=self._consumer, now=self._clock())
+        letter = dead_letter(
+            record,
+            cause,
+            reason,
+            consumer=self._consumer,
+            now=self._clock(),
+            topic=self._dead_letter_topic,
+        )
         # If this publish fails the exception propagates: the record is redelivered, not lost.
         await self._publisher.publish([letter])
 

@@ -28,6 +28,7 @@ def dead_letter(
     *,
     consumer: str,
     now: datetime,
+    topic: str = Topics.DLQ,
 ) -> OutboundRecord:
     """The DLQ record for `record`: reason, original coordinates, key, raw bytes and headers."""
     log.warning(
@@ -65,7 +66,7 @@ def dead_letter(
         traceparent=original.traceparent,
     )
     return OutboundRecord(
-        topic=Topics.DLQ,
+        topic=topic,
         key=record.key,
         value=letter.SerializeToString(deterministic=True),
         headers=headers.encode(),

@@ -35,6 +35,7 @@ from stepline_runtime.deadletter import dead_letter
 from stepline_runtime.logs import redact
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.topics import Topics
 
 __all__ = ["ProcessorConfig", "StatefulHandler", "TransactionalProcessor", "inbound"]
 
@@ -74,6 +75,7 @@ class ProcessorConfig:
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 60_000
     retry_backoff_s: float = 0.5
+    dead_letter_topic: str = Topics.DLQ
 
 
 def inbound(record: _Record) -> InboundRecord:
@@ -331,7 +333,16 @@ class TransactionalProcessor:
                 extra={"topic": record.topic, "offset": record.offset},
             )
             cause, reason = Cause.HANDLER_FAILED, redact(f"{type(error).__name__}: {error}")
-        return [dead_letter(record, cause, reason, consumer=self._config.app_id, now=self._clock())]
+        return [
+            dead_letter(
+                record,
+                cause,
+                reason,
+                consumer=self._config.app_id,
+                now=self._clock(),
+                topic=self._config.dead_letter_topic,
+            )
+        ]
 
     async def _send(self, task: _Task, out: OutboundRecord) -> asyncio.Future[Any]:
         partition = out.partition

@@ -9,7 +9,7 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["KafkaSettings", "ServiceSettings"]
+__all__ = ["KafkaSettings", "ServiceSettings", "namespaced"]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -93,5 +93,23 @@ class ServiceSettings(BaseSettings):
         default=6, ge=1, description="Partition count used when Stepline creates its topics."
     )
     replication_factor: int = Field(default=1, ge=1)
+    topic_namespace: str = Field(
+        default="",
+        pattern=r"^[a-zA-Z0-9_\-]*$",
+        description="Prefix for every topic and consumer group (e.g. `staging`); empty: none.",
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    def topic(self, name: str) -> str:
+        """The topic `name` (from `Topics`) inside this deployment's namespace."""
+        return namespaced(name, self.topic_namespace)
+
+    def group(self, name: str) -> str:
+        """A consumer group id (or transactional id prefix) inside this namespace."""
+        return namespaced(name, self.topic_namespace)
+
+
+def namespaced(name: str, namespace: str) -> str:
+    """`namespace.name`, or `name` when there is no namespace."""
+    return f"{namespace}.{name}" if namespace else name

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stepline_runtime.settings import namespaced
 
 __all__ = [
     "CATALOG",
@@ -149,9 +151,10 @@ async def ensure_topics(
     topics: Iterable[Topic],
     partitions: int,
     replication_factor: int = 1,
+    namespace: str = "",
 ) -> None:
     """Create missing topics and check co-partitioned ones agree; safe to call on every start."""
-    wanted = list(topics)
+    wanted = [replace(t, name=namespaced(t.name, namespace)) for t in topics]
     response = await admin.create_topics(
         [
             NewTopic(t.name, partitions, replication_factor, topic_configs=t.kafka_configs())
