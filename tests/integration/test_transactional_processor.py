@@ -93,6 +93,11 @@ async def committed_counter(kafka: KafkaSettings, topic: str) -> AsyncIterator[l
         await consumer.stop()
 
 
+def assignments(log: Path) -> int:
+    """How many group assignments a counter process has logged so far."""
+    return log.read_text().count('"message": "partitions assigned"')
+
+
 def at_least(counter: list[int], n: int) -> Callable[[], bool]:
     """A predicate: the counter has reached `n`."""
     return lambda: counter[0] >= n
@@ -105,6 +110,27 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def produce_goals(producer: AIOKafkaProducer, topic: str, sequences: range) -> None:
+    """Publish one GoalSubmitted per sequence number, keyed over KEYS keys."""
+    for seq in sequences:
+        key, value, headers = _goal_record(topic, seq)
+        await producer.send(topic, value, key=key, headers=headers)
+    await producer.flush()
+
+
+async def assert_exactly_once(kafka: KafkaSettings, topic: str, total: int) -> None:
+    """Every input 0..total-1 appears once in the committed output, and counts run 1..n."""
+    committed = await read_all(kafka, topic, expect=total)
+    sequences = sorted(int((r.value or b"").split(b":")[0]) for r in committed)
+    assert sequences == list(range(total)), "an input was lost or duplicated"
+    counts: dict[bytes, list[int]] = defaultdict(list)
+    for record in committed:
+        counts[record.key or b""].append(int((record.value or b"").split(b":")[1]))
+    for key, values in counts.items():
+        # State updates were exactly-once too: each key counted 1..n, in order, no repeats.
+        assert values == list(range(1, len(values) + 1)), key
 
 
 @pytest.fixture
@@ -128,10 +154,7 @@ async def names(
 async def test_every_input_is_reflected_exactly_once_across_sigkills(
     kafka: KafkaSettings, names: dict[str, str], producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
-    for seq in range(TOTAL):
-        key, value, headers = _goal_record(names["in"], seq)
-        await producer.send(names["in"], value, key=key, headers=headers)
-    await producer.flush()
+    await produce_goals(producer, names["in"], range(TOTAL))
 
     log = tmp_path / "counter.log"
     kills = 0
@@ -152,24 +175,46 @@ async def test_every_input_is_reflected_exactly_once_across_sigkills(
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
 
-    committed = await read_all(kafka, names["out"], expect=TOTAL)
-    seen = [r.value.decode().split(":") for r in committed if r.value]
-    sequences = sorted(int(s) for s, _ in seen)
-    assert sequences == list(range(TOTAL)), "an input was lost or duplicated"
-
-    counts: dict[bytes, list[int]] = defaultdict(list)
-    for record in committed:
-        counts[record.key or b""].append(int((record.value or b"").split(b":")[1]))
-    for key, values in counts.items():
-        # State updates were exactly-once too: each key counted 1..n, in order, no repeats.
-        assert values == list(range(1, len(values) + 1)), key
-
+    await assert_exactly_once(kafka, names["out"], TOTAL)
     everything = await read_all(
         kafka, names["out"], expect=TOTAL * 2, timeout_s=5, committed_only=False
     )
     assert kills == 4
     # Aborted records exist in the log: the kills really landed inside open transactions.
     assert len(everything) > TOTAL
+
+
+async def test_a_paused_zombie_instance_is_fenced_and_causes_no_duplicates(
+    kafka: KafkaSettings, names: dict[str, str], producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Two live instances; one freezes mid-transaction, loses its partitions, then wakes up."""
+    first_wave, total = 1_500, 1_800
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    await produce_goals(producer, names["in"], range(first_wave))
+    async with committed_counter(kafka, names["out"]) as progress:
+        with (
+            counter_process(names, a_log, delay_ms=5) as zombie,
+            counter_process(names, b_log, delay_ms=5) as survivor,
+        ):
+            # Whichever joined second got partitions only in a generation with both members.
+            await wait_for(
+                lambda: assignments(a_log) >= 1 and assignments(b_log) >= 1, 60, "both to join"
+            )
+            await wait_for(at_least(progress, progress[0] + 150), 60, "both processing")
+            zombie.send_signal(signal.SIGSTOP)
+            # The survivor must take the frozen instance's partitions over (after its session
+            # times out), fencing its producers and aborting its open transactions.
+            await wait_for(at_least(progress, first_wave), 120, "the survivor to finish")
+            rejoins = assignments(a_log)
+            zombie.send_signal(signal.SIGCONT)
+            # Let it rejoin the group (possibly keeping a stale task) before new input arrives.
+            await wait_for(lambda: assignments(a_log) > rejoins, 60, "the zombie to rejoin")
+            await produce_goals(producer, names["in"], range(first_wave, total))
+            await wait_for(at_least(progress, total), 120, "the second wave")
+            for process in (zombie, survivor):
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=30) == 0
+    await assert_exactly_once(kafka, names["out"], total)
 
 
 async def test_malformed_records_are_dead_lettered_and_processing_continues(

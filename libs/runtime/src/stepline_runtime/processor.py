@@ -24,6 +24,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     IllegalStateError,
+    InvalidProducerEpoch,
     KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
@@ -44,7 +45,13 @@ log = logging.getLogger(__name__)
 _Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 # Errors after which a transactional producer must not be used again (ARCHITECTURE.md §7).
-_FATAL = (ProducerFenced, OutOfOrderSequenceNumber, UnknownProducerId, IllegalStateError)
+_FATAL = (
+    ProducerFenced,
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    IllegalStateError,
+)
 
 
 class StatefulHandler(Protocol):
@@ -186,6 +193,10 @@ class TransactionalProcessor:
             by_partition[tp.partition].append(tp)
         for partition in set(self._tasks) - set(by_partition):
             await self._close_task(partition)
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(by_partition), "app": self._config.app_id},
+        )
         for partition, tps in by_partition.items():
             task = self._tasks.get(partition)
             if task is None or task.fenced:
@@ -241,15 +252,14 @@ class TransactionalProcessor:
             if fetched:
                 by_task[tp.partition][tp] = fetched
         for partition, per_tp in by_task.items():
-            first = {tp: rs[0].offset for tp, rs in per_tp.items()}
             task = self._tasks.get(partition)
             if task is None or task.fenced:
-                # An earlier recovery failed: try again, and fetch these records once more.
-                await self._recover(partition, first, reopen=True)
+                # An earlier recovery failed: try again; the rewind fetches these records again.
+                await self._recover(partition, reopen=True)
                 continue
             offsets = {tp: rs[-1].offset + 1 for tp, rs in per_tp.items()}
             inputs = [r for rs in per_tp.values() for r in rs]
-            await self._transact(task, inputs, offsets, first=first)
+            await self._transact(task, inputs, offsets)
 
     async def _tick_due(self) -> None:
         now = time.monotonic()
@@ -259,7 +269,7 @@ class TransactionalProcessor:
             task.next_tick = now + self._config.tick_interval_s
             outputs = await self._handler.tick(task.partition, self._clock())
             if outputs:
-                await self._transact(task, [], {}, first={}, ready=list(outputs))
+                await self._transact(task, [], {}, ready=list(outputs))
 
     async def _transact(
         self,
@@ -267,7 +277,6 @@ class TransactionalProcessor:
         inputs: list[_Record],
         offsets: dict[TopicPartition, int],
         *,
-        first: dict[TopicPartition, int],
         ready: list[OutboundRecord] | None = None,
     ) -> None:
         producer = task.producer
@@ -284,38 +293,47 @@ class TransactionalProcessor:
             await producer.commit_transaction()
         except _FATAL as error:
             log.warning(
-                "producer fenced or broken; re-opening task",
+                "producer fenced or broken; re-opening the task",
                 extra={"partition": task.partition, "error": repr(error)},
             )
             task.fenced = True
-            await self._recover(task.partition, first, reopen=True)
+            await self._recover(task.partition, reopen=True)
         except KafkaError as error:
             log.warning(
-                "transaction failed; retrying from the last commit",
+                "transaction failed; re-running from the last commit",
                 extra={"partition": task.partition, "error": repr(error)},
             )
-            with contextlib.suppress(KafkaError):
+            try:
                 await producer.abort_transaction()
-            await self._recover(task.partition, first, reopen=False)
+            except KafkaError:
+                task.fenced = True  # a producer that cannot abort cannot be trusted either
+            await self._recover(task.partition, reopen=task.fenced)
 
-    async def _recover(
-        self, partition: int, first: dict[TopicPartition, int], *, reopen: bool
-    ) -> None:
-        """Rewind inputs and rebuild state so the failed batch is processed again from scratch."""
+    async def _recover(self, partition: int, *, reopen: bool) -> None:
+        """Rebuild the task's state and rewind its inputs to the group's committed offsets.
+
+        Rewinding to the *committed* offsets, not to the failed batch, matters when this
+        process was a zombie: another owner may have committed further in the meantime.
+        """
         await asyncio.sleep(self._config.retry_backoff_s)
-        if partition not in {tp.partition for tp in self._consumer.assignment()}:
+        inputs = [tp for tp in self._consumer.assignment() if tp.partition == partition]
+        if not inputs:
             await self._close_task(partition)
             return
-        for tp, offset in first.items():
-            self._consumer.seek(tp, offset)
         try:
             if reopen:
-                await self._open_task(partition)
+                await self._open_task(partition)  # fences any other owner first
             else:
                 await self._restore(partition)
+            for tp in inputs:
+                committed = await self._consumer.committed(tp)
+                if committed is None:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, committed)
         except KafkaError:
             log.exception(
-                "cannot recover task yet; retrying on the next batch",
+                "cannot recover the task yet; retrying on its next records",
                 extra={"partition": partition},
             )
             task = self._tasks.get(partition)
