@@ -1,0 +1,59 @@
+"""The router's settings (`STEPLINE_*` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from stepline_pricebook import default_path as default_pricebook_path
+from stepline_runtime.settings import ServiceSettings
+
+__all__ = ["Settings"]
+
+
+def _find(relative: str) -> Path | None:
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Settings(ServiceSettings):
+    """Everything the model router reads from its environment."""
+
+    service_name: str = "model-router"
+    routes: Path | None = Field(
+        default=None,
+        description="Routes file (STEPLINE_ROUTES); default deploy/config/routes.toml.",
+    )
+    pricebook: Path | None = Field(
+        default=None, description="Price book (STEPLINE_PRICEBOOK); default the shared one."
+    )
+    secrets_dir: Path | None = Field(
+        default=None, description="Directory of secret files named like the credential variable."
+    )
+    grpc_enabled: bool = True
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(default=50061, ge=0, le=65535)
+    reload_interval_s: float = Field(default=2.0, gt=0)
+    max_workers: int = Field(
+        default=6,
+        ge=1,
+        description="Partitions processed concurrently (one record at a time each).",
+    )
+    max_connections: int = Field(default=200, ge=1)
+
+    def routes_path(self) -> Path:
+        """The routes file to load."""
+        if self.routes is not None:
+            return self.routes
+        found = _find("deploy/config/routes.toml")
+        if found is None:
+            raise FileNotFoundError("no routes file: set STEPLINE_ROUTES to a routes.toml")
+        return found
+
+    def pricebook_path(self) -> Path:
+        """The price book to load."""
+        return self.pricebook or default_pricebook_path()

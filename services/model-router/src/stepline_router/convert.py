@@ -1,0 +1,295 @@
+"""Protobuf ↔ core types; the only module besides the inbound ports that knows protobuf."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+
+from stepline.v1 import common_pb2, model_pb2, usage_pb2
+from stepline_router.router import Attempt, CallFailed, CallOutcome, CallSucceeded
+from stepline_router.types import (
+    Message,
+    ModelRequest,
+    Params,
+    ResponseFormat,
+    Role,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
+
+__all__ = [
+    "InvalidRequestError",
+    "completed_message",
+    "failed_message",
+    "request_from_proto",
+    "usage_records",
+]
+
+_ROLES = {
+    common_pb2.ChatMessage.ROLE_SYSTEM: Role.SYSTEM,
+    common_pb2.ChatMessage.ROLE_USER: Role.USER,
+    common_pb2.ChatMessage.ROLE_ASSISTANT: Role.ASSISTANT,
+    common_pb2.ChatMessage.ROLE_TOOL: Role.TOOL,
+}
+_CHOICES = {
+    model_pb2.TOOL_CHOICE_MODE_NONE: ToolChoice.NONE,
+    model_pb2.TOOL_CHOICE_MODE_REQUIRED: ToolChoice.REQUIRED,
+}
+_FORMATS = {
+    model_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object",
+    model_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema",
+}
+
+
+class InvalidRequestError(ValueError):
+    """The request is semantically invalid; the message says what to fix."""
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    if not text:
+        return {"type": "object", "properties": {}}
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise InvalidRequestError(f"{what} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{what} must be a JSON object")
+    return value
+
+
+def _money(money: common_pb2.Money, what: str) -> Decimal | None:
+    if not money.currency and not money.amount:
+        return None
+    try:
+        value = Decimal(money.amount or "0")
+    except InvalidOperation as error:
+        raise InvalidRequestError(f"{what} amount {money.amount!r} is not a decimal") from error
+    if not value.is_finite() or value < 0:
+        raise InvalidRequestError(f"{what} must be a non-negative amount")
+    return value
+
+
+def request_from_proto(
+    *,
+    call_id: str,
+    tenant_id: str,
+    route: str,
+    messages: Any,
+    tools: Any,
+    parameters: model_pb2.ModelParameters,
+    deadline: datetime | None,
+    max_cost: common_pb2.Money,
+    stream: bool = False,
+    run_id: str = "",
+    step_id: str = "",
+    agent: str = "",
+) -> ModelRequest:
+    """A core `ModelRequest` from the fields shared by ModelCallRequested and CompleteRequest."""
+    if not tenant_id:
+        raise InvalidRequestError("tenant_id is required")
+    if not route:
+        raise InvalidRequestError("route is required")
+    if not messages:
+        raise InvalidRequestError("messages must not be empty")
+    converted = []
+    for i, m in enumerate(messages):
+        role = _ROLES.get(m.role)
+        if role is None:
+            raise InvalidRequestError(f"messages[{i}] has no role")
+        if role is Role.TOOL and not m.tool_call_id:
+            raise InvalidRequestError(f"messages[{i}] is a tool result without tool_call_id")
+        converted.append(
+            Message(
+                role,
+                m.content,
+                tuple(ToolCall(c.call_id, c.name, c.arguments_json) for c in m.tool_calls),
+                m.tool_call_id,
+                m.name,
+            )
+        )
+    specs = []
+    for t in tools:
+        if not t.name:
+            raise InvalidRequestError("every tool needs a name")
+        specs.append(
+            ToolSpec(
+                t.name, t.description, _json_object(t.parameters_json_schema, f"tool {t.name}")
+            )
+        )
+    p = parameters
+    fmt = p.response_format
+    params = Params(
+        temperature=p.temperature if p.HasField("temperature") else None,
+        top_p=p.top_p if p.HasField("top_p") else None,
+        max_output_tokens=max(0, p.max_output_tokens),
+        stop=tuple(p.stop),
+        tool_choice=_CHOICES.get(p.tool_choice.mode, ToolChoice.AUTO),
+        tool_name=p.tool_choice.tool_name,
+        response_format=ResponseFormat(
+            type=_FORMATS.get(fmt.type, "text"),
+            schema=_json_object(fmt.json_schema, "response_format.json_schema")
+            if fmt.type == model_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+            else None,
+            name=fmt.schema_name,
+            strict=fmt.strict,
+        ),
+        seed=p.seed if p.HasField("seed") else None,
+        reasoning_effort=p.reasoning_effort,
+        extra=json_format.MessageToDict(p.extra) if p.HasField("extra") else {},
+    )
+    return ModelRequest(
+        call_id=call_id,
+        tenant_id=tenant_id,
+        route=route,
+        messages=tuple(converted),
+        tools=tuple(specs),
+        params=params,
+        deadline=deadline,
+        max_cost=_money(max_cost, "max_cost"),
+        stream=stream,
+        run_id=run_id,
+        step_id=step_id,
+        agent=agent,
+    )
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp."""
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value.astimezone(UTC))
+    return out
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=max(0.0, seconds)))
+    return out
+
+
+def _amount(value: Decimal) -> str:
+    return f"{value:f}"
+
+
+def _usage(usage: Usage) -> common_pb2.TokenUsage:
+    return common_pb2.TokenUsage(
+        input_tokens=usage.input,
+        output_tokens=usage.output,
+        cached_input_tokens=usage.cached_input,
+        reasoning_tokens=usage.reasoning,
+        cache_write_input_tokens=usage.cache_write_input,
+    )
+
+
+def _attempt(attempt: Attempt, currency: str) -> model_pb2.ModelAttempt:
+    out = model_pb2.ModelAttempt(
+        attempt=attempt.number,
+        deployment=attempt.deployment,
+        provider=attempt.provider,
+        model=attempt.model,
+        outcome=model_pb2.ModelAttemptOutcome.Value(f"MODEL_ATTEMPT_OUTCOME_{attempt.outcome}"),
+        status_code=attempt.status_code,
+        error_message=attempt.error,
+        latency=_duration(attempt.latency_s),
+        usage=_usage(attempt.usage),
+        started_at=timestamp(attempt.started_at),
+    )
+    if attempt.cost is not None:
+        out.cost.CopyFrom(common_pb2.Money(currency=currency, amount=_amount(attempt.cost)))
+    if attempt.retry_after_s is not None:
+        out.retry_after.CopyFrom(_duration(attempt.retry_after_s))
+    return out
+
+
+def _totals(outcome: CallOutcome) -> tuple[common_pb2.TokenUsage, common_pb2.Money]:
+    usage = Usage()
+    cost = Decimal(0)
+    for attempt in outcome.attempts:
+        usage = usage + attempt.usage
+        cost += attempt.cost or 0
+    return _usage(usage), common_pb2.Money(currency=outcome.currency, amount=_amount(cost))
+
+
+def completed_message(outcome: CallSucceeded) -> model_pb2.ModelCallCompleted:
+    """`ModelCallCompleted` for an answered call."""
+    answer = outcome.completion
+    usage, cost = _totals(outcome)
+    return model_pb2.ModelCallCompleted(
+        content=answer.content,
+        tool_calls=[
+            common_pb2.ToolCall(call_id=c.id, name=c.name, arguments_json=c.arguments)
+            for c in answer.tool_calls
+        ],
+        finish_reason=model_pb2.FinishReason.Value(
+            f"FINISH_REASON_{answer.finish_reason.value.upper()}"
+        ),
+        usage=usage,
+        cost=cost,
+        provider=outcome.deployment.provider,
+        model=outcome.deployment.model,
+        deployment=outcome.deployment.name,
+        attempts=[_attempt(a, outcome.currency) for a in outcome.attempts],
+        incomplete=answer.incomplete,
+        incomplete_reason=answer.incomplete_reason,
+        latency=_duration(outcome.latency_s),
+    )
+
+
+def failed_message(outcome: CallFailed) -> model_pb2.ModelCallFailed:
+    """`ModelCallFailed` for a call without an answer."""
+    usage, cost = _totals(outcome)
+    return model_pb2.ModelCallFailed(
+        kind=model_pb2.ModelCallErrorKind.Value(f"MODEL_CALL_ERROR_KIND_{outcome.kind}"),
+        message=outcome.message,
+        retryable=outcome.retryable,
+        attempts=[_attempt(a, outcome.currency) for a in outcome.attempts],
+        usage=usage,
+        cost=cost,
+    )
+
+
+def usage_id(call_id: str, attempt: int) -> str:
+    """The deterministic usage id of one attempt: a redelivered call reuses it."""
+    return f"{call_id}/attempt/{attempt}"
+
+
+def usage_records(request: ModelRequest, outcome: CallOutcome) -> list[usage_pb2.UsageRecorded]:
+    """One `UsageRecorded` per attempt that reached a provider, failed ones included."""
+    records = []
+    for attempt in outcome.attempts:
+        if not attempt.sent:
+            continue
+        record = usage_pb2.UsageRecorded(
+            usage_id=usage_id(request.call_id, attempt.number),
+            tenant_id=request.tenant_id,
+            run_id=request.run_id,
+            step_id=request.step_id,
+            call_id=request.call_id,
+            kind=usage_pb2.USAGE_KIND_MODEL_ATTEMPT,
+            provider=attempt.provider,
+            model=attempt.model,
+            deployment=attempt.deployment,
+            outcome=model_pb2.ModelAttemptOutcome.Value(f"MODEL_ATTEMPT_OUTCOME_{attempt.outcome}"),
+            succeeded=attempt.outcome.value == "SUCCEEDED",
+            usage=_usage(attempt.usage),
+            # An unknown price is flagged, never recorded as a zero cost.
+            priced=attempt.cost is not None,
+            price_book_version=outcome.price_book_version,
+            latency=_duration(attempt.latency_s),
+            occurred_at=timestamp(attempt.started_at),
+            attempt=attempt.number,
+            route=request.route,
+            agent=request.agent,
+            status_code=attempt.status_code,
+        )
+        if attempt.cost is not None:
+            record.cost.CopyFrom(
+                common_pb2.Money(currency=outcome.currency, amount=_amount(attempt.cost))
+            )
+        records.append(record)
+    return records

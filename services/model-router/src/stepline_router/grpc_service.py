@@ -1,0 +1,119 @@
+"""Inbound gRPC port: `ModelRouterService.Complete` with the same routing, plus health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import grpc
+
+# Stubs: types-grpcio-health-checking (root dev group); without them the import is untyped.
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from stepline.v1 import router_service_pb2, router_service_pb2_grpc
+from stepline_router.clock import Clock
+from stepline_router.convert import (
+    InvalidRequestError,
+    completed_message,
+    failed_message,
+    request_from_proto,
+)
+from stepline_router.handlers import ModelCallHandler
+from stepline_router.router import CallSucceeded, Router
+from stepline_runtime.atleastonce import Publisher
+from stepline_runtime.logs import bind
+
+__all__ = ["SERVICE_NAME", "RouterService", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = router_service_pb2.DESCRIPTOR.services_by_name["ModelRouterService"].full_name
+
+
+class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
+    """Unary `Complete`: one model answer with failover; usage is published like for Kafka."""
+
+    def __init__(
+        self,
+        router: Router,
+        handler: ModelCallHandler,
+        publisher: Publisher,
+        clock: Clock,
+        new_id: Callable[[], str],
+    ) -> None:
+        self._router = router
+        self._handler = handler
+        self._publisher = publisher
+        self._clock = clock
+        self._new_id = new_id
+
+    async def Complete(  # noqa: N802 - the gRPC method name
+        self,
+        request: router_service_pb2.CompleteRequest,
+        context: grpc.aio.ServicerContext[
+            router_service_pb2.CompleteRequest, router_service_pb2.CompleteResponse
+        ],
+    ) -> router_service_pb2.CompleteResponse:
+        """Route one call; INVALID_ARGUMENT for a bad request, UNAVAILABLE if usage is lost."""
+        request_id = request.request_id or f"grpc:{self._new_id()}"
+        try:
+            core = request_from_proto(
+                call_id=request_id,
+                tenant_id=request.tenant_id,
+                route=request.route,
+                messages=request.messages,
+                tools=request.tools,
+                parameters=request.parameters,
+                deadline=self._deadline(request, context),
+                max_cost=request.max_cost,
+            )
+        except InvalidRequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        with bind(tenant_id=core.tenant_id, call_id=request_id):
+            outcome = await self._router.complete(core)
+        try:
+            await self._publisher.publish(self._handler.usage_outputs(core, outcome))
+        except Exception as error:
+            log.error("could not record usage of a gRPC call", extra={"reason": str(error)})
+            # Retrying with the same request_id bills under the same usage ids.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "usage could not be recorded; retry with request_id"
+            )
+        response = router_service_pb2.CompleteResponse(request_id=request_id)
+        if isinstance(outcome, CallSucceeded):
+            response.completed.CopyFrom(completed_message(outcome))
+        else:
+            response.failed.CopyFrom(failed_message(outcome))
+        return response
+
+    def _deadline(
+        self,
+        request: router_service_pb2.CompleteRequest,
+        context: grpc.aio.ServicerContext[
+            router_service_pb2.CompleteRequest, router_service_pb2.CompleteResponse
+        ],
+    ) -> datetime | None:
+        """The earlier of the request's deadline and the gRPC deadline."""
+        candidates = []
+        if request.HasField("deadline"):
+            candidates.append(request.deadline.ToDatetime(tzinfo=self._clock.now().tzinfo))
+        remaining = context.time_remaining()
+        if remaining is not None:
+            candidates.append(self._clock.now() + timedelta(seconds=remaining))
+        return min(candidates) if candidates else None
+
+
+async def serve(
+    service: RouterService, address: str
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """Start a server with the router and health services; returns it, health, and the port."""
+    server = grpc.aio.server()
+    router_service_pb2_grpc.add_ModelRouterServiceServicer_to_server(service, server)
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, checker, port

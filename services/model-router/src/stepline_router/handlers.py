@@ -1,0 +1,123 @@
+"""Inbound Kafka port: ModelCallRequested → the router → ModelCallResult + UsageRecorded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+
+from stepline.v1 import model_pb2
+from stepline_router.clock import Clock
+from stepline_router.convert import (
+    InvalidRequestError,
+    completed_message,
+    failed_message,
+    request_from_proto,
+    timestamp,
+    usage_records,
+)
+from stepline_router.router import CallOutcome, CallSucceeded, Router
+from stepline_router.types import ModelRequest
+from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
+from stepline_runtime.logs import bind
+from stepline_runtime.records import InboundRecord, OutboundRecord
+
+__all__ = ["ModelCallHandler", "Topics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The (namespaced) topics the handler writes to."""
+
+    results: str
+    usage: str
+
+
+class ModelCallHandler:
+    """Turns one `ModelCallRequested` record into its usage records and result."""
+
+    def __init__(self, router: Router, topics: Topics, clock: Clock, source: str) -> None:
+        self._router = router
+        self._topics = topics
+        self._clock = clock
+        self._source = source
+
+    async def on_model_call_requested(self, record: InboundRecord) -> Sequence[OutboundRecord]:
+        """Route the call; outputs are published (usage first) before the offset is committed."""
+        decoded = decode(record, [model_pb2.ModelCallRequested])
+        message = decoded.message
+        if not message.run_id or not message.call_id:
+            raise InvalidRecordError(Cause.INVALID, "run_id and call_id are required")
+        try:
+            request = request_from_proto(
+                call_id=message.call_id,
+                tenant_id=message.tenant_id,
+                route=message.route,
+                messages=message.messages,
+                tools=message.tools,
+                parameters=message.parameters,
+                deadline=message.deadline.ToDatetime(tzinfo=UTC)
+                if message.HasField("deadline")
+                else None,
+                max_cost=message.max_cost,
+                stream=message.stream,
+                run_id=message.run_id,
+                step_id=message.step_id,
+                agent=message.agent,
+            )
+        except InvalidRequestError as error:
+            raise InvalidRecordError(Cause.INVALID, str(error)) from error
+        with bind(run_id=request.run_id, tenant_id=request.tenant_id, call_id=request.call_id):
+            outcome = await self._router.complete(request)
+            log.info(
+                "model call finished",
+                extra={
+                    "route": request.route,
+                    "succeeded": isinstance(outcome, CallSucceeded),
+                    "attempts": len(outcome.attempts),
+                },
+            )
+        result = model_pb2.ModelCallResult(
+            run_id=request.run_id,
+            tenant_id=request.tenant_id,
+            step_id=request.step_id,
+            call_id=request.call_id,
+            finished_at=timestamp(self._clock.now()),
+        )
+        if isinstance(outcome, CallSucceeded):
+            result.completed.CopyFrom(completed_message(outcome))
+        else:
+            result.failed.CopyFrom(failed_message(outcome))
+        traceparent = decoded.headers.traceparent
+        return [
+            *self.usage_outputs(request, outcome, traceparent),
+            encode(
+                self._topics.results,
+                request.run_id,
+                result,
+                event_id=f"{request.call_id}/result",
+                source=self._source,
+                tenant_id=request.tenant_id,
+                traceparent=traceparent,
+            ),
+        ]
+
+    def usage_outputs(
+        self, request: ModelRequest, outcome: CallOutcome, traceparent: str = ""
+    ) -> list[OutboundRecord]:
+        """`UsageRecorded` records (key tenant_id) for every attempt sent to a provider."""
+        return [
+            encode(
+                self._topics.usage,
+                request.tenant_id,
+                usage,
+                event_id=usage.usage_id,
+                source=self._source,
+                tenant_id=request.tenant_id,
+                traceparent=traceparent,
+            )
+            for usage in usage_records(request, outcome)
+        ]

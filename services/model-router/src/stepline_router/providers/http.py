@@ -1,0 +1,185 @@
+"""What the HTTP adapters share: timeouts, transport-error mapping, SSE, error bodies, streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from stepline_router.errors import Outcome, ProviderError, classify_status
+from stepline_router.providers.base import AttemptLimits
+from stepline_router.retryafter import retry_after_seconds
+from stepline_router.types import Completion, FinishReason, ToolCall, Usage
+from stepline_runtime.logs import redact
+
+__all__ = [
+    "StreamState",
+    "error_from_response",
+    "httpx_timeout",
+    "iter_sse",
+    "json_or_malformed",
+    "safe_text",
+    "stream_error",
+    "transport_error",
+]
+
+_MAX_ERROR_CHARS = 500
+
+
+def safe_text(text: str) -> str:
+    """Provider text fit for errors and logs: credentials redacted, length bounded."""
+    text = redact(text.strip())
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "…"
+
+
+def httpx_timeout(limits: AttemptLimits) -> httpx.Timeout:
+    """httpx timeouts: connect, and read (first byte, then between chunks of a stream)."""
+    return httpx.Timeout(
+        connect=limits.connect_s,
+        read=limits.first_byte_s,
+        write=limits.first_byte_s,
+        pool=limits.connect_s,
+    )
+
+
+def transport_error(error: httpx.HTTPError) -> ProviderError:
+    """Classify an httpx exception (no response, or a body cut short)."""
+    name = type(error).__name__
+    if isinstance(error, httpx.TimeoutException):
+        kind = "connect" if isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout) else "read"
+        return ProviderError(Outcome.TIMED_OUT, f"{kind} timeout ({name})")
+    detail = safe_text(str(error)) or name
+    return ProviderError(Outcome.CONNECTION_FAILED, f"{name}: {detail}")
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    """(error type or code, message) from an OpenAI- or Anthropic-style error body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "", body.decode("utf-8", errors="replace")
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        kind = error.get("type") or error.get("code") or ""
+        code = error.get("code")
+        if isinstance(code, str) and code not in str(kind):
+            kind = f"{kind} {code}".strip()
+        return str(kind), str(error.get("message", ""))
+    if isinstance(error, str):
+        return "", error
+    return "", body.decode("utf-8", errors="replace")
+
+
+def error_from_response(
+    status: int, headers: Mapping[str, str], body: bytes, now: datetime
+) -> ProviderError:
+    """A classified error for a non-2xx response, with its Retry-After if any."""
+    kind, message = _error_fields(body)
+    outcome = classify_status(status, kind.split(" ")[0], f"{kind} {message}")
+    text = safe_text(f"HTTP {status} {kind}: {message}".replace("  ", " "))
+    return ProviderError(
+        outcome, text, status_code=status, retry_after_s=retry_after_seconds(headers, now)
+    )
+
+
+def stream_error(payload: Any, status: int) -> ProviderError:
+    """A classified error for an error event inside a 200 stream (treated as a server failure)."""
+    kind, message = _error_fields(json.dumps({"error": payload}).encode())
+    outcome = classify_status(500, kind.split(" ")[0], message)
+    return ProviderError(outcome, safe_text(f"stream error {kind}: {message}"), status_code=status)
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events as (event name, data) pairs; comments and ids are ignored."""
+    event, data = "", list[str]()
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", list[str]()
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield event or "message", "\n".join(data)
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class StreamState:
+    """Output accumulated from a stream, so a cut stream can be judged and reported."""
+
+    status_code: int = 200
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    finish: FinishReason | None = None
+    usage: Usage = field(default_factory=Usage)
+    done: bool = False
+
+    def call(self, index: int) -> _PartialCall:
+        """The tool call being streamed at `index` (created on first sight)."""
+        return self.calls.setdefault(index, _PartialCall())
+
+    @property
+    def tool_call_started(self) -> bool:
+        """Whether any tool-call output has arrived."""
+        return bool(self.calls)
+
+    def completion(self) -> Completion:
+        """The finished answer."""
+        calls = self._calls()
+        finish = self.finish or (FinishReason.TOOL_CALLS if calls else FinishReason.STOP)
+        return Completion("".join(self.text), calls, finish, self.usage, self.status_code)
+
+    def broken(self, error: ProviderError) -> Completion:
+        """After a stream failed: an incomplete answer once a tool call began, else raise.
+
+        Before any tool-call output nothing has been handed on, so failing over is safe; after,
+        a second model would start a different tool call, so the cut is reported instead.
+        """
+        if not self.tool_call_started:
+            error.status_code = error.status_code or self.status_code
+            error.usage = self.usage
+            raise error
+        return Completion(
+            "".join(self.text),
+            self._calls(),
+            FinishReason.INCOMPLETE,
+            self.usage,
+            self.status_code,
+            incomplete=True,
+            incomplete_reason=f"stream broke after a tool call started: {error.message}",
+        )
+
+    def _calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(c.id, c.name, c.arguments or "{}") for _, c in sorted(self.calls.items())
+        )
+
+
+def json_or_malformed(text: str, status: int, what: str) -> Any:
+    """`json.loads(text)`, or a MALFORMED_RESPONSE error naming `what`."""
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ProviderError(
+            Outcome.MALFORMED_RESPONSE,
+            f"{what} is not valid JSON: {safe_text(text[:120])}",
+            status_code=status,
+        ) from error
+
+
+NowFn = Callable[[], datetime]

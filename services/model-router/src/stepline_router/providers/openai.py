@@ -1,0 +1,258 @@
+"""OpenAI Chat Completions over httpx; with `base_url` also vLLM, Ollama, llama.cpp, OpenRouter."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from stepline_router.errors import Outcome, ProviderError
+from stepline_router.providers.base import AttemptLimits
+from stepline_router.providers.http import (
+    NowFn,
+    StreamState,
+    error_from_response,
+    httpx_timeout,
+    iter_sse,
+    json_or_malformed,
+    stream_error,
+    transport_error,
+)
+from stepline_router.routes import Deployment
+from stepline_router.types import (
+    Completion,
+    FinishReason,
+    Message,
+    ModelRequest,
+    Role,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
+
+__all__ = ["OpenAIProvider", "openai_body", "parse_openai_completion"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role is Role.TOOL:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if message.role is Role.ASSISTANT:
+        out: dict[str, Any] = {"role": "assistant", "content": message.content or None}
+        if message.tool_calls:
+            out["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ]
+        return out
+    return {"role": message.role.value, "content": message.content}
+
+
+def openai_body(
+    deployment: Deployment, request: ModelRequest, *, max_tokens_field: str = "max_tokens"
+) -> dict[str, Any]:
+    """The Chat Completions request body for `request` on `deployment`."""
+    params = request.params
+    body: dict[str, Any] = {
+        "model": deployment.model,
+        "messages": [_message(m) for m in request.messages],
+    }
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in request.tools
+        ]
+        if params.tool_choice is ToolChoice.REQUIRED and params.tool_name:
+            body["tool_choice"] = {"type": "function", "function": {"name": params.tool_name}}
+        else:
+            body["tool_choice"] = params.tool_choice.value
+    if params.max_output_tokens:
+        body[max_tokens_field] = params.max_output_tokens
+    if params.temperature is not None:
+        body["temperature"] = params.temperature
+    if params.top_p is not None:
+        body["top_p"] = params.top_p
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.reasoning_effort:
+        body["reasoning_effort"] = params.reasoning_effort
+    fmt = params.response_format
+    if fmt.type == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif fmt.type == "json_schema":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": fmt.name or "response",
+                "schema": fmt.schema or {},
+                "strict": fmt.strict,
+            },
+        }
+    if request.stream:
+        body["stream"] = True
+        # Without this the stream carries no token counts at all.
+        body["stream_options"] = {"include_usage": True}
+    body.update(params.extra)
+    return body
+
+
+def _usage(data: Any) -> Usage:
+    if not isinstance(data, dict):
+        return Usage()
+    prompt = data.get("prompt_tokens_details") or {}
+    completion = data.get("completion_tokens_details") or {}
+    return Usage(
+        input=int(data.get("prompt_tokens") or 0),
+        output=int(data.get("completion_tokens") or 0),
+        cached_input=int(prompt.get("cached_tokens") or 0),
+        reasoning=int(completion.get("reasoning_tokens") or 0),
+    )
+
+
+def parse_openai_completion(data: Any, status: int = 200) -> Completion:
+    """A `Completion` from a Chat Completions response body (raises on a wrong shape)."""
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+            for c in message.get("tool_calls") or ()
+        )
+        content = message.get("content") or ""
+        finish = _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP)
+        if message.get("refusal"):
+            content, finish = str(message["refusal"]), FinishReason.CONTENT_FILTER
+        return Completion(str(content), calls, finish, _usage(data.get("usage")), status)
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ProviderError(
+            Outcome.MALFORMED_RESPONSE,
+            f"response is not a chat completion ({type(error).__name__}: {error})",
+            status_code=status,
+        ) from error
+
+
+class OpenAIProvider:
+    """Adapter for the Chat Completions wire format."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, now: NowFn, *, max_tokens_field: str = "max_tokens"
+    ) -> None:
+        self._client = client
+        self._now = now
+        # OpenAI itself wants `max_completion_tokens`; most compatible servers `max_tokens`.
+        self._max_tokens_field = max_tokens_field
+
+    async def complete(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> Completion:
+        """One attempt against `deployment`."""
+        url = f"{deployment.base_url or DEFAULT_BASE_URL}/chat/completions"
+        headers = {"content-type": "application/json", **deployment.headers}
+        if credential:
+            headers["authorization"] = f"Bearer {credential}"
+        body = openai_body(deployment, request, max_tokens_field=self._max_tokens_field)
+        if request.stream:
+            return await self._stream(url, headers, body, limits)
+        try:
+            async with asyncio.timeout(limits.total_s):
+                response = await self._client.post(
+                    url, json=body, headers=headers, timeout=httpx_timeout(limits)
+                )
+        except TimeoutError as error:
+            raise ProviderError(
+                Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s"
+            ) from error
+        except httpx.HTTPError as error:
+            raise transport_error(error) from error
+        if not response.is_success:
+            raise error_from_response(
+                response.status_code, response.headers, response.content, self._now()
+            )
+        data = json_or_malformed(response.text, response.status_code, "response body")
+        return parse_openai_completion(data, response.status_code)
+
+    async def _stream(
+        self, url: str, headers: dict[str, str], body: dict[str, Any], limits: AttemptLimits
+    ) -> Completion:
+        state = StreamState()
+        try:
+            async with (
+                asyncio.timeout(limits.total_s),
+                self._client.stream(
+                    "POST", url, json=body, headers=headers, timeout=httpx_timeout(limits)
+                ) as response,
+            ):
+                state.status_code = response.status_code
+                if not response.is_success:
+                    raw = await response.aread()
+                    raise error_from_response(
+                        response.status_code, response.headers, raw, self._now()
+                    )
+                async for _, data in iter_sse(response):
+                    if data.strip() == "[DONE]":
+                        state.done = True
+                        break
+                    _fold_chunk(state, json_or_malformed(data, state.status_code, "stream chunk"))
+        except TimeoutError:
+            return state.broken(
+                ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s")
+            )
+        except httpx.HTTPError as error:
+            return state.broken(transport_error(error))
+        except ProviderError as error:
+            if error.status_code >= 400:
+                raise
+            return state.broken(error)
+        if not state.done and state.finish is None:
+            return state.broken(
+                ProviderError(Outcome.CONNECTION_FAILED, "stream ended before [DONE]")
+            )
+        return state.completion()
+
+
+def _fold_chunk(state: StreamState, chunk: Any) -> None:
+    if not isinstance(chunk, dict):
+        raise ProviderError(Outcome.MALFORMED_RESPONSE, "stream chunk is not an object")
+    if "error" in chunk:
+        raise stream_error(chunk["error"], state.status_code)
+    if chunk.get("usage"):
+        state.usage = _usage(chunk["usage"])
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            state.text.append(delta["content"])
+        for part in delta.get("tool_calls") or ():
+            call = state.call(int(part.get("index", 0)))
+            call.id = part.get("id") or call.id
+            function = part.get("function") or {}
+            call.name = function.get("name") or call.name
+            call.arguments += function.get("arguments") or ""
+        if choice.get("finish_reason"):
+            state.finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)

@@ -1,0 +1,454 @@
+"""The failover engine: plan a route, try deployments with retries, breakers and one deadline.
+
+No Kafka, no HTTP, no protobuf here: providers, clock, randomness, routes and prices come in
+through ports, so every path is testable with twins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from stepline_pricebook import PriceBook, Tokens
+from stepline_router.backoff import full_jitter
+from stepline_router.breaker import BreakerPolicy, CircuitBreaker
+from stepline_router.clock import Clock
+from stepline_router.credentials import Credentials
+from stepline_router.errors import (
+    Disposition,
+    Outcome,
+    ProviderError,
+    counts_against_health,
+    disposition,
+)
+from stepline_router.providers.base import AttemptLimits, Provider
+from stepline_router.routes import Deployment, Route, RoutesConfig
+from stepline_router.routing import (
+    LatencyEwma,
+    Needs,
+    RateWindow,
+    Skipped,
+    estimated_cost,
+    plan_route,
+)
+from stepline_router.tokens import estimate_input_tokens
+from stepline_router.types import Completion, ModelRequest, ToolChoice, Usage
+
+__all__ = ["Attempt", "CallFailed", "CallOutcome", "CallSucceeded", "ErrorKind", "Router"]
+
+# Slack over a provider's own total timeout before the router abandons the attempt itself.
+_GUARD_S = 1.0
+_RETRYABLE = frozenset(
+    {
+        Outcome.RATE_LIMITED,
+        Outcome.OVERLOADED,
+        Outcome.SERVER_ERROR,
+        Outcome.TIMED_OUT,
+        Outcome.CONNECTION_FAILED,
+        Outcome.MALFORMED_RESPONSE,
+        Outcome.CIRCUIT_OPEN,
+        Outcome.CANCELLED,
+    }
+)
+
+
+class ErrorKind(StrEnum):
+    """Why a call produced no answer; mirrors `stepline.v1.ModelCallErrorKind`."""
+
+    ALL_DEPLOYMENTS_FAILED = "ALL_DEPLOYMENTS_FAILED"
+    NO_ELIGIBLE_DEPLOYMENT = "NO_ELIGIBLE_DEPLOYMENT"
+    UNKNOWN_ROUTE = "UNKNOWN_ROUTE"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
+    CONTENT_REFUSED = "CONTENT_REFUSED"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One entry of the failover trail; `sent` is False when nothing reached the provider."""
+
+    number: int
+    deployment: str
+    provider: str
+    model: str
+    outcome: Outcome
+    started_at: datetime
+    latency_s: float = 0.0
+    status_code: int = 0
+    error: str = ""
+    usage: Usage = field(default_factory=Usage)
+    # None: the model has no price in the price book (unpriced, never zero).
+    cost: Decimal | None = Decimal(0)
+    retry_after_s: float | None = None
+    sent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CallSucceeded:
+    """The call produced an answer (possibly `incomplete`, see the completion)."""
+
+    completion: Completion
+    deployment: Deployment
+    attempts: tuple[Attempt, ...]
+    latency_s: float
+    price_book_version: str
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """The call produced no answer."""
+
+    kind: ErrorKind
+    message: str
+    retryable: bool
+    attempts: tuple[Attempt, ...]
+    latency_s: float
+    price_book_version: str
+    currency: str
+
+
+CallOutcome = CallSucceeded | CallFailed
+
+_FAIL_NOW_KINDS = {
+    Outcome.BAD_REQUEST: ErrorKind.INVALID_REQUEST,
+    Outcome.CONTENT_REFUSED: ErrorKind.CONTENT_REFUSED,
+    Outcome.CANCELLED: ErrorKind.DEADLINE_EXCEEDED,
+}
+
+
+class Router:
+    """Routes model calls; keeps per-deployment breakers, latency averages and rate windows."""
+
+    def __init__(
+        self,
+        *,
+        routes: Callable[[], RoutesConfig],
+        prices: Callable[[], PriceBook],
+        providers: Mapping[str, Provider],
+        credentials: Credentials,
+        clock: Clock,
+        random: Callable[[], float],
+    ) -> None:
+        self._routes = routes
+        self._prices = prices
+        self._providers = providers
+        self._credentials = credentials
+        self._clock = clock
+        self._random = random
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._windows: dict[str, RateWindow] = {}
+        self.latency = LatencyEwma()
+
+    def breaker(self, deployment: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
+        """The breaker of `deployment` (recreated when a reload changed its policy)."""
+        policy = policy or self._routes().breaker
+        current = self._breakers.get(deployment)
+        if current is None or current.policy != policy:
+            current = self._breakers[deployment] = CircuitBreaker(policy)
+        return current
+
+    async def complete(self, request: ModelRequest) -> CallOutcome:
+        """Run one call: the answer from the first deployment that gives one, or why none did."""
+        return await _Call(self, request).run()
+
+    # Helpers used by _Call; kept here because they touch the router's shared state.
+    def _unavailable(self, deployment: Deployment, tokens: int) -> str | None:
+        if deployment.provider not in self._providers:
+            return f"provider {deployment.provider!r} is not enabled in this router"
+        if deployment.credential_env and not self._credentials.get(deployment.credential_env):
+            return f"credential {deployment.credential_env} is not set"
+        limits = deployment.rate_limits
+        window = self._windows.setdefault(deployment.name, RateWindow())
+        if not window.admits(self._clock.monotonic(), tokens, limits.rpm, limits.tpm):
+            return "local rate limit reached (rpm/tpm)"
+        return None
+
+
+class _Call:
+    """The state of one call while it runs (attempt trail, spend, deadline)."""
+
+    def __init__(self, router: Router, request: ModelRequest) -> None:
+        self.r = router
+        self.request = request
+        self.config = router._routes()
+        self.book = router._prices()
+        self.clock = router._clock
+        self.started = self.clock.monotonic()
+        self.attempts: list[Attempt] = []
+        self.spent = Decimal(0)
+        self.input_tokens = estimate_input_tokens(request.messages, request.tools)
+        if request.deadline is not None:
+            budget = (request.deadline - self.clock.now()).total_seconds()
+        else:
+            budget = self.config.default_deadline_s
+        self.deadline = self.started + budget
+
+    def _failed(self, kind: ErrorKind, message: str, retryable: bool) -> CallFailed:
+        return CallFailed(
+            kind,
+            message,
+            retryable,
+            tuple(self.attempts),
+            self.clock.monotonic() - self.started,
+            self.book.version,
+            self.book.currency,
+        )
+
+    async def run(self) -> CallOutcome:
+        route = self.config.routes.get(self.request.route)
+        if route is None:
+            known = ", ".join(sorted(self.config.routes))
+            return self._failed(
+                ErrorKind.UNKNOWN_ROUTE,
+                f"route {self.request.route!r} is not configured (known: {known})",
+                False,
+            )
+        if self.clock.monotonic() >= self.deadline:
+            return self._failed(
+                ErrorKind.DEADLINE_EXCEEDED, "the deadline passed before the call started", False
+            )
+        needs = Needs(
+            tools=bool(self.request.tools) and self.request.params.tool_choice != ToolChoice.NONE,
+            stream=self.request.stream,
+            input_tokens=self.input_tokens,
+            max_output_tokens=self.request.params.max_output_tokens,
+            max_cost=self.request.max_cost,
+        )
+        plan = plan_route(
+            route,
+            needs,
+            price=self.book.model_price,
+            latency=self.r.latency.snapshot(),
+            random=self.r._random,
+            unavailable=lambda d: self.r._unavailable(d, self.input_tokens),
+        )
+        if not plan.deployments:
+            return self._no_eligible(route, plan.skipped)
+        budget_skips: list[Skipped] = []
+        for deployment in plan.deployments:
+            result = await self._try(route, deployment, needs, budget_skips)
+            if result is not None:
+                return result
+            if self.clock.monotonic() >= self.deadline:
+                break
+            if sum(a.sent for a in self.attempts) >= route.retry.max_attempts:
+                break
+        return self._exhausted(route, plan.skipped, budget_skips)
+
+    def _no_eligible(self, route: Route, skipped: tuple[Skipped, ...]) -> CallFailed:
+        reasons = "; ".join(f"{s.deployment}: {s.reason}" for s in skipped)
+        if skipped and all(s.cause == "cost" for s in skipped):
+            kind = ErrorKind.BUDGET_EXCEEDED
+        elif skipped and all("context window" in s.reason for s in skipped):
+            kind = ErrorKind.CONTEXT_TOO_LONG
+        else:
+            kind = ErrorKind.NO_ELIGIBLE_DEPLOYMENT
+        retryable = any(s.cause == "unavailable" for s in skipped)
+        return self._failed(
+            kind,
+            f"no deployment of route {route.name!r} can take this request: {reasons}",
+            retryable,
+        )
+
+    def _exhausted(
+        self, route: Route, skipped: tuple[Skipped, ...], budget: list[Skipped]
+    ) -> CallFailed:
+        trail = "; ".join(
+            f"#{a.number} {a.deployment}: {a.outcome.value}" + (f" ({a.error})" if a.error else "")
+            for a in self.attempts
+        )
+        extra = "; ".join(f"{s.deployment}: {s.reason}" for s in (*skipped, *budget))
+        detail = trail + (f"; skipped {extra}" if extra else "")
+        if self.clock.monotonic() >= self.deadline:
+            return self._failed(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"deadline passed after {len(self.attempts)} attempts: {detail}",
+                True,
+            )
+        sent = [a for a in self.attempts if a.sent]
+        if not sent and budget:
+            return self._failed(ErrorKind.BUDGET_EXCEEDED, f"cost cap reached: {detail}", False)
+        if sent and all(a.outcome is Outcome.CONTEXT_TOO_LONG for a in sent):
+            return self._failed(
+                ErrorKind.CONTEXT_TOO_LONG, f"prompt too long everywhere: {detail}", False
+            )
+        retryable = any(a.outcome in _RETRYABLE for a in self.attempts)
+        return self._failed(
+            ErrorKind.ALL_DEPLOYMENTS_FAILED,
+            f"all deployments of route {route.name!r} failed: {detail}",
+            retryable,
+        )
+
+    async def _try(
+        self, route: Route, deployment: Deployment, needs: Needs, budget: list[Skipped]
+    ) -> CallOutcome | None:
+        """Attempts on one deployment; an outcome ends the call, None means fail over."""
+        breaker = self.r.breaker(deployment.name, self.config.breaker)
+        retries = 0
+        while sum(a.sent for a in self.attempts) < route.retry.max_attempts:
+            now = self.clock.monotonic()
+            remaining = self.deadline - now
+            if remaining <= 0:
+                return None
+            if self.request.max_cost is not None:
+                estimate = estimated_cost(deployment, needs, self.book.model_price)
+                if estimate is None or self.spent + estimate > self.request.max_cost:
+                    budget.append(
+                        Skipped(deployment.name, "the call's cost cap would be exceeded", "cost")
+                    )
+                    return None
+            if not breaker.allow(now):
+                self._record(
+                    deployment, Outcome.CIRCUIT_OPEN, sent=False, error="circuit open: not sent"
+                )
+                return None
+            error, completion = await self._attempt(deployment, remaining, breaker)
+            if completion is not None:
+                return CallSucceeded(
+                    completion,
+                    deployment,
+                    tuple(self.attempts),
+                    self.clock.monotonic() - self.started,
+                    self.book.version,
+                    self.book.currency,
+                )
+            assert error is not None
+            action = disposition(error.outcome)
+            if action is Disposition.FAIL_NOW:
+                kind = _FAIL_NOW_KINDS.get(error.outcome, ErrorKind.INTERNAL)
+                return self._failed(
+                    kind, f"{deployment.name}: {error.outcome.value}: {error.message}", False
+                )
+            if action is Disposition.FAIL_OVER or retries >= route.retry.retries_per_deployment:
+                return None
+            wait = full_jitter(
+                retries,
+                base_s=route.retry.backoff_base_s,
+                cap_s=route.retry.backoff_cap_s,
+                random=self.r._random,
+            )
+            if error.retry_after_s is not None:
+                if error.retry_after_s > route.retry.max_retry_after_s:
+                    return None
+                wait = max(wait, error.retry_after_s)
+            if self.clock.monotonic() + wait >= self.deadline:
+                # Waiting would use up the deadline: better spend what is left elsewhere.
+                return None
+            await self.clock.sleep(wait)
+            retries += 1
+        return None
+
+    async def _attempt(
+        self, deployment: Deployment, remaining: float, breaker: CircuitBreaker
+    ) -> tuple[ProviderError | None, Completion | None]:
+        provider = self.r._providers[deployment.provider]
+        timeouts = deployment.timeouts
+        limits = AttemptLimits(
+            connect_s=min(timeouts.connect_s, remaining),
+            first_byte_s=min(timeouts.first_byte_s, remaining),
+            total_s=min(timeouts.total_s, remaining),
+        )
+        # True when the call's deadline, not the deployment, bounds this attempt.
+        bounded_by_deadline = remaining < timeouts.total_s
+        credential = (
+            self.r._credentials.get(deployment.credential_env)
+            if deployment.credential_env
+            else None
+        )
+        start = self.clock.monotonic()
+        started_at = self.clock.now()
+        self.r._windows.setdefault(deployment.name, RateWindow()).record(start, self.input_tokens)
+        try:
+            async with asyncio.timeout(limits.total_s + _GUARD_S):
+                completion = await provider.complete(deployment, self.request, limits, credential)
+        except ProviderError as error:
+            failure = error
+        except TimeoutError:
+            failure = ProviderError(Outcome.TIMED_OUT, f"no answer within {limits.total_s:.1f}s")
+        except asyncio.CancelledError:
+            breaker.on_abandoned(self.clock.monotonic())
+            raise
+        else:
+            latency = self.clock.monotonic() - start
+            outcome = Outcome.INCOMPLETE if completion.incomplete else Outcome.SUCCEEDED
+            self._record(
+                deployment,
+                outcome,
+                started_at=started_at,
+                latency_s=latency,
+                status_code=completion.status_code,
+                usage=completion.usage,
+                error=completion.incomplete_reason,
+            )
+            if completion.incomplete:
+                breaker.on_failure(self.clock.monotonic())
+            else:
+                breaker.on_success(self.clock.monotonic())
+                self.r.latency.observe(deployment.name, latency)
+            return None, completion
+        now = self.clock.monotonic()
+        self._record(
+            deployment,
+            failure.outcome,
+            started_at=started_at,
+            latency_s=now - start,
+            status_code=failure.status_code,
+            usage=failure.usage,
+            error=failure.message,
+            retry_after_s=failure.retry_after_s,
+        )
+        if failure.outcome is Outcome.TIMED_OUT and bounded_by_deadline and now >= self.deadline:
+            breaker.on_abandoned(now)
+        elif counts_against_health(failure.outcome):
+            breaker.on_failure(now)
+        else:
+            # The deployment answered coherently (e.g. 400, 429): it is alive.
+            breaker.on_success(now)
+        return failure, None
+
+    def _record(
+        self,
+        deployment: Deployment,
+        outcome: Outcome,
+        *,
+        sent: bool = True,
+        started_at: datetime | None = None,
+        latency_s: float = 0.0,
+        status_code: int = 0,
+        usage: Usage | None = None,
+        error: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
+        usage = usage or Usage()
+        cost = self.book.model_cost(
+            deployment.provider,
+            deployment.model,
+            Tokens(usage.input, usage.output, usage.cached_input, usage.cache_write_input),
+        )
+        if cost is not None:
+            self.spent += cost
+        self.attempts.append(
+            Attempt(
+                number=len(self.attempts) + 1,
+                deployment=deployment.name,
+                provider=deployment.provider,
+                model=deployment.model,
+                outcome=outcome,
+                started_at=started_at or self.clock.now(),
+                latency_s=latency_s,
+                status_code=status_code,
+                error=error,
+                usage=usage,
+                cost=cost,
+                retry_after_s=retry_after_s,
+                sent=sent,
+            )
+        )

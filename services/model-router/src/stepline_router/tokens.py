@@ -1,0 +1,34 @@
+"""Deterministic token estimates: for capability and price pre-filters and the local provider."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+
+from stepline_router.types import Message, ToolSpec
+
+__all__ = ["estimate_input_tokens", "estimate_text_tokens"]
+
+# ~4 characters per token is the usual rule of thumb for English with BPE tokenizers.
+_CHARS_PER_TOKEN = 4
+# Role markers and separators each message costs on chat-formatted models.
+_PER_MESSAGE = 4
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in `text`, estimated from its length."""
+    return math.ceil(len(text) / _CHARS_PER_TOKEN)
+
+
+def estimate_input_tokens(messages: Iterable[Message], tools: Iterable[ToolSpec] = ()) -> int:
+    """Prompt tokens of a transcript plus its tool definitions."""
+    total = 0
+    for message in messages:
+        total += _PER_MESSAGE + estimate_text_tokens(message.content)
+        for call in message.tool_calls:
+            total += estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments)
+    for tool in tools:
+        schema = json.dumps(tool.parameters, sort_keys=True, separators=(",", ":"))
+        total += estimate_text_tokens(f"{tool.name} {tool.description} {schema}")
+    return total

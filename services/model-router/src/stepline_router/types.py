@@ -1,0 +1,156 @@
+"""Provider-neutral model call types used by the core, the adapters and the handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "Completion",
+    "FinishReason",
+    "Message",
+    "ModelRequest",
+    "Params",
+    "ResponseFormat",
+    "Role",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
+    "Usage",
+]
+
+
+class Role(StrEnum):
+    """Who speaks in a turn."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class ToolChoice(StrEnum):
+    """Whether the model may, must or must not call tools."""
+
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+
+
+class FinishReason(StrEnum):
+    """Why the model stopped."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's request to call a tool; `arguments` is the JSON text as the model produced it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a transcript."""
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model; `parameters` is its JSON Schema as a dict."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """Structured output request: `text`, `json_object` or `json_schema`."""
+
+    type: str = "text"
+    schema: dict[str, Any] | None = None
+    name: str = ""
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Sampling and output settings; None and 0 mean the deployment default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    tool_choice: ToolChoice = ToolChoice.AUTO
+    tool_name: str = ""
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    seed: int | None = None
+    reasoning_effort: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One model call on a route, with the ids usage records need."""
+
+    call_id: str
+    tenant_id: str
+    route: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    params: Params = field(default_factory=Params)
+    deadline: datetime | None = None
+    max_cost: Decimal | None = None
+    stream: bool = False
+    run_id: str = ""
+    step_id: str = ""
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts; `cached_input` and `cache_write_input` are subsets of `input`."""
+
+    input: int = 0
+    output: int = 0
+    cached_input: int = 0
+    cache_write_input: int = 0
+    reasoning: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input + other.input,
+            self.output + other.output,
+            self.cached_input + other.cached_input,
+            self.cache_write_input + other.cache_write_input,
+            self.reasoning + other.reasoning,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A provider's answer; `incomplete` when a stream broke after tool-call output began."""
+
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: FinishReason = FinishReason.STOP
+    usage: Usage = field(default_factory=Usage)
+    status_code: int = 200
+    incomplete: bool = False
+    incomplete_reason: str = ""

@@ -1,0 +1,242 @@
+"""Inbound port: decode tool requests and cancellations, call the core, encode the results."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stepline.v1 import common_pb2, tools_pb2, usage_pb2
+from stepline_executor.executor import Executor
+from stepline_executor.model import CallRequest, ErrorKind, Outcome, ToolSpec
+from stepline_runtime.codec import Cause, Decoded, InvalidRecordError, decode, encode
+from stepline_runtime.logs import bind
+from stepline_runtime.records import InboundRecord, OutboundRecord
+
+__all__ = ["Pricing", "ToolRequests", "announcement", "call_request", "tombstone"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "stepline.tool-executor"
+
+
+class Pricing:
+    """Per-call prices from the price book (None = unpriced, never zero)."""
+
+    def __init__(
+        self, version: str, currency: str, price_of: Callable[[str], Decimal | None]
+    ) -> None:
+        self.version = version
+        self.currency = currency
+        self.price_of = price_of
+
+
+def call_request(message: tools_pb2.ToolCallRequested, sequence: int) -> CallRequest:
+    """The core's view of a `ToolCallRequested`; refuses one missing its ids."""
+    missing = [n for n in ("run_id", "call_id", "tool") if not getattr(message, n)]
+    if missing:
+        raise InvalidRecordError(Cause.INVALID, f"ToolCallRequested without {', '.join(missing)}")
+    deadline = message.deadline.ToDatetime(tzinfo=UTC) if message.HasField("deadline") else None
+    return CallRequest(
+        run_id=message.run_id,
+        tenant_id=message.tenant_id,
+        step_id=message.step_id,
+        call_id=message.call_id,
+        tool=message.tool,
+        arguments_json=message.arguments_json,
+        idempotency_key=message.idempotency_key,
+        agent=message.agent,
+        deadline=deadline,
+        sequence=sequence,
+        metadata=dict(message.metadata),
+    )
+
+
+class ToolRequests:
+    """Handles `stepline.tool.requests.v1` records for the at-least-once runtime."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        results_topic: str,
+        usage_topic: str,
+        pricing: Pricing,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._executor = executor
+        self._results_topic = results_topic
+        self._usage_topic = usage_topic
+        self._pricing = pricing
+        self._clock = clock
+
+    async def __call__(self, record: InboundRecord) -> Sequence[OutboundRecord]:
+        """Decode one record and return the records to produce for it."""
+        decoded: Decoded[Message] = decode(
+            record, [tools_pb2.ToolCallRequested, tools_pb2.ToolCallsCancelRequested]
+        )
+        message = decoded.message
+        if isinstance(message, tools_pb2.ToolCallsCancelRequested):
+            self.on_tool_calls_cancel_requested(message, record.offset)
+            return []
+        assert isinstance(message, tools_pb2.ToolCallRequested)
+        request = call_request(message, record.offset)
+        with bind(run_id=request.run_id, tenant_id=request.tenant_id, call_id=request.call_id):
+            outcome = await self._executor.execute(request)
+            log.info(
+                "tool call finished",
+                extra={
+                    "tool": request.tool,
+                    "outcome": outcome.error_kind or "COMPLETED",
+                    "replayed": outcome.replayed,
+                    "duration_s": round(outcome.duration_s, 4),
+                },
+            )
+        records = [self._result(request, outcome, decoded.headers.traceparent)]
+        if outcome.executed:
+            records.append(self._usage(request, outcome))
+        return records
+
+    def on_tool_calls_cancel_requested(
+        self, message: tools_pb2.ToolCallsCancelRequested, sequence: int
+    ) -> int:
+        """Stop in-flight calls of the run and refuse its queued ones; count stopped."""
+        call_ids = frozenset(message.call_ids) or None
+        stopped = self._executor.cancel(
+            message.run_id, call_ids, sequence=sequence, reason=message.reason
+        )
+        log.info(
+            "tool calls cancel requested",
+            extra={"run_id": message.run_id, "stopped": stopped, "reason": message.reason},
+        )
+        return stopped
+
+    def _result(self, request: CallRequest, outcome: Outcome, traceparent: str) -> OutboundRecord:
+        result = tools_pb2.ToolCallResult(
+            run_id=request.run_id,
+            tenant_id=request.tenant_id,
+            step_id=request.step_id,
+            call_id=request.call_id,
+            tool=request.tool,
+            replayed=outcome.replayed,
+        )
+        duration = _duration(outcome.duration_s)
+        if outcome.error_kind is None:
+            result.completed.CopyFrom(
+                tools_pb2.ToolCallCompleted(
+                    output=outcome.output or "",
+                    output_truncated=outcome.truncated,
+                    original_size_bytes=outcome.original_size,
+                    duration=duration,
+                    content_type=outcome.content_type,
+                )
+            )
+        else:
+            result.failed.CopyFrom(
+                tools_pb2.ToolCallFailed(
+                    kind=_KINDS[outcome.error_kind],
+                    message=outcome.message,
+                    duration=duration,
+                    retryable=outcome.retryable,
+                )
+            )
+        result.finished_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
+        return encode(
+            self._results_topic,
+            request.run_id,
+            result,
+            event_id=f"{request.call_id}/result",
+            source=SOURCE,
+            tenant_id=request.tenant_id,
+            traceparent=traceparent,
+        )
+
+    def _usage(self, request: CallRequest, outcome: Outcome) -> OutboundRecord:
+        price = self._pricing.price_of(request.tool)
+        usage = usage_pb2.UsageRecorded(
+            usage_id=f"{request.call_id}/exec",
+            tenant_id=request.tenant_id,
+            run_id=request.run_id,
+            step_id=request.step_id,
+            call_id=request.call_id,
+            kind=usage_pb2.USAGE_KIND_TOOL_EXECUTION,
+            tool=request.tool,
+            succeeded=outcome.succeeded,
+            priced=price is not None,
+            price_book_version=self._pricing.version,
+            attempt=1,
+            agent=request.agent,
+            latency=_duration(outcome.duration_s),
+        )
+        if outcome.error_kind is not None:
+            usage.tool_error_kind = _KINDS[outcome.error_kind]
+        usage.cost.CopyFrom(
+            common_pb2.Money(currency=self._pricing.currency, amount=str(price or Decimal(0)))
+        )
+        usage.occurred_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
+        return encode(
+            self._usage_topic,
+            request.tenant_id,
+            usage,
+            event_id=usage.usage_id,
+            source=SOURCE,
+            tenant_id=request.tenant_id,
+        )
+
+
+def announcement(topic: str, spec: ToolSpec, pricing: Pricing, now: datetime) -> OutboundRecord:
+    """A `ToolRegistered` for the compacted registry topic (key: tool name)."""
+    message = tools_pb2.ToolRegistered(
+        definition=common_pb2.ToolDefinition(
+            name=spec.name,
+            description=spec.description,
+            parameters_json_schema=json.dumps(spec.parameters, sort_keys=True),
+            requires_approval=spec.requires_approval,
+            idempotent=spec.idempotent,
+        ),
+        source=spec.source,
+        timeout=_duration(spec.timeout_s),
+        max_concurrency=spec.max_concurrency,
+        max_output_bytes=spec.max_output_bytes,
+    )
+    price = pricing.price_of(spec.name)
+    if price is not None:
+        message.price_per_call.CopyFrom(
+            common_pb2.Money(currency=pricing.currency, amount=str(price))
+        )
+    message.registered_at.CopyFrom(_timestamp(now))
+    return encode(topic, spec.name, message, event_id=f"tool/{spec.name}", source=SOURCE)
+
+
+def tombstone(topic: str, name: str) -> OutboundRecord:
+    """Removes `name` from the compacted registry topic."""
+    return OutboundRecord(topic=topic, key=name.encode(), value=None)
+
+
+_KINDS = {
+    ErrorKind.INVALID_ARGUMENTS: tools_pb2.TOOL_CALL_ERROR_KIND_INVALID_ARGUMENTS,
+    ErrorKind.NOT_ALLOWED: tools_pb2.TOOL_CALL_ERROR_KIND_NOT_ALLOWED,
+    ErrorKind.TIMED_OUT: tools_pb2.TOOL_CALL_ERROR_KIND_TIMED_OUT,
+    ErrorKind.EXECUTION_FAILED: tools_pb2.TOOL_CALL_ERROR_KIND_EXECUTION_FAILED,
+    ErrorKind.OUTCOME_UNKNOWN: tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN,
+    ErrorKind.CANCELLED: tools_pb2.TOOL_CALL_ERROR_KIND_CANCELLED,
+    ErrorKind.UNKNOWN_TOOL: tools_pb2.TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL,
+}
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(max(0.0, seconds) * 1_000_000_000))
+    return duration
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp

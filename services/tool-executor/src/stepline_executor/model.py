@@ -1,0 +1,179 @@
+"""Core types of the executor: requests, tool specs, outcomes. No Kafka, no protobuf, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+__all__ = [
+    "ArgumentsError",
+    "CallContext",
+    "CallRequest",
+    "ErrorKind",
+    "Outcome",
+    "Tool",
+    "ToolError",
+    "ToolOutput",
+    "ToolSpec",
+]
+
+
+class ErrorKind(StrEnum):
+    """Why a call produced no output; mirrors `stepline.v1.ToolCallErrorKind` without prefix."""
+
+    INVALID_ARGUMENTS = "INVALID_ARGUMENTS"
+    NOT_ALLOWED = "NOT_ALLOWED"
+    TIMED_OUT = "TIMED_OUT"
+    EXECUTION_FAILED = "EXECUTION_FAILED"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    CANCELLED = "CANCELLED"
+    UNKNOWN_TOOL = "UNKNOWN_TOOL"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """Everything the registry knows about one tool; the schema is the one models see."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    source: str = "builtin"
+    idempotent: bool = False
+    requires_approval: bool = False
+    timeout_s: float = 30.0
+    max_concurrency: int = 8
+    max_output_bytes: int = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One tool call as the core sees it (decoded from `ToolCallRequested`)."""
+
+    run_id: str
+    tenant_id: str
+    step_id: str
+    call_id: str
+    tool: str
+    arguments_json: str
+    idempotency_key: str = ""
+    agent: str = ""
+    deadline: datetime | None = None
+    # Offset of the request in its partition; orders it against cancellations of the same run.
+    sequence: int = -1
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a running tool may know about the call (never the whole request)."""
+
+    tenant_id: str
+    run_id: str
+    call_id: str
+    idempotency_key: str
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    """What a tool returned."""
+
+    text: str
+    content_type: str = "application/json"
+
+
+class ToolError(Exception):
+    """A tool ran and failed; `message` is shown to the model, so it never carries secrets."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class ArgumentsError(ValueError):
+    """Arguments do not fit the tool; the message says exactly what to change."""
+
+
+class Tool(Protocol):
+    """A runnable tool: parse/validate arguments first, then run them."""
+
+    @property
+    def spec(self) -> ToolSpec:
+        """The tool's registry entry."""
+
+    def parse(self, arguments: dict[str, Any]) -> Any:
+        """Validate `arguments`; return what `run` needs or raise `ArgumentsError`."""
+
+    async def run(self, parsed: Any, context: CallContext) -> ToolOutput:
+        """Execute; raise `ToolError` on failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one call: completed (output) or failed (error kind and message)."""
+
+    output: str | None = None
+    content_type: str = "text/plain"
+    truncated: bool = False
+    original_size: int = 0
+    error_kind: ErrorKind | None = None
+    message: str = ""
+    retryable: bool = False
+    duration_s: float = 0.0
+    finished_at: datetime | None = None
+    # The tool was started (so it may have cost something); rejections before start are not.
+    executed: bool = False
+    # Re-emitted from the outcome store on redelivery instead of produced now.
+    replayed: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the call completed with an output."""
+        return self.error_kind is None
+
+    @classmethod
+    def failed(
+        cls,
+        kind: ErrorKind,
+        message: str,
+        *,
+        finished_at: datetime,
+        duration_s: float = 0.0,
+        retryable: bool = False,
+        executed: bool = False,
+    ) -> Outcome:
+        """A failed outcome."""
+        return cls(
+            error_kind=kind,
+            message=message,
+            finished_at=finished_at,
+            duration_s=duration_s,
+            retryable=retryable,
+            executed=executed,
+        )
+
+    def as_replayed(self) -> Outcome:
+        """The same outcome flagged as re-emitted."""
+        return replace(self, replayed=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict for the outcome store."""
+        data = asdict(self)
+        data["error_kind"] = self.error_kind.value if self.error_kind else None
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        data.pop("replayed")
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        """Inverse of `to_json_dict`."""
+        values = dict(data)
+        kind = values.get("error_kind")
+        values["error_kind"] = ErrorKind(kind) if kind else None
+        finished = values.get("finished_at")
+        values["finished_at"] = datetime.fromisoformat(finished) if finished else None
+        return cls(**values)

@@ -1,0 +1,245 @@
+"""The executor as a real subprocess on the real broker: serving, registry, usage, SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from stepline.v1 import tools_pb2, usage_pb2
+from stepline_runtime.codec import encode
+from stepline_runtime.settings import KafkaSettings, namespaced
+from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from tests.executor.fakes import LocalServer, Seen
+from tests.kafkatools import read_all
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Service:
+    """Starts/stops `python -m stepline_executor` with a private namespace and data dir."""
+
+    def __init__(self, namespace: str, config: Path, data_dir: Path, log: Path) -> None:
+        self.namespace = namespace
+        self.env = {
+            **os.environ,
+            "STEPLINE_TOPIC_NAMESPACE": namespace,
+            "STEPLINE_TOOLS_CONFIG": str(config),
+            "STEPLINE_EXECUTOR_DATA_DIR": str(data_dir),
+            "STEPLINE_PARTITIONS": "2",
+            "STEPLINE_EXECUTOR_WORKERS": "1",
+            "STEPLINE_LOG_FORMAT": "text",
+        }
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stepline_executor"],
+                cwd=ROOT,
+                stdout=sink,
+                stderr=sink,
+                env=self.env,
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def topic(self, name: str) -> str:
+        return namespaced(name, self.namespace)
+
+
+def _config(tmp: Path, webhook_url: str) -> Path:
+    path = tmp / "tools.toml"
+    path.write_text(
+        f"""
+[search_documents]
+enabled = false
+[sql_query]
+enabled = false
+[http_request]
+enabled = false
+
+[[webhooks]]
+name = "issue_refund"
+description = "Refund an order (not idempotent on the receiver side)."
+url = "{webhook_url}"
+idempotent = false
+timeout_s = 60
+[webhooks.parameters]
+type = "object"
+required = ["order_id"]
+[webhooks.parameters.properties.order_id]
+type = "string"
+
+[tenants."*"]
+tools = ["*"]
+[agents."*"]
+tools = ["*"]
+[agents.restricted]
+tools = ["calculator"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    holder = Service(namespace, tmp_path / "tools.toml", tmp_path / "data", tmp_path / "exec.log")
+    try:
+        yield holder
+    finally:
+        holder.stop()
+        if holder.log.exists():
+            sys.stderr.write(holder.log.read_text(errors="replace")[-4000:])
+
+
+async def _topics(admin: AIOKafkaAdminClient, namespace: str) -> None:
+    wanted = {Topics.TOOL_REQUESTS, Topics.TOOL_RESULTS, Topics.TOOLS, Topics.USAGE, Topics.DLQ}
+    await ensure_topics(admin, [t for t in CATALOG if t.name in wanted], 2, 1, namespace)
+
+
+async def _request(
+    producer: AIOKafkaProducer, service: Service, call: str, tool: str, args: str, agent: str = ""
+) -> None:
+    run_id = call.split(":")[0]
+    message = tools_pb2.ToolCallRequested(
+        run_id=run_id,
+        tenant_id="acme",
+        step_id=call.rsplit(":", 1)[0],
+        call_id=call,
+        tool=tool,
+        arguments_json=args,
+        idempotency_key=f"idem-{call}",
+        agent=agent,
+    )
+    record = encode(
+        service.topic(Topics.TOOL_REQUESTS), run_id, message, event_id=call, source="test"
+    )
+    await producer.send_and_wait(
+        record.topic, record.value, key=record.key, headers=list(record.headers)
+    )
+
+
+def _results(records: list[object]) -> dict[str, tools_pb2.ToolCallResult]:
+    out = {}
+    for record in records:
+        result = tools_pb2.ToolCallResult.FromString(record.value)  # type: ignore[attr-defined]
+        out[result.call_id] = result
+    return out
+
+
+async def test_executor_serves_calls_publishes_registry_and_usage(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    service: Service,
+    tmp_path: Path,
+) -> None:
+    await _topics(admin, service.namespace)
+    with LocalServer() as receiver:
+        _config(tmp_path, receiver.url("/refund"))
+        await _request(producer, service, "ra:1:0", "calculator", '{"expression": "6 * 7"}')
+        await _request(producer, service, "ra:1:1", "calculator", '{"expr": 1}')
+        await _request(producer, service, "ra:1:2", "teleport", "{}")
+        await _request(
+            producer, service, "ra:1:3", "issue_refund", '{"order_id": "O-1"}', "restricted"
+        )
+        await _request(producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}')
+        service.start()
+        results = _results(
+            await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=5, timeout_s=90)
+        )
+    assert len(results) == 5
+    assert json.loads(results["ra:1:0"].completed.output)["result"] == 42
+    failed = {c: r.failed.kind for c, r in results.items() if r.HasField("failed")}
+    assert failed == {
+        "ra:1:1": tools_pb2.TOOL_CALL_ERROR_KIND_INVALID_ARGUMENTS,
+        "ra:1:2": tools_pb2.TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL,
+        "ra:1:3": tools_pb2.TOOL_CALL_ERROR_KIND_NOT_ALLOWED,
+    }
+    assert "expression: Field required" in results["ra:1:1"].failed.message
+    assert results["ra:1:4"].HasField("completed")
+    assert [s.headers["idempotency-key"] for s in receiver.seen] == ["idem-ra:1:4"]
+
+    registered = {}
+    for record in await read_all(kafka, service.topic(Topics.TOOLS), expect=2, timeout_s=30):
+        message = tools_pb2.ToolRegistered.FromString(record.value or b"")
+        registered[message.definition.name] = message
+    assert set(registered) == {"calculator", "issue_refund"}
+    schema = json.loads(registered["issue_refund"].definition.parameters_json_schema)
+    assert schema["required"] == ["order_id"]
+    assert registered["calculator"].price_per_call.amount == "0"
+
+    usage = [
+        usage_pb2.UsageRecorded.FromString(r.value or b"")
+        for r in await read_all(kafka, service.topic(Topics.USAGE), expect=2, timeout_s=30)
+    ]
+    by_id = {u.usage_id: u for u in usage}
+    assert set(by_id) == {"ra:1:0/exec", "ra:1:4/exec"}  # only executions are billed
+    assert by_id["ra:1:0/exec"].kind == usage_pb2.USAGE_KIND_TOOL_EXECUTION
+    assert by_id["ra:1:0/exec"].priced
+    assert by_id["ra:1:0/exec"].succeeded
+    assert not by_id["ra:1:4/exec"].priced  # no price-book entry: unpriced, never free
+
+
+async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twice(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    service: Service,
+    tmp_path: Path,
+) -> None:
+    await _topics(admin, service.namespace)
+    release = threading.Event()
+    arrived = threading.Event()
+
+    def slow(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        arrived.set()
+        release.wait(60)  # hold the call open while the executor is killed
+        return 200, {"content-type": "application/json"}, b'{"refunded": true}'
+
+    with LocalServer(slow) as receiver:
+        _config(tmp_path, receiver.url("/refund"))
+        await _request(producer, service, "rk:1:0", "issue_refund", '{"order_id": "O-9"}')
+        service.start()
+        assert await asyncio.to_thread(arrived.wait, 90), "the webhook was never called"
+        service.kill()  # "started" is recorded, "completed" is not
+        release.set()
+        service.start()
+        records = await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=1, timeout_s=90)
+        calls = len(receiver.seen)
+    results = _results(records)
+    assert calls == 1
+    assert len(records) == 1  # one result, never a second execution's
+    assert list(results) == ["rk:1:0"]
+    result = results["rk:1:0"]
+    assert result.failed.kind == tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN
+    assert "not run again" in result.failed.message

@@ -1,0 +1,238 @@
+"""The executor core: refusals, validation, intent → outcome, timeouts, cancel, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from stepline_executor.executor import Executor, truncate
+from stepline_executor.model import CallRequest, ErrorKind, Outcome
+from stepline_executor.outcomes import InMemoryOutcomeStore, SqliteOutcomeStore
+from stepline_executor.registry import Access, Registry
+from tests.executor.fakes import ScriptedTool
+
+NOW = datetime(2026, 11, 5, 12, 0, tzinfo=UTC)
+OPEN = Access(tenants={"*": ("*",)}, agents={"*": ("*",)})
+
+
+def _executor(
+    *tools: ScriptedTool,
+    store: InMemoryOutcomeStore | SqliteOutcomeStore | None = None,
+    access: Access = OPEN,
+) -> Executor:
+    return Executor(
+        Registry(tools),
+        access,
+        store or InMemoryOutcomeStore(),
+        clock=lambda: NOW,
+        monotonic=time.monotonic,
+    )
+
+
+def _request(
+    tool: str = "t", args: str = '{"x": 1}', call: str = "r1:1:0", **kw: object
+) -> CallRequest:
+    fields: dict[str, object] = {
+        "run_id": "r1",
+        "tenant_id": "acme",
+        "step_id": "r1:1",
+        "call_id": call,
+        "tool": tool,
+        "arguments_json": args,
+        "idempotency_key": f"key-{call}",
+        "agent": "support",
+    }
+    fields.update(kw)
+    return CallRequest(**fields)  # type: ignore[arg-type]
+
+
+async def test_a_completed_call_returns_the_output_and_records_it() -> None:
+    tool = ScriptedTool.named("t")
+    store = InMemoryOutcomeStore()
+    outcome = await _executor(tool, store=store).execute(_request())
+    assert outcome.succeeded
+    assert outcome.output == '{"ok": true}'
+    assert outcome.executed
+    assert store.calls["r1:1:0"].outcome == outcome
+    assert tool.runs[0].idempotency_key == "key-r1:1:0"
+
+
+async def test_unknown_tool_lists_the_tools_the_caller_may_use() -> None:
+    outcome = await _executor(ScriptedTool.named("t")).execute(_request(tool="nope"))
+    assert outcome.error_kind is ErrorKind.UNKNOWN_TOOL
+    assert "'nope'" in outcome.message
+    assert "t" in outcome.message.split("available tools:")[1]
+    assert not outcome.executed
+
+
+async def test_tool_not_allowed_for_tenant_or_agent() -> None:
+    tool = ScriptedTool.named("t")
+    by_tenant = Access(tenants={"other": ("*",)}, agents={"*": ("*",)})
+    outcome = await _executor(tool, access=by_tenant).execute(_request())
+    assert outcome.error_kind is ErrorKind.NOT_ALLOWED
+    assert "tenant 'acme'" in outcome.message
+    by_agent = Access(tenants={"*": ("*",)}, agents={"support": ("calc*",)})
+    outcome = await _executor(tool, access=by_agent).execute(_request())
+    assert outcome.error_kind is ErrorKind.NOT_ALLOWED
+    assert "agent 'support'" in outcome.message
+    assert tool.runs == []
+
+
+async def test_invalid_arguments_say_exactly_what_is_wrong() -> None:
+    tool = ScriptedTool.named("t")
+    executor = _executor(tool)
+    broken = await executor.execute(_request(args='{"x": '))
+    assert broken.error_kind is ErrorKind.INVALID_ARGUMENTS
+    assert "not valid JSON" in broken.message
+    not_object = await executor.execute(_request(args="[1]"))
+    assert "must be a JSON object" in not_object.message
+    wrong = await executor.execute(_request(args='{"x": "one", "y": 2}'))
+    assert wrong.error_kind is ErrorKind.INVALID_ARGUMENTS
+    assert "x: 'one' is not of type 'integer'" in wrong.message
+    assert "'y' was unexpected" in wrong.message
+    assert '"required":["x"]' in wrong.message  # the schema, so the model can correct itself
+    assert tool.runs == []
+
+
+async def test_redelivered_completed_call_is_replayed_not_rerun() -> None:
+    tool = ScriptedTool.named("t")
+    executor = _executor(tool)
+    first = await executor.execute(_request())
+    again = await executor.execute(_request())
+    assert len(tool.runs) == 1
+    assert again.replayed
+    assert not first.replayed
+    assert again.output == first.output
+
+
+async def test_started_but_unrecorded_non_idempotent_call_is_outcome_unknown() -> None:
+    tool = ScriptedTool.named("t", idempotent=False)
+    store = InMemoryOutcomeStore()
+    await store.mark_started("r1:1:0", "t", NOW)  # a previous executor died here
+    executor = _executor(tool, store=store)
+    outcome = await executor.execute(_request())
+    assert outcome.error_kind is ErrorKind.OUTCOME_UNKNOWN
+    assert outcome.executed
+    assert tool.runs == []
+    # The answer is now recorded: later redeliveries replay it.
+    replay = await executor.execute(_request())
+    assert replay.replayed
+    assert replay.error_kind is ErrorKind.OUTCOME_UNKNOWN
+    assert tool.runs == []
+
+
+async def test_started_but_unrecorded_idempotent_call_reruns_with_the_same_key() -> None:
+    tool = ScriptedTool.named("t", idempotent=True)
+    store = InMemoryOutcomeStore()
+    await store.mark_started("r1:1:0", "t", NOW)
+    outcome = await _executor(tool, store=store).execute(_request())
+    assert outcome.succeeded
+    assert [c.idempotency_key for c in tool.runs] == ["key-r1:1:0"]
+    assert store.calls["r1:1:0"].attempts == 2
+
+
+async def test_a_slow_tool_times_out() -> None:
+    tool = ScriptedTool.named("t", timeout_s=0.05)
+    tool.gate = asyncio.Event()  # never opened
+    outcome = await _executor(tool).execute(_request())
+    assert outcome.error_kind is ErrorKind.TIMED_OUT
+    assert outcome.retryable
+    assert "0.05" in outcome.message
+
+
+async def test_a_passed_deadline_fails_without_running() -> None:
+    tool = ScriptedTool.named("t")
+    outcome = await _executor(tool).execute(_request(deadline=NOW - timedelta(seconds=1)))
+    assert outcome.error_kind is ErrorKind.TIMED_OUT
+    assert not outcome.executed
+    assert tool.runs == []
+
+
+async def test_cancelling_an_inflight_call_reports_cancelled() -> None:
+    tool = ScriptedTool.named("t")
+    tool.gate = asyncio.Event()
+    executor = _executor(tool)
+    running = asyncio.create_task(executor.execute(_request()))
+    await tool.started.wait()
+    assert executor.cancel("r1", None, sequence=10, reason="run cancelled") == 1
+    outcome = await running
+    assert outcome.error_kind is ErrorKind.CANCELLED
+    assert outcome.message == "cancelled: run cancelled"
+    assert executor.inflight() == 0
+
+
+async def test_a_call_queued_behind_a_cancel_never_runs() -> None:
+    tool = ScriptedTool.named("t")
+    executor = _executor(tool)
+    executor.cancel("r1", None, sequence=10, reason="deadline exceeded")
+    before = await executor.execute(_request(sequence=7))
+    after = await executor.execute(_request(call="r1:2:0", sequence=11))
+    named = ScriptedTool.named("u")
+    executor2 = _executor(named)
+    executor2.cancel("r1", frozenset({"r1:1:0"}), sequence=3, reason="stop")
+    explicit = await executor2.execute(_request(tool="u", sequence=99))
+    assert before.error_kind is ErrorKind.CANCELLED
+    assert after.succeeded  # a later request is a new decision of the planner
+    assert explicit.error_kind is ErrorKind.CANCELLED
+    assert len(tool.runs) == 1
+    assert named.runs == []
+
+
+async def test_concurrency_limit_per_tool() -> None:
+    tool = ScriptedTool.named("t", max_concurrency=2)
+    tool.delay_s = 0.02
+    executor = _executor(tool)
+    outcomes = await asyncio.gather(
+        *(executor.execute(_request(call=f"r1:1:{i}")) for i in range(6))
+    )
+    assert all(o.succeeded for o in outcomes)
+    assert tool.peak == 2
+
+
+async def test_large_output_is_truncated_with_a_marker() -> None:
+    tool = ScriptedTool.named("t", max_output_bytes=300)
+    tool.output = "é" * 1000
+    outcome = await _executor(tool).execute(_request())
+    assert outcome.truncated
+    assert outcome.original_size == 2000
+    assert outcome.output is not None
+    assert "[output truncated by stepline: 300 of 2000 bytes shown]" in outcome.output
+    assert truncate("short", 10) == ("short", False, 5)
+
+
+async def test_tool_errors_and_crashes_become_failed_results() -> None:
+    failing = ScriptedTool.named("f")
+    failing.fail = "the CRM said no"
+    crashing = ScriptedTool.named("c")
+    crashing.crash = True
+    executor = _executor(failing, crashing)
+    failed = await executor.execute(_request(tool="f"))
+    crashed = await executor.execute(_request(tool="c", call="r1:1:1"))
+    assert failed.error_kind is ErrorKind.EXECUTION_FAILED
+    assert failed.message == "the CRM said no"
+    assert crashed.error_kind is ErrorKind.EXECUTION_FAILED
+    assert "RuntimeError" in crashed.message
+    assert "boom" not in crashed.message  # internal details stay in the log
+
+
+async def test_sqlite_store_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite"
+    store = SqliteOutcomeStore(path)
+    await store.mark_started("a", "t", NOW)
+    done = Outcome(output=json.dumps({"v": 1}), finished_at=NOW, executed=True, duration_s=0.5)
+    await store.mark_started("b", "t", NOW)
+    await store.mark_completed("b", "t", done, NOW)
+    store.close()
+    reopened = SqliteOutcomeStore(path)
+    a, b = await reopened.get("a"), await reopened.get("b")
+    assert a is not None
+    assert a.state == "started"
+    assert a.outcome is None
+    assert b is not None
+    assert b.state == "completed"
+    assert b.outcome == done
+    assert await reopened.get("c") is None
+    reopened.close()

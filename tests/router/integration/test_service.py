@@ -1,0 +1,174 @@
+"""The router as a real subprocess on the real broker: Kafka in/out, usage per attempt, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stepline.v1 import (
+    common_pb2,
+    model_pb2,
+    router_service_pb2,
+    router_service_pb2_grpc,
+    usage_pb2,
+)
+from stepline_runtime.codec import encode
+from stepline_runtime.settings import KafkaSettings, namespaced
+from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from tests.kafkatools import read_all
+from tests.router.fakes import closed_port
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m stepline_router` with output to `log`."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stepline_router"], cwd=ROOT, stdout=sink, stderr=sink, env=env
+        )
+
+
+def _routes(tmp_path: Path) -> Path:
+    path = tmp_path / "routes.toml"
+    path.write_text(
+        f"""
+[deployments.dead]
+provider = "openai_compatible"
+model = "llama-3"
+base_url = "http://127.0.0.1:{closed_port()}/v1"
+timeouts = {{ connect_s = 1, first_byte_s = 2, total_s = 3 }}
+[deployments.local]
+provider = "local"
+model = "stepline-local-1"
+[routes.default]
+deployments = ["dead", "local"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_router_subprocess_answers_on_kafka_and_grpc(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}
+    await ensure_topics(admin, [t for t in CATALOG if t.name in used], 2, 1, namespace)
+    request = model_pb2.ModelCallRequested(
+        run_id="run-1",
+        tenant_id="acme",
+        step_id="run-1:1",
+        call_id="run-1:1:1",
+        route="default",
+        messages=[
+            common_pb2.ChatMessage(role=common_pb2.ChatMessage.ROLE_USER, content="hello router")
+        ],
+    )
+    out = encode(
+        namespaced(Topics.MODEL_REQUESTS, namespace), "run-1", request, event_id="r1", source="t"
+    )
+    await producer.send_and_wait(out.topic, out.value, key=out.key, headers=list(out.headers))
+    # bad bytes must not stop the partition
+    await producer.send_and_wait(out.topic, b"\xff\xfe", key=b"run-1")
+
+    grpc_port = _free_port()
+    env = {
+        **os.environ,
+        "STEPLINE_TOPIC_NAMESPACE": namespace,
+        "STEPLINE_ROUTES": str(_routes(tmp_path)),
+        "STEPLINE_GRPC_HOST": "127.0.0.1",
+        "STEPLINE_GRPC_PORT": str(grpc_port),
+        "STEPLINE_PARTITIONS": "2",
+    }
+    log = tmp_path / "router.log"
+    process = _start(env, log)
+    try:
+        results = await read_all(
+            kafka, namespaced(Topics.MODEL_RESULTS, namespace), expect=1, timeout_s=60
+        )
+        usage = await read_all(kafka, namespaced(Topics.USAGE, namespace), expect=2, timeout_s=30)
+        assert len(results) == 1, log.read_text()
+        result = model_pb2.ModelCallResult.FromString(results[0].value or b"")
+        assert result.WhichOneof("outcome") == "completed"
+        assert result.completed.deployment == "local"
+        assert "hello router" in result.completed.content
+        records = sorted(
+            (usage_pb2.UsageRecorded.FromString(r.value or b"") for r in usage),
+            key=lambda u: u.attempt,
+        )
+        assert [u.usage_id for u in records] == ["run-1:1:1/attempt/1", "run-1:1:1/attempt/2"]
+        assert records[0].outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_CONNECTION_FAILED
+        assert not records[0].priced
+        assert records[1].priced
+        assert records[1].succeeded
+        assert {r.key for r in usage} == {b"acme"}
+        letters = await read_all(kafka, namespaced(Topics.DLQ, namespace), expect=1, timeout_s=30)
+        assert len(letters) == 1
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            # The stubs package declares HealthStub without its methods.
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            status = await health.Check(
+                health_pb2.HealthCheckRequest(service="stepline.v1.ModelRouterService"),
+                timeout=10,
+                wait_for_ready=True,
+            )
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            stub = router_service_pb2_grpc.ModelRouterServiceStub(channel)
+            response = await stub.Complete(
+                router_service_pb2.CompleteRequest(
+                    tenant_id="acme",
+                    route="default",
+                    request_id="grpc-1",
+                    messages=[
+                        common_pb2.ChatMessage(
+                            role=common_pb2.ChatMessage.ROLE_USER, content="hi over grpc"
+                        )
+                    ],
+                ),
+                timeout=20,
+            )
+            assert response.request_id == "grpc-1"
+            assert response.completed.deployment == "local"
+            with pytest.raises(grpc.aio.AioRpcError) as invalid:
+                await stub.Complete(router_service_pb2.CompleteRequest(route="default"), timeout=5)
+            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        grpc_usage = await read_all(
+            kafka, namespaced(Topics.USAGE, namespace), expect=4, timeout_s=30
+        )
+        ids = {usage_pb2.UsageRecorded.FromString(r.value or b"").usage_id for r in grpc_usage}
+        assert {"grpc-1/attempt/1", "grpc-1/attempt/2"} <= ids
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log.read_text()[-3000:]

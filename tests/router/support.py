@@ -1,0 +1,96 @@
+"""Builders shared by the router tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from stepline_pricebook import PriceBook
+from stepline_router.routes import RoutesConfig, parse_routes
+from stepline_router.types import Message, ModelRequest, Params, Role, ToolSpec
+
+__all__ = ["BOOK", "PROVIDERS", "request", "routes", "weather_tool"]
+
+PROVIDERS = ("openai", "openai_compatible", "anthropic", "local", "scripted")
+
+BOOK = PriceBook.parse(
+    """
+version = "test-1"
+currency = "USD"
+[[models]]
+provider = "scripted"
+model = "cheap"
+input_per_mtok = "1.00"
+output_per_mtok = "2.00"
+[[models]]
+provider = "scripted"
+model = "dear"
+input_per_mtok = "10.00"
+output_per_mtok = "20.00"
+[[models]]
+provider = "openai"
+model = "gpt-4o-mini"
+input_per_mtok = "0.15"
+output_per_mtok = "0.60"
+cached_input_per_mtok = "0.075"
+[[models]]
+provider = "anthropic"
+model = "claude-haiku-4-5"
+input_per_mtok = "1.00"
+output_per_mtok = "5.00"
+cached_input_per_mtok = "0.10"
+cache_write_per_mtok = "1.25"
+[[models]]
+provider = "local"
+model = "stepline-local-1"
+input_per_mtok = "0.10"
+output_per_mtok = "0.40"
+"""
+)
+
+
+def routes(body: str, *, defaults: str = "", breaker: str = "") -> RoutesConfig:
+    """A routes config from TOML fragments (deployments and routes tables)."""
+    text = (
+        f"[defaults]\nbackoff_base_s = 0.01\nbackoff_cap_s = 0.05\n{defaults}\n"
+        f"[breaker]\n{breaker}\n{body}"
+    )
+    return parse_routes(text, known_providers=PROVIDERS)
+
+
+def weather_tool() -> ToolSpec:
+    """A tool definition."""
+    return ToolSpec(
+        "get_weather",
+        "Current weather for a city",
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    )
+
+
+def request(
+    *,
+    route: str = "default",
+    text: str = "hello",
+    tools: tuple[ToolSpec, ...] = (),
+    stream: bool = False,
+    max_cost: Decimal | None = None,
+    params: Params | None = None,
+    call_id: str = "run-1:1:1",
+) -> ModelRequest:
+    """A model request on `route`."""
+    return ModelRequest(
+        call_id=call_id,
+        tenant_id="tenant-a",
+        route=route,
+        messages=(Message(Role.SYSTEM, "be brief"), Message(Role.USER, text)),
+        tools=tools,
+        params=params or Params(),
+        max_cost=max_cost,
+        stream=stream,
+        run_id="run-1",
+        step_id="run-1:1",
+        agent="helper",
+    )
