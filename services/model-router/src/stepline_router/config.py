@@ -35,7 +35,8 @@ class Settings(ServiceSettings):
         default=None, description="Directory of secret files named like the credential variable."
     )
     grpc_enabled: bool = True
-    grpc_host: str = "0.0.0.0"
+    # Loopback by default; a deployment that serves other hosts sets STEPLINE_GRPC_HOST.
+    grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50061, ge=0, le=65535)
     reload_interval_s: float = Field(default=2.0, gt=0)
     max_workers: int = Field(

@@ -84,6 +84,7 @@ class BudgetState(_message.Message):
     EXHAUSTED_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     exhausted: _builtins.bool
     """Any period is exhausted: new runs fail with BUDGET_EXCEEDED and the router refuses calls."""
@@ -95,6 +96,12 @@ class BudgetState(_message.Message):
     def monthly(self) -> Global___BudgetPeriod: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def run(self) -> Global___RunBudget:
+        """The run whose recorded spend this update changed (unset when the update was not caused by a
+        run's usage). A planner holds a call's reservation until run.recorded_calls counts it.
+        """
+
     def __init__(
         self,
         *,
@@ -104,11 +111,57 @@ class BudgetState(_message.Message):
         exhausted: _builtins.bool = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        run: Global___RunBudget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "monthly", b"monthly", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "monthly", b"monthly", "run", b"run", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "exhausted", b"exhausted", "monthly", b"monthly", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "exhausted", b"exhausted", "monthly", b"monthly", "run", b"run", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BudgetState: _TypeAlias = BudgetState  # noqa: Y015
+
+@_typing.final
+class RunBudget(_message.Message):
+    """RunBudget is one run's recorded spend against its per-run limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    RECORDED_CALLS_FIELD_NUMBER: _builtins.int
+    UNPRICED_CALLS_FIELD_NUMBER: _builtins.int
+    EXHAUSTED_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    recorded_calls: _builtins.int
+    """Ledger records of the run so far (usage ids, each counted once)."""
+    unpriced_calls: _builtins.int
+    """Of which had no price (their cost is unknown, not zero)."""
+    exhausted: _builtins.bool
+    """spent >= limit."""
+    @_builtins.property
+    def limit(self) -> _common_pb2.Money:
+        """Unset means no per-run limit."""
+
+    @_builtins.property
+    def spent(self) -> _common_pb2.Money:
+        """Recorded (priced) spend of the run."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        limit: _common_pb2.Money | None = ...,
+        spent: _common_pb2.Money | None = ...,
+        recorded_calls: _builtins.int = ...,
+        unpriced_calls: _builtins.int = ...,
+        exhausted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "spent", b"spent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "limit", b"limit", "recorded_calls", b"recorded_calls", "run_id", b"run_id", "spent", b"spent", "unpriced_calls", b"unpriced_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunBudget: _TypeAlias = RunBudget  # noqa: Y015

@@ -157,6 +157,7 @@ class RunState(_message.Message):
     WRAP_UP_LIMIT_FIELD_NUMBER: _builtins.int
     STEPS_TAKEN_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    QUEUED_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     agent: _builtins.str
@@ -219,6 +220,10 @@ class RunState(_message.Message):
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def queued_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolCall]:
+        """Tool calls of the current model turn not started yet (max parallel tool calls reached)."""
+
     def __init__(
         self,
         *,
@@ -252,11 +257,233 @@ class RunState(_message.Message):
         wrap_up_limit: _runs_pb2.RunFailureReason.ValueType = ...,
         steps_taken: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        queued_tool_calls: _abc.Iterable[_common_pb2.ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cost", b"cost", "deadline", b"deadline", "finished_at", b"finished_at", "reserved_cost", b"reserved_cost", "started_at", b"started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "budget", b"budget", "child_run_ids", b"child_run_ids", "cost", b"cost", "deadline", b"deadline", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "goal", b"goal", "idempotency_key", b"idempotency_key", "last_event_sequence", b"last_event_sequence", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "pending_steps", b"pending_steps", "reserved_cost", b"reserved_cost", "route", b"route", "run_id", b"run_id", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "step_ordinal", b"step_ordinal", "steps_taken", b"steps_taken", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id", "transcript", b"transcript", "updated_at", b"updated_at", "usage", b"usage", "wrap_up_limit", b"wrap_up_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "budget", b"budget", "child_run_ids", b"child_run_ids", "cost", b"cost", "deadline", b"deadline", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "goal", b"goal", "idempotency_key", b"idempotency_key", "last_event_sequence", b"last_event_sequence", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "pending_steps", b"pending_steps", "queued_tool_calls", b"queued_tool_calls", "reserved_cost", b"reserved_cost", "route", b"route", "run_id", b"run_id", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "step_ordinal", b"step_ordinal", "steps_taken", b"steps_taken", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id", "transcript", b"transcript", "updated_at", b"updated_at", "usage", b"usage", "wrap_up_limit", b"wrap_up_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
+@_typing.final
+class SessionState(_message.Message):
+    """--- Planner-internal additions (additive; other services must not depend on them) ---------
+
+    Sessions and child runs live under keys that may hash to a partition other than the run being
+    handled. The planner never reads another partition's state: it sends an internal message through
+    Kafka to the partition that owns the key, inside the same transaction as everything else. These
+    messages travel on stepline.control.v1, told apart from ControlCommand by the ce_type header.
+
+    SessionState is the changelog record (key "session/<tenant_id>/<session_id>") of one session:
+    its shared conversation memory and which run currently holds it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_RUN_ID_FIELD_NUMBER: _builtins.int
+    QUEUED_RUN_IDS_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    session_id: _builtins.str
+    active_run_id: _builtins.str
+    """Run holding the session now; empty when idle."""
+    @_builtins.property
+    def queued_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Runs waiting for the session, oldest first."""
+
+    @_builtins.property
+    def memory(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
+        """Conversation memory (no system prompt), bounded."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        active_run_id: _builtins.str = ...,
+        queued_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        memory: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_run_id", b"active_run_id", "memory", b"memory", "queued_run_ids", b"queued_run_ids", "session_id", b"session_id", "tenant_id", b"tenant_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
+
+@_typing.final
+class SessionTurnRequested(_message.Message):
+    """SessionTurnRequested: a run (key of this message: the session key) asks to take its turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    session_id: _builtins.str
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "session_id", b"session_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTurnRequested: _TypeAlias = SessionTurnRequested  # noqa: Y015
+
+@_typing.final
+class SessionTurnGranted(_message.Message):
+    """SessionTurnGranted: the session owner hands the memory to the run (key: run_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    session_id: _builtins.str
+    run_id: _builtins.str
+    @_builtins.property
+    def memory(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        memory: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "run_id", b"run_id", "session_id", b"session_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTurnGranted: _TypeAlias = SessionTurnGranted  # noqa: Y015
+
+@_typing.final
+class SessionTurnRejected(_message.Message):
+    """SessionTurnRejected: the session is busy and configured to reject (key: run_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    session_id: _builtins.str
+    run_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run_id", b"run_id", "session_id", b"session_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTurnRejected: _TypeAlias = SessionTurnRejected  # noqa: Y015
+
+@_typing.final
+class SessionTurnEnded(_message.Message):
+    """SessionTurnEnded: the run gives the session back (key: the session key). `memory_updated`
+    false keeps the previous memory (a run that failed or was cancelled adds nothing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_UPDATED_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    session_id: _builtins.str
+    run_id: _builtins.str
+    memory_updated: _builtins.bool
+    @_builtins.property
+    def memory(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        memory_updated: _builtins.bool = ...,
+        memory: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "memory_updated", b"memory_updated", "run_id", b"run_id", "session_id", b"session_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTurnEnded: _TypeAlias = SessionTurnEnded  # noqa: Y015
+
+@_typing.final
+class ChildRunEnded(_message.Message):
+    """ChildRunEnded: a child run tells its parent how it ended (key: parent_run_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    parent_run_id: _builtins.str
+    child_run_id: _builtins.str
+    status: _runs_pb2.RunStatus.ValueType
+    answer: _builtins.str
+    message: _builtins.str
+    @_builtins.property
+    def usage(self) -> _common_pb2.TokenUsage: ...
+    @_builtins.property
+    def cost(self) -> _common_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
+        child_run_id: _builtins.str = ...,
+        status: _runs_pb2.RunStatus.ValueType = ...,
+        answer: _builtins.str = ...,
+        message: _builtins.str = ...,
+        usage: _common_pb2.TokenUsage | None = ...,
+        cost: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "child_run_id", b"child_run_id", "cost", b"cost", "message", b"message", "parent_run_id", b"parent_run_id", "status", b"status", "tenant_id", b"tenant_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRunEnded: _TypeAlias = ChildRunEnded  # noqa: Y015

@@ -1,0 +1,1 @@
+"""Stepline billing: usage ledger, budgets, rollups, query surface."""

@@ -1,0 +1,309 @@
+"""`python -m stepline_billing.cli`: usage and ledger tables, CSV export, reconciliation, tail.
+
+    usage --tenant T [--run R] [--since ISO] [--until ISO] [--granularity hourly|daily]
+    ledger --tenant T [--run R] [--since ISO] [--until ISO] [--limit N] [--csv out.csv]
+    reconcile [--tenant T]          exit 1 when any drift is found
+    tail TOPIC [--from-beginning] [--max N] [--idle-timeout S]
+                                    one JSON object per record (decoded by its ce_type header)
+
+The first three read the ledger store billing writes (SQLite by default, PostgreSQL when
+STEPLINE_BILLING_DSN is set); `tail` reads Kafka (STEPLINE_KAFKA_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from aiokafka import AIOKafkaConsumer
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from stepline.v1 import (
+    billing_service_pb2,
+    budgets_pb2,
+    control_pb2,
+    dead_letter_pb2,
+    goals_pb2,
+    model_pb2,
+    planner_state_pb2,
+    runs_pb2,
+    tools_pb2,
+    usage_pb2,
+)
+from stepline_billing.app import open_store
+from stepline_billing.config import Settings
+from stepline_billing.ledger import LedgerEntry
+from stepline_billing.queries import all_entries, reconcile, usage_summary
+from stepline_billing.rollups import Granularity
+from stepline_billing.store import LedgerQuery
+from stepline_pricebook import PriceBook
+
+__all__ = ["main"]
+
+# Every generated module, so `tail` can decode any Stepline topic by its ce_type header.
+_MODULES = (
+    billing_service_pb2,
+    budgets_pb2,
+    control_pb2,
+    dead_letter_pb2,
+    goals_pb2,
+    model_pb2,
+    planner_state_pb2,
+    runs_pb2,
+    tools_pb2,
+    usage_pb2,
+)
+_LEDGER_HEADER = (
+    "occurred_at", "usage_id", "run_id", "kind", "provider", "model", "tool", "succeeded",
+    "input_tokens", "output_tokens", "cached_input_tokens", "cost", "currency", "priced_by",
+    "price_book_version",
+)  # fmt: skip
+
+
+def _time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Print rows as an aligned plain-text table."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    line = "  ".join("{:<%d}" % w for w in widths)  # noqa: UP031 (a format template)
+    print(line.format(*header).rstrip(), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in rows:
+        print(line.format(*row).rstrip(), file=out)
+
+
+def _cost(entry_cost: object) -> str:
+    return "UNPRICED" if entry_cost is None else str(entry_cost)
+
+
+def _ledger_row(entry: LedgerEntry) -> list[str]:
+    u = entry.usage
+    return [
+        u.occurred_at.isoformat(timespec="seconds"), u.usage_id, u.run_id, u.kind.value,
+        u.provider, u.model, u.tool, "yes" if u.succeeded else "no", str(u.tokens.input),
+        str(u.tokens.output), str(u.tokens.cached_input), _cost(entry.cost), entry.currency,
+        entry.priced_by.value, entry.price_book_version,
+    ]  # fmt: skip
+
+
+def cmd_usage(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Print a tenant's rollups and totals."""
+    store = open_store(settings)
+    try:
+        summary = usage_summary(
+            store,
+            args.tenant,
+            Granularity(args.granularity),
+            args.run or "",
+            _time(args.since) if args.since else None,
+            _time(args.until) if args.until else None,
+        )
+    finally:
+        store.close()
+    rows = [
+        [
+            r.key.window_start.isoformat(timespec="minutes"), r.key.kind.value, r.key.provider,
+            r.key.model, r.key.tool, str(r.calls), str(r.failures), str(r.unpriced_calls),
+            str(r.tokens.input), str(r.tokens.output), str(r.cost),
+        ]
+        for r in summary.rollups
+    ]  # fmt: skip
+    rows.append(
+        [
+            "TOTAL", "", "", "", "", str(summary.calls), str(summary.failures),
+            str(summary.unpriced_calls), str(summary.tokens.input), str(summary.tokens.output),
+            str(summary.cost),
+        ]
+    )  # fmt: skip
+    header = ("window", "kind", "provider", "model", "tool", "calls", "failures", "unpriced",
+              "input_tokens", "output_tokens", "cost")  # fmt: skip
+    print(f"tenant {args.tenant}  ({args.granularity})", file=out)
+    table(header, rows, out)
+    if summary.unpriced_calls:
+        print(
+            f"note: {summary.unpriced_calls} call(s) had no price; their cost is unknown and not"
+            " included in the cost column",
+            file=out,
+        )
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Print (or export as CSV) a tenant's ledger rows."""
+    query = LedgerQuery(
+        tenant_id=args.tenant,
+        run_id=args.run or "",
+        start=_time(args.since) if args.since else None,
+        end=_time(args.until) if args.until else None,
+    )
+    store = open_store(settings)
+    try:
+        entries = list(all_entries(store, query))
+    finally:
+        store.close()
+    rows = [_ledger_row(e) for e in entries]
+    if args.csv:
+        with Path(args.csv).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(_LEDGER_HEADER)
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} ledger rows to {args.csv}", file=out)
+        return 0
+    table(_LEDGER_HEADER, rows[: args.limit] if args.limit else rows, out)
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Recompute totals from the ledger, compare; exit 1 on drift."""
+    store = open_store(settings)
+    try:
+        drifts = reconcile(store, PriceBook.load(), args.tenant or "")
+        tenants = [args.tenant] if args.tenant else store.tenants()
+    finally:
+        store.close()
+    if not drifts:
+        print(f"reconciled {len(tenants)} tenant(s): no drift", file=out)
+        return 0
+    table(
+        ("scope", "what", "expected (ledger)", "found"),
+        [[d.scope, d.what, d.expected, d.found] for d in drifts],
+        out,
+    )
+    print(f"drift: {len(drifts)} difference(s)", file=out)
+    return 1
+
+
+def _message_class(type_name: str) -> type[Message] | None:
+    short = type_name.removeprefix("stepline.v1.")
+    for module in _MODULES:
+        found = getattr(module, short, None)
+        if isinstance(found, type) and issubclass(found, Message):
+            return found
+    return None
+
+
+def record_json(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+) -> dict[str, object]:
+    """One Kafka record as a JSON-ready dict: coordinates, headers and the decoded payload."""
+    decoded_headers = {k: v.decode("utf-8", errors="replace") for k, v in headers}
+    entry: dict[str, object] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key.decode("utf-8", errors="replace") if key is not None else None,
+        "headers": decoded_headers,
+    }
+    type_name = decoded_headers.get("ce_type", "")
+    cls = _message_class(type_name) if type_name else None
+    if value is None:
+        entry["value"] = None
+    elif cls is None:
+        entry["error"] = f"unknown type {type_name!r}"
+        entry["value_hex"] = value.hex()
+    else:
+        try:
+            message = cls.FromString(value)
+            entry["type"] = type_name
+            entry["value"] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        except DecodeError as error:
+            entry["error"] = f"not a valid {type_name}: {error}"
+            entry["value_hex"] = value.hex()
+    return entry
+
+
+async def _tail(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    topic = args.topic if not settings.topic_namespace else settings.topic(args.topic)
+    consumer = AIOKafkaConsumer(
+        topic,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **settings.kafka.client_kwargs("billing-tail"),
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        while args.max is None or seen < args.max:
+            batch = await consumer.getmany(timeout_ms=int(args.idle_timeout * 1000) or 1000)
+            if not batch and args.idle_timeout:
+                break
+            for records in batch.values():
+                for r in records:
+                    line = record_json(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
+                    print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
+                    seen += 1
+                    if args.max is not None and seen >= args.max:
+                        return 0
+    finally:
+        await consumer.stop()
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Print records of a topic as JSON lines."""
+    return asyncio.run(_tail(args, settings, out))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    root = argparse.ArgumentParser(prog="python -m stepline_billing.cli", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    for name in ("usage", "ledger"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--tenant", required=True)
+        sub.add_argument("--run")
+        sub.add_argument("--since", help="ISO time (UTC if no offset), inclusive")
+        sub.add_argument("--until", help="ISO time (UTC if no offset), exclusive")
+        if name == "usage":
+            sub.add_argument(
+                "--granularity", choices=[g.value for g in Granularity], default="daily"
+            )
+        else:
+            sub.add_argument("--csv", help="write the rows to this CSV file instead")
+            sub.add_argument("--limit", type=int, default=0, help="print at most N rows")
+    reconcile_cmd = commands.add_parser("reconcile")
+    reconcile_cmd.add_argument("--tenant")
+    tail = commands.add_parser("tail")
+    tail.add_argument(
+        "topic", help="e.g. stepline.usage.v1 (namespaced by STEPLINE_TOPIC_NAMESPACE)"
+    )
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, help="stop after N records")
+    tail.add_argument(
+        "--idle-timeout", type=float, default=0, help="stop after S seconds without records"
+    )
+    return root
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """Run one command; return its exit code."""
+    args = parser().parse_args(argv)
+    settings = Settings()
+    commands = {
+        "usage": cmd_usage,
+        "ledger": cmd_ledger,
+        "reconcile": cmd_reconcile,
+        "tail": cmd_tail,
+    }
+    return commands[args.command](args, settings, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
