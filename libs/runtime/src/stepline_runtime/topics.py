@@ -85,8 +85,16 @@ CATALOG: tuple[Topic, ...] = (
     ),
     Topic(
         Topics.CONTROL,
-        "run_id",
-        ("stepline.v1.ControlCommand",),
+        "run_id (session notices: session/<tenant>/<session_id>)",
+        (
+            "stepline.v1.ControlCommand",
+            # Planner-internal notices between partitions, in the same transaction as the rest.
+            "stepline.v1.SessionTurnRequested",
+            "stepline.v1.SessionTurnGranted",
+            "stepline.v1.SessionTurnRejected",
+            "stepline.v1.SessionTurnEnded",
+            "stepline.v1.ChildRunEnded",
+        ),
         configs=_retention(7),
         copartition_group=_PLANNER,
     ),
@@ -122,8 +130,8 @@ CATALOG: tuple[Topic, ...] = (
     # The changelog is co-partitioned with the planner inputs: partition p's state lives in p.
     Topic(
         Topics.PLANNER_STATE,
-        "run_id",
-        ("stepline.v1.RunState",),
+        "run_id (sessions: session/<tenant>/<session_id>)",
+        ("stepline.v1.RunState", "stepline.v1.SessionState"),
         Cleanup.COMPACT,
         {"min.compaction.lag.ms": "0", "segment.ms": str(60 * 60 * 1000)},
         copartition_group=_PLANNER,

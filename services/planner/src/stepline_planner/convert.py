@@ -1,0 +1,725 @@
+"""Protobuf ↔ core types. Protobuf stops here; the core never sees a generated class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stepline.v1 import (
+    budgets_pb2,
+    common_pb2,
+    control_pb2,
+    goals_pb2,
+    model_pb2,
+    planner_state_pb2,
+    runs_pb2,
+    tools_pb2,
+)
+from stepline_planner import outputs as o
+from stepline_planner.decide import TenantBudget
+from stepline_planner.inputs import (
+    ApprovalDecided,
+    CancelRequested,
+    ChildEnded,
+    Goal,
+    ModelCompleted,
+    ModelFailed,
+    ToolCompleted,
+    ToolFailed,
+)
+from stepline_planner.state import (
+    Decision,
+    Message,
+    PendingStep,
+    Reason,
+    Role,
+    Run,
+    Session,
+    Status,
+    StepKind,
+    ToolCall,
+    Usage,
+)
+
+__all__ = [
+    "ConversionError",
+    "approval_from_proto",
+    "budget_from_proto",
+    "cancel_from_proto",
+    "child_ended_from_proto",
+    "child_ended_to_proto",
+    "decimal_of",
+    "event_to_proto",
+    "goal_from_proto",
+    "goal_to_proto",
+    "messages_from_proto",
+    "messages_to_proto",
+    "model_request_to_proto",
+    "model_result_from_proto",
+    "run_from_proto",
+    "run_to_proto",
+    "session_from_proto",
+    "session_to_proto",
+    "tool_cancel_to_proto",
+    "tool_request_to_proto",
+    "tool_result_from_proto",
+    "tool_spec_from_proto",
+]
+
+
+class ConversionError(ValueError):
+    """A message field cannot become a core value (e.g. a malformed amount)."""
+
+
+# --- scalars ----------------------------------------------------------------------------------
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def _dt(stamp: Timestamp, present: bool = True) -> datetime | None:
+    if not present or (stamp.seconds == 0 and stamp.nanos == 0):
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _duration(value: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(value)
+    return duration
+
+
+def decimal_of(money: common_pb2.Money) -> Decimal:
+    """The amount of `money` ("" is zero); raises ConversionError for malformed amounts."""
+    try:
+        value = Decimal(money.amount or "0")
+    except InvalidOperation as error:
+        raise ConversionError(f"amount {money.amount!r} is not a decimal") from error
+    if not value.is_finite():
+        raise ConversionError(f"amount {money.amount!r} is not finite")
+    return value
+
+
+def _money(amount: Decimal | None, currency: str) -> common_pb2.Money | None:
+    if amount is None:
+        return None
+    return common_pb2.Money(currency=currency, amount=f"{amount.normalize():f}")
+
+
+def _usage(usage: Usage) -> common_pb2.TokenUsage:
+    return common_pb2.TokenUsage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cache_write_input_tokens=usage.cache_write_input_tokens,
+    )
+
+
+def _usage_of(usage: common_pb2.TokenUsage) -> Usage:
+    return Usage(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.reasoning_tokens,
+        usage.cache_write_input_tokens,
+    )
+
+
+def _enum_name(enum_type: object, prefix: str, value: int) -> str:
+    name: str = enum_type.Name(value)  # type: ignore[attr-defined]
+    return name.removeprefix(prefix)
+
+
+def _status(status: Status) -> runs_pb2.RunStatus.ValueType:
+    return runs_pb2.RunStatus.Value(f"RUN_STATUS_{status.value}")
+
+
+def _reason(reason: Reason) -> runs_pb2.RunFailureReason.ValueType:
+    return runs_pb2.RunFailureReason.Value(f"RUN_FAILURE_REASON_{reason.value}")
+
+
+def _reason_of(value: int) -> Reason:
+    return Reason(_enum_name(runs_pb2.RunFailureReason, "RUN_FAILURE_REASON_", value))
+
+
+def _kind(kind: StepKind) -> runs_pb2.StepKind.ValueType:
+    return runs_pb2.StepKind.Value(f"STEP_KIND_{kind.value}")
+
+
+def _decision(decision: Decision) -> control_pb2.ApprovalDecision.ValueType:
+    return control_pb2.ApprovalDecision.Value(f"APPROVAL_DECISION_{decision.value}")
+
+
+def _tool_error(kind: str) -> tools_pb2.ToolCallErrorKind.ValueType:
+    if not kind:
+        return tools_pb2.TOOL_CALL_ERROR_KIND_UNSPECIFIED
+    return tools_pb2.ToolCallErrorKind.Value(f"TOOL_CALL_ERROR_KIND_{kind}")
+
+
+def _finish(reason: str) -> model_pb2.FinishReason.ValueType:
+    if not reason:
+        return model_pb2.FINISH_REASON_UNSPECIFIED
+    return model_pb2.FinishReason.Value(f"FINISH_REASON_{reason}")
+
+
+# --- transcripts ------------------------------------------------------------------------------
+
+
+def messages_to_proto(messages: Iterable[Message]) -> list[common_pb2.ChatMessage]:
+    """Core messages as ChatMessage protos."""
+    return [
+        common_pb2.ChatMessage(
+            role=common_pb2.ChatMessage.Role.Value(f"ROLE_{m.role.value}"),
+            content=m.content,
+            tool_calls=[
+                common_pb2.ToolCall(call_id=c.call_id, name=c.name, arguments_json=c.arguments_json)
+                for c in m.tool_calls
+            ],
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
+        for m in messages
+    ]
+
+
+def _calls(calls: Iterable[common_pb2.ToolCall]) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall(c.call_id, c.name, c.arguments_json) for c in calls)
+
+
+def messages_from_proto(messages: Iterable[common_pb2.ChatMessage]) -> tuple[Message, ...]:
+    """ChatMessage protos as core messages (unspecified roles become USER)."""
+    result = []
+    for m in messages:
+        role_name = _enum_name(common_pb2.ChatMessage.Role, "ROLE_", m.role)
+        role = Role(role_name) if role_name in Role.__members__ else Role.USER
+        result.append(Message(role, m.content, _calls(m.tool_calls), m.tool_call_id, m.name))
+    return tuple(result)
+
+
+# --- goals ------------------------------------------------------------------------------------
+
+
+def goal_from_proto(goal: goals_pb2.GoalSubmitted) -> Goal:
+    """A GoalSubmitted as a core Goal."""
+    has_budget = goal.HasField("budget")
+    return Goal(
+        run_id=goal.run_id,
+        tenant_id=goal.tenant_id,
+        agent=goal.agent,
+        goal=goal.goal,
+        session_id=goal.session_id,
+        budget=decimal_of(goal.budget) if has_budget else None,
+        budget_currency=goal.budget.currency if has_budget else "",
+        deadline=_dt(goal.deadline, goal.HasField("deadline")),
+        metadata=dict(goal.metadata),
+        idempotency_key=goal.idempotency_key,
+        parent_run_id=goal.parent_run_id,
+        submitted_by=goal.submitted_by,
+        max_steps=goal.max_steps,
+    )
+
+
+def goal_to_proto(goal: Goal, submitted_at: datetime) -> goals_pb2.GoalSubmitted:
+    """A core Goal as GoalSubmitted (child runs, forwarded goals)."""
+    return goals_pb2.GoalSubmitted(
+        run_id=goal.run_id,
+        tenant_id=goal.tenant_id,
+        agent=goal.agent,
+        goal=goal.goal,
+        session_id=goal.session_id,
+        budget=_money(goal.budget, goal.budget_currency),
+        deadline=_ts(goal.deadline),
+        metadata=dict(goal.metadata),
+        idempotency_key=goal.idempotency_key,
+        submitted_at=_ts(submitted_at),
+        parent_run_id=goal.parent_run_id,
+        submitted_by=goal.submitted_by,
+        max_steps=goal.max_steps,
+    )
+
+
+# --- results and commands ---------------------------------------------------------------------
+
+
+def model_result_from_proto(result: model_pb2.ModelCallResult) -> ModelCompleted | ModelFailed:
+    """A router result as a core input; raises ConversionError when it has no outcome."""
+    which = result.WhichOneof("outcome")
+    if which == "completed":
+        done = result.completed
+        finish = _enum_name(model_pb2.FinishReason, "FINISH_REASON_", done.finish_reason)
+        return ModelCompleted(
+            step_id=result.step_id,
+            call_id=result.call_id,
+            content=done.content,
+            tool_calls=_calls(done.tool_calls),
+            finish_reason="" if finish == "UNSPECIFIED" else finish,
+            usage=_usage_of(done.usage),
+            cost=decimal_of(done.cost),
+            provider=done.provider,
+            model=done.model,
+            deployment=done.deployment,
+        )
+    if which == "failed":
+        failed = result.failed
+        return ModelFailed(
+            step_id=result.step_id,
+            call_id=result.call_id,
+            kind=_enum_name(model_pb2.ModelCallErrorKind, "MODEL_CALL_ERROR_KIND_", failed.kind),
+            message=failed.message,
+            usage=_usage_of(failed.usage),
+            cost=decimal_of(failed.cost),
+        )
+    raise ConversionError("ModelCallResult has neither completed nor failed")
+
+
+def tool_result_from_proto(result: tools_pb2.ToolCallResult) -> ToolCompleted | ToolFailed:
+    """An executor result as a core input."""
+    which = result.WhichOneof("outcome")
+    if which == "completed":
+        done = result.completed
+        return ToolCompleted(result.step_id, result.call_id, done.output, done.output_truncated)
+    if which == "failed":
+        kind = _enum_name(tools_pb2.ToolCallErrorKind, "TOOL_CALL_ERROR_KIND_", result.failed.kind)
+        return ToolFailed(result.step_id, result.call_id, kind, result.failed.message)
+    raise ConversionError("ToolCallResult has neither completed nor failed")
+
+
+def approval_from_proto(tenant_id: str, decided: control_pb2.ApprovalDecided) -> ApprovalDecided:
+    """An ApprovalDecided command as a core input."""
+    if decided.decision == control_pb2.APPROVAL_DECISION_APPROVED:
+        decision = Decision.APPROVED
+    elif decided.decision == control_pb2.APPROVAL_DECISION_DENIED:
+        decision = Decision.DENIED
+    else:
+        raise ConversionError("ApprovalDecided.decision is unspecified")
+    return ApprovalDecided(
+        tenant_id=tenant_id,
+        approval_id=decided.approval_id,
+        call_id=decided.call_id,
+        decision=decision,
+        reason=decided.reason,
+        edited_arguments_json=decided.edited_arguments_json,
+        decided_by=decided.decided_by,
+    )
+
+
+def cancel_from_proto(tenant_id: str, cancel: control_pb2.RunCancelRequested) -> CancelRequested:
+    """A RunCancelRequested command as a core input."""
+    return CancelRequested(tenant_id, cancel.reason, cancel.requested_by, cancel.keep_children)
+
+
+def child_ended_from_proto(ended: planner_state_pb2.ChildRunEnded) -> ChildEnded:
+    """A child's notice as a core input."""
+    status = Status(_enum_name(runs_pb2.RunStatus, "RUN_STATUS_", ended.status))
+    return ChildEnded(
+        ended.child_run_id,
+        status,
+        ended.answer,
+        ended.message,
+        _usage_of(ended.usage),
+        decimal_of(ended.cost),
+    )
+
+
+def child_ended_to_proto(sent: o.ChildEndedSent) -> planner_state_pb2.ChildRunEnded:
+    """A child's notice as its internal message."""
+    return planner_state_pb2.ChildRunEnded(
+        tenant_id=sent.tenant_id,
+        parent_run_id=sent.parent_run_id,
+        child_run_id=sent.child_run_id,
+        status=_status(sent.status),
+        answer=sent.answer,
+        message=sent.message,
+        usage=_usage(sent.usage),
+        cost=_money(sent.cost, sent.currency),
+    )
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def tool_spec_from_proto(registered: tools_pb2.ToolRegistered) -> o.ToolSpec:
+    """A registry entry as the definition offered to models."""
+    d = registered.definition
+    return o.ToolSpec(
+        d.name, d.description, d.parameters_json_schema or "{}", d.requires_approval, d.idempotent
+    )
+
+
+def budget_from_proto(state: budgets_pb2.BudgetState) -> TenantBudget:
+    """A tenant's budget: exhausted, and the least remaining amount over limited periods."""
+    remaining: Decimal | None = None
+    for period in (state.daily, state.monthly):
+        if period.HasField("limit"):
+            left = decimal_of(period.limit) - decimal_of(period.spent) - decimal_of(period.reserved)
+            remaining = left if remaining is None else min(remaining, left)
+    return TenantBudget(state.exhausted, remaining)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequested:
+    """A model step request as ModelCallRequested."""
+    mode = model_pb2.TOOL_CHOICE_MODE_AUTO if req.tools_allowed else model_pb2.TOOL_CHOICE_MODE_NONE
+    return model_pb2.ModelCallRequested(
+        run_id=req.run_id,
+        tenant_id=req.tenant_id,
+        step_id=req.step_id,
+        call_id=req.call_id,
+        route=req.route,
+        messages=messages_to_proto(req.messages),
+        tools=[
+            common_pb2.ToolDefinition(
+                name=t.name,
+                description=t.description,
+                parameters_json_schema=t.parameters_json_schema,
+                requires_approval=t.requires_approval,
+                idempotent=t.idempotent,
+            )
+            for t in req.tools
+        ],
+        parameters=model_pb2.ModelParameters(
+            max_output_tokens=req.max_output_tokens,
+            tool_choice=model_pb2.ToolChoice(mode=mode),
+        ),
+        deadline=_ts(req.deadline),
+        max_cost=_money(req.max_cost, req.currency),
+        metadata=dict(req.metadata),
+        agent=req.agent,
+        requested_at=_ts(req.requested_at),
+    )
+
+
+def tool_request_to_proto(req: o.ToolCallRequested) -> tools_pb2.ToolCallRequested:
+    """A tool step request as ToolCallRequested."""
+    return tools_pb2.ToolCallRequested(
+        run_id=req.run_id,
+        tenant_id=req.tenant_id,
+        step_id=req.step_id,
+        call_id=req.call_id,
+        tool=req.tool,
+        arguments_json=req.arguments_json,
+        idempotency_key=req.idempotency_key,
+        deadline=_ts(req.deadline),
+        agent=req.agent,
+        requested_at=_ts(req.requested_at),
+        metadata=dict(req.metadata),
+    )
+
+
+def tool_cancel_to_proto(req: o.ToolCallsCancelRequested) -> tools_pb2.ToolCallsCancelRequested:
+    """A cancellation of in-flight tool calls."""
+    return tools_pb2.ToolCallsCancelRequested(
+        run_id=req.run_id,
+        tenant_id=req.tenant_id,
+        call_ids=list(req.call_ids),
+        reason=req.reason,
+        requested_at=_ts(req.requested_at),
+    )
+
+
+# --- run events -------------------------------------------------------------------------------
+
+
+def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
+    """A core run event as RunEvent."""
+    msg = runs_pb2.RunEvent(
+        run_id=event.run_id,
+        tenant_id=event.tenant_id,
+        event_id=f"{event.run_id}/{event.sequence}",
+        sequence=event.sequence,
+        occurred_at=_ts(event.occurred_at),
+        agent=event.agent,
+    )
+    c, b = event.currency, event.body
+    if isinstance(b, o.RunQueued):
+        msg.queued.reason = b.reason
+    elif isinstance(b, o.RunStarted):
+        msg.started.CopyFrom(
+            runs_pb2.RunStarted(
+                goal=b.goal,
+                session_id=b.session_id,
+                budget=_money(b.budget, c),
+                deadline=_ts(b.deadline),
+                parent_run_id=b.parent_run_id,
+                submitted_by=b.submitted_by,
+                route=b.route,
+                max_steps=b.max_steps,
+                metadata=dict(b.metadata),
+            )
+        )
+    elif isinstance(b, o.StepStarted):
+        msg.step_started.CopyFrom(
+            runs_pb2.StepStarted(
+                step_id=b.step_id,
+                call_id=b.call_id,
+                kind=_kind(b.kind),
+                route=b.route,
+                tool=b.tool,
+                arguments_json=b.arguments_json,
+                deadline=_ts(b.deadline),
+            )
+        )
+    elif isinstance(b, o.StepCompleted):
+        msg.step_completed.CopyFrom(
+            runs_pb2.StepCompleted(
+                step_id=b.step_id,
+                call_id=b.call_id,
+                kind=_kind(b.kind),
+                outcome=runs_pb2.StepOutcome.Value(f"STEP_OUTCOME_{b.outcome.value}"),
+                route=b.route,
+                provider=b.provider,
+                model=b.model,
+                deployment=b.deployment,
+                finish_reason=_finish(b.finish_reason),
+                requested_tools=list(b.requested_tools),
+                tool=b.tool,
+                tool_error_kind=_tool_error(b.tool_error_kind),
+                output_truncated=b.output_truncated,
+                usage=_usage(b.usage),
+                cost=_money(b.cost, c),
+                duration=_duration(b.duration),
+                error_message=b.error_message,
+            )
+        )
+    elif isinstance(b, o.ApprovalRequested):
+        msg.approval_requested.CopyFrom(
+            runs_pb2.ApprovalRequested(
+                approval_id=b.approval_id,
+                step_id=b.step_id,
+                call_id=b.call_id,
+                tool=b.tool,
+                arguments_json=b.arguments_json,
+                expires_at=_ts(b.expires_at),
+            )
+        )
+    elif isinstance(b, o.ApprovalResolved):
+        msg.approval_resolved.CopyFrom(
+            runs_pb2.ApprovalResolved(
+                approval_id=b.approval_id,
+                step_id=b.step_id,
+                call_id=b.call_id,
+                decision=_decision(b.decision),
+                reason=b.reason,
+                decided_by=b.decided_by,
+                timed_out=b.timed_out,
+                arguments_edited=b.arguments_edited,
+            )
+        )
+    elif isinstance(b, o.DuplicateResultIgnored):
+        msg.duplicate_result_ignored.CopyFrom(
+            runs_pb2.DuplicateResultIgnored(
+                step_id=b.step_id,
+                call_id=b.call_id,
+                reason=runs_pb2.IgnoredResultReason.Value(
+                    f"IGNORED_RESULT_REASON_{b.reason.value}"
+                ),
+                kind=_kind(b.kind),
+            )
+        )
+    elif isinstance(b, o.BudgetReserved):
+        msg.budget_reserved.CopyFrom(
+            runs_pb2.BudgetReserved(
+                step_id=b.step_id,
+                amount=_money(b.amount, c),
+                reserved_total=_money(b.reserved_total, c),
+            )
+        )
+    elif isinstance(b, o.ChildRunStarted):
+        msg.child_run_started.CopyFrom(
+            runs_pb2.ChildRunStarted(
+                child_run_id=b.child_run_id, agent=b.agent, goal=b.goal, step_id=b.step_id
+            )
+        )
+    elif isinstance(b, o.WrapUpStarted):
+        msg.wrap_up_started.CopyFrom(
+            runs_pb2.WrapUpStarted(limit=_reason(b.limit), message=b.message)
+        )
+    elif isinstance(b, o.RunCompleted):
+        msg.completed.CopyFrom(
+            runs_pb2.RunCompleted(
+                answer=b.answer,
+                usage=_usage(b.usage),
+                cost=_money(b.cost, c),
+                steps=b.steps,
+                duration=_duration(b.duration),
+                limit_reached=_reason(b.limit_reached),
+            )
+        )
+    elif isinstance(b, o.RunFailed):
+        msg.failed.CopyFrom(
+            runs_pb2.RunFailed(
+                reason=_reason(b.reason),
+                message=b.message,
+                usage=_usage(b.usage),
+                cost=_money(b.cost, c),
+                steps=b.steps,
+                duration=_duration(b.duration),
+                step_id=b.step_id,
+            )
+        )
+    else:
+        msg.cancelled.CopyFrom(
+            runs_pb2.RunCancelled(
+                reason=b.reason,
+                requested_by=b.requested_by,
+                by_parent=b.by_parent,
+                usage=_usage(b.usage),
+                cost=_money(b.cost, c),
+                steps=b.steps,
+                duration=_duration(b.duration),
+            )
+        )
+    return msg
+
+
+# --- durable state ----------------------------------------------------------------------------
+
+
+def run_to_proto(run: Run) -> planner_state_pb2.RunState:
+    """A run as its changelog record."""
+    c = run.currency
+    return planner_state_pb2.RunState(
+        run_id=run.run_id,
+        tenant_id=run.tenant_id,
+        agent=run.agent,
+        session_id=run.session_id,
+        status=_status(run.status),
+        goal=run.goal,
+        transcript=messages_to_proto(run.transcript),
+        pending_steps=[
+            planner_state_pb2.PendingStep(
+                step_id=p.step_id,
+                call_id=p.call_id,
+                kind=_kind(p.kind),
+                deadline=_ts(p.deadline),
+                tool=p.tool,
+                arguments_json=p.arguments_json,
+                model_tool_call_id=p.model_tool_call_id,
+                awaiting_approval=p.awaiting_approval,
+                approval_id=p.approval_id,
+                approval_deadline=_ts(p.approval_deadline),
+                idempotency_key=p.idempotency_key,
+                started_at=_ts(p.started_at),
+                reserved_cost=_money(p.reserved, c),
+            )
+            for p in run.pending
+        ],
+        step_ordinal=run.step_ordinal,
+        route=run.route,
+        max_steps=run.max_steps,
+        budget=_money(run.budget, c),
+        deadline=_ts(run.deadline),
+        usage=_usage(run.usage),
+        cost=_money(run.cost, c),
+        reserved_cost=_money(run.reserved, c),
+        parent_run_id=run.parent_run_id,
+        child_run_ids=list(run.child_run_ids),
+        metadata=dict(run.metadata),
+        idempotency_key=run.idempotency_key,
+        submitted_by=run.submitted_by,
+        started_at=_ts(run.started_at),
+        finished_at=_ts(run.finished_at),
+        last_event_sequence=run.last_event_sequence,
+        answer=run.answer,
+        failure_reason=_reason(run.failure_reason),
+        failure_message=run.failure_message,
+        wrap_up_limit=_reason(run.wrap_up_limit),
+        steps_taken=run.steps_taken,
+        updated_at=_ts(run.updated_at),
+        queued_tool_calls=[
+            common_pb2.ToolCall(call_id=t.call_id, name=t.name, arguments_json=t.arguments_json)
+            for t in run.queued_tool_calls
+        ],
+    )
+
+
+def run_from_proto(state: planner_state_pb2.RunState, currency: str) -> Run:
+    """A changelog record as a run."""
+    epoch = datetime.fromtimestamp(0, UTC)
+    pending = tuple(
+        PendingStep(
+            step_id=p.step_id,
+            call_id=p.call_id,
+            kind=StepKind(_enum_name(runs_pb2.StepKind, "STEP_KIND_", p.kind)),
+            deadline=_dt(p.deadline) or epoch,
+            started_at=_dt(p.started_at) or epoch,
+            tool=p.tool,
+            arguments_json=p.arguments_json,
+            model_tool_call_id=p.model_tool_call_id,
+            awaiting_approval=p.awaiting_approval,
+            approval_id=p.approval_id,
+            approval_deadline=_dt(p.approval_deadline, p.HasField("approval_deadline")),
+            idempotency_key=p.idempotency_key,
+            reserved=decimal_of(p.reserved_cost),
+        )
+        for p in state.pending_steps
+    )
+    return Run(
+        run_id=state.run_id,
+        tenant_id=state.tenant_id,
+        agent=state.agent,
+        status=Status(_enum_name(runs_pb2.RunStatus, "RUN_STATUS_", state.status)),
+        goal=state.goal,
+        currency=state.cost.currency or state.budget.currency or currency,
+        started_at=_dt(state.started_at) or epoch,
+        updated_at=_dt(state.updated_at) or epoch,
+        session_id=state.session_id,
+        transcript=messages_from_proto(state.transcript),
+        pending=pending,
+        queued_tool_calls=_calls(state.queued_tool_calls),
+        step_ordinal=state.step_ordinal,
+        route=state.route,
+        max_steps=state.max_steps,
+        budget=decimal_of(state.budget) if state.HasField("budget") else None,
+        deadline=_dt(state.deadline, state.HasField("deadline")),
+        usage=_usage_of(state.usage),
+        cost=decimal_of(state.cost),
+        parent_run_id=state.parent_run_id,
+        child_run_ids=tuple(state.child_run_ids),
+        metadata=dict(state.metadata),
+        idempotency_key=state.idempotency_key,
+        submitted_by=state.submitted_by,
+        finished_at=_dt(state.finished_at, state.HasField("finished_at")),
+        last_event_sequence=state.last_event_sequence,
+        answer=state.answer,
+        failure_reason=_reason_of(state.failure_reason),
+        failure_message=state.failure_message,
+        wrap_up_limit=_reason_of(state.wrap_up_limit),
+        steps_taken=state.steps_taken,
+    )
+
+
+def session_to_proto(session: Session) -> planner_state_pb2.SessionState:
+    """A session as its changelog record."""
+    return planner_state_pb2.SessionState(
+        tenant_id=session.tenant_id,
+        session_id=session.session_id,
+        active_run_id=session.active_run_id,
+        queued_run_ids=list(session.queued_run_ids),
+        memory=messages_to_proto(session.memory),
+        updated_at=_ts(session.updated_at),
+    )
+
+
+def session_from_proto(state: planner_state_pb2.SessionState) -> Session:
+    """A changelog record as a session."""
+    return Session(
+        tenant_id=state.tenant_id,
+        session_id=state.session_id,
+        updated_at=_dt(state.updated_at) or datetime.fromtimestamp(0, UTC),
+        active_run_id=state.active_run_id,
+        queued_run_ids=tuple(state.queued_run_ids),
+        memory=messages_from_proto(state.memory),
+    )

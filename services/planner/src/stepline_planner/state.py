@@ -1,0 +1,217 @@
+"""The planner's own state types: runs, steps, transcripts and sessions (no protobuf here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+__all__ = [
+    "Decision",
+    "IgnoredReason",
+    "Message",
+    "Outcome",
+    "PendingStep",
+    "Reason",
+    "Role",
+    "Run",
+    "Session",
+    "Status",
+    "StepKind",
+    "ToolCall",
+    "Usage",
+]
+
+
+class Status(StrEnum):
+    """Lifecycle of a run; mirrors `RunStatus`."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    WRAPPING_UP = "WRAPPING_UP"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has ended."""
+        return self in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class Reason(StrEnum):
+    """Why a run failed or which limit started a wrap-up; mirrors `RunFailureReason`."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    MAX_STEPS = "MAX_STEPS"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INVALID_GOAL = "INVALID_GOAL"
+    UNKNOWN_AGENT = "UNKNOWN_AGENT"
+    TOOL_NOT_ALLOWED = "TOOL_NOT_ALLOWED"
+    MODEL_FAILED = "MODEL_FAILED"
+    INTERNAL = "INTERNAL"
+    PARENT_ENDED = "PARENT_ENDED"
+
+
+class StepKind(StrEnum):
+    """A step is one model call or one tool call."""
+
+    MODEL = "MODEL"
+    TOOL = "TOOL"
+
+
+class Outcome(StrEnum):
+    """How a step ended; mirrors `StepOutcome`."""
+
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    DENIED = "DENIED"
+
+
+class IgnoredReason(StrEnum):
+    """Why a result was not applied; mirrors `IgnoredResultReason`."""
+
+    ALREADY_COMPLETED = "ALREADY_COMPLETED"
+    STEP_TIMED_OUT = "STEP_TIMED_OUT"
+    RUN_FINISHED = "RUN_FINISHED"
+    UNKNOWN_STEP = "UNKNOWN_STEP"
+    CALL_MISMATCH = "CALL_MISMATCH"
+
+
+class Decision(StrEnum):
+    """A human's verdict on a tool call."""
+
+    APPROVED = "APPROVED"
+    DENIED = "DENIED"
+
+
+class Role(StrEnum):
+    """Who speaks in a transcript turn."""
+
+    SYSTEM = "SYSTEM"
+    USER = "USER"
+    ASSISTANT = "ASSISTANT"
+    TOOL = "TOOL"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's request to call a tool (its `call_id` is the model's, not a step call id)."""
+
+    call_id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One transcript turn."""
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, summed over steps."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_write_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_input_tokens + other.cache_write_input_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingStep:
+    """A step that was requested (or awaits approval) and has no result yet."""
+
+    step_id: str
+    call_id: str
+    kind: StepKind
+    deadline: datetime
+    started_at: datetime
+    tool: str = ""
+    arguments_json: str = ""
+    model_tool_call_id: str = ""
+    awaiting_approval: bool = False
+    approval_id: str = ""
+    approval_deadline: datetime | None = None
+    idempotency_key: str = ""
+    reserved: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The durable state of one run."""
+
+    run_id: str
+    tenant_id: str
+    agent: str
+    status: Status
+    goal: str
+    currency: str
+    started_at: datetime
+    updated_at: datetime
+    session_id: str = ""
+    transcript: tuple[Message, ...] = ()
+    pending: tuple[PendingStep, ...] = ()
+    queued_tool_calls: tuple[ToolCall, ...] = ()
+    step_ordinal: int = 0
+    route: str = ""
+    max_steps: int = 0
+    budget: Decimal | None = None
+    deadline: datetime | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: Decimal = Decimal(0)
+    parent_run_id: str = ""
+    child_run_ids: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+    submitted_by: str = ""
+    finished_at: datetime | None = None
+    last_event_sequence: int = 0
+    answer: str = ""
+    failure_reason: Reason = Reason.UNSPECIFIED
+    failure_message: str = ""
+    wrap_up_limit: Reason = Reason.UNSPECIFIED
+    steps_taken: int = 0
+
+    @property
+    def reserved(self) -> Decimal:
+        """Money set aside by pending steps."""
+        return sum((p.reserved for p in self.pending), Decimal(0))
+
+    def step(self, step_id: str) -> PendingStep | None:
+        """The pending step `step_id`, if any."""
+        return next((p for p in self.pending if p.step_id == step_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One session: shared conversation memory and which run holds it."""
+
+    tenant_id: str
+    session_id: str
+    updated_at: datetime
+    active_run_id: str = ""
+    queued_run_ids: tuple[str, ...] = ()
+    memory: tuple[Message, ...] = ()

@@ -1,0 +1,382 @@
+"""The pure agent loop, one transition at a time."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from stepline_planner import outputs as o
+from stepline_planner.decide import RejectedError, TenantBudget, derive_run_id
+from stepline_planner.inputs import (
+    ApprovalDecided,
+    CancelRequested,
+    GoalReceived,
+    ModelCompleted,
+    ModelFailed,
+    Tick,
+    ToolCompleted,
+    ToolFailed,
+)
+from stepline_planner.profiles import BudgetPolicy, DeadlinePolicy, StepTimeoutPolicy
+from stepline_planner.state import (
+    Decision,
+    IgnoredReason,
+    Outcome,
+    Reason,
+    Role,
+    Status,
+    StepKind,
+    ToolCall,
+    Usage,
+)
+from tests.planner.unit.helpers import Driver, context, profile, sequences
+
+CALLS = (ToolCall("m1", "echo", '{"x": 1}'), ToolCall("m2", "search", '{"q": "y"}'))
+
+
+def tools_turn(d: Driver, calls: tuple[ToolCall, ...] = CALLS) -> list[o.ToolCallRequested]:
+    """Answer the pending model step with tool calls."""
+    model = next(p for p in d.state.pending if p.kind is StepKind.MODEL)
+    d.feed(ModelCompleted(model.step_id, model.call_id, "", calls, "TOOL_CALLS", Usage(10, 5)))
+    return d.of(o.ToolCallRequested)
+
+
+def test_goal_starts_the_run_with_a_model_call() -> None:
+    d = Driver()
+    d.start()
+    assert d.state.status is Status.RUNNING
+    started = d.events(o.RunStarted)[0]
+    assert started.route == "r"
+    assert started.max_steps == 10
+    call = d.one(o.ModelCallRequested)
+    assert (call.step_id, call.call_id) == ("r1:1", "r1:1:1")
+    assert [m.role for m in call.messages] == [Role.SYSTEM, Role.USER]
+    assert {t.name for t in call.tools} == {"echo", "search", "pay"}
+    assert call.tools_allowed
+    assert d.events(o.BudgetReserved)[0].amount > 0
+    assert sequences(d.out) == [1, 2, 3]
+
+
+def test_tool_calls_fan_out_in_parallel_and_fan_in_in_model_order() -> None:
+    d = Driver()
+    d.start()
+    requested = tools_turn(d)
+    assert [(r.step_id, r.call_id, r.tool) for r in requested] == [
+        ("r1:2", "r1:2:1", "echo"),
+        ("r1:3", "r1:3:1", "search"),
+    ]
+    assert requested[0].idempotency_key == "r1:2:1"
+    # Results arrive in reverse order; nothing is asked of the model until both are in.
+    d.feed(ToolCompleted("r1:3", "r1:3:1", "found"))
+    assert not d.of(o.ModelCallRequested)
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "echoed"))
+    call = d.one(o.ModelCallRequested)
+    assert call.step_id == "r1:4"
+    tools = [m for m in call.messages if m.role is Role.TOOL]
+    assert [(m.tool_call_id, m.content) for m in tools] == [("m1", "echoed"), ("m2", "found")]
+    assert d.state.cost == Decimal("0.001")  # the priced echo tool
+    assert d.state.steps_taken == 3
+
+
+def test_final_answer_completes_the_run() -> None:
+    d = Driver()
+    d.start()
+    d.feed(ModelCompleted("r1:1", "r1:1:1", "42", (), "STOP", Usage(7, 3), Decimal("0.5")))
+    done = d.events(o.RunCompleted)[0]
+    assert (done.answer, done.steps, done.cost, done.usage) == (
+        "42",
+        1,
+        Decimal("0.5"),
+        Usage(7, 3),
+    )
+    assert d.state.status is Status.COMPLETED
+    assert d.state.transcript[-1].content == "42"
+    assert d.state.pending == ()
+
+
+def test_duplicate_and_late_results_are_recorded_not_applied() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d)
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "echoed"))
+    length = len(d.state.transcript)
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "echoed"))
+    ignored = d.events(o.DuplicateResultIgnored)
+    assert [(i.step_id, i.reason) for i in ignored] == [("r1:2", IgnoredReason.ALREADY_COMPLETED)]
+    assert len(d.state.transcript) == length
+    d.feed(ToolCompleted("r1:99", "r1:99:1", "?"))
+    assert d.events(o.DuplicateResultIgnored)[0].reason is IgnoredReason.UNKNOWN_STEP
+    d.feed(ToolCompleted("r1:3", "r1:3:7", "?"))
+    assert d.events(o.DuplicateResultIgnored)[0].reason is IgnoredReason.CALL_MISMATCH
+    d.feed(ToolCompleted("r1:3", "r1:3:1", "found"))
+    d.feed(ModelCompleted("r1:4", "r1:4:1", "done"))
+    d.feed(ModelCompleted("r1:4", "r1:4:1", "done"))
+    assert d.events(o.DuplicateResultIgnored)[0].reason is IgnoredReason.RUN_FINISHED
+    assert [m.content for m in d.state.transcript].count("done") == 1
+
+
+def test_parallelism_is_limited() -> None:
+    d = Driver(context(profile(max_parallel_tool_calls=2)))
+    d.start()
+    calls = (*CALLS, ToolCall("m3", "echo", "{}"))
+    assert [r.call_id for r in tools_turn(d, calls)] == ["r1:2:1", "r1:3:1"]
+    assert len(d.state.queued_tool_calls) == 1
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "a"))
+    assert [r.call_id for r in d.of(o.ToolCallRequested)] == ["r1:4:1"]
+
+
+def test_approval_granted_with_edited_arguments() -> None:
+    d = Driver()
+    d.start()
+    assert tools_turn(d, (ToolCall("m1", "pay", '{"amount": 100}'),)) == []
+    asked = d.events(o.ApprovalRequested)[0]
+    assert d.state.status is Status.AWAITING_APPROVAL
+    d.feed(
+        ApprovalDecided(
+            "t1", asked.approval_id, asked.call_id, Decision.APPROVED, "", '{"amount": 5}', "bob"
+        )
+    )
+    sent = d.one(o.ToolCallRequested)
+    assert sent.arguments_json == '{"amount": 5}'
+    assert d.events(o.ApprovalResolved)[0].arguments_edited
+    assert d.state.status.value == "RUNNING"
+    # A second decision for the same approval is ignored.
+    assert d.feed(ApprovalDecided("t1", asked.approval_id, "", Decision.DENIED)) == []
+
+
+def test_approval_denied_tells_the_model_why() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, (ToolCall("m1", "pay", "{}"),))
+    asked = d.events(o.ApprovalRequested)[0]
+    d.feed(ApprovalDecided("t1", asked.approval_id, "", Decision.DENIED, "too much"))
+    assert d.events(o.StepCompleted)[0].outcome is Outcome.DENIED
+    call = d.one(o.ModelCallRequested)
+    assert "too much" in call.messages[-1].content
+    assert not d.of(o.ToolCallRequested)
+
+
+def test_approval_times_out_as_denial() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, (ToolCall("m1", "pay", "{}"),))
+    assert d.feed(Tick(), after_s=99) == []
+    d.feed(Tick(), after_s=1)
+    resolved = d.events(o.ApprovalResolved)[0]
+    assert resolved.timed_out
+    assert resolved.decision is Decision.DENIED
+    assert d.one(o.ModelCallRequested)
+
+
+def test_approval_from_another_tenant_is_rejected() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, (ToolCall("m1", "pay", "{}"),))
+    asked = d.events(o.ApprovalRequested)[0]
+    before = d.state
+    with pytest.raises(RejectedError):
+        d.feed(ApprovalDecided("other", asked.approval_id, "", Decision.APPROVED))
+    assert d.state is before
+
+
+def test_cancel_stops_in_flight_tools_and_children() -> None:
+    d = Driver(context(profile(delegates=("a",))))
+    d.start()
+    tools_turn(d, (CALLS[0], ToolCall("m9", "delegate", '{"agent": "a", "goal": "sub"}')))
+    child = d.one(o.ChildGoalSubmitted).goal
+    assert (child.run_id, child.parent_run_id) == ("r1:3:1", "r1")
+    d.feed(CancelRequested("t1", "user changed their mind", "alice"))
+    assert d.one(o.ToolCallsCancelRequested).call_ids == ("r1:2:1",)
+    assert d.one(o.RunCancelSent).run_id == "r1:3:1"
+    cancelled = d.events(o.RunCancelled)[0]
+    assert (cancelled.reason, cancelled.requested_by) == ("user changed their mind", "alice")
+    assert d.state.status is Status.CANCELLED
+    assert d.feed(CancelRequested("t1")) == []
+
+
+def test_child_run_reports_to_parent_and_parent_resumes() -> None:
+    parent = Driver(context(profile(delegates=("a",))))
+    parent.start()
+    tools_turn(parent, (ToolCall("m9", "delegate", '{"agent": "a", "goal": "sub"}'),))
+    child_goal = parent.one(o.ChildGoalSubmitted).goal
+    child = Driver(parent.ctx)
+    child.feed(GoalReceived(child_goal))
+    child.feed(ModelCompleted(f"{child_goal.run_id}:1", f"{child_goal.run_id}:1:1", "sub-answer"))
+    ended = child.one(o.ChildEndedSent)
+    assert (ended.parent_run_id, ended.answer) == ("r1", "sub-answer")
+    from stepline_planner.inputs import ChildEnded
+
+    parent.feed(ChildEnded(ended.child_run_id, ended.status, ended.answer, cost=Decimal("0.2")))
+    call = parent.one(o.ModelCallRequested)
+    assert call.messages[-1].content == "sub-answer"
+    assert parent.state.cost == Decimal("0.2")
+
+
+def test_child_cancelled_by_parent_says_so() -> None:
+    child = Driver()
+    child.start(run_id="r1:3:1", parent_run_id="r1")
+    child.feed(CancelRequested("t1", "parent cancelled", "run:r1"))
+    assert child.events(o.RunCancelled)[0].by_parent
+
+
+def test_tool_timeout_becomes_a_result_the_model_sees() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(Tick(), after_s=31)
+    assert d.one(o.ToolCallsCancelRequested).call_ids == ("r1:2:1",)
+    assert d.events(o.StepCompleted)[0].outcome is Outcome.TIMED_OUT
+    call = d.one(o.ModelCallRequested)
+    assert "TIMED_OUT" in call.messages[-1].content
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "late"))
+    assert d.events(o.DuplicateResultIgnored)[0].reason is IgnoredReason.ALREADY_COMPLETED
+
+
+def test_tool_timeout_fails_the_run_when_policy_says_so() -> None:
+    d = Driver(context(profile(on_tool_timeout=StepTimeoutPolicy.FAIL)))
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(Tick(), after_s=31)
+    assert d.events(o.RunFailed)[0].reason is Reason.DEADLINE_EXCEEDED
+
+
+def test_model_timeout_fails_the_run() -> None:
+    d = Driver()
+    d.start()
+    d.feed(Tick(), after_s=61)
+    failed = d.events(o.RunFailed)[0]
+    assert (failed.reason, failed.step_id) == (Reason.MODEL_FAILED, "r1:1")
+
+
+def test_model_failure_fails_the_run() -> None:
+    d = Driver()
+    d.start()
+    d.feed(ModelFailed("r1:1", "r1:1:1", "ALL_DEPLOYMENTS_FAILED", "all down"))
+    assert d.events(o.RunFailed)[0].reason is Reason.MODEL_FAILED
+
+
+def test_run_deadline_fails_and_cancels_tools() -> None:
+    d = Driver(context(profile(run_deadline_s=20, tool_step_deadline_s=100)))
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(Tick(), after_s=21)
+    assert d.events(o.RunFailed)[0].reason is Reason.DEADLINE_EXCEEDED
+    assert d.one(o.ToolCallsCancelRequested).call_ids == ("r1:2:1",)
+
+
+def test_run_deadline_wraps_up_when_policy_says_so() -> None:
+    d = Driver(context(profile(run_deadline_s=20, on_deadline=DeadlinePolicy.WRAP_UP)))
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(Tick(), after_s=21)
+    assert d.events(o.WrapUpStarted)[0].limit is Reason.DEADLINE_EXCEEDED
+    call = d.one(o.ModelCallRequested)
+    assert not call.tools_allowed
+    assert call.deadline > d.now
+    d.feed(ModelCompleted(call.step_id, call.call_id, "partial answer"))
+    assert d.events(o.RunCompleted)[0].limit_reached is Reason.DEADLINE_EXCEEDED
+
+
+def test_budget_that_does_not_fit_wraps_up() -> None:
+    # Worst case of a normal call ≈ 1000 output tokens × 2/1M = 0.002; a wrap-up ≈ 0.0002.
+    d = Driver()
+    d.start(budget=Decimal("0.0021"))
+    tools_turn(d, CALLS[:1])
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "x"))  # the echo tool costs 0.001
+    assert d.events(o.WrapUpStarted)[0].limit is Reason.BUDGET_EXCEEDED
+    assert not d.one(o.ModelCallRequested).tools_allowed
+
+
+def test_budget_that_does_not_fit_fails_when_policy_says_so() -> None:
+    d = Driver(context(profile(on_budget_exceeded=BudgetPolicy.FAIL)))
+    d.start(budget=Decimal("0.001"))
+    assert d.events(o.RunFailed)[0].reason is Reason.BUDGET_EXCEEDED
+
+
+def test_tenant_budget_is_respected() -> None:
+    d = Driver(context(budgets={"t1": TenantBudget(exhausted=True)}))
+    d.start()
+    assert d.events(o.RunFailed)[0].reason is Reason.BUDGET_EXCEEDED
+    low = Driver(context(budgets={"t1": TenantBudget(remaining=Decimal("0.00001"))}))
+    low.start()
+    assert low.events(o.RunFailed)[0].reason is Reason.BUDGET_EXCEEDED
+
+
+def test_max_steps_ends_with_a_wrap_up_turn() -> None:
+    d = Driver(context(profile(max_steps=3)))
+    d.start()
+    tools_turn(d, CALLS)  # step 1 done; only one tool may run, the last step is the wrap-up
+    assert len(d.of(o.ToolCallRequested)) == 1
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "x"))
+    assert d.events(o.WrapUpStarted)[0].limit is Reason.MAX_STEPS
+    call = d.one(o.ModelCallRequested)
+    assert any("step limit" in m.content for m in call.messages if m.role is Role.TOOL)
+    d.feed(ModelCompleted(call.step_id, call.call_id, "final"))
+    done = d.events(o.RunCompleted)[0]
+    assert (done.limit_reached, done.steps) == (Reason.MAX_STEPS, 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "text"),
+    [
+        ({"agent": "nobody"}, Reason.UNKNOWN_AGENT, "unknown agent"),
+        ({"goal": "  "}, Reason.INVALID_GOAL, "empty"),
+        ({"tenant_id": ""}, Reason.INVALID_GOAL, "tenant_id"),
+        ({"budget": Decimal("-1")}, Reason.INVALID_GOAL, "negative"),
+        ({"budget": Decimal("0")}, Reason.BUDGET_EXCEEDED, "zero"),
+    ],
+)
+def test_bad_goals_fail_with_a_clear_reason(
+    changes: dict[str, object], reason: Reason, text: str
+) -> None:
+    d = Driver()
+    d.start(**changes)
+    failed = d.events(o.RunFailed)[0]
+    assert failed.reason is reason
+    assert text in failed.message
+    assert not d.of(o.ModelCallRequested)
+
+
+def test_tool_not_allowed_for_tenant_fails_the_goal() -> None:
+    d = Driver(context(tenant_tools={"t1": frozenset({"echo"})}))
+    d.start()
+    failed = d.events(o.RunFailed)[0]
+    assert failed.reason is Reason.TOOL_NOT_ALLOWED
+    assert "pay" in failed.message
+
+
+def test_model_asking_for_a_tool_it_was_not_offered_gets_an_error_result() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, (ToolCall("m1", "rm_rf", "{}"),))
+    assert d.events(o.StepCompleted)[1].tool_error_kind == "UNKNOWN_TOOL"
+    assert "not available" in d.one(o.ModelCallRequested).messages[-1].content
+
+
+def test_idempotent_submission_forwards_then_dedupes() -> None:
+    d = Driver()
+    d.start(run_id="caller-id", idempotency_key="k1")
+    forwarded = d.one(o.GoalForwarded).goal
+    assert forwarded.run_id == derive_run_id("t1", "k1")
+    assert d.run is None
+    d.feed(GoalReceived(forwarded))
+    assert d.state.run_id == forwarded.run_id
+    assert d.feed(GoalReceived(forwarded)) == []
+
+
+def test_tool_failure_is_shown_to_the_model() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(ToolFailed("r1:2", "r1:2:1", "EXECUTION_FAILED", "HTTP 500"))
+    assert "HTTP 500" in d.one(o.ModelCallRequested).messages[-1].content
+
+
+def test_large_tool_outputs_are_truncated() -> None:
+    d = Driver(context(profile(max_tool_output_chars=10)))
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "x" * 100))
+    assert d.events(o.StepCompleted)[0].output_truncated
+    assert "truncated 90 characters" in d.one(o.ModelCallRequested).messages[-1].content
