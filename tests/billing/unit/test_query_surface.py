@@ -15,11 +15,11 @@ import pytest
 from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc
 from stepline_billing.budgets import BudgetConfig, Limits
 from stepline_billing.cli import main as cli_main
-from stepline_billing.cli import record_json
 from stepline_billing.grpc_service import BillingServicer
 from stepline_billing.rollups import Granularity
 from stepline_billing.sqlstore import SqliteLedgerStore
 from stepline_billing.store import InMemoryLedgerStore
+from stepline_runtime.jsonlines import record_json
 from tests.billing.factories import NOW, handler, inbound, model_usage, tool_usage
 
 

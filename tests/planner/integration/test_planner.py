@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from stepline.v1 import common_pb2, control_pb2, model_pb2, planner_state_pb2, runs_pb2
-from stepline_planner.decide import derive_run_id
+from stepline_runtime.ids import derive_run_id
 from stepline_runtime.settings import KafkaSettings
 from tests.planner.integration.harness import System, exhausted, kinds, tool
 

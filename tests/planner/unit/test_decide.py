@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from stepline_planner import outputs as o
-from stepline_planner.decide import RejectedError, TenantBudget, derive_run_id
+from stepline_planner.decide import RejectedError, TenantBudget
 from stepline_planner.inputs import (
     ApprovalDecided,
     CancelRequested,
@@ -30,6 +30,7 @@ from stepline_planner.state import (
     ToolCall,
     Usage,
 )
+from stepline_runtime.ids import derive_run_id
 from tests.planner.unit.helpers import Driver, context, profile, sequences
 
 CALLS = (ToolCall("m1", "echo", '{"x": 1}'), ToolCall("m2", "search", '{"q": "y"}'))

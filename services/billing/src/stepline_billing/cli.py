@@ -23,21 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
 
-from stepline.v1 import (
-    billing_service_pb2,
-    budgets_pb2,
-    control_pb2,
-    dead_letter_pb2,
-    goals_pb2,
-    model_pb2,
-    planner_state_pb2,
-    runs_pb2,
-    tools_pb2,
-    usage_pb2,
-)
 from stepline_billing.app import open_store
 from stepline_billing.config import Settings
 from stepline_billing.ledger import LedgerEntry
@@ -45,22 +31,11 @@ from stepline_billing.queries import all_entries, reconcile, usage_summary
 from stepline_billing.rollups import Granularity
 from stepline_billing.store import LedgerQuery
 from stepline_pricebook import PriceBook
+from stepline_runtime.jsonlines import record_json
 
 __all__ = ["main"]
 
 # Every generated module, so `tail` can decode any Stepline topic by its ce_type header.
-_MODULES = (
-    billing_service_pb2,
-    budgets_pb2,
-    control_pb2,
-    dead_letter_pb2,
-    goals_pb2,
-    model_pb2,
-    planner_state_pb2,
-    runs_pb2,
-    tools_pb2,
-    usage_pb2,
-)
 _LEDGER_HEADER = (
     "occurred_at", "usage_id", "run_id", "kind", "provider", "model", "tool", "succeeded",
     "input_tokens", "output_tokens", "cached_input_tokens", "cost", "currency", "priced_by",
@@ -182,50 +157,6 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
     )
     print(f"drift: {len(drifts)} difference(s)", file=out)
     return 1
-
-
-def _message_class(type_name: str) -> type[Message] | None:
-    short = type_name.removeprefix("stepline.v1.")
-    for module in _MODULES:
-        found = getattr(module, short, None)
-        if isinstance(found, type) and issubclass(found, Message):
-            return found
-    return None
-
-
-def record_json(
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes]],
-) -> dict[str, object]:
-    """One Kafka record as a JSON-ready dict: coordinates, headers and the decoded payload."""
-    decoded_headers = {k: v.decode("utf-8", errors="replace") for k, v in headers}
-    entry: dict[str, object] = {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": key.decode("utf-8", errors="replace") if key is not None else None,
-        "headers": decoded_headers,
-    }
-    type_name = decoded_headers.get("ce_type", "")
-    cls = _message_class(type_name) if type_name else None
-    if value is None:
-        entry["value"] = None
-    elif cls is None:
-        entry["error"] = f"unknown type {type_name!r}"
-        entry["value_hex"] = value.hex()
-    else:
-        try:
-            message = cls.FromString(value)
-            entry["type"] = type_name
-            entry["value"] = json_format.MessageToDict(message, preserving_proto_field_name=True)
-        except DecodeError as error:
-            entry["error"] = f"not a valid {type_name}: {error}"
-            entry["value_hex"] = value.hex()
-    return entry
 
 
 async def _tail(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

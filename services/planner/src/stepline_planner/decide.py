@@ -7,7 +7,6 @@ leaves everything as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -79,6 +78,7 @@ from stepline_planner.state import (
     Usage,
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
+from stepline_runtime.ids import derive_run_id
 
 __all__ = [
     "DELEGATE_TOOL",
@@ -86,7 +86,6 @@ __all__ = [
     "RejectedError",
     "TenantBudget",
     "decide",
-    "derive_run_id",
     "next_due",
 ]
 
@@ -129,12 +128,6 @@ class Context:
     tools: Mapping[str, ToolSpec] = field(default_factory=dict)
     budgets: Mapping[str, TenantBudget] = field(default_factory=dict)
     tool_prices: Mapping[str, Decimal] = field(default_factory=dict)
-
-
-def derive_run_id(tenant_id: str, idempotency_key: str) -> str:
-    """The run id of a goal with an idempotency key: the same for every resubmission."""
-    digest = hashlib.sha256(f"{tenant_id}\x1f{idempotency_key}".encode()).hexdigest()
-    return f"run-{digest[:32]}"
 
 
 def next_due(run: Run, retention: timedelta) -> datetime | None:
