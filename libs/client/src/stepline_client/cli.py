@@ -1,0 +1,433 @@
+"""`stepline`: run the local stack, submit goals, watch runs, approve, cancel, inspect topics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from google.protobuf import json_format
+
+from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, runs_pb2
+from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
+from stepline_client.events import describe, is_terminal, money
+from stepline_client.supervisor import Supervisor
+from stepline_localkafka import LocalKafka
+from stepline_runtime.jsonlines import record_json
+from stepline_runtime.settings import ServiceSettings
+from stepline_runtime.topics import CATALOG
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure the user can fix; the message says how."""
+
+
+def _state_dir() -> Path:
+    configured = os.environ.get("STEPLINE_STATE_DIR")
+    if configured:
+        return Path(configured)
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / "deploy" / "kafka" / "pom.xml").is_file():
+            return parent / ".local" / "stepline"
+    return Path.home() / ".local" / "state" / "stepline"
+
+
+def _print_event(event: runs_pb2.RunEvent, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        line = json_format.MessageToDict(event, preserving_proto_field_name=True)
+        print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
+        return
+    when = (
+        event.occurred_at.ToDatetime(UTC).strftime("%H:%M:%S") if event.occurred_at.seconds else ""
+    )
+    print(f"{when} #{event.sequence:<3} {describe(event)}", file=out, flush=True)
+
+
+def _print_outcome(event: runs_pb2.RunEvent, out: TextIO) -> int:
+    kind = event.WhichOneof("event")
+    if kind == "completed":
+        print(f"\nanswer:\n{event.completed.answer}\n", file=out)
+        print(f"cost: {money(event.completed.cost)}", file=out)
+        return 0
+    return 1
+
+
+# --- local stack --------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    """Start the local broker (unless one is configured) and every service."""
+    env = dict(os.environ)
+    if not os.environ.get("STEPLINE_KAFKA_BOOTSTRAP"):
+        kafka = LocalKafka()
+        kafka.up()
+        env["STEPLINE_KAFKA_BOOTSTRAP"] = kafka.bootstrap
+        print(f"kafka: {kafka.bootstrap}", file=out)
+    statuses = Supervisor(_state_dir()).up(env)
+    failed = [s for s in statuses if not s.running]
+    for status in statuses:
+        state = "running" if status.running else f"NOT RUNNING — see {status.log}"
+        print(f"{status.name:<14} pid {status.pid or '-':<8} {state}", file=out)
+    return 1 if failed else 0
+
+
+def cmd_down(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    """Stop the services and the local broker this machine started."""
+    stopped = Supervisor(_state_dir()).down()
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=out)
+    if not args.keep_kafka and not os.environ.get("STEPLINE_KAFKA_BOOTSTRAP"):
+        LocalKafka().down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    """Show which services run, with their pids and logs."""
+    statuses = Supervisor(_state_dir()).status()
+    for status in statuses:
+        state = "running" if status.running else "stopped"
+        print(f"{status.name:<14} {state:<8} pid {status.pid or '-':<8} {status.log}", file=out)
+    return 0 if all(s.running for s in statuses) else 3
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def _budget(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation as error:
+        raise CliError(f"--budget {text!r} is not an amount; use e.g. --budget 0.50") from error
+    if value <= 0:
+        raise CliError("--budget must be positive")
+    return value
+
+
+async def _submit(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    goal = Goal(
+        goal=args.goal,
+        tenant_id=args.tenant,
+        agent=args.agent,
+        session_id=args.session or "",
+        budget=_budget(args.budget),
+        deadline=datetime.now(UTC) + timedelta(seconds=args.deadline_s)
+        if args.deadline_s
+        else None,
+        idempotency_key=args.idempotency_key or "",
+        submitted_by=os.environ.get("USER", ""),
+    )
+    submitted_at = datetime.now(UTC)
+    async with Stepline(settings) as client:
+        run_id = await client.submit(goal)
+        if args.json:
+            print(json.dumps({"run_id": run_id}), file=out, flush=True)
+        else:
+            print(f"run {run_id} submitted", file=out, flush=True)
+        if not args.watch:
+            return 0
+        async for event in client.events(run_id, since=submitted_at):
+            _print_event(event, args.json, out)
+            if is_terminal(event):
+                return 0 if args.json else _print_outcome(event, out)
+    return 1
+
+
+async def _show(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    async with Stepline(settings) as client:
+        found = False
+        async for event in client.events(args.run_id, follow=args.follow):
+            found = True
+            _print_event(event, args.json, out)
+        if not found:
+            raise CliError(
+                f"no events for run {args.run_id} on {settings.topic('stepline.runs.v1')}"
+            )
+    return 0
+
+
+async def _tenant_of(client: Stepline, run_id: str) -> str:
+    async for event in client.events(run_id, follow=False):
+        return event.tenant_id
+    raise CliError(f"run {run_id} has no events yet; pass --tenant")
+
+
+async def _decide(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    approve = args.command == "approve"
+    if not approve and not args.reason:
+        raise CliError("deny needs --reason: the model is told why")
+    async with Stepline(settings) as client:
+        tenant = args.tenant or await _tenant_of(client, args.run_id)
+        await client.decide(
+            args.run_id,
+            tenant,
+            args.approval_id,
+            approve=approve,
+            reason=args.reason or "",
+            edited_arguments_json=getattr(args, "arguments", None) or "",
+            decided_by=os.environ.get("USER", ""),
+        )
+    print(f"{'approved' if approve else 'denied'} {args.approval_id}", file=out)
+    return 0
+
+
+async def _cancel(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    async with Stepline(settings) as client:
+        tenant = args.tenant or await _tenant_of(client, args.run_id)
+        await client.cancel(
+            args.run_id,
+            tenant,
+            reason=args.reason,
+            requested_by=os.environ.get("USER", ""),
+            keep_children=args.keep_children,
+        )
+    print(f"cancellation of {args.run_id} requested", file=out)
+    return 0
+
+
+# --- usage, topics, tail --------------------------------------------------------------------
+
+
+async def _usage(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    async with grpc.aio.insecure_channel(args.billing) as channel:
+        stub = billing_service_pb2_grpc.BillingServiceStub(channel)
+        try:
+            response = await stub.GetUsage(
+                billing_service_pb2.GetUsageRequest(tenant_id=args.tenant, run_id=args.run or ""),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise CliError(
+                f"billing at {args.billing} did not answer ({error.code().name}) — "
+                "run `stepline up` or pass --billing HOST:PORT"
+            ) from error
+    rows = [
+        (
+            r.window_start.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M"),
+            r.provider or "-",
+            r.model or r.tool or "-",
+            str(r.calls),
+            str(r.failures),
+            f"{r.usage.input_tokens}/{r.usage.output_tokens}",
+            money(r.cost)
+            if r.unpriced_calls == 0
+            else f"{money(r.cost)} +{r.unpriced_calls} unpriced",
+        )
+        for r in response.rollups
+    ]
+    _table(
+        ("window", "provider", "model/tool", "calls", "fail", "tokens in/out", "cost"), rows, out
+    )
+    print(
+        f"total: {response.total_calls} calls, {money(response.total_cost)}"
+        + (f", {response.total_unpriced_calls} unpriced" if response.total_unpriced_calls else ""),
+        file=out,
+    )
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)), file=out)
+
+
+async def _topics(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli"))
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs("stepline-cli-offsets"))
+    await admin.start()
+    await consumer.start()
+    try:
+        names = {settings.topic(t.name): t for t in CATALOG}
+        described = {d["topic"]: d for d in await admin.describe_topics(list(names))}
+        ends: dict[TopicPartition, int] = {}
+        for name, info in described.items():
+            tps = [TopicPartition(name, p["partition"]) for p in info.get("partitions", [])]
+            if tps:
+                ends.update(await consumer.end_offsets(tps))
+        lag: dict[str, dict[str, int]] = {}
+        for group, _protocol in await admin.list_consumer_groups():
+            for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
+                if tp in ends and meta.offset >= 0:
+                    lag.setdefault(tp.topic, {}).setdefault(group, 0)
+                    lag[tp.topic][group] += max(0, ends[tp] - meta.offset)
+        rows = []
+        for name, topic in names.items():
+            info = described.get(name, {})
+            count = len(info.get("partitions", []))
+            records = sum(o for tp, o in ends.items() if tp.topic == name)
+            groups = ", ".join(f"{g}={n}" for g, n in sorted(lag.get(name, {}).items())) or "-"
+            rows.append(
+                (
+                    name,
+                    str(count) if count else "missing",
+                    topic.cleanup.value,
+                    str(records),
+                    groups,
+                )
+            )
+        _table(("topic", "partitions", "cleanup", "end offsets", "consumer lag"), rows, out)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return 0
+
+
+async def _tail(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    topic = settings.topic(args.topic)
+    consumer = AIOKafkaConsumer(
+        topic,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **settings.kafka.client_kwargs("stepline-tail"),
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        while args.max is None or seen < args.max:
+            batch = await consumer.getmany(timeout_ms=1_000)
+            if not batch and args.idle_timeout is not None:
+                args.idle_timeout -= 1
+                if args.idle_timeout <= 0:
+                    break
+            for records in batch.values():
+                for r in records:
+                    line = record_json(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
+                    print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
+                    seen += 1
+                    if args.max is not None and seen >= args.max:
+                        return 0
+    finally:
+        await consumer.stop()
+    return 0
+
+
+# --- wiring ---------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `stepline` command line."""
+    root = argparse.ArgumentParser(prog="stepline", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("up", help="start the local broker and all services")
+    down = sub.add_parser("down", help="stop the services and the local broker")
+    down.add_argument("--keep-kafka", action="store_true", help="leave the broker running")
+    sub.add_parser("status", help="show which services run")
+
+    submit = sub.add_parser("submit", help="submit a goal")
+    submit.add_argument("goal")
+    submit.add_argument("--agent", default="support")
+    submit.add_argument("--tenant", default="demo")
+    submit.add_argument("--session", help="continue this session's conversation")
+    submit.add_argument("--budget", help="spending cap for the run, e.g. 0.50")
+    submit.add_argument("--deadline-s", type=float, help="the run must end within this time")
+    submit.add_argument("--idempotency-key", help="resubmitting with the same key is a no-op")
+    submit.add_argument("--watch", action="store_true", help="stream the run's steps live")
+    submit.add_argument("--json", action="store_true", help="JSON lines for machines")
+
+    runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
+    show = runs.add_parser("show", help="a run's timeline from stepline.runs.v1")
+    show.add_argument("run_id")
+    show.add_argument("--follow", action="store_true", help="keep waiting for new events")
+    show.add_argument("--json", action="store_true")
+
+    for name, help_text in (("approve", "approve a tool call"), ("deny", "deny a tool call")):
+        decide = sub.add_parser(name, help=help_text)
+        decide.add_argument("run_id")
+        decide.add_argument("approval_id")
+        decide.add_argument("--tenant", help="default: the run's tenant")
+        decide.add_argument("--reason", help="shown to the model (required for deny)")
+        if name == "approve":
+            decide.add_argument("--arguments", help="edited arguments as a JSON object")
+
+    cancel = sub.add_parser("cancel", help="cancel a run (and its child runs)")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--tenant", help="default: the run's tenant")
+    cancel.add_argument("--reason", default="cancelled from the CLI")
+    cancel.add_argument("--keep-children", action="store_true")
+
+    usage = sub.add_parser("usage", help="usage and cost per window, model and tool")
+    usage.add_argument("--tenant", required=True)
+    usage.add_argument("--run", help="only this run")
+    usage.add_argument(
+        "--billing",
+        default=os.environ.get("STEPLINE_BILLING_GRPC_ADDRESS", "127.0.0.1:50062"),
+        help="billing gRPC address",
+    )
+
+    sub.add_parser("topics", help="the topic catalog with consumer lag per group")
+
+    tail = sub.add_parser("tail", help="print a topic's records as decoded JSON lines")
+    tail.add_argument("topic", help="e.g. stepline.usage.v1")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, help="stop after this many records")
+    tail.add_argument("--idle-timeout", type=int, help="stop after this many idle seconds")
+    return root
+
+
+_ASYNC = {
+    "submit": _submit,
+    "approve": _decide,
+    "deny": _decide,
+    "cancel": _cancel,
+    "usage": _usage,
+    "topics": _topics,
+    "tail": _tail,
+}
+_SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """Run one command; returns the exit code."""
+    args = parser().parse_args(argv)
+    settings = ServiceSettings()
+    # The CLI reports connection problems itself, once, with what to do about them.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        if args.command in _SYNC:
+            return _SYNC[args.command](args, settings, out)
+        command = _show if args.command == "runs" else _ASYNC[args.command]
+        return asyncio.run(command(args, settings, out))
+    except CliError as error:
+        print(f"stepline: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerUnavailableError as error:
+        print(f"stepline: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KafkaConnectionError:
+        print(
+            f"stepline: no broker at {settings.kafka.bootstrap} — run `stepline up` or set "
+            "STEPLINE_KAFKA_BOOTSTRAP",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except RunTimeoutError as error:
+        print(f"stepline: {error}", file=sys.stderr)
+        return 1
+    except KafkaError as error:
+        print(f"stepline: Kafka error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

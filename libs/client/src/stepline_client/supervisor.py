@@ -1,0 +1,132 @@
+"""`stepline up/down/status`: the local broker plus every service as a detached subprocess.
+
+Each service runs as `python -m stepline_<name>` with its log in `<state>/logs/<name>.log` and
+its pid in `<state>/run/<name>.pid`. `up` is idempotent: it starts what is not running (a
+crashed service is started again) and leaves the rest alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SERVICES", "Service", "ServiceStatus", "Supervisor"]
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A service the supervisor runs."""
+
+    name: str
+    module: str
+
+
+SERVICES = (
+    Service("planner", "stepline_planner"),
+    Service("model-router", "stepline_router"),
+    Service("tool-executor", "stepline_executor"),
+    Service("billing", "stepline_billing"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """One line of `stepline status`."""
+
+    name: str
+    pid: int | None
+    running: bool
+    log: Path
+
+
+def _alive(pid: int, module: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # A recycled pid is not ours: check it still runs our module and is not a zombie.
+    return module.encode() in cmdline and stat.split(") ", 1)[-1][:1] != "Z"
+
+
+class Supervisor:
+    """Starts, stops and reports the local services."""
+
+    def __init__(self, state_dir: Path, services: tuple[Service, ...] = SERVICES) -> None:
+        self._state = state_dir
+        self._services = services
+
+    def _pid_file(self, service: Service) -> Path:
+        return self._state / "run" / f"{service.name}.pid"
+
+    def _log(self, service: Service) -> Path:
+        return self._state / "logs" / f"{service.name}.log"
+
+    def _pid(self, service: Service) -> int | None:
+        try:
+            return int(self._pid_file(service).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def status(self) -> list[ServiceStatus]:
+        """Each service's pid and whether it is running."""
+        result = []
+        for service in self._services:
+            pid = self._pid(service)
+            running = pid is not None and _alive(pid, service.module)
+            result.append(ServiceStatus(service.name, pid, running, self._log(service)))
+        return result
+
+    def up(self, env: Mapping[str, str]) -> list[ServiceStatus]:
+        """Start every service that is not running; returns the status after a short check."""
+        (self._state / "run").mkdir(parents=True, exist_ok=True)
+        (self._state / "logs").mkdir(parents=True, exist_ok=True)
+        started = []
+        for service, status in zip(self._services, self.status(), strict=True):
+            if status.running:
+                continue
+            with self._log(service).open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", service.module],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=dict(env),
+                    start_new_session=True,  # survives the CLI; stopped by `stepline down`
+                )
+            self._pid_file(service).write_text(f"{process.pid}\n")
+            started.append(process)
+        # A service that cannot start (bad config, no broker) usually dies within a second.
+        deadline = time.monotonic() + 3
+        while started and time.monotonic() < deadline:
+            if any(p.poll() is not None for p in started):
+                break
+            time.sleep(0.1)
+        return self.status()
+
+    def down(self, grace_s: float = 20) -> list[str]:
+        """SIGTERM every running service, SIGKILL what is left after `grace_s`; names stopped."""
+        running = [
+            (s, self._pid(s))
+            for s, st in zip(self._services, self.status(), strict=True)
+            if st.running
+        ]
+        for _, pid in running:
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for service, pid in running:
+            while pid is not None and _alive(pid, service.module):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                time.sleep(0.1)
+        for service in self._services:
+            self._pid_file(service).unlink(missing_ok=True)
+        return [service.name for service, _ in running]
