@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -34,10 +35,10 @@ async def settings(
     return namespaced
 
 
-def _event(run_id: str, sequence: int, **kind: object) -> runs_pb2.RunEvent:
+def _event(run_id: str, sequence: int, **kind: Any) -> runs_pb2.RunEvent:
     return runs_pb2.RunEvent(
         run_id=run_id, tenant_id="acme", sequence=sequence, event_id=f"{run_id}/{sequence}", **kind
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_submit_derives_the_run_id_and_publishes_a_goal(
