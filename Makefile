@@ -68,7 +68,8 @@ demo: install ## Run a goal end to end on a local broker (needs the planner, rou
 	@exit 2
 
 bench: install ## Benchmarks on a local broker; figures printed and written to bench/results/
-	$(KAFKA) run -- $(RUN) python -m bench
+	$(UV) sync --frozen --all-packages --group bench
+	$(KAFKA) run -- $(RUN) --all-packages --group bench python -m bench
 
 clean: ## Remove local state (broker data, caches); keeps the lock file
 	-$(KAFKA) down

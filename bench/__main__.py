@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.raw_kafka import main
+from bench.raw_kafka import main as raw_kafka
+from bench.router import main as router
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(raw_kafka())
+    asyncio.run(router())
