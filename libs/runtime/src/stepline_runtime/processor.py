@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
+    IllegalOperation,
     IllegalStateError,
     InvalidProducerEpoch,
     KafkaError,
@@ -46,6 +47,8 @@ _Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 # Errors after which a transactional producer must not be used again (ARCHITECTURE.md §7).
 _FATAL = (
+    # aiokafka raises this (not a KafkaError) on send when a background fence ended the txn.
+    IllegalOperation,
     ProducerFenced,
     InvalidProducerEpoch,
     OutOfOrderSequenceNumber,
@@ -105,6 +108,11 @@ class _Task:
     next_tick: float = 0.0
     fenced: bool = False
     inputs: list[TopicPartition] = field(default_factory=list)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -370,4 +378,7 @@ class TransactionalProcessor:
         sent: asyncio.Future[Any] = await task.producer.send(
             out.topic, out.value, key=out.key, headers=list(out.headers), partition=partition
         )
+        # When the transaction fails midway, the remaining futures fail with it; their error is
+        # handled as the transaction's, so mark it retrieved rather than logged as lost.
+        sent.add_done_callback(_retrieve)
         return sent
