@@ -153,10 +153,26 @@ class Stepline:
             )
         if goal.deadline is not None:
             message.deadline.CopyFrom(_timestamp(goal.deadline))
+        return await self.submit_message(message)
+
+    async def submit_message(self, message: goals_pb2.GoalSubmitted) -> str:
+        """Publish a ready-made `GoalSubmitted` (filling in its run id); returns the run id."""
+        if not message.run_id:
+            message.run_id = (
+                derive_run_id(message.tenant_id, message.idempotency_key)
+                if message.idempotency_key
+                else new_run_id()
+            )
+        if not message.HasField("submitted_at"):
+            message.submitted_at.CopyFrom(_timestamp(datetime.now(UTC)))
         await self._send(
-            Topics.GOALS, run, message, event_id=f"{run}/goal", tenant_id=goal.tenant_id
+            Topics.GOALS,
+            message.run_id,
+            message,
+            event_id=f"{message.run_id}/goal",
+            tenant_id=message.tenant_id,
         )
-        return run
+        return message.run_id
 
     async def cancel(
         self,

@@ -32,6 +32,7 @@ SERVICES = (
     Service("model-router", "stepline_router"),
     Service("tool-executor", "stepline_executor"),
     Service("billing", "stepline_billing"),
+    Service("gateway", "stepline_client.gateway"),
 )
 
 
