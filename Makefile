@@ -62,10 +62,8 @@ test-unit: install ## Unit tests only (no broker)
 test: install lint typecheck proto-check ## Everything CI runs: lint, types, proto drift, all tests on a real broker
 	$(KAFKA) run -- $(RUN) pytest $(PYTEST_ARGS)
 
-demo: install ## Run a goal end to end on a local broker (needs the planner, router and executor)
-	@echo "make demo: the services it runs are not built yet (see issues 3-7)." >&2
-	@echo "What runs today: make kafka-up, make test, make bench." >&2
-	@exit 2
+demo: install ## Run a support goal end to end: broker, services, live steps, failover, cost table
+	$(RUN) python -m stepline_client.demo
 
 bench: install ## Benchmarks on a local broker; figures printed and written to bench/results/
 	$(UV) sync --frozen --all-packages --group bench

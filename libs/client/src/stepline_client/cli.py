@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, runs_pb2
 from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
+from stepline_client.demo import main as demo
 from stepline_client.events import describe, is_terminal, money
 from stepline_client.supervisor import Supervisor
 from stepline_localkafka import LocalKafka
@@ -327,6 +328,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="stepline", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    sub.add_parser("demo", help="run the support demo end to end (as `make demo`)", add_help=False)
     sub.add_parser("up", help="start the local broker and all services")
     down = sub.add_parser("down", help="stop the services and the local broker")
     down.add_argument("--keep-kafka", action="store_true", help="leave the broker running")
@@ -397,6 +399,9 @@ _SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status}
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     """Run one command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        return demo(argv[1:])
     args = parser().parse_args(argv)
     settings = ServiceSettings()
     # The CLI reports connection problems itself, once, with what to do about them.

@@ -59,8 +59,8 @@ TOOLS = ("crm_find_customer", "search_documents", "send_reply")
 GOAL = (
     'Ticket T-1012 from ops@acme.example: "Our order O-5004 has been stuck in processing for '
     'three days and we need it this week. Can you ship what you have or refund us?" Find the '
-    "customer in the CRM, search prior support tickets for similar cases, propose a resolution "
-    "and send the reply to the customer."
+    "customer in the CRM, search the knowledge base of prior support tickets for similar cases, "
+    "propose a resolution and send the reply to the customer."
 )
 _OUTCOME = "MODEL_ATTEMPT_OUTCOME_"
 
@@ -276,6 +276,35 @@ def demo_routes(template: Path, failing_port: int, env: Mapping[str, str]) -> di
     data["deployments"].update(real)
     route = data["routes"]["default"]["deployments"]
     route[1:1] = list(real)
+    return data
+
+
+def demo_prices(book: Path, routes: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared price book plus stand-in prices for the demo's otherwise unpriced entries.
+
+    The router skips an unpriced deployment when a call carries a cost cap (every planner call
+    does), so the failing primary and an OpenAI-compatible model of unknown price get the
+    price of gpt-4o-mini here, and the demo's tools a per-call price like `sql_query`'s.
+    """
+    data = tomllib.loads(book.read_text(encoding="utf-8"))
+    models = data.setdefault("models", [])
+    priced = {(m["provider"], m["model"]) for m in models}
+    stand_in = next(
+        (m for m in models if (m["provider"], m["model"]) == ("openai", "gpt-4o-mini")),
+        {"input_per_mtok": "0.15", "output_per_mtok": "0.60"},
+    )
+    for deployment in routes["deployments"].values():
+        key = (deployment["provider"], deployment["model"])
+        if key not in priced:
+            prices = {k: v for k, v in stand_in.items() if k.endswith("_mtok")}
+            models.append({"provider": key[0], "model": key[1], **prices})
+            priced.add(key)
+    tools = data.setdefault("tools", [])
+    named = {t["name"] for t in tools}
+    for tool in TOOLS:
+        if tool not in named:
+            tools.append({"name": tool, "per_call": "0.0001"})
+    data["version"] = f"{data['version']}+demo"
     return data
 
 
@@ -539,18 +568,20 @@ def _step_label(step_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _broker(bootstrap: str, say: _Out) -> Iterator[str]:
+def _broker(say: _Out) -> Iterator[str]:
     """The bootstrap to use: the configured broker when it answers, else a local one we stop."""
+    local = LocalKafka(LocalKafkaSettings.resolve(), echo=lambda m: say(f"kafka: {m}"))
+    bootstrap = local.bootstrap  # STEPLINE_KAFKA_BOOTSTRAP, else the local broker's port
     if asyncio.run(is_ready(bootstrap, 10.0)):
         say(f"kafka: using the broker at {bootstrap}")
         yield bootstrap
         return
-    local = LocalKafka(LocalKafkaSettings.resolve(), echo=lambda m: say(f"kafka: {m}"))
     if local.settings.external_bootstrap is not None:
         raise RuntimeError(
             f"no broker answers at {bootstrap} — start it, or unset STEPLINE_KAFKA_BOOTSTRAP "
             "to let the demo start a local one"
         )
+    say(f"kafka: no broker at {bootstrap}; starting the local one (stopped at the end)")
     started = local.up()
     try:
         yield local.bootstrap
@@ -569,11 +600,13 @@ def _service_env(
         "STEPLINE_TOPIC_NAMESPACE": namespace,
         "STEPLINE_ROUTES": str(configs / "routes.toml"),
         "STEPLINE_TOOLS_CONFIG": str(configs / "tools.toml"),
+        "STEPLINE_PRICEBOOK": str(configs / "pricebook.toml"),
         "STEPLINE_EXECUTOR_DATA_DIR": str(state / "tool-executor"),
         "STEPLINE_BILLING_DATA_DIR": str(state / "billing"),
         # The demo talks Kafka only; gRPC fronts on fixed ports would collide with a dev stack.
         "STEPLINE_GRPC_ENABLED": "false",
         "STEPLINE_BILLING_GRPC_ADDRESS": "127.0.0.1:0",
+        "STEPLINE_GATEWAY_ADDRESS": "127.0.0.1:0",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -624,6 +657,8 @@ async def run_demo(
         (configs / "routes.toml").write_text(render_toml(routes))
         tools = demo_tools(root / "deploy/config/tools.toml", receiver.port)
         (configs / "tools.toml").write_text(render_toml(tools))
+        prices = demo_prices(root / "deploy/config/pricebook.toml", routes)
+        (configs / "pricebook.toml").write_text(render_toml(prices))
         chain = routes["routes"]["default"]["deployments"]
         real = [d for d in chain if d not in ("demo-primary", "local")]
         result.real_model = ", ".join(f"{routes['deployments'][d]['model']}" for d in real)
@@ -709,12 +744,16 @@ async def _drive(
                     _check_alive(supervisor)
                     last_check = time.monotonic()
                 kind = event.WhichOneof("event")
-                if kind in ("budget_reserved", "duplicate_result_ignored"):
-                    continue
-                say(describe(event))
-                if kind == "step_started":
+                if kind in ("budget_reserved", "duplicate_result_ignored", "approval_requested"):
+                    pass  # shown below in full, or not worth a line
+                elif kind == "step_started" and event.step_started.tool:
                     s = event.step_started
-                    steps[s.step_id] = _step_label(s.step_id)
+                    call = f"{s.tool}({_short(s.arguments_json)})"
+                    say(f"step {_step_label(s.step_id)} started: tool {call}")
+                else:
+                    say(describe(event))
+                if kind == "step_started":
+                    steps[event.step_started.step_id] = _step_label(event.step_started.step_id)
                 elif kind == "step_completed":
                     c = event.step_completed
                     if c.kind == runs_pb2.STEP_KIND_MODEL:
@@ -744,7 +783,7 @@ async def _drive(
                         a.approval_id,
                         approve=verdict,
                         call_id=a.call_id,
-                        reason="approved by make demo" if verdict else "denied by make demo",
+                        reason="by make demo",
                         decided_by="make demo",
                     )
                     say(f"demo {'approved' if verdict else 'denied'} {a.tool} ({a.approval_id})")
@@ -775,6 +814,11 @@ async def _drive(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     _show_end(say, result, trail, steps, receiver)
+
+
+def _short(arguments_json: str, limit: int = 90) -> str:
+    flat = arguments_json.replace("\\n", " ")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _show_proposal(say: _Out, approval: runs_pb2.ApprovalRequested) -> None:
@@ -834,9 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     state = (args.state_dir or find_repo_root() / ".local" / "demo").resolve()
     namespace = args.namespace or os.environ.get("STEPLINE_TOPIC_NAMESPACE") or NAMESPACE
     say = _Out(sys.stdout, time.monotonic())
-    bootstrap = KafkaSettings().bootstrap
     try:
-        with _broker(bootstrap, say) as ready:
+        with _broker(say) as ready:
             result = asyncio.run(
                 run_demo(
                     state_dir=state, bootstrap=ready, namespace=namespace, timeout_s=args.timeout

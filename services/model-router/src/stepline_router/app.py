@@ -30,6 +30,8 @@ from stepline_router.router import Router
 from stepline_router.routes import RoutesConfig, parse_routes
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, subscribe
 from stepline_runtime.logs import configure_logging
+from stepline_runtime.metrics import watch_circuits
+from stepline_runtime.observe import start_observability
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 
 __all__ = ["PROVIDER_NAMES", "build_providers", "main", "run"]
@@ -134,6 +136,15 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             asyncio.create_task(routes.watch(settings.reload_interval_s)),
             asyncio.create_task(prices.watch(settings.reload_interval_s)),
         ]
+        watch_circuits(router.circuit_states)
+        observability = await start_observability(
+            settings.service_name,
+            settings.kafka,
+            metrics_host=settings.metrics_host,
+            metrics_port=settings.metrics_port,
+            group=settings.group(CONSUMER),
+            topics=[settings.topic(Topics.MODEL_REQUESTS)],
+        )
         async with broker:
             await broker.start()
             server = None
@@ -150,6 +161,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 for task in watchers:
                     task.cancel()
                 await asyncio.gather(*watchers, return_exceptions=True)
+                await observability.stop()
     log.info("model router stopped")
 
 

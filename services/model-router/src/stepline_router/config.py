@@ -45,6 +45,9 @@ class Settings(ServiceSettings):
         description="Partitions processed concurrently (one record at a time each).",
     )
     max_connections: int = Field(default=200, ge=1)
+    # Prometheus `/metrics` (STEPLINE_METRICS_PORT, 0 disables); 0.0.0.0 to let others scrape.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
 
     def routes_path(self) -> Path:
         """The routes file to load."""

@@ -21,6 +21,7 @@ from stepline_router.router import CallOutcome, CallSucceeded, Router
 from stepline_router.types import ModelRequest
 from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
+from stepline_runtime.metrics import MODEL_CALLS, PROVIDER_ATTEMPT_SECONDS, PROVIDER_ATTEMPTS
 from stepline_runtime.records import InboundRecord, OutboundRecord
 
 __all__ = ["ModelCallHandler", "Topics"]
@@ -80,6 +81,7 @@ class ModelCallHandler:
                     "attempts": len(outcome.attempts),
                 },
             )
+        _observe(request.route, outcome)
         result = model_pb2.ModelCallResult(
             run_id=request.run_id,
             tenant_id=request.tenant_id,
@@ -121,3 +123,17 @@ class ModelCallHandler:
             )
             for usage in usage_records(request, outcome)
         ]
+
+
+def _observe(route: str, outcome: CallOutcome) -> None:
+    """Count the call and each of its attempts (skipped ones too, with their outcome)."""
+    for attempt in outcome.attempts:
+        PROVIDER_ATTEMPTS.labels(
+            attempt.provider, attempt.deployment, attempt.model, attempt.outcome.value
+        ).inc()
+        if attempt.sent:
+            PROVIDER_ATTEMPT_SECONDS.labels(attempt.provider, attempt.deployment).observe(
+                attempt.latency_s
+            )
+    result = "succeeded" if isinstance(outcome, CallSucceeded) else outcome.kind.value
+    MODEL_CALLS.labels(route, result).inc()

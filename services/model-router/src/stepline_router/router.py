@@ -155,6 +155,11 @@ class Router:
             current = self._breakers[deployment] = CircuitBreaker(policy)
         return current
 
+    def circuit_states(self) -> dict[str, str]:
+        """Each known deployment's breaker state now (closed, open, half_open), for metrics."""
+        now = self._clock.monotonic()
+        return {name: breaker.state(now).value for name, breaker in self._breakers.items()}
+
     async def complete(self, request: ModelRequest) -> CallOutcome:
         """Run one call: the answer from the first deployment that gives one, or why none did."""
         return await _Call(self, request).run()

@@ -29,11 +29,12 @@ from stepline_executor.tools.http import HttpRequest, HttpSettings
 from stepline_executor.tools.mcp import McpLink, McpServerConfig, McpTool
 from stepline_executor.tools.netguard import NetworkPolicy, SystemResolver
 from stepline_executor.tools.search import SearchDocuments
-from stepline_executor.tools.sql import SqlQuery, build_database
+from stepline_executor.tools.sql import SavedQuery, SqlQuery, build_database
 from stepline_executor.tools.webhook import Webhook
 from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, subscribe
 from stepline_runtime.logs import configure_logging
+from stepline_runtime.observe import start_observability
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 
 __all__ = ["Toolbox", "build_toolbox", "main", "run"]
@@ -76,18 +77,33 @@ def build_toolbox(config: ToolsConfig, settings: Settings) -> Toolbox:
     if search.enabled:
         tools.append(SearchDocuments.build(config.path(search.folder), **search.resolved(defaults)))
     sql = config.sql_query
+    crm = sql.database if sql.database.is_absolute() else settings.executor_data_dir / sql.database
+    if sql.init_script is not None and (sql.enabled or config.sql_queries):
+        build_database(config.path(sql.init_script), crm)
     if sql.enabled:
-        database = sql.database
-        if not database.is_absolute():
-            database = settings.executor_data_dir / database
-        if sql.init_script is not None:
-            build_database(config.path(sql.init_script), database)
         tools.append(
             SqlQuery.build(
-                database,
+                crm,
                 description_suffix=sql.description,
                 row_limit=sql.row_limit,
                 **sql.resolved(defaults),
+            )
+        )
+    for saved in config.sql_queries:
+        database = saved.database or crm
+        if not database.is_absolute():
+            database = settings.executor_data_dir / database
+        tools.append(
+            SavedQuery.build(
+                saved.name,
+                saved.description,
+                saved.sql,
+                saved.parameters,
+                database,
+                row_limit=saved.row_limit,
+                timeout_s=saved.timeout_s or defaults.timeout_s or 30.0,
+                max_concurrency=saved.max_concurrency or defaults.max_concurrency or 8,
+                max_output_bytes=saved.max_output_bytes or defaults.max_output_bytes or 16_384,
             )
         )
     http = config.http_request
@@ -222,6 +238,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         max_workers=settings.executor_workers,
     )
     background: list[asyncio.Task[None]] = []
+    observability = await start_observability(
+        settings.service_name,
+        settings.kafka,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+        group=settings.group(CONSUMER),
+        topics=[requests_topic],
+    )
     try:
         async with broker:
             await broker.start()
@@ -254,6 +278,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 await task
         await toolbox.close()
         store.close()
+        await observability.stop()
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "AgentConfig",
     "HttpConfig",
     "McpConfig",
+    "SavedQueryConfig",
     "SearchConfig",
     "Settings",
     "SqlConfig",
@@ -39,6 +40,9 @@ class Settings(ServiceSettings):
     """Executor settings; `STEPLINE_*` environment variables."""
 
     service_name: str = "tool-executor"
+    # Prometheus `/metrics` (STEPLINE_METRICS_PORT, 0 disables); 0.0.0.0 to let others scrape.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
     tools_config: Path = Field(default_factory=default_tools_config)
     executor_data_dir: Path = Field(
         default=Path(".local/tool-executor"),
@@ -95,6 +99,23 @@ class SqlConfig(ToolLimits):
     init_script: Path | None = None
     row_limit: int = Field(default=500, ge=1)
     description: str = ""
+
+
+class SavedQueryConfig(_Strict):
+    """`[[sql_queries]]`: a named read-only SELECT whose `:placeholders` are its parameters.
+
+    Runs on `[sql_query]`'s database unless `database` (relative to the data dir) says otherwise.
+    """
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_\-]{1,64}$")
+    description: str
+    sql: str = Field(min_length=1)
+    parameters: dict[str, Any]
+    database: Path | None = None
+    row_limit: int = Field(default=50, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_output_bytes: int | None = Field(default=None, ge=256)
 
 
 class WebhookConfig(_Strict):
@@ -156,6 +177,7 @@ class ToolsConfig(_Strict):
     http_request: HttpConfig = Field(default_factory=HttpConfig)
     search_documents: SearchConfig = Field(default_factory=SearchConfig)
     sql_query: SqlConfig = Field(default_factory=SqlConfig)
+    sql_queries: list[SavedQueryConfig] = Field(default_factory=list)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     mcp_servers: list[McpConfig] = Field(default_factory=list)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)

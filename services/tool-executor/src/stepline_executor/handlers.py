@@ -17,6 +17,7 @@ from stepline_executor.executor import Executor
 from stepline_executor.model import CallRequest, ErrorKind, Outcome, ToolSpec
 from stepline_runtime.codec import Cause, Decoded, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
+from stepline_runtime.metrics import TOOL_SECONDS
 from stepline_runtime.records import InboundRecord, OutboundRecord
 
 __all__ = ["Pricing", "ToolRequests", "announcement", "call_request", "tombstone"]
@@ -97,6 +98,11 @@ class ToolRequests:
                     "replayed": outcome.replayed,
                     "duration_s": round(outcome.duration_s, 4),
                 },
+            )
+        if outcome.executed:
+            # Only tools that ran: a model naming an unknown tool must not create a label.
+            TOOL_SECONDS.labels(request.tool, outcome.error_kind or "COMPLETED").observe(
+                outcome.duration_s
             )
         records = [self._result(request, outcome, decoded.headers.traceparent)]
         if outcome.executed:

@@ -2,9 +2,12 @@
 
 It lets the whole system run with no keys and no network. It behaves like a tool-calling model
 in shape only: it scores the offered tools against the latest user turn (tool name, description,
-parameter names), calls the relevant ones with arguments lifted from the text (URLs, numbers,
-arithmetic expressions, quoted strings, enum values, the question itself), and once tool results
-are in the transcript it writes an answer quoting them. Same input, same output, always.
+parameter names), calls the relevant ones with arguments lifted from the text (URLs, e-mail
+addresses, identifiers matching a parameter's `pattern`, numbers, arithmetic expressions, quoted
+strings, enum values, the question itself), and once tool results are in the transcript it writes
+an answer quoting them. Tools that write something (a parameter such as `body` or `message`) wait
+until the lookups are back: their text is then composed from those results, so a reply is grounded
+in what the other tools found. Same input, same output, always.
 """
 
 from __future__ import annotations
@@ -82,8 +85,17 @@ _URL = re.compile(r"https?://[^\s\"'<>)]+")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
 _EXPRESSION = re.compile(r"[-+(]*\d[\d.\s]*(?:[-+*/^%x×÷][\s(]*-?\d[\d.\s)]*)+")
 _QUOTED = re.compile(r"[\"“']([^\"”']{2,})[\"”']")
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+# Sentences that say what was done or should be done weigh more when grounding a reply.
+_ACTION = re.compile(r"\b(resolution|next step|solution|workaround|recommend\w*|offer\w*)\b", re.I)
+_LABEL = re.compile(r"^(resolution|next step|solution|workaround)\s*:\s*", re.I)
+_NAME_KEYS = ("name", "customer_name", "full_name", "company")
+_SOURCE_KEYS = ("source_id", "id", "ticket_id")
 _URL_NAMES = frozenset({"url", "uri", "link", "href", "endpoint", "address"})
 _EXPRESSION_NAMES = frozenset({"expression", "expr", "formula", "equation", "math"})
+# Parameters that carry text the model writes (a reply, a message): composed from tool results.
+_COMPOSE_NAMES = frozenset({"body", "message", "reply", "email_body", "response", "letter"})
 _ANSWER_CHARS = 600
 
 
@@ -149,10 +161,18 @@ def _value(name: str, schema: dict[str, Any], text: str, required: bool) -> Any:
         return url.group(0).rstrip(".,;") if url else None
     if lowered in _EXPRESSION_NAMES:
         return _expression(text)
+    if kind == "string" and ("email" in lowered or schema.get("format") == "email"):
+        email = _EMAIL.search(text)
+        return email.group(0).rstrip(".") if email else None
+    pattern = schema.get("pattern")
+    if kind == "string" and isinstance(pattern, str):
+        return _matching(pattern, text)
     if kind in ("integer", "number"):
-        numbers = _NUMBER.findall(_URL.sub(" ", text))
-        if numbers:
-            return int(float(numbers[0])) if kind == "integer" else float(numbers[0])
+        # Only a number the schema accepts: an id's digits are no `top_k`.
+        numbers = [float(n) for n in _NUMBER.findall(_URL.sub(" ", text))]
+        fitting = [n for n in numbers if _fits(n, schema)]
+        if fitting:
+            return int(fitting[0]) if kind == "integer" else fitting[0]
         return schema.get("default") if required else None
     if kind == "boolean":
         return bool(_words(lowered) & _words(text)) if required else None
@@ -166,15 +186,124 @@ def _value(name: str, schema: dict[str, Any], text: str, required: bool) -> Any:
     return _question(text) if required or lowered in ("query", "q", "question", "text") else None
 
 
-def _arguments(tool: ToolSpec, text: str) -> dict[str, Any]:
+def _fits(number: float, schema: dict[str, Any]) -> bool:
+    """True when `number` is within the schema's minimum/maximum bounds."""
+    low, high = schema.get("minimum"), schema.get("maximum")
+    below, above = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    return not (
+        (isinstance(low, int | float) and number < low)
+        or (isinstance(high, int | float) and number > high)
+        or (isinstance(below, int | float) and number <= below)
+        or (isinstance(above, int | float) and number >= above)
+    )
+
+
+def _matching(pattern: str, text: str) -> str | None:
+    """The first word of `text` that matches `pattern` as a whole (anchors dropped)."""
+    core = pattern.removeprefix("^").removesuffix("$")
+    try:
+        found = re.search(rf"(?<![\w-])(?:{core})(?![\w-])", text)
+    except re.error:
+        return None
+    return found.group(0) if found else None
+
+
+def _composes(tool: ToolSpec) -> bool:
+    """True when the tool takes text the model writes (so it waits for the lookups)."""
+    return any(
+        name.lower() in _COMPOSE_NAMES and schema.get("type", "string") == "string"
+        for name, schema in _properties(tool).items()
+    )
+
+
+def _arguments(tool: ToolSpec, text: str, results: list[Message]) -> dict[str, Any]:
     required = tool.parameters.get("required")
     required_names = set(required) if isinstance(required, list) else set()
+    found = "\n".join(r.content for r in results)
     args: dict[str, Any] = {}
     for name, schema in _properties(tool).items():
-        value = _value(name, schema, text, name in required_names)
+        if name.lower() in _COMPOSE_NAMES and schema.get("type", "string") == "string":
+            value: Any = _compose(text, results)
+            limit = schema.get("maxLength")
+            if isinstance(limit, int) and len(value) > limit:
+                value = value[: max(limit - 1, 0)] + "…"
+        else:
+            value = _value(name, schema, text, name in required_names)
+            if value is None and found and name in required_names:
+                # Not in the request: an identifier a lookup returned will do (e.g. an id).
+                value = _value(name, schema, found, False)
         if value is not None:
             args[name] = value
     return args
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON value, depth first."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _records(value: Any) -> list[dict[str, Any]]:
+    """Row-like objects in a tool result: `{columns, rows}` tables and lists of objects."""
+    if isinstance(value, dict):
+        columns, rows = value.get("columns"), value.get("rows")
+        if isinstance(columns, list) and isinstance(rows, list):
+            return [dict(zip(columns, row, strict=False)) for row in rows if isinstance(row, list)]
+        nested = [r for v in value.values() if isinstance(v, list | dict) for r in _records(v)]
+        return nested or [value]
+    if isinstance(value, list):
+        return [r for v in value for r in _records(v)]
+    return []
+
+
+def _parsed(result: Message) -> Any:
+    try:
+        return json.loads(result.content)
+    except ValueError:
+        return result.content
+
+
+def _compose(text: str, results: list[Message]) -> str:
+    """A reply grounded in the tool results: who it is for, what was found, what to do next."""
+    quoted = _QUOTED.search(text)
+    about = (quoted.group(1) if quoted else text).strip().rstrip(".!? ")
+    values = [_parsed(r) for r in results]
+    records = [r for v in values for r in _records(v)]
+    name = next(
+        (str(r[k]) for r in records for k in _NAME_KEYS if isinstance(r.get(k), str) and r[k]),
+        "",
+    )
+    wanted = _words(about)
+    candidates: list[tuple[int, int, str, str]] = []
+    for index, value in enumerate(values):
+        for record in _records(value) or [{"text": value}]:
+            source = next((str(record[k]) for k in _SOURCE_KEYS if record.get(k)), "")
+            for chunk in _strings(record):
+                for sentence in _SENTENCE.split(re.sub(r"\s+", " ", chunk).strip()):
+                    sentence = sentence.strip(" …")
+                    if len(sentence) < 20 or "@" in sentence:
+                        continue
+                    score = len(_words(sentence) & wanted) + (3 if _ACTION.search(sentence) else 0)
+                    candidates.append((score, -index, sentence, source))
+    candidates.sort(key=lambda c: (-c[0], -c[1]))
+    chosen: list[tuple[str, str]] = []
+    for score, _, sentence, source in candidates:
+        if score <= 0 or len(chosen) == 2:
+            break
+        if all(sentence != seen for seen, _ in chosen):
+            chosen.append((_LABEL.sub("", sentence), source))
+    lines = [f"Hello {name}," if name else "Hello,", "", f'Thank you for your message: "{about}".']
+    if chosen:
+        cited = ", ".join(dict.fromkeys(s.removesuffix(".md") for _, s in chosen if s))
+        lines += ["", "What we propose" + (f" (based on {cited})" if cited else "") + ":"]
+        lines += [f"- {sentence}" for sentence, _ in chosen]
+    lines += ["", "Best regards,", "Customer Support"]
+    return "\n".join(lines)
 
 
 def _call_id(messages: tuple[Message, ...], tool: str, arguments: str, index: int) -> str:
@@ -199,7 +328,9 @@ def _pick(tools: Iterable[ToolSpec], text: str, request: ModelRequest) -> list[T
     return picked
 
 
-def _answer(results: list[Message], calls: dict[str, str], question: str) -> str:
+def _answer(
+    results: list[Message], calls: dict[str, ToolCall], composing: set[str], question: str
+) -> str:
     if not results:
         return (
             "This is Stepline's offline local model (a deterministic stand-in, not an LLM). "
@@ -207,7 +338,16 @@ def _answer(results: list[Message], calls: dict[str, str], question: str) -> str
         )
     lines = [f"Answer to: {question}."]
     for result in results:
-        tool = calls.get(result.tool_call_id) or result.name or "tool"
+        call = calls.get(result.tool_call_id)
+        if call is None or call.name not in composing:
+            continue
+        # What was written on the user's behalf is the heart of the answer: show it whole.
+        lines.append(f"Sent with {call.name} ({call.arguments}); it answered: {result.content}")
+    for result in results:
+        call = calls.get(result.tool_call_id)
+        if call is not None and call.name in composing:
+            continue
+        tool = call.name if call is not None else result.name or "tool"
         content = re.sub(r"\s+", " ", result.content).strip()
         if len(content) > _ANSWER_CHARS:
             content = content[:_ANSWER_CHARS] + "…"
@@ -221,21 +361,28 @@ def respond(request: ModelRequest) -> Completion:
     last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=-1)
     text = messages[last_user].content if last_user >= 0 else ""
     turn = messages[last_user + 1 :]
-    calls = {c.id: c.name for m in turn for c in m.tool_calls}
+    calls = {c.id: c for m in turn for c in m.tool_calls}
     results = [m for m in turn if m.role is Role.TOOL]
-    already = set(calls.values())
+    already = {c.name for c in calls.values()}
     picked = [t for t in _pick(request.tools, text, request) if t.name not in already]
-    if picked and not (results and request.params.tool_choice is not ToolChoice.REQUIRED):
+    if results and request.params.tool_choice is not ToolChoice.REQUIRED:
+        # The lookups are back: only the tools that write something from them are left.
+        picked = [t for t in picked if _composes(t)]
+    elif not results:
+        lookups = [t for t in picked if not _composes(t)]
+        picked = lookups or picked
+    if picked:
         tool_calls = []
         for index, tool in enumerate(picked):
-            arguments = json.dumps(_arguments(tool, text), sort_keys=True)
+            arguments = json.dumps(_arguments(tool, text, results), sort_keys=True)
             tool_calls.append(
                 ToolCall(_call_id(messages, tool.name, arguments, index), tool.name, arguments)
             )
         output = sum(estimate_text_tokens(c.name + c.arguments) for c in tool_calls)
         usage = Usage(estimate_input_tokens(messages, request.tools), output)
         return Completion("", tuple(tool_calls), FinishReason.TOOL_CALLS, usage)
-    content = _answer(results, calls, _question(text))
+    composing = {t.name for t in request.tools if _composes(t)}
+    content = _answer(results, calls, composing, _question(text))
     if request.params.response_format.type in ("json_object", "json_schema"):
         content = json.dumps({"answer": content})
     finish = FinishReason.STOP
