@@ -41,11 +41,13 @@ format: install ## Apply ruff fixes and formatting
 typecheck: install ## Type-check with mypy (strict; generated code excluded)
 	$(RUN) mypy
 
-proto: install ## Regenerate Python code and the descriptor set from proto/
+proto: install ## Regenerate Python code, the descriptor set and proto/asyncapi.yaml
 	$(RUN) python scripts/proto.py generate
+	$(RUN) python scripts/asyncapi.py generate
 
-proto-check: install ## Fail when generated code drifts from proto/, and run buf lint
+proto-check: install ## Fail when generated code or proto/asyncapi.yaml drifts; run buf lint
 	$(RUN) python scripts/proto.py check
+	$(RUN) python scripts/asyncapi.py check
 
 kafka-up: install ## Start the local single-node Kafka broker (no-op when it is up)
 	$(KAFKA) up

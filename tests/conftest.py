@@ -12,6 +12,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline_runtime.settings import KafkaSettings
 
+# Services started by tests must not fight over the fixed Prometheus ports of a developer's stack.
+os.environ.setdefault("STEPLINE_METRICS_PORT", "0")
+
 
 @pytest.fixture(scope="session")
 def kafka() -> KafkaSettings:

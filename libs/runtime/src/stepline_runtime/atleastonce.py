@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -18,9 +19,16 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from stepline_runtime import tracing
 from stepline_runtime.codec import Cause, InvalidRecordError
 from stepline_runtime.deadletter import dead_letter
 from stepline_runtime.logs import redact
+from stepline_runtime.metrics import (
+    RECORD_SECONDS,
+    RECORDS_DEAD_LETTERED,
+    RECORDS_PROCESSED,
+    RECORDS_REDELIVERED,
+)
 from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.topics import Topics
@@ -109,21 +117,32 @@ class AtLeastOnce:
 
     async def __call__(self, record: InboundRecord) -> None:
         """Process `record`; returning means it may be committed, raising means redeliver it."""
+        # One consumer span per delivery; outputs (dead letters too) carry its traceparent.
+        with tracing.handling(record, self._consumer):
+            await self._process(record)
+
+    async def _process(self, record: InboundRecord) -> None:
         coordinates = (record.topic, record.partition, record.offset)
+        started = time.perf_counter()
         try:
-            outputs = await self._handle(record)
+            outputs = tracing.stamp(await self._handle(record))
         except InvalidRecordError as refused:
             await self._dead_letter(record, refused.cause, refused.reason)
             return
         except Exception as error:
             await self._retry_or_park(record, coordinates, error)
             return
+        finally:
+            RECORD_SECONDS.labels(self._consumer, record.topic).observe(
+                time.perf_counter() - started
+            )
         try:
             await self._publisher.publish(outputs)
         except Exception as error:
             await self._retry_or_park(record, coordinates, error)
             return
         self._attempts.pop(coordinates, None)
+        RECORDS_PROCESSED.labels(self._consumer, record.topic).inc()
 
     async def _retry_or_park(
         self, record: InboundRecord, coordinates: tuple[str, int, int], error: Exception
@@ -136,6 +155,7 @@ class AtLeastOnce:
             await self._dead_letter(record, Cause.HANDLER_FAILED, f"{attempt} attempts: {reason}")
             return
         self._attempts[coordinates] = attempt
+        RECORDS_REDELIVERED.labels(self._consumer, record.topic).inc()
         log.warning(
             "record failed; it will be redelivered",
             extra={
@@ -158,7 +178,9 @@ class AtLeastOnce:
             topic=self._dead_letter_topic,
         )
         # If this publish fails the exception propagates: the record is redelivered, not lost.
-        await self._publisher.publish([letter])
+        await self._publisher.publish(tracing.stamp([letter]))
+        RECORDS_DEAD_LETTERED.labels(self._consumer, record.topic, cause.value).inc()
+        RECORDS_PROCESSED.labels(self._consumer, record.topic).inc()
 
 
 class RedeliverError(RuntimeError):

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # Keep the reason readable in a console and well under Kafka's record limit.
 _MAX_REASON = 2_000
+# A copy of a payload near Kafka's 1 MiB record limit would make the dead letter itself too large
+# to produce, and the partition would retry it forever; such payloads stay at their coordinates.
+_MAX_PAYLOAD_COPY = 512 * 1024
 
 
 def dead_letter(
@@ -41,14 +44,18 @@ def dead_letter(
             "reason": reason,
         },
     )
+    payload, reason = record.value or b"", reason[:_MAX_REASON]
+    if len(payload) > _MAX_PAYLOAD_COPY:
+        reason += f" (the {len(payload)}-byte payload is not copied: read it at the source offset)"
+        payload = b""
     letter = dead_letter_pb2.DeadLetter(
-        reason=reason[:_MAX_REASON],
+        reason=reason,
         cause=dead_letter_pb2.DeadLetterCause.Value(f"DEAD_LETTER_CAUSE_{cause.value}"),
         source_topic=record.topic,
         source_partition=record.partition,
         source_offset=record.offset,
         source_key=record.key or b"",
-        payload=record.value or b"",
+        payload=payload,
         headers=[dead_letter_pb2.KafkaHeader(key=k, value=v) for k, v in record.headers],
         consumer=consumer,
     )

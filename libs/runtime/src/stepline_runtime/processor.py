@@ -32,9 +32,16 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from stepline_runtime import tracing
 from stepline_runtime.codec import Cause, InvalidRecordError
 from stepline_runtime.deadletter import dead_letter
 from stepline_runtime.logs import redact
+from stepline_runtime.metrics import (
+    RECORD_SECONDS,
+    RECORDS_DEAD_LETTERED,
+    RECORDS_PROCESSED,
+    TRANSACTIONS,
+)
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
@@ -86,6 +93,8 @@ class ProcessorConfig:
     transaction_timeout_ms: int = 60_000
     retry_backoff_s: float = 0.5
     dead_letter_topic: str = Topics.DLQ
+    # An input without `traceparent` joins the trace derived from its key (the planner: run id).
+    trace_from_key: bool = False
 
 
 def inbound(record: _Record) -> InboundRecord:
@@ -299,7 +308,9 @@ class TransactionalProcessor:
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, self._config.app_id)
             await producer.commit_transaction()
+            TRANSACTIONS.labels(self._config.app_id, "committed").inc()
         except _FATAL as error:
+            TRANSACTIONS.labels(self._config.app_id, "fenced").inc()
             log.warning(
                 "producer fenced or broken; re-opening the task",
                 extra={"partition": task.partition, "error": repr(error)},
@@ -307,6 +318,7 @@ class TransactionalProcessor:
             task.fenced = True
             await self._recover(task.partition, reopen=True)
         except KafkaError as error:
+            TRANSACTIONS.labels(self._config.app_id, "aborted").inc()
             log.warning(
                 "transaction failed; re-running from the last commit",
                 extra={"partition": task.partition, "error": repr(error)},
@@ -349,6 +361,15 @@ class TransactionalProcessor:
                 task.fenced = True
 
     async def _outputs(self, record: InboundRecord) -> Sequence[OutboundRecord]:
+        app = self._config.app_id
+        started = time.perf_counter()
+        with tracing.handling(record, app, derive_from_key=self._config.trace_from_key):
+            outputs = tracing.stamp(await self._handled(record))
+        RECORD_SECONDS.labels(app, record.topic).observe(time.perf_counter() - started)
+        RECORDS_PROCESSED.labels(app, record.topic).inc()
+        return outputs
+
+    async def _handled(self, record: InboundRecord) -> Sequence[OutboundRecord]:
         try:
             return await self._handler.handle(record)
         except InvalidRecordError as failure:
@@ -359,6 +380,7 @@ class TransactionalProcessor:
                 extra={"topic": record.topic, "offset": record.offset},
             )
             cause, reason = Cause.HANDLER_FAILED, redact(f"{type(error).__name__}: {error}")
+        RECORDS_DEAD_LETTERED.labels(self._config.app_id, record.topic, cause.value).inc()
         return [
             dead_letter(
                 record,

@@ -22,6 +22,7 @@ from stepline_billing.store import LedgerStore
 from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, Handle, subscribe
 from stepline_runtime.logs import configure_logging
+from stepline_runtime.observe import start_observability
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 
@@ -112,6 +113,14 @@ async def run(settings: Settings, ready: Callable[[int], None] | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    observability = await start_observability(
+        settings.service_name,
+        settings.kafka,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+        group=group,
+        topics=[settings.topic(Topics.USAGE)],
+    )
     try:
         async with broker:
             await broker.start()
@@ -128,6 +137,7 @@ async def run(settings: Settings, ready: Callable[[int], None] | None = None) ->
     finally:
         await server.stop(grace=2)
         store.close()
+        await observability.stop()
         log.info("billing stopped")
 
 

@@ -25,6 +25,9 @@ class Settings(ServiceSettings):
     """Everything billing reads from the environment."""
 
     service_name: str = "billing"
+    # Prometheus `/metrics` (STEPLINE_METRICS_PORT, 0 disables); 0.0.0.0 to let others scrape.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9104, ge=0, le=65535)
     billing_data_dir: Path = Field(
         default=_REPO_ROOT / ".local" / "billing",
         description="Folder of the SQLite ledger (billing.sqlite3) when no DSN is set.",

@@ -17,6 +17,7 @@ from stepline_billing.store import LedgerStore, Recorded
 from stepline_pricebook import PriceBook
 from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
+from stepline_runtime.metrics import record_cost
 from stepline_runtime.records import InboundRecord, OutboundRecord
 
 __all__ = ["OutputTopics", "UsageHandler"]
@@ -61,7 +62,17 @@ class UsageHandler:
             raise InvalidRecordError(Cause.INVALID, str(error)) from error
         with bind(tenant_id=usage.tenant_id, run_id=usage.run_id):
             recorded = await asyncio.to_thread(self._store.record, entry)
-            if not recorded.inserted:
+            if recorded.inserted:
+                # Counted once per usage id, like the ledger: a redelivery inserts nothing.
+                record_cost(
+                    usage.tenant_id,
+                    usage.kind.value,
+                    usage.provider,
+                    usage.model or usage.tool,
+                    entry.currency,
+                    entry.cost,
+                )
+            else:
                 # Still republish below: the previous delivery may have died before publishing.
                 log.info("usage already recorded", extra={"usage_id": usage.usage_id})
             now = self._clock()

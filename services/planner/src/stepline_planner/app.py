@@ -14,6 +14,7 @@ from stepline_planner.handlers import PlannerHandler, PlannerTopics
 from stepline_planner.tables import TopicTables
 from stepline_pricebook import PriceBook
 from stepline_runtime.logs import configure_logging
+from stepline_runtime.observe import start_observability
 from stepline_runtime.processor import ProcessorConfig, TransactionalProcessor
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 
@@ -77,9 +78,18 @@ async def run(settings: Settings) -> None:
             max_batch=settings.max_batch,
             tick_interval_s=settings.tick_interval_s,
             session_timeout_ms=settings.session_timeout_ms,
+            trace_from_key=True,
         ),
         handler,
         settings.kafka,
+    )
+    observability = await start_observability(
+        settings.service_name,
+        settings.kafka,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+        group=settings.group("stepline-planner"),
+        topics=(topics.goals, topics.control, topics.model_results, topics.tool_results),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,6 +102,7 @@ async def run(settings: Settings) -> None:
         await processor.run()
     finally:
         await tables.stop()
+        await observability.stop()
 
 
 def main() -> None:

@@ -26,8 +26,10 @@ from stepline_planner.profiles import Profiles
 from stepline_planner.sessions import decide_session, session_key
 from stepline_planner.state import Run, Session
 from stepline_planner.tables import Tables
+from stepline_runtime import tracing
 from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
+from stepline_runtime.metrics import RUN_SECONDS, RUNS_FINISHED, STEP_SECONDS
 from stepline_runtime.records import InboundRecord, OutboundRecord
 
 __all__ = ["PlannerHandler", "PlannerTopics"]
@@ -152,7 +154,9 @@ class PlannerHandler:
                 del part.runs[run_id]
                 del part.due[run_id]
                 continue
-            outputs.extend(self._apply(partition, run_id, Tick(), now=now))
+            # No record started this: continue the run's trace (derived from its id).
+            with tracing.keyed_trace(run_id, "planner timer"):
+                outputs.extend(tracing.stamp(self._apply(partition, run_id, Tick(), now=now)))
         return outputs
 
     # --- inputs -----------------------------------------------------------------------------
@@ -289,6 +293,7 @@ class PlannerHandler:
             )
 
         if isinstance(out, o.RunEvent):
+            _observe(out)
             msg = convert.event_to_proto(out)
             return rec(t.runs, out.run_id, msg, msg.event_id, out.tenant_id)
         if isinstance(out, o.ModelCallRequested):
@@ -354,3 +359,18 @@ class PlannerHandler:
             tenant_id=out.tenant_id, session_id=out.session_id, run_id=out.run_id, reason=out.reason
         )
         return rec(t.control, out.run_id, rejected, f"{out.run_id}/session-rejected", out.tenant_id)
+
+
+_FINAL = {o.RunCompleted: "completed", o.RunFailed: "failed", o.RunCancelled: "cancelled"}
+
+
+def _observe(event: o.RunEvent) -> None:
+    """Step latency and finished runs, from the events that carry their durations."""
+    body = event.body
+    if isinstance(body, o.StepCompleted):
+        kind, outcome = body.kind.value.lower(), body.outcome.value.lower()
+        STEP_SECONDS.labels(kind, outcome).observe(body.duration.total_seconds())
+    elif isinstance(body, o.RunCompleted | o.RunFailed | o.RunCancelled):
+        status = _FINAL[type(body)]
+        RUNS_FINISHED.labels(event.agent, status).inc()
+        RUN_SECONDS.labels(event.agent, status).observe(body.duration.total_seconds())
