@@ -28,7 +28,7 @@ from stepline_client.supervisor import Supervisor
 from stepline_localkafka import LocalKafka
 from stepline_runtime.jsonlines import record_json
 from stepline_runtime.settings import ServiceSettings
-from stepline_runtime.topics import CATALOG
+from stepline_runtime.topics import CATALOG, Topics
 
 __all__ = ["main"]
 
@@ -76,16 +76,52 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
     """Start the local broker (unless one is configured) and every service."""
     env = dict(os.environ)
     if not os.environ.get("STEPLINE_KAFKA_BOOTSTRAP"):
-        kafka = LocalKafka()
-        kafka.up()
-        env["STEPLINE_KAFKA_BOOTSTRAP"] = kafka.bootstrap
-        print(f"kafka: {kafka.bootstrap}", file=out)
+        local = LocalKafka()
+        local.up()
+        env["STEPLINE_KAFKA_BOOTSTRAP"] = local.bootstrap
+        print(f"kafka: {local.bootstrap}", file=out)
+    env.setdefault("STEPLINE_KAFKA_BOOTSTRAP", settings.kafka.bootstrap)
     statuses = Supervisor(_state_dir()).up(env)
     failed = [s for s in statuses if not s.running]
     for status in statuses:
         state = "running" if status.running else f"NOT RUNNING — see {status.log}"
         print(f"{status.name:<14} pid {status.pid or '-':<8} {state}", file=out)
-    return 1 if failed else 0
+    if failed:
+        return 1
+    # Processes being alive is not enough: wait until a goal submitted now would be served.
+    kafka = settings.kafka.model_copy(update={"bootstrap": env["STEPLINE_KAFKA_BOOTSTRAP"]})
+    if not asyncio.run(_wait_ready(settings.model_copy(update={"kafka": kafka}), args.timeout)):
+        print(
+            f"services did not become ready within {args.timeout:g}s — see the logs in "
+            f"{_state_dir() / 'logs'}",
+            file=out,
+        )
+        return 1
+    print("ready", file=out)
+    return 0
+
+
+async def _wait_ready(settings: ServiceSettings, timeout_s: float) -> bool:
+    """True once the run topic exists and the executor has registered its tools."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli-ready"))
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs("stepline-cli-ready"))
+    await admin.start()
+    await consumer.start()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            topics = set(await admin.list_topics())
+            runs, tools = settings.topic(Topics.RUNS), settings.topic(Topics.TOOLS)
+            if runs in topics and tools in topics:
+                described = await admin.describe_topics([tools])
+                tps = [TopicPartition(tools, p["partition"]) for p in described[0]["partitions"]]
+                if tps and sum((await consumer.end_offsets(tps)).values()) > 0:
+                    return True
+            await asyncio.sleep(0.5)
+        return False
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 def cmd_down(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
@@ -329,7 +365,8 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("demo", help="run the support demo end to end (as `make demo`)", add_help=False)
-    sub.add_parser("up", help="start the local broker and all services")
+    up = sub.add_parser("up", help="start the local broker and all services")
+    up.add_argument("--timeout", type=float, default=90, help="seconds to wait for readiness")
     down = sub.add_parser("down", help="stop the services and the local broker")
     down.add_argument("--keep-kafka", action="store_true", help="leave the broker running")
     sub.add_parser("status", help="show which services run")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -31,25 +31,8 @@ class PricingError(ValueError):
     """A usage record whose cost cannot be trusted (bad amount, other currency)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
-    """Token counts; cached and cache-write are subsets of input, reasoning of output."""
-
-    input: int = 0
-    output: int = 0
-    cached_input: int = 0
-    cache_write_input: int = 0
-    reasoning: int = 0
-
-    def __add__(self, other: TokenCounts) -> TokenCounts:
-        """Component-wise sum."""
-        return TokenCounts(
-            self.input + other.input,
-            self.output + other.output,
-            self.cached_input + other.cached_input,
-            self.cache_write_input + other.cache_write_input,
-            self.reasoning + other.reasoning,
-        )
+# Token counts are the price book's, so pricing takes them as they are.
+TokenCounts = Tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +53,7 @@ class Usage:
     outcome: str = ""
     tool_error_kind: str = ""
     succeeded: bool = True
-    tokens: TokenCounts = TokenCounts()
+    tokens: TokenCounts = field(default_factory=TokenCounts)
     reported_cost: Decimal | None = None
     reported_currency: str = ""
     reported_version: str = ""
@@ -134,5 +117,5 @@ def reprice(usage: Usage, book: PriceBook) -> Decimal | None:
     return book.model_cost(
         usage.provider,
         usage.model,
-        Tokens(tokens.input, tokens.output, tokens.cached_input, tokens.cache_write_input),
+        tokens,
     )

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from stepline_pricebook import PriceBook, Tokens
+from stepline_pricebook import PriceBook
 from stepline_router.backoff import full_jitter
 from stepline_router.breaker import BreakerPolicy, CircuitBreaker
 from stepline_router.clock import Clock
@@ -436,7 +436,7 @@ class _Call:
         cost = self.book.model_cost(
             deployment.provider,
             deployment.model,
-            Tokens(usage.input, usage.output, usage.cached_input, usage.cache_write_input),
+            usage,
         )
         if cost is not None:
             self.spent += cost

@@ -8,6 +8,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from stepline_pricebook import Tokens
+
 __all__ = [
     "Completion",
     "FinishReason",
@@ -123,24 +125,8 @@ class ModelRequest:
     agent: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts; `cached_input` and `cache_write_input` are subsets of `input`."""
-
-    input: int = 0
-    output: int = 0
-    cached_input: int = 0
-    cache_write_input: int = 0
-    reasoning: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input + other.input,
-            self.output + other.output,
-            self.cached_input + other.cached_input,
-            self.cache_write_input + other.cache_write_input,
-            self.reasoning + other.reasoning,
-        )
+# Token counts are the price book's: one type from provider response to cost.
+Usage = Tokens
 
 
 @dataclass(frozen=True, slots=True)

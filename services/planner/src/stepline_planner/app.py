@@ -66,12 +66,20 @@ async def run(settings: Settings) -> None:
         runs=settings.topic(Topics.RUNS),
         state=settings.topic(Topics.PLANNER_STATE),
     )
-    tables = TopicTables(settings.kafka, tables_topics[0], tables_topics[1], counts)
+    group = settings.group("stepline-planner")
+    tables = TopicTables(
+        settings.kafka,
+        tables_topics[0],
+        tables_topics[1],
+        counts,
+        dead_letter_topic=settings.topic(Topics.DLQ),
+        consumer_name=f"{group}-tables",
+    )
     await tables.start()
     handler = PlannerHandler(topics, agents, tables, prices.tools)
     processor = TransactionalProcessor(
         ProcessorConfig(
-            app_id=settings.group("stepline-planner"),
+            app_id=group,
             inputs=(topics.goals, topics.control, topics.model_results, topics.tool_results),
             changelog=topics.state,
             dead_letter_topic=settings.topic(Topics.DLQ),
@@ -88,7 +96,7 @@ async def run(settings: Settings) -> None:
         settings.kafka,
         metrics_host=settings.metrics_host,
         metrics_port=settings.metrics_port,
-        group=settings.group("stepline-planner"),
+        group=group,
         topics=(topics.goals, topics.control, topics.model_results, topics.tool_results),
     )
     loop = asyncio.get_running_loop()

@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stepline.v1 import budgets_pb2, tools_pb2
 from stepline_planner import convert
 from stepline_planner.decide import TenantBudget
 from stepline_planner.outputs import ToolSpec
-from stepline_runtime.codec import InvalidRecordError, decode
+from stepline_runtime.codec import Cause, InvalidRecordError, decode
+from stepline_runtime.deadletter import dead_letter
 from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord
 from stepline_runtime.settings import KafkaSettings
@@ -68,7 +70,17 @@ class TopicTables:
         tools_topic: str,
         budgets_topic: str,
         partition_counts: Mapping[str, int],
+        *,
+        dead_letter_topic: str,
+        consumer_name: str,
     ) -> None:
+        self._dead_letter_topic = dead_letter_topic
+        self._consumer_name = consumer_name
+        # Refused table records go to the DLQ like any other input's; a restart re-reads the
+        # table and parks them again under the same deterministic event id.
+        self._dead_letters = AIOKafkaProducer(
+            enable_idempotence=True, acks="all", **kafka.client_kwargs("planner-tables-dlq")
+        )
         self._tools_topic = tools_topic
         self._budgets_topic = budgets_topic
         self._counts = dict(partition_counts)
@@ -93,6 +105,7 @@ class TopicTables:
 
     async def start(self) -> None:
         """Read both topics up to their current end, then keep following in the background."""
+        await self._dead_letters.start()
         await self._consumer.start()
         partitions = [
             TopicPartition(topic, p)
@@ -116,6 +129,7 @@ class TopicTables:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._consumer.stop()
+        await self._dead_letters.stop()
 
     async def _follow(self) -> None:
         while True:
@@ -125,9 +139,9 @@ class TopicTables:
         batch = await self._consumer.getmany(timeout_ms=500)
         for records in batch.values():
             for raw in records:
-                self._apply(inbound(raw))
+                await self._apply(inbound(raw))
 
-    def _apply(self, record: InboundRecord) -> None:
+    async def _apply(self, record: InboundRecord) -> None:
         topic, value = record.topic, record.value
         name = (record.key or b"").decode()
         try:
@@ -148,6 +162,15 @@ class TopicTables:
                 self._versions[state.tenant_id] = state.version
                 self._budgets[state.tenant_id] = convert.budget_from_proto(state)
         except (InvalidRecordError, convert.ConversionError) as error:
-            log.warning(
-                "table record skipped", extra={"topic": topic, "key": name, "error": str(error)}
+            cause = error.cause if isinstance(error, InvalidRecordError) else Cause.INVALID
+            letter = dead_letter(
+                record,
+                cause,
+                str(error),
+                consumer=self._consumer_name,
+                now=datetime.now(UTC),
+                topic=self._dead_letter_topic,
+            )
+            await self._dead_letters.send_and_wait(
+                letter.topic, letter.value, key=letter.key, headers=list(letter.headers)
             )

@@ -1,0 +1,212 @@
+"""Reduced `make chaos`: runs with tools while services are SIGKILLed and restarted.
+
+24 runs of an agent that searches the demo tickets and then calls a non-idempotent webhook are
+submitted in waves while a driver SIGKILLs a random service every few seconds and restarts it
+(`Supervisor.up` starts the dead one). At the end: every run reached a terminal event, the webhook
+receiver never saw one call twice, and billing's ledger holds each usage id of the usage topic
+exactly once with the same total cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from scripts.bad_input import ROOT, Stack, read_topic
+from stepline.v1 import usage_pb2
+from stepline_client import Goal, Stepline
+from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.topics import Topics
+
+pytestmark = pytest.mark.kafka
+
+RUNS = 24
+WAVES = 8
+KILLS = 6
+KILL_EVERY_S = 4.0
+TENANT = "chaos-tenant"
+VICTIMS = ("planner", "model-router", "tool-executor", "billing")
+GOAL = "Search the support tickets for refund problems and post a message about them"
+
+
+class Receiver:
+    """A local webhook endpoint counting deliveries per Idempotency-Key."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+        lock = threading.Lock()
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                self.rfile.read(length)
+                with lock:
+                    seen[self.headers.get("Idempotency-Key", "")] += 1
+                body = json.dumps({"posted": True}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Receiver]:
+        """Serve in a thread until the block ends."""
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _configure(stack: Stack, receiver_port: int) -> None:
+    """A tools file with a non-idempotent webhook, and an agent that uses it."""
+    tools = (ROOT / "deploy" / "config" / "tools.toml").read_text(encoding="utf-8")
+    # The copy lives elsewhere: make its relative paths absolute.
+    tools = tools.replace('"../', f'"{ROOT / "deploy"}/')
+    tools += f"""
+[[webhooks]]
+name = "post_message"
+description = "Post a message to the team channel about the support tickets."
+url = "http://127.0.0.1:{receiver_port}/post"
+idempotent = false
+timeout_s = 5
+[webhooks.parameters]
+type = "object"
+additionalProperties = false
+required = ["message"]
+[webhooks.parameters.properties.message]
+type = "string"
+minLength = 1
+
+[tenants.{TENANT}]
+tools = ["*"]
+http_hosts = []
+"""
+    path = stack.state_dir / "tools.toml"
+    path.write_text(tools, encoding="utf-8")
+    stack.env["STEPLINE_TOOLS_CONFIG"] = str(path)
+    agents = stack.state_dir / "agents.toml"
+    agents.write_text(
+        agents.read_text(encoding="utf-8")
+        + """
+[agents.chaos]
+system_prompt = "Search the tickets, then post one message about what you found."
+route = "local"
+tools = ["search_documents", "post_message"]
+max_steps = 8
+run_deadline_s = 120
+model_step_deadline_s = 30
+tool_step_deadline_s = 30
+""",
+        encoding="utf-8",
+    )
+
+
+async def _chaos(stack: Stack, stop: asyncio.Event, rng: random.Random) -> list[str]:
+    """SIGKILL a random service every few seconds, restart it; returns what was killed."""
+    killed: list[str] = []
+    # Random order, but every service dies at least once.
+    order = rng.sample(VICTIMS, len(VICTIMS)) + rng.sample(VICTIMS, KILLS - len(VICTIMS))
+    while len(killed) < KILLS and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), KILL_EVERY_S)
+        if stop.is_set():
+            break
+        victim = order[len(killed)]
+        pid = stack.pids().get(victim)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(victim)
+        await asyncio.to_thread(stack.up)
+    return killed
+
+
+def _ledger(path: Path) -> dict[str, Decimal]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {
+            uid: Decimal(str(cost or 0))
+            for uid, cost in db.execute("SELECT usage_id, cost FROM ledger")
+        }
+
+
+async def _usage_on_topic(kafka: KafkaSettings, stack: Stack) -> dict[str, Decimal]:
+    unique: dict[str, Decimal] = {}
+    for _, _, _, value in await read_topic(kafka, stack.topic(Topics.USAGE)):
+        usage = usage_pb2.UsageRecorded.FromString(value or b"")
+        unique.setdefault(usage.usage_id, Decimal(usage.cost.amount or "0"))
+    return unique
+
+
+async def test_runs_survive_services_killed_and_restarted(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    rng = random.Random(20261124)
+    stack = Stack(tmp_path / "stack", f"t{uuid.uuid4().hex[:10]}")  # never a reused topic
+    receiver = Receiver()
+    _configure(stack, receiver.port)
+    with receiver.serving(), stack.running():
+        async with Stepline(stack.settings, source="chaos-test") as client:
+            stop = asyncio.Event()
+            driver = asyncio.create_task(_chaos(stack, stop, rng))
+            run_ids: list[str] = []
+            for _ in range(WAVES):
+                for _ in range(RUNS // WAVES):
+                    run_ids.append(
+                        await client.submit(
+                            Goal(GOAL, tenant_id=TENANT, agent="chaos", budget=Decimal("0.50"))
+                        )
+                    )
+                await asyncio.sleep(KILL_EVERY_S / 2)  # spread the runs over the kills
+            killed = await driver
+            stop.set()
+            statuses = await asyncio.to_thread(stack.up)
+            assert all(s.running for s in statuses), statuses
+            finals = await asyncio.gather(*(client.wait(r, timeout_s=150) for r in run_ids))
+        endings = Counter(f.WhichOneof("event") for f in finals)
+        # Billing catches up on its own: await the ledger reaching every usage id on the topic.
+        ledger: dict[str, Decimal] = {}
+        usage: dict[str, Decimal] = {}
+        for _ in range(120):
+            usage = await _usage_on_topic(kafka, stack)
+            ledger = _ledger(stack.state_dir / "billing" / "billing.sqlite3")
+            if usage and set(ledger) == set(usage):
+                break
+            await asyncio.sleep(0.5)
+    print(
+        f"killed: {killed}; endings: {dict(endings)}; webhook calls: {sum(receiver.seen.values())}"
+    )
+    print(f"usage ids: {len(usage)}; ledger total {sum(ledger.values())}")
+    assert len(killed) == KILLS
+    assert set(killed) == set(VICTIMS)
+    assert len(finals) == RUNS
+    assert all(f.WhichOneof("event") for f in finals)
+    assert endings["completed"] > 0, endings
+    # The side effect ran, and never twice for one call.
+    assert receiver.seen, "the webhook was never called"
+    assert max(receiver.seen.values()) == 1, receiver.seen.most_common(3)
+    assert set(ledger) == set(usage)
+    assert sum(ledger.values()) == sum(usage.values())

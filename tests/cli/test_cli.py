@@ -1,0 +1,379 @@
+"""Every `stepline` command as a subprocess against a stack that `stepline up` started.
+
+One stack per module (its own topic namespace, state dir, free ports, test broker): `up`, then
+status, submit (--watch, --json), runs show, approve, deny, cancel, usage, topics, tail and
+finally `down`, which must leave no service process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stepline_client.demo import GOAL, ReplyReceiver, demo_tools, render_toml
+from stepline_client.supervisor import SERVICES
+from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.topics import CATALOG
+
+ROOT = Path(__file__).resolve().parents[2]
+SUPPORT_TOOLS = {"crm_find_customer", "search_documents", "send_reply"}
+Event = dict[str, Any]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1][:1]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Follow:
+    """`stepline runs show RUN --follow --json` read line by line in the background."""
+
+    def __init__(self, stack: Stack, run_id: str) -> None:
+        self.events: list[Event] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._process = subprocess.Popen(
+            stack.argv("runs", "show", run_id, "--follow", "--json"),
+            cwd=ROOT,
+            env=stack.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def until(self, kind: str, timeout_s: float = 60) -> Event:
+        """The first event of `kind` (e.g. approval_requested); fails when the stream ends."""
+        for event in self.events:
+            if kind in event:
+                return event
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                stderr = self._process.stderr.read() if self._process.stderr else ""
+                raise AssertionError(f"run ended without {kind}: {self.events} {stderr}")
+            found: Event = json.loads(line)
+            self.events.append(found)
+            if kind in found:
+                return found
+
+    def terminal(self, timeout_s: float = 60) -> Event:
+        """The run's last event; the follower exits after it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                assert self._process.wait(10) == 0
+                last = self.events[-1]
+                assert {"completed", "failed", "cancelled"} & set(last), last
+                return last
+            self.events.append(json.loads(line))
+
+    def close(self) -> None:
+        """Stop the follower if it still runs."""
+        if self._process.poll() is None:
+            self._process.terminate()
+        self._process.wait(10)
+
+
+@dataclass
+class Stack:
+    """The environment a `stepline up` stack runs in, and how to call the CLI against it."""
+
+    env: dict[str, str]
+    state: Path
+    tenant: str
+    billing: str
+    receiver: ReplyReceiver
+    followers: list[Follow] = field(default_factory=list)
+
+    def argv(self, *args: str) -> list[str]:
+        """The CLI command line for `args`."""
+        return [sys.executable, "-m", "stepline_client.cli", *args]
+
+    def run(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run one CLI command to its end."""
+        return subprocess.run(
+            self.argv(*args),
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def ok(self, *args: str, timeout_s: float = 60) -> str:
+        """Run one CLI command that must succeed; its stdout."""
+        done = self.run(*args, timeout_s=timeout_s)
+        assert done.returncode == 0, f"stepline {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def follow(self, run_id: str) -> Follow:
+        """Follow a run's events (stopped at teardown)."""
+        follower = Follow(self, run_id)
+        self.followers.append(follower)
+        return follower
+
+    def submit_support(self) -> str:
+        """Submit the support goal (it pauses for approval of send_reply); its run id."""
+        out = self.ok("submit", GOAL, "--agent", "support", "--tenant", self.tenant, "--json")
+        run_id: str = json.loads(out)["run_id"]
+        return run_id
+
+    def logs(self) -> str:
+        """The tail of every service log, for failure messages."""
+        parts = []
+        for log in sorted((self.state / "logs").glob("*.log")):
+            parts.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-10:]))
+        return "\n".join(parts)
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _tools_registered(stack: Stack) -> bool:
+    out = stack.ok("tail", "stepline.tools.v1", "--from-beginning", "--idle-timeout", "1")
+    return {json.loads(line)["key"] for line in out.splitlines()} >= SUPPORT_TOOLS
+
+
+def _topics_created(stack: Stack) -> bool:
+    return " missing " not in stack.ok("topics")
+
+
+@pytest.fixture(scope="module")
+def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`stepline up` in its own namespace and state dir; `stepline down` at the end."""
+    state = tmp_path_factory.mktemp("stepline")
+    with ReplyReceiver() as receiver:
+        tools = state / "tools.toml"
+        tools.write_text(render_toml(demo_tools(ROOT / "deploy/config/tools.toml", receiver.port)))
+        billing = f"127.0.0.1:{_free_port()}"
+        env = {
+            **os.environ,
+            "STEPLINE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "STEPLINE_TOPIC_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
+            "STEPLINE_STATE_DIR": str(state),
+            "STEPLINE_PARTITIONS": "2",
+            "STEPLINE_METRICS_PORT": "0",
+            "STEPLINE_GRPC_PORT": str(_free_port()),
+            "STEPLINE_BILLING_GRPC_ADDRESS": billing,
+            "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{_free_port()}",
+            "STEPLINE_EXECUTOR_DATA_DIR": str(state / "tool-executor"),
+            "STEPLINE_BILLING_DATA_DIR": str(state / "billing"),
+            "STEPLINE_TOOLS_CONFIG": str(tools),
+            "PYTHONUNBUFFERED": "1",
+        }
+        # Only the offline provider may answer in a test.
+        for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "STEPLINE_OPENAI_BASE_URL"):
+            env.pop(key, None)
+        cli = Stack(env, state, f"cli-{uuid.uuid4().hex[:6]}", billing, receiver)
+        try:
+            up = cli.ok("up")
+            assert "kafka:" not in up  # the configured broker, not a local one of its own
+            for service in SERVICES:
+                assert re.search(rf"^{service.name}\s+pid \d+\s+running$", up, re.M), up
+            # `up` returns once the processes live; ready means topics made and tools announced.
+            _wait_until(lambda: _topics_created(cli), 60, "the services' topics")
+            _wait_until(lambda: _tools_registered(cli), 60, "the executor's tool registry")
+            yield cli
+        finally:
+            for follower in cli.followers:
+                follower.close()
+            cli.run("down", timeout_s=60)
+
+
+# --- tests, in the order a user would go -----------------------------------------------------
+
+
+def test_status_lists_every_service_running(stack: Stack) -> None:
+    out = stack.ok("status")
+    for service in SERVICES:
+        line = re.search(rf"^{service.name}\s+(\w+)\s+pid (\d+)\s+(\S+)$", out, re.M)
+        assert line, out
+        assert line.group(1) == "running"
+        assert Path(line.group(3)) == stack.state / "logs" / f"{service.name}.log"
+
+
+def test_submit_watch_streams_the_steps_to_the_answer_and_cost(stack: Stack) -> None:
+    out = stack.ok(
+        "submit", "What is 2+2?", "--agent", "local", "--tenant", stack.tenant, "--watch"
+    )
+    lines = out.splitlines()
+    run_id = re.fullmatch(r"run (\S+) submitted", lines[0])
+    assert run_id, out
+    assert any("started: 'What is 2+2?' (agent local" in line for line in lines), out
+    assert any(re.search(r"#\d+\s+step 1 done: ", line) for line in lines), out
+    assert any(re.search(r"#\d+\s+completed in \d+ steps", line) for line in lines), out
+    assert "\nanswer:\n" in out
+    assert re.search(r"^cost: \$\d", out, re.M), out
+
+
+def test_submit_json_prints_the_run_id_and_watch_json_the_events(stack: Stack) -> None:
+    out = stack.ok("submit", "Hello", "--agent", "local", "--tenant", stack.tenant, "--json")
+    assert set(json.loads(out)) == {"run_id"}
+    key = uuid.uuid4().hex
+    args = ("submit", "Hi", "--agent", "local", "--tenant", stack.tenant, "--json")
+    watched = stack.ok(*args, "--idempotency-key", key, "--watch").splitlines()
+    lines = [json.loads(line) for line in watched]
+    run_id = lines[0]["run_id"]
+    assert [e["run_id"] for e in lines[1:]] == [run_id] * (len(lines) - 1)
+    assert "started" in lines[1]
+    assert "completed" in lines[-1]
+    sequences = [int(e["sequence"]) for e in lines[1:]]  # uint64: a JSON string
+    assert sequences == sorted(sequences)
+    assert sequences[0] == 1
+    # The same idempotency key names the same run: resubmitting starts no second one.
+    again = stack.ok(*args, "--idempotency-key", key)
+    assert json.loads(again)["run_id"] == run_id
+
+
+def test_runs_show_prints_a_finished_runs_timeline(stack: Stack) -> None:
+    args = ("submit", "Timeline", "--agent", "local", "--tenant", stack.tenant, "--json")
+    run_id = json.loads(stack.ok(*args, "--watch").splitlines()[0])["run_id"]
+    timeline = stack.ok("runs", "show", run_id)
+    assert "started: 'Timeline'" in timeline.splitlines()[0]
+    assert re.search(r"completed in \d+ steps", timeline.splitlines()[-1]), timeline
+    events = [
+        json.loads(line) for line in stack.ok("runs", "show", run_id, "--json").split("\n") if line
+    ]
+    assert int(events[0]["sequence"]) == 1
+    assert "completed" in events[-1]
+    missing = stack.run("runs", "show", "run-does-not-exist")
+    assert missing.returncode == 2
+    assert "no events for run run-does-not-exist" in missing.stderr
+
+
+def test_approve_lets_the_tool_run_and_the_run_complete(stack: Stack) -> None:
+    run_id = stack.submit_support()
+    follow = stack.follow(run_id)
+    request = follow.until("approval_requested")["approval_requested"]
+    assert request["tool"] == "send_reply"
+    replies = len(stack.receiver.replies)
+    out = stack.ok("approve", run_id, request["approval_id"])
+    assert out.strip() == f"approved {request['approval_id']}"
+    assert "completed" in follow.terminal()
+    resolved = follow.until("approval_resolved")["approval_resolved"]
+    assert resolved["decision"] == "APPROVAL_DECISION_APPROVED", resolved
+    assert len(stack.receiver.replies) == replies + 1
+    assert stack.receiver.replies[-1]["ticket_id"] == "T-1012"
+
+
+def test_deny_needs_a_reason_and_keeps_the_tool_from_running(stack: Stack) -> None:
+    run_id = stack.submit_support()
+    follow = stack.follow(run_id)
+    request = follow.until("approval_requested")["approval_requested"]
+    refused = stack.run("deny", run_id, request["approval_id"])
+    assert refused.returncode == 2
+    assert "deny needs --reason" in refused.stderr
+    replies = len(stack.receiver.replies)
+    out = stack.ok("deny", run_id, request["approval_id"], "--reason", "not this week")
+    assert out.strip() == f"denied {request['approval_id']}"
+    follow.terminal()
+    resolved = follow.until("approval_resolved")["approval_resolved"]
+    assert resolved["decision"] == "APPROVAL_DECISION_DENIED", resolved
+    assert "not this week" in resolved.get("reason", ""), resolved
+    assert len(stack.receiver.replies) == replies  # send_reply never ran
+
+
+def test_cancel_ends_a_waiting_run_as_cancelled(stack: Stack) -> None:
+    run_id = stack.submit_support()
+    follow = stack.follow(run_id)
+    follow.until("approval_requested")
+    out = stack.ok("cancel", run_id, "--reason", "customer withdrew")
+    assert out.strip() == f"cancellation of {run_id} requested"
+    last = follow.terminal()
+    assert "customer withdrew" in last["cancelled"].get("reason", ""), last
+
+
+def _usage_records(stack: Stack) -> int:
+    out = stack.ok("tail", "stepline.usage.v1", "--from-beginning", "--idle-timeout", "2")
+    return sum(1 for line in out.splitlines() if json.loads(line)["key"] == stack.tenant)
+
+
+def test_usage_totals_every_usage_record_of_the_tenant(stack: Stack) -> None:
+    recorded = _usage_records(stack)
+    assert recorded > 0
+    totals: list[str] = []
+
+    def billed() -> bool:
+        out = stack.ok("usage", "--tenant", stack.tenant, "--billing", stack.billing)
+        totals.append(out.splitlines()[-1])
+        return out.splitlines()[-1].startswith(f"total: {recorded} calls, $")
+
+    # Billing consumes usage asynchronously: wait until it has charged every record.
+    _wait_until(billed, 30, f"billing to charge {recorded} records (saw {totals[-1:]})")
+    out = stack.ok("usage", "--tenant", stack.tenant, "--billing", stack.billing)
+    assert out.splitlines()[0].split()[:4] == ["window", "provider", "model/tool", "calls"]
+    assert "local" in out
+    wrong = stack.run("usage", "--tenant", stack.tenant, "--billing", f"127.0.0.1:{_free_port()}")
+    assert wrong.returncode == 2
+    assert "did not answer" in wrong.stderr
+    assert "--billing" in wrong.stderr
+
+
+def test_topics_lists_the_catalog_with_partitions_and_consumer_lag(stack: Stack) -> None:
+    namespace = stack.env["STEPLINE_TOPIC_NAMESPACE"]
+    out = stack.ok("topics")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert set(rows) == {f"{namespace}.{t.name}" for t in CATALOG}
+    assert all(row[1] == "2" for row in rows.values()), out
+    goals = rows[f"{namespace}.stepline.goals.v1"]
+    assert int(goals[3]) > 0  # end offsets: the goals this module submitted
+    assert f"{namespace}.stepline-planner=" in " ".join(goals[4:]), out
+
+
+def test_tail_max_prints_that_many_decoded_records(stack: Stack) -> None:
+    out = stack.ok("tail", "stepline.runs.v1", "--from-beginning", "--max", "3")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 3
+    namespace = stack.env["STEPLINE_TOPIC_NAMESPACE"]
+    for record in records:
+        assert record["topic"] == f"{namespace}.stepline.runs.v1"
+        assert record["headers"]["ce_type"] == "stepline.v1.RunEvent"
+        assert record["value"]["run_id"] == record["key"]
+
+
+def test_down_stops_every_service_process(stack: Stack) -> None:
+    pids = {p.stem: int(p.read_text()) for p in (stack.state / "run").glob("*.pid")}
+    assert set(pids) == {s.name for s in SERVICES}
+    out = stack.ok("down")
+    assert out.strip() == "stopped: " + ", ".join(s.name for s in SERVICES)
+    assert [name for name, pid in pids.items() if _pid_alive(pid)] == []
+    assert list((stack.state / "run").glob("*.pid")) == []
+    status = stack.run("status")
+    assert status.returncode == 3
+    assert all(" stopped " in line for line in status.stdout.splitlines()), status.stdout

@@ -1,0 +1,260 @@
+"""deploy/k8s rendered and validated offline: Kubernetes schemas, the KEDA CRD, and our wiring."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+
+from stepline_runtime.topics import CATALOG
+from tests.deploy.render import ROOT, Rendered, render
+
+# The oldest Kubernetes minor still supported upstream when this was written; gRPC probes are GA.
+KUBERNETES_VERSION = "1.33.0"
+KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject-v1alpha1.json"
+# Each scaled consumer: the deployment, the module whose app.py names its consumer group, and
+# the topic(s) that group reads (None: several co-partitioned inputs, the trigger names none).
+CONSUMERS = {
+    "planner": ("services/planner/src/stepline_planner/app.py", None),
+    "model-router": ("services/model-router/src/stepline_router/app.py", "model.requests"),
+    "tool-executor": ("services/tool-executor/src/stepline_executor/app.py", "tool.requests"),
+    "billing": ("services/billing/src/stepline_billing/app.py", "usage"),
+}
+# One replica until their state is shared (see the comments in the manifests).
+SINGLE_REPLICA = {"tool-executor", "billing"}
+Resource = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> Rendered:
+    """`kustomize build deploy/k8s`, rendered in Python."""
+    return render()
+
+
+@pytest.fixture(scope="module")
+def keda() -> jsonschema.Draft202012Validator:
+    """The vendored KEDA ScaledObject schema."""
+    schema = json.loads(KEDA_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _k8s_errors(resource: Resource) -> str | None:
+    try:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        path = ".".join(str(p) for p in error.path)
+        return f"{resource['kind']}/{resource['metadata']['name']}: {path}: {error.message}"
+    return None
+
+
+def _keda_errors(validator: jsonschema.Draft202012Validator, resource: Resource) -> list[str]:
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in validator.iter_errors(resource)
+    ]
+    # The CRD leaves these to the API server, which always requires them.
+    for field in ("apiVersion", "kind", "metadata"):
+        if field not in resource:
+            errors.append(f"{field} is required")
+    return errors
+
+
+def _containers(rendered: Rendered) -> list[tuple[str, Resource]]:
+    return [
+        (d["metadata"]["name"], c)
+        for d in rendered.of("Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+def _env(container: Resource) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+def _env_config(rendered: Rendered) -> dict[str, str]:
+    data: dict[str, str] = rendered.get("ConfigMap", "stepline-env")["data"]
+    return data
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+
+def test_every_builtin_object_is_valid_for_kubernetes(rendered: Rendered) -> None:
+    builtin = [o for o in rendered.objects if o["apiVersion"] != "keda.sh/v1alpha1"]
+    kinds = {o["kind"] for o in builtin}
+    assert {"Namespace", "Deployment", "Service", "ConfigMap"} <= kinds
+    errors = [e for e in map(_k8s_errors, builtin) if e]
+    assert errors == []
+
+
+def test_the_kubernetes_validator_rejects_a_broken_deployment(rendered: Rendered) -> None:
+    broken = copy.deepcopy(rendered.get("Deployment", "planner"))
+    container = broken["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbe"]["httpGet"]["prot"] = 9101  # a typo: unknown field
+    container["resources"]["limits"]["memory"] = ["512Mi"]  # wrong type
+    error = _k8s_errors(broken)
+    assert error is not None
+    assert "Deployment/planner" in error
+
+
+def test_every_scaled_object_is_valid_for_the_keda_crd(
+    rendered: Rendered, keda: jsonschema.Draft202012Validator
+) -> None:
+    scaled = rendered.of("ScaledObject")
+    assert {s["metadata"]["name"] for s in scaled} == set(CONSUMERS)
+    assert {s["metadata"]["name"]: _keda_errors(keda, s) for s in scaled} == {
+        name: [] for name in CONSUMERS
+    }
+
+
+def test_the_keda_schema_rejects_a_broken_scaled_object(
+    rendered: Rendered, keda: jsonschema.Draft202012Validator
+) -> None:
+    broken = copy.deepcopy(rendered.get("ScaledObject", "model-router"))
+    broken["spec"]["maxReplicas"] = broken["spec"].pop("maxReplicaCount")  # the HPA's name
+    del broken["spec"]["triggers"][0]["type"]
+    errors = _keda_errors(keda, broken)
+    assert any("maxReplicas" in e for e in errors), errors
+    assert any("'type' is a required property" in e for e in errors), errors
+
+
+# --- probes, resources, references --------------------------------------------------------------
+
+
+def _port(container: Resource, ref: int | str) -> int:
+    if isinstance(ref, int):
+        return ref
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    assert ref in named, f"probe port {ref!r} is not a named port of {container['name']}"
+    return int(named[ref])
+
+
+def test_every_container_has_probes_on_a_port_it_serves(rendered: Rendered) -> None:
+    for deployment, container in _containers(rendered):
+        env = _env(container)
+        served = {p["containerPort"] for p in container.get("ports", [])}
+        for kind in ("readinessProbe", "livenessProbe"):
+            probe = container.get(kind)
+            assert probe, f"{deployment}: no {kind}"
+            (handler,) = [k for k in ("httpGet", "grpc", "tcpSocket", "exec") if k in probe]
+            assert handler != "exec", f"{deployment}: {kind} should probe a port"
+            port = _port(container, probe[handler]["port"])
+            assert port in served, f"{deployment}: {kind} probes {port}, not a container port"
+            if handler == "httpGet":
+                # The metrics endpoint: the service must serve it on that port, to the pod IP.
+                assert probe["httpGet"]["path"] == "/metrics"
+                assert env.get("STEPLINE_METRICS_PORT") == str(port), deployment
+                assert env.get("STEPLINE_METRICS_HOST") == "0.0.0.0", deployment
+            if handler == "grpc":
+                assert env.get("STEPLINE_GRPC_PORT") == str(port), deployment
+                assert env.get("STEPLINE_GRPC_HOST") == "0.0.0.0", deployment
+
+
+def test_every_container_requests_cpu_and_memory_and_caps_memory(rendered: Rendered) -> None:
+    for deployment, container in _containers(rendered):
+        resources = container.get("resources", {})
+        assert {"cpu", "memory"} <= set(resources.get("requests", {})), deployment
+        assert "memory" in resources.get("limits", {}), deployment
+
+
+def test_config_files_and_env_resolve_inside_the_pods(rendered: Rendered) -> None:
+    env_config = _env_config(rendered)
+    files = rendered.get("ConfigMap", "stepline-config")["data"]
+    configmaps = {c["metadata"]["name"] for c in rendered.of("ConfigMap")}
+    for deployment in rendered.of("Deployment"):
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for volume in volumes.values():
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps, name
+        for container in pod["containers"]:
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in configmaps, name
+            mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert set(mounts) <= set(volumes), name
+            config_mounts = [
+                path for volume, path in mounts.items() if "configMap" in volumes[volume]
+            ]
+            for key, value in env_config.items():
+                if not value.startswith("/"):
+                    continue
+                # Only services that mount the config read these files.
+                if config_mounts:
+                    folder, _, file = value.rpartition("/")
+                    assert folder in config_mounts, f"{name}: {key}={value} is not mounted"
+                    assert file in files, f"{key}={value}: no such file in stepline-config"
+            for key in ("STEPLINE_EXECUTOR_DATA_DIR", "STEPLINE_BILLING_DATA_DIR"):
+                if key in _env(container):
+                    # The image runs as uid 10001 and cannot write under /app: a volume it can.
+                    assert _env(container)[key] in mounts.values(), f"{name}: {key} not a volume"
+
+
+def test_services_select_a_deployment_and_target_its_ports(rendered: Rendered) -> None:
+    deployments = {d["metadata"]["name"]: d["spec"]["template"] for d in rendered.of("Deployment")}
+    for service in rendered.of("Service"):
+        selector = service["spec"]["selector"]
+        targets = [
+            t for t in deployments.values() if selector.items() <= t["metadata"]["labels"].items()
+        ]
+        assert len(targets) == 1, service["metadata"]["name"]
+        (container,) = targets[0]["spec"]["containers"]
+        for port in service["spec"]["ports"]:
+            _port(container, port["targetPort"])
+
+
+# --- KEDA: the right group, topic, broker and bounds -------------------------------------------
+
+
+def _group_of(app_py: str) -> str:
+    """The consumer group id the service's composition root passes to `settings.group(...)`."""
+    source = (ROOT / app_py).read_text()
+    calls: set[str] = set(re.findall(r"settings\.group\(([A-Z_]+|\"[^\"]+\")\)", source))
+    assert len(calls) == 1, f"{app_py}: expected one consumer group, found {calls}"
+    (argument,) = calls
+    if argument.startswith('"'):
+        return argument.strip('"')
+    constant = re.search(rf"^{argument} = \"([^\"]+)\"", source, re.MULTILINE)
+    assert constant, f"{app_py}: {argument} is not a string constant"
+    return str(constant.group(1))
+
+
+def test_scaled_objects_follow_each_consumer_group_and_topic(rendered: Rendered) -> None:
+    env_config = _env_config(rendered)
+    topics = {t.name for t in CATALOG}
+    deployments = {d["metadata"]["name"] for d in rendered.of("Deployment")}
+    for name, (app_py, topic) in CONSUMERS.items():
+        scaled = rendered.get("ScaledObject", name)
+        assert scaled["spec"]["scaleTargetRef"]["name"] in deployments
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert meta["bootstrapServers"] == env_config["STEPLINE_KAFKA_BOOTSTRAP"], name
+        assert meta["consumerGroup"] == _group_of(app_py), name
+        if topic is None:
+            assert "topic" not in meta, name
+        else:
+            assert meta["topic"] == f"stepline.{topic}.v1", name
+            assert meta["topic"] in topics, name
+        assert int(meta["lagThreshold"]) > 0
+
+
+def test_replica_bounds_stay_within_the_partition_count(rendered: Rendered) -> None:
+    partitions = int(_env_config(rendered)["STEPLINE_PARTITIONS"])
+    for scaled in rendered.of("ScaledObject"):
+        name, spec = scaled["metadata"]["name"], scaled["spec"]
+        # Never to zero: the planner's timers fire without input; router and billing serve gRPC.
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions, name
+        if name in SINGLE_REPLICA:
+            assert spec["maxReplicaCount"] == 1, f"{name}: its state is local to one pod"
+            deployment = rendered.get("Deployment", name)["spec"]
+            assert deployment["replicas"] == 1
+            assert deployment["strategy"]["type"] == "Recreate"
