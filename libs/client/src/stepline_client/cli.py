@@ -335,9 +335,9 @@ async def _tail(args: argparse.Namespace, settings: ServiceSettings, out: TextIO
         isolation_level="read_committed",
         **settings.kafka.client_kwargs("stepline-tail"),
     )
-    await consumer.start()
     seen = 0
     try:
+        await consumer.start()
         while args.max is None or seen < args.max:
             batch = await consumer.getmany(timeout_ms=1_000)
             if not batch and args.idle_timeout is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import KafkaNotReadyError, LocalKafkaError
 from .jars import ensure_jars
@@ -24,8 +24,16 @@ from .locking import file_lock
 from .paths import KafkaSettings
 from .process import cmdline, is_alive, read_pid, stop_pid
 from .readiness import is_ready, wait_ready
+from .security import ScramCredentials
 
-__all__ = ["EXIT_DOWN", "EXIT_UNREADY", "BrokerStatus", "LocalKafka", "new_cluster_id"]
+__all__ = [
+    "EXIT_DOWN",
+    "EXIT_UNREADY",
+    "BrokerStatus",
+    "LocalKafka",
+    "java_executable",
+    "new_cluster_id",
+]
 
 EXIT_DOWN = 3
 EXIT_UNREADY = 1
@@ -74,6 +82,11 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(f"  {line}" for line in content[-lines:]) or f"  ({path} is empty)"
 
 
+def java_executable() -> str:
+    """The java binary ($JAVA_HOME/bin/java or java on PATH)."""
+    return _java()
+
+
 def _java() -> str:
     java_home = os.environ.get("JAVA_HOME")
     if java_home and (Path(java_home) / "bin" / "java").is_file():
@@ -119,6 +132,40 @@ class LocalKafka:
         """Bootstrap servers clients should use (external broker if configured, else ours)."""
         return self.settings.bootstrap
 
+    # ---------------------------------------------------------------------------- security
+    def credentials(self) -> ScramCredentials | None:
+        """SCRAM users of this broker if its state dir is in SASL mode, else None."""
+        return ScramCredentials.load(self.settings.credentials_file)
+
+    def _auth(self) -> dict[str, Any] | None:
+        """aiokafka login arguments of the admin user when in SASL mode."""
+        credentials = self.credentials()
+        return credentials.client_kwargs() if credentials is not None else None
+
+    def _prepare_security(self) -> ScramCredentials | None:
+        """Decide the mode (recorded in the state dir, else --sasl) and create users if new."""
+        s = self.settings
+        credentials = self.credentials()
+        if credentials is None and s.sasl:
+            if (s.data_dir / "meta.properties").is_file():
+                raise LocalKafkaError(
+                    f"the storage in {s.data_dir} was formatted without SASL users, and SCRAM "
+                    "users can only be added at format time here. Use another --state-dir for "
+                    f"the secured broker, or delete {s.data_dir} to start empty."
+                )
+            credentials = ScramCredentials.generate()
+            credentials.save(s.credentials_file)
+            self._echo(
+                f"created SCRAM users {', '.join(credentials.passwords)} ({s.credentials_file})"
+            )
+        elif credentials is not None and not s.sasl:
+            self._echo(
+                f"{s.state_dir} is a SASL/SCRAM broker ({s.credentials_file}); keeping it so"
+            )
+        if credentials is not None:
+            _write_private(s.admin_client_config, credentials.java_client_properties())
+        return credentials
+
     # ----------------------------------------------------------------- process bookkeeping
     def _is_ours(self, pid: int) -> bool:
         return is_alive(pid) and str(self.settings.props_file) in cmdline(pid)
@@ -148,24 +195,35 @@ class LocalKafka:
         with file_lock(s.lock_file):
             pid = self.running_pid()
             if pid is not None:
-                asyncio.run(wait_ready(s.local_bootstrap, timeout, alive=lambda: is_alive(pid)))
+                asyncio.run(
+                    wait_ready(
+                        s.local_bootstrap, timeout, alive=lambda: is_alive(pid), auth=self._auth()
+                    )
+                )
                 self._echo(f"kafka already up at {s.local_bootstrap} (pid {pid})")
                 return False
             s.pid_file.unlink(missing_ok=True)
             self._check_ports_free()
 
+            # Before the (possibly slow) jar resolution: a mode conflict fails at once.
+            credentials = self._prepare_security()
             t0 = time.monotonic()
             if ensure_jars(s.pom_file, s.lib_dir):
                 self._echo(f"resolved Kafka jars into {s.lib_dir} in {time.monotonic() - t0:.1f} s")
-            self._render_properties()
+            self._render_properties(credentials)
             t1 = time.monotonic()
-            if self._format_storage():
+            if self._format_storage(credentials):
                 self._echo(f"formatted KRaft storage in {time.monotonic() - t1:.1f} s")
             t2 = time.monotonic()
             proc = self._start_java()
             try:
                 asyncio.run(
-                    wait_ready(s.local_bootstrap, timeout, alive=lambda: proc.poll() is None)
+                    wait_ready(
+                        s.local_bootstrap,
+                        timeout,
+                        alive=lambda: proc.poll() is None,
+                        auth=credentials.client_kwargs() if credentials else None,
+                    )
                 )
             except BaseException as exc:
                 self._stop_process(proc.pid)
@@ -178,9 +236,10 @@ class LocalKafka:
                         f"{_tail(s.logs_dir / 'kafka.out', 10)}"
                     ) from None
                 raise
+            mode = f"SASL/SCRAM + ACLs, users in {s.credentials_file}; " if credentials else ""
             self._echo(
                 f"kafka up at {s.local_bootstrap} (pid {proc.pid}, ready in "
-                f"{time.monotonic() - t2:.1f} s; logs in {s.logs_dir})"
+                f"{time.monotonic() - t2:.1f} s; {mode}logs in {s.logs_dir})"
             )
             return True
 
@@ -196,16 +255,24 @@ class LocalKafka:
                     "need `up`: set STEPLINE_KAFKA_BOOTSTRAP to its address."
                 )
 
-    def _render_properties(self) -> None:
+    def _render_properties(self, credentials: ScramCredentials | None = None) -> None:
         s = self.settings
+        path = s.sasl_template_file if credentials else s.template_file
         try:
-            template = Template(s.template_file.read_text())
+            template = Template(path.read_text())
         except OSError as exc:
-            raise LocalKafkaError(f"cannot read {s.template_file}: {exc}") from None
-        rendered = template.substitute(
-            port=s.port, controller_port=s.controller_port, log_dirs=str(s.data_dir)
-        )
-        s.props_file.write_text(rendered)
+            raise LocalKafkaError(f"cannot read {path}: {exc}") from None
+        values: dict[str, object] = {
+            "port": s.port,
+            "controller_port": s.controller_port,
+            "log_dirs": str(s.data_dir),
+        }
+        if credentials is None:
+            s.props_file.write_text(template.substitute(values))
+        else:
+            # The SASL config holds the broker's own password: owner-only.
+            values.update(credentials.template_values())
+            _write_private(s.props_file, template.substitute(values))
 
     def _java_base(self) -> list[str]:
         s = self.settings
@@ -217,7 +284,7 @@ class LocalKafka:
             str(s.lib_dir / "*"),
         ]
 
-    def _format_storage(self) -> bool:
+    def _format_storage(self, credentials: ScramCredentials | None = None) -> bool:
         """Format log.dirs on first use; True if it was formatted now."""
         s = self.settings
         if (s.data_dir / "meta.properties").is_file():
@@ -244,6 +311,7 @@ class LocalKafka:
             cluster_id,
             "-c",
             str(s.props_file),
+            *(credentials.format_args() if credentials else []),
         ]
         result = subprocess.run(
             command,
@@ -254,9 +322,12 @@ class LocalKafka:
             check=False,
         )
         if result.returncode != 0:
+            shown = (
+                command if credentials is None else command[: command.index(str(s.props_file)) + 1]
+            )
             raise LocalKafkaError(
                 f"formatting the Kafka storage failed (exit {result.returncode}):\n"
-                f"  {shlex.join(command)}\n{result.stdout.strip()}"
+                f"  {shlex.join(shown)}\n{result.stdout.strip()}"
             )
         s.format_record.write_text(f"{s.controller_port}\n")
         return True
@@ -345,7 +416,7 @@ class LocalKafka:
             busy = _port_in_use(s.port)
             detail = f"port {s.port} is used by another process" if busy else f"state {s.state_dir}"
             return BrokerStatus("down", s.local_bootstrap, None, True, detail)
-        ready = asyncio.run(is_ready(s.local_bootstrap, timeout))
+        ready = asyncio.run(is_ready(s.local_bootstrap, timeout, auth=self._auth()))
         return BrokerStatus(
             state="up" if ready else "unready",
             bootstrap=s.local_bootstrap,
@@ -353,6 +424,15 @@ class LocalKafka:
             managed=True,
             detail=f"state {s.state_dir}" if ready else "running but not ready (starting?)",
         )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (it holds a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def default_echo_stderr(message: str) -> None:

@@ -1,4 +1,4 @@
-"""Command line: python -m stepline_localkafka {up,down,status,run -- CMD...}."""
+"""Command line: python -m stepline_localkafka {up,down,status,credentials,run -- CMD...}."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from .broker import LocalKafka, default_echo_stderr
 from .errors import LocalKafkaError
 from .paths import ENV_BOOTSTRAP, KafkaSettings
 from .readiness import is_ready
+from .security import SERVICE_USERS
 
 __all__ = ["main"]
 
@@ -50,6 +52,15 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="jar directory (env STEPLINE_KAFKA_LIB_DIR; default <state-dir>/lib)",
     )
     parser.add_argument(
+        "--sasl",
+        action="store_true",
+        default=s,
+        help="SASL/SCRAM-SHA-512 listener, StandardAuthorizer ACLs, an admin super user and one "
+        "user per service, created when the storage is first formatted (env "
+        "STEPLINE_KAFKA_LOCAL_SASL=1; use its own --state-dir). A state dir formatted this way "
+        "stays secured.",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", default=s, help="show Kafka client logs"
     )
 
@@ -70,11 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("down", help="stop the broker recorded in the pid file")
     commands.add_parser("status", help="exit 0 if up and ready, 3 if down")
+    credentials = commands.add_parser(
+        "credentials",
+        help="print the STEPLINE_KAFKA_* login of a SCRAM user of a --sasl broker (shell exports)",
+    )
+    credentials.add_argument(
+        "user",
+        nargs="?",
+        default=None,
+        help=f"admin (default) or one of {', '.join(SERVICE_USERS)}",
+    )
     run = commands.add_parser(
         "run", help="run CMD against a ready broker, starting and stopping one if needed"
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    for sub in (up, commands.choices["down"], commands.choices["status"], run):
+    for sub in (up, commands.choices["down"], commands.choices["status"], credentials, run):
         _common_options(sub)
     return parser
 
@@ -86,6 +107,7 @@ def _settings(args: argparse.Namespace) -> KafkaSettings:
         controller_port=getattr(args, "controller_port", None),
         deploy_dir=getattr(args, "deploy_dir", None),
         lib_dir=getattr(args, "lib_dir", None),
+        sasl=True if getattr(args, "sasl", False) else None,
     )
 
 
@@ -109,11 +131,17 @@ def _run(kafka: LocalKafka, cmd: Sequence[str]) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         bootstrap = kafka.bootstrap
-        if asyncio.run(is_ready(bootstrap, 10.0)):
+        credentials = kafka.credentials()
+        auth = credentials.client_kwargs() if credentials else None
+        if asyncio.run(is_ready(bootstrap, 10.0, auth=auth)):
             default_echo_stderr(f"kafka already ready at {bootstrap}; not starting one")
         else:
             started = kafka.up()
+            credentials = kafka.credentials()
         env = {**os.environ, ENV_BOOTSTRAP: kafka.bootstrap}
+        if credentials is not None:
+            # CMD logs in as the admin (super user); services log in as themselves.
+            env.update(credentials.env())
         try:
             child = subprocess.Popen(list(cmd), env=env)
         except OSError as exc:
@@ -146,6 +174,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "down":
             LocalKafka(_settings(args)).down()
+            return 0
+        if args.command == "credentials":
+            found = LocalKafka(_settings(args)).credentials()
+            if found is None:
+                print(
+                    "error: this broker is not in SASL mode; start one with `up --sasl` "
+                    "(and its own --state-dir)",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            for name, value in found.env(args.user).items():
+                print(f"export {name}={shlex.quote(value)}")
             return 0
         if args.command == "status":
             status = LocalKafka(_settings(args)).status()

@@ -14,6 +14,7 @@ __all__ = [
     "ENV_BOOTSTRAP",
     "ENV_LIB_DIR",
     "ENV_PORT",
+    "ENV_SASL",
     "ENV_STATE_DIR",
     "KafkaSettings",
     "find_repo_root",
@@ -27,6 +28,7 @@ ENV_PORT = "STEPLINE_KAFKA_PORT"
 ENV_CONTROLLER_PORT = "STEPLINE_KAFKA_CONTROLLER_PORT"
 ENV_DEPLOY_DIR = "STEPLINE_KAFKA_DEPLOY_DIR"
 ENV_LIB_DIR = "STEPLINE_KAFKA_LIB_DIR"
+ENV_SASL = "STEPLINE_KAFKA_LOCAL_SASL"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
 
@@ -62,6 +64,8 @@ class KafkaSettings:
     port: int
     controller_port: int
     env_bootstrap: str | None = None
+    # Start with SASL/SCRAM + ACLs (a state dir formatted that way stays that way).
+    sasl: bool = False
 
     @classmethod
     def resolve(
@@ -72,6 +76,7 @@ class KafkaSettings:
         controller_port: int | None = None,
         deploy_dir: Path | None = None,
         lib_dir: Path | None = None,
+        sasl: bool | None = None,
         env: Mapping[str, str] | None = None,
     ) -> KafkaSettings:
         """Combine explicit values, STEPLINE_KAFKA_* environment variables and defaults."""
@@ -109,6 +114,8 @@ class KafkaSettings:
             raise LocalKafkaError(f"broker and controller ports must differ (both {port})")
         if lib_dir is None:
             lib_dir = Path(env[ENV_LIB_DIR]) if env.get(ENV_LIB_DIR) else state_dir / "lib"
+        if sasl is None:
+            sasl = env.get(ENV_SASL, "").strip().lower() in ("1", "true", "yes", "on")
         return cls(
             state_dir=state_dir,
             deploy_dir=deploy_dir.expanduser().resolve(),
@@ -116,6 +123,7 @@ class KafkaSettings:
             port=port,
             controller_port=controller_port,
             env_bootstrap=env.get(ENV_BOOTSTRAP) or None,
+            sasl=sasl,
         )
 
     @property
@@ -146,6 +154,31 @@ class KafkaSettings:
     def template_file(self) -> Path:
         """server.properties template."""
         return self.deploy_dir / "server.properties.template"
+
+    @property
+    def sasl_template_file(self) -> Path:
+        """server.properties template of the SASL/SCRAM + ACL mode."""
+        return self.deploy_dir / "server-sasl.properties.template"
+
+    @property
+    def tools_pom_file(self) -> Path:
+        """Maven project that lists Kafka's command line tools (AclCommand)."""
+        return self.deploy_dir / "tools" / "pom.xml"
+
+    @property
+    def tools_lib_dir(self) -> Path:
+        """Jar directory of the command line tools, next to the broker jars."""
+        return self.lib_dir.with_name(self.lib_dir.name + "-tools")
+
+    @property
+    def credentials_file(self) -> Path:
+        """SCRAM users and passwords of a SASL-mode broker (mode 0600)."""
+        return self.state_dir / "sasl" / "credentials.json"
+
+    @property
+    def admin_client_config(self) -> Path:
+        """Kafka client config of the admin user, for ``--command-config`` of Kafka's tools."""
+        return self.state_dir / "sasl" / "admin.properties"
 
     @property
     def log4j_file(self) -> Path:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -48,9 +49,9 @@ async def _tcp_reachable(bootstrap: str, timeout: float) -> bool:  # noqa: ASYNC
     return False
 
 
-async def _create_topic(bootstrap: str, timeout_ms: int) -> None:
+async def _create_topic(bootstrap: str, timeout_ms: int, auth: Mapping[str, Any]) -> None:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id=CLIENT_ID, request_timeout_ms=timeout_ms
+        bootstrap_servers=bootstrap, client_id=CLIENT_ID, request_timeout_ms=timeout_ms, **auth
     )
     try:
         await admin.start()
@@ -67,9 +68,15 @@ async def _create_topic(bootstrap: str, timeout_ms: int) -> None:
             raise KafkaNotReadyError(f"creating {READINESS_TOPIC} failed: error {code} {detail}")
 
 
-async def _produce(bootstrap: str, token: bytes, timeout_ms: int) -> tuple[int, int]:
+async def _produce(
+    bootstrap: str, token: bytes, timeout_ms: int, auth: Mapping[str, Any]
+) -> tuple[int, int]:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, client_id=CLIENT_ID, acks="all", request_timeout_ms=timeout_ms
+        bootstrap_servers=bootstrap,
+        client_id=CLIENT_ID,
+        acks="all",
+        request_timeout_ms=timeout_ms,
+        **auth,
     )
     try:
         await producer.start()
@@ -79,12 +86,15 @@ async def _produce(bootstrap: str, token: bytes, timeout_ms: int) -> tuple[int, 
     return int(metadata.partition), int(metadata.offset)
 
 
-async def _consume(bootstrap: str, token: bytes, partition: int, offset: int) -> None:
+async def _consume(
+    bootstrap: str, token: bytes, partition: int, offset: int, auth: Mapping[str, Any]
+) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         client_id=CLIENT_ID,
         group_id=READINESS_GROUP,
         enable_auto_commit=False,
+        **auth,
     )
     try:
         await consumer.start()
@@ -101,17 +111,26 @@ async def _consume(bootstrap: str, token: bytes, partition: int, offset: int) ->
         await consumer.stop()
 
 
-async def probe(bootstrap: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
-    """One readiness check; raises KafkaNotReadyError (or a client error) if not ready."""
+async def probe(
+    bootstrap: str,
+    timeout: float = 20.0,  # noqa: ASYNC109
+    *,
+    auth: Mapping[str, Any] | None = None,
+) -> None:
+    """One readiness check; raises KafkaNotReadyError (or a client error) if not ready.
+
+    ``auth`` holds extra aiokafka arguments (SASL login) for a secured broker.
+    """
+    auth = auth or {}
     if not await _tcp_reachable(bootstrap, min(timeout, 3.0)):
         raise KafkaNotReadyError(f"nothing accepts connections at {bootstrap}")
     token = uuid.uuid4().hex.encode()
     timeout_ms = max(1000, int(timeout * 1000))
 
     async def check() -> None:
-        await _create_topic(bootstrap, timeout_ms)
-        partition, offset = await _produce(bootstrap, token, timeout_ms)
-        await _consume(bootstrap, token, partition, offset)
+        await _create_topic(bootstrap, timeout_ms, auth)
+        partition, offset = await _produce(bootstrap, token, timeout_ms, auth)
+        await _consume(bootstrap, token, partition, offset, auth)
 
     try:
         await asyncio.wait_for(check(), timeout)
@@ -121,10 +140,15 @@ async def probe(bootstrap: str, timeout: float = 20.0) -> None:  # noqa: ASYNC10
         ) from None
 
 
-async def is_ready(bootstrap: str, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
+async def is_ready(
+    bootstrap: str,
+    timeout: float = 10.0,  # noqa: ASYNC109
+    *,
+    auth: Mapping[str, Any] | None = None,
+) -> bool:
     """True if a single readiness check at ``bootstrap`` passes within ``timeout`` seconds."""
     try:
-        await probe(bootstrap, timeout)
+        await probe(bootstrap, timeout, auth=auth)
     except Exception:
         return False
     return True
@@ -135,6 +159,7 @@ async def wait_ready(
     timeout: float = 90.0,  # noqa: ASYNC109 - a retry deadline, not a wrapper timeout
     *,
     alive: Callable[[], bool] | None = None,
+    auth: Mapping[str, Any] | None = None,
 ) -> None:
     """Retry the readiness check until it passes; KafkaNotReadyError after ``timeout`` s.
 
@@ -152,7 +177,7 @@ async def wait_ready(
         if alive is not None and not alive():
             raise KafkaNotReadyError(f"the broker process exited while waiting for {bootstrap}")
         try:
-            await probe(bootstrap, min(remaining, _MAX_ATTEMPT_SECONDS))
+            await probe(bootstrap, min(remaining, _MAX_ATTEMPT_SECONDS), auth=auth)
         except Exception as exc:  # any client error means "not ready yet"
             last_error = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,1 @@
+"""Kafka security: SASL/SCRAM local broker and per-service ACLs."""
