@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stepline_runtime.settings import namespaced
@@ -18,13 +20,16 @@ __all__ = [
     "Topic",
     "TopicMismatchError",
     "Topics",
+    "assignable_partitions",
     "ensure_topics",
+    "partition_counts",
 ]
 
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
 _DAY_MS = 24 * 60 * 60 * 1000
+_METADATA_WAIT_S = 30.0
 
 
 class Cleanup(StrEnum):
@@ -183,10 +188,42 @@ async def _check_copartitioning(admin: AIOKafkaAdminClient, topics: list[Topic])
         if topic.copartition_group:
             groups.setdefault(topic.copartition_group, []).append(topic.name)
     for group, names in groups.items():
-        described = await admin.describe_topics(names)
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = await partition_counts(admin, names)
         if len(set(counts.values())) > 1:
             raise TopicMismatchError(
                 f"topics of co-partitioned group {group!r} have different partition counts "
                 f"{counts}; give them the same count (kafka-topics --alter --partitions N)"
             )
+
+
+async def partition_counts(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = _METADATA_WAIT_S
+) -> dict[str, int]:
+    """Partition count per topic, waiting while a just-created topic still shows none."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        # A topic created a moment ago can be missing from metadata: not a mismatch yet.
+        if all(counts.get(n, 0) > 0 for n in names):
+            return counts
+        if asyncio.get_running_loop().time() > deadline:
+            missing = sorted(n for n in names if counts.get(n, 0) == 0)
+            raise TopicMismatchError(f"topics {missing} have no partitions in the metadata")
+        await asyncio.sleep(0.1)
+
+
+async def assignable_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float = _METADATA_WAIT_S
+) -> list[TopicPartition]:
+    """The topic's partitions for `consumer.assign`, waiting while a new topic shows none."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [TopicPartition(topic, p) for p in sorted(partitions)]
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopicMismatchError(f"topic {topic} has no partitions in the metadata")
+        # aiokafka refreshes metadata only for subscribed topics; assignment needs it now.
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)

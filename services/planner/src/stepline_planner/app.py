@@ -16,7 +16,7 @@ from stepline_pricebook import PriceBook
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.observe import start_observability
 from stepline_runtime.processor import ProcessorConfig, TransactionalProcessor
-from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from stepline_runtime.topics import CATALOG, Topics, ensure_topics, partition_counts
 
 __all__ = ["main", "run"]
 
@@ -52,8 +52,7 @@ async def run(settings: Settings) -> None:
             settings.replication_factor,
             settings.topic_namespace,
         )
-        described = await admin.describe_topics(tables_topics)
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = await partition_counts(admin, tables_topics)
     finally:
         await admin.close()
     topics = PlannerTopics(

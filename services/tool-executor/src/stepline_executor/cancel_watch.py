@@ -12,13 +12,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from stepline.v1 import tools_pb2
 from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord
 from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.topics import assignable_partitions
 
 __all__ = ["CancelWatch"]
 
@@ -50,11 +51,7 @@ class CancelWatch:
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self._topic) or set()
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self._topic) or set()
-            assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            assigned = await assignable_partitions(consumer, self._topic)
             consumer.assign(assigned)
             await consumer.seek_to_end(*assigned)
             for tp in assigned:

@@ -13,6 +13,7 @@ from stepline_executor.handlers import Pricing, announcement, tombstone
 from stepline_executor.registry import Registry
 from stepline_runtime.atleastonce import Publisher
 from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.topics import assignable_partitions
 
 __all__ = ["RegistryAnnouncer", "read_registered_names"]
 
@@ -28,11 +29,7 @@ async def read_registered_names(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = await assignable_partitions(consumer, topic)
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)
