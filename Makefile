@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status \
-        test test-unit demo bench clean
+        test test-unit demo bench chaos chaos-cluster clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -70,6 +70,12 @@ demo: install ## Run a support goal end to end: broker, services, live steps, fa
 bench: install ## Benchmarks on a local broker; figures printed and written to bench/results/
 	$(UV) sync --frozen --all-packages --group bench
 	$(KAFKA) run -- $(RUN) --all-packages --group bench python -m bench
+
+chaos: install ## 200 runs while services are SIGKILLed, the broker restarts and a provider fails 30%
+	$(RUN) python -m scripts.chaos
+
+chaos-cluster: install ## The same on a three-broker cluster (RF 3, min ISR 2), one broker SIGKILLed
+	$(RUN) python -m scripts.chaos --cluster
 
 clean: ## Remove local state (broker data, caches); keeps the lock file
 	-$(KAFKA) down

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from bench.raw_kafka import main as raw_kafka
+from bench.report import main as report
 from bench.router import main as router
+from bench.scaleout import main as scaleout
+from bench.steps import main as steps
 
 if __name__ == "__main__":
     asyncio.run(raw_kafka())
     asyncio.run(router())
+    asyncio.run(steps())  # reads raw_kafka.json for the four-round-trip ratio
+    asyncio.run(scaleout())
+    report()

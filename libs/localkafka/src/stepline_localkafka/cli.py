@@ -1,4 +1,4 @@
-"""Command line: python -m stepline_localkafka {up,down,status,credentials,run -- CMD...}."""
+"""Command line: python -m stepline_localkafka {up,down,status,credentials,run,cluster-up,...}."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from .broker import LocalKafka, default_echo_stderr
+from .cluster import DEFAULT_BASE_PORT, LocalCluster
 from .errors import LocalKafkaError
 from .paths import ENV_BOOTSTRAP, KafkaSettings
 from .readiness import is_ready
@@ -97,7 +98,39 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     for sub in (up, commands.choices["down"], commands.choices["status"], credentials, run):
         _common_options(sub)
+    for name, text in (
+        ("cluster-up", "start a three-node cluster (RF 3, min ISR 2) and wait until ready"),
+        ("cluster-down", "stop the three-node cluster"),
+    ):
+        cluster = commands.add_parser(name, help=text)
+        cluster.add_argument(
+            "--state-dir",
+            type=Path,
+            default=None,
+            help="cluster state directory (default <repo>/.local/kafka-cluster)",
+        )
+        cluster.add_argument(
+            "--base-port",
+            type=int,
+            default=DEFAULT_BASE_PORT,
+            help=f"node n listens on base+2(n-1), its controller on the next port "
+            f"(default {DEFAULT_BASE_PORT})",
+        )
+        cluster.add_argument(
+            "--timeout", type=float, default=None, help="seconds to wait for readiness"
+        )
     return parser
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(args.state_dir, base_port=args.base_port, echo=default_echo_stderr)
+    if args.command == "cluster-up":
+        cluster.up(args.timeout)
+        print(f"export STEPLINE_KAFKA_BOOTSTRAP={cluster.bootstrap}")
+        print("export STEPLINE_REPLICATION_FACTOR=3")
+    else:
+        cluster.down()
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> KafkaSettings:
@@ -169,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("aiokafka").addHandler(logging.NullHandler())
         logging.getLogger("aiokafka").propagate = False
     try:
+        if args.command in ("cluster-up", "cluster-down"):
+            return _cluster(args)
         if args.command == "up":
             LocalKafka(_settings(args)).up(args.timeout)
             return 0

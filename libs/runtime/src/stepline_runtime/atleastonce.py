@@ -31,6 +31,7 @@ from stepline_runtime.metrics import (
 )
 from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
 
 __all__ = [
@@ -40,12 +41,25 @@ __all__ = [
     "InMemoryPublisher",
     "Publisher",
     "RedeliverError",
+    "broker_for",
     "subscribe",
 ]
 
 log = logging.getLogger(__name__)
 
 Handle = Callable[[InboundRecord], Awaitable[Sequence[OutboundRecord]]]
+
+
+def broker_for(kafka: KafkaSettings, client_id: str) -> KafkaBroker:
+    """A FastStream broker on `kafka` whose producer is idempotent with acks=all."""
+    return KafkaBroker(
+        # A comma-separated string would be taken as one host name: pass the list.
+        [server.strip() for server in kafka.bootstrap.split(",") if server.strip()],
+        security=kafka.faststream_security(),
+        enable_idempotence=True,
+        acks="all",
+        client_id=f"{kafka.client_id_prefix}-{client_id}",
+    )
 
 
 class Publisher(Protocol):

@@ -154,6 +154,7 @@ class TransactionalProcessor:
         self._kafka = kafka
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._restoring = asyncio.Lock()
         self._tasks: dict[int, _Task] = {}
         self._stopping = asyncio.Event()
         self._consumer = AIOKafkaConsumer(
@@ -214,12 +215,14 @@ class TransactionalProcessor:
             "partitions assigned",
             extra={"partitions": sorted(by_partition), "app": self._config.app_id},
         )
+        # A retained task needs no restore: in an eager rebalance nobody else owned it in
+        # between, and if somebody did, its producer fenced ours (handled as fatal).
+        opening = [p for p in by_partition if p not in self._tasks or self._tasks[p].fenced]
+        # Concurrently: a dozen serial InitProducerId round trips outlast the rebalance timeout.
+        async with asyncio.TaskGroup() as group:
+            for partition in opening:
+                group.create_task(self._open_task(partition))
         for partition, tps in by_partition.items():
-            task = self._tasks.get(partition)
-            if task is None or task.fenced:
-                # A retained task needs no restore: in an eager rebalance nobody else owned it
-                # in between, and if somebody did, its producer fenced ours (handled as fatal).
-                await self._open_task(partition)
             self._tasks[partition].inputs = sorted(tps)
 
     async def _open_task(self, partition: int) -> None:
@@ -247,6 +250,11 @@ class TransactionalProcessor:
                 await task.producer.stop()
 
     async def _restore(self, partition: int) -> None:
+        # One restore consumer serves every task: tasks opening concurrently take turns.
+        async with self._restoring:
+            await self._restore_from_changelog(partition)
+
+    async def _restore_from_changelog(self, partition: int) -> None:
         self._handler.forget(partition)
         tp = TopicPartition(self._config.changelog, partition)
         self._restorer.assign([tp])
@@ -268,25 +276,32 @@ class TransactionalProcessor:
         for tp, fetched in batch.items():
             if fetched:
                 by_task[tp.partition][tp] = fetched
-        for partition, per_tp in by_task.items():
-            task = self._tasks.get(partition)
-            if task is None or task.fenced:
-                # An earlier recovery failed: try again; the rewind fetches these records again.
-                await self._recover(partition, reopen=True)
-                continue
-            offsets = {tp: rs[-1].offset + 1 for tp, rs in per_tp.items()}
-            inputs = [r for rs in per_tp.values() for r in rs]
-            await self._transact(task, inputs, offsets)
+        # Tasks are independent (own producer, own state), so their transactions run
+        # concurrently; within a task records stay in order.
+        async with asyncio.TaskGroup() as group:
+            for partition, per_tp in by_task.items():
+                task = self._tasks.get(partition)
+                if task is None or task.fenced:
+                    # An earlier recovery failed: try again; the rewind fetches these again.
+                    group.create_task(self._recover(partition, reopen=True))
+                    continue
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in per_tp.items()}
+                inputs = [r for rs in per_tp.values() for r in rs]
+                group.create_task(self._transact(task, inputs, offsets))
 
     async def _tick_due(self) -> None:
         now = time.monotonic()
-        for task in list(self._tasks.values()):
-            if task.fenced or now < task.next_tick:
-                continue
-            task.next_tick = now + self._config.tick_interval_s
-            outputs = await self._handler.tick(task.partition, self._clock())
-            if outputs:
-                await self._transact(task, [], {}, ready=list(outputs))
+        async with asyncio.TaskGroup() as group:
+            for task in list(self._tasks.values()):
+                if task.fenced or now < task.next_tick:
+                    continue
+                task.next_tick = now + self._config.tick_interval_s
+                group.create_task(self._tick(task))
+
+    async def _tick(self, task: _Task) -> None:
+        outputs = await self._handler.tick(task.partition, self._clock())
+        if outputs:
+            await self._transact(task, [], {}, ready=list(outputs))
 
     async def _transact(
         self,

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream.kafka import KafkaBroker
 
 from stepline.v1 import billing_service_pb2_grpc
 from stepline_billing.config import Settings, load_budgets
@@ -20,7 +19,7 @@ from stepline_billing.handlers import OutputTopics, UsageHandler
 from stepline_billing.sqlstore import PostgresLedgerStore, SqliteLedgerStore
 from stepline_billing.store import LedgerStore
 from stepline_pricebook import PriceBook
-from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, Handle, subscribe
+from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, Handle, broker_for, subscribe
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.observe import start_observability
 from stepline_runtime.records import InboundRecord, OutboundRecord
@@ -85,13 +84,7 @@ async def run(settings: Settings, ready: Callable[[int], None] | None = None) ->
     finally:
         await admin.close()
 
-    broker = KafkaBroker(
-        settings.kafka.bootstrap,
-        security=settings.kafka.faststream_security(),
-        enable_idempotence=True,
-        acks="all",
-        client_id=f"{settings.kafka.client_id_prefix}-billing",
-    )
+    broker = broker_for(settings.kafka, "billing")
     handle: Handle = handler.on_usage_recorded
     if settings.billing_fault_kill_after:
         handle = _kill_after(handle, settings.billing_fault_kill_after)

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream.kafka import KafkaBroker
 
 from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
@@ -28,7 +27,7 @@ from stepline_router.providers.openai import OpenAIProvider
 from stepline_router.reload import ConfigFile
 from stepline_router.router import Router
 from stepline_router.routes import RoutesConfig, parse_routes
-from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, subscribe
+from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.metrics import watch_circuits
 from stepline_runtime.observe import start_observability
@@ -104,13 +103,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             clock=clock,
             random=random.SystemRandom().random,
         )
-        broker = KafkaBroker(
-            settings.kafka.bootstrap,
-            security=settings.kafka.faststream_security(),
-            enable_idempotence=True,
-            acks="all",
-            client_id=f"{settings.kafka.client_id_prefix}-{CONSUMER}",
-        )
+        broker = broker_for(settings.kafka, CONSUMER)
         publisher = BrokerPublisher(broker)
         handler = ModelCallHandler(
             router,

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream.kafka import KafkaBroker
 
 from stepline_executor.cancel_watch import CancelWatch
 from stepline_executor.config import Settings, ToolsConfig
@@ -32,7 +31,7 @@ from stepline_executor.tools.search import SearchDocuments
 from stepline_executor.tools.sql import SavedQuery, SqlQuery, build_database
 from stepline_executor.tools.webhook import Webhook
 from stepline_pricebook import PriceBook
-from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, subscribe
+from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.observe import start_observability
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
@@ -213,13 +212,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         pricing=pricing,
         clock=_now,
     )
-    broker = KafkaBroker(
-        settings.kafka.bootstrap,
-        security=settings.kafka.faststream_security(),
-        enable_idempotence=True,
-        acks="all",
-        client_id=f"{settings.kafka.client_id_prefix}-tool-executor",
-    )
+    broker = broker_for(settings.kafka, "tool-executor")
     publisher = BrokerPublisher(broker)
     requests_topic = settings.topic(Topics.TOOL_REQUESTS)
     processor = AtLeastOnce(

@@ -1,0 +1,353 @@
+"""Shared plumbing of the stack benchmarks: a namespace, service processes and their usage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from google.protobuf.message import Message
+
+from stepline.v1 import common_pb2, runs_pb2, tools_pb2
+from stepline_runtime.codec import encode
+from stepline_runtime.settings import KafkaSettings, namespaced
+from stepline_runtime.topics import CATALOG, ensure_topics
+
+__all__ = [
+    "ROOT",
+    "Namespace",
+    "RunWatcher",
+    "Service",
+    "broker_process",
+    "machine",
+    "percentile",
+    "tool_registered",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+AGENTS = """
+[planner]
+session_busy = "queue"
+finished_retention_s = 3600
+
+[routes.bench]
+price_provider = "local"
+price_model = "stepline-local-1"
+context_window_tokens = 100000
+
+[agents.bench]
+system_prompt = "You are a benchmark agent."
+route = "bench"
+tools = ["bench_echo"]
+max_steps = 20
+max_parallel_tool_calls = 4
+run_deadline_s = 600
+model_step_deadline_s = 120
+tool_step_deadline_s = 120
+max_output_tokens = 100
+"""
+
+ROUTES = """
+[defaults]
+deadline_s = 60
+
+[deployments.local]
+provider = "local"
+model = "stepline-local-1"
+capabilities = { tools = true, streaming = true, context_window = 128000, max_output_tokens = 4096 }
+timeouts = { connect_s = 1, first_byte_s = 10, total_s = 10 }
+
+[routes.local]
+deployments = ["local"]
+"""
+
+
+def _not_transient(record: logging.LogRecord) -> bool:
+    # A fresh partition's leader answers ListOffsets a moment after the admin API shows it;
+    # aiokafka retries and logs each try as an error, which says nothing about the benchmark.
+    return "NotLeaderForPartitionError" not in record.getMessage()
+
+
+logging.getLogger("aiokafka.consumer.fetcher").addFilter(_not_transient)
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile `q` (0..1) of `samples` (0 when empty)."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on."""
+    import platform
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "note": "broker, services, responder and load driver share the same cores",
+    }
+
+
+def tool_registered(name: str) -> tools_pb2.ToolRegistered:
+    """A registry entry for the benchmark's instant tool."""
+    return tools_pb2.ToolRegistered(
+        definition=common_pb2.ToolDefinition(
+            name=name,
+            description="instant benchmark tool",
+            parameters_json_schema='{"type": "object"}',
+            idempotent=True,
+        ),
+        source="builtin",
+    )
+
+
+def broker_process(port: int = 9092) -> psutil.Process | None:
+    """The local process listening on the broker port, when it can be seen."""
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections("tcp"):
+            listening = conn.status == psutil.CONN_LISTEN
+            if listening and getattr(conn.laddr, "port", None) == port and conn.pid:
+                return psutil.Process(conn.pid)
+    return None
+
+
+class Service:
+    """One service process started by the benchmark, with its CPU time and peak RSS."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.started_at = time.perf_counter()
+        with log.open("ab") as sink:
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+        self.process = psutil.Process(self.popen.pid)
+        self.log = log
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds used so far."""
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident set size so far (VmHWM), in MiB."""
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float(self.process.memory_info().rss) / 2**20
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.popen.poll() is None
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL after `timeout`."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Namespace:
+    """A fresh topic namespace (`b<random>`) with its topics, a producer and service spawning."""
+
+    def __init__(self, kafka: KafkaSettings, workdir: Path, partitions: int) -> None:
+        self.kafka = kafka
+        self.ns = f"b{uuid.uuid4().hex[:10]}"
+        self.workdir = workdir
+        self.partitions = partitions
+        self.producer = AIOKafkaProducer(
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            **kafka.client_kwargs("bench-driver"),
+        )
+        self.services: list[Service] = []
+
+    def topic(self, catalog_name: str) -> str:
+        """A catalog topic inside this namespace."""
+        return namespaced(catalog_name, self.ns)
+
+    async def start(self) -> None:
+        """Create every catalog topic with `partitions` partitions; start the producer."""
+        admin = AIOKafkaAdminClient(**self.kafka.client_kwargs("bench-admin"))
+        await admin.start()
+        try:
+            await ensure_topics(admin, CATALOG, self.partitions, namespace=self.ns)
+            # New partitions have no leader for a moment; consumers started then log errors.
+            names = [self.topic(t.name) for t in CATALOG]
+            for _ in range(100):
+                described = await admin.describe_topics(names)
+                leaders = [p["leader"] for d in described for p in d["partitions"]]
+                if len(leaders) == len(names) * self.partitions and min(leaders) >= 0:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+        await self.producer.start()
+        (self.workdir / "agents.toml").write_text(AGENTS)
+        (self.workdir / "routes.toml").write_text(ROUTES)
+
+    async def stop(self) -> None:
+        """Stop every service and the producer, then delete the namespace's topics."""
+        for service in self.services:
+            service.terminate()
+        for service in self.services:
+            await asyncio.to_thread(service.stop)
+        await self.producer.stop()
+        admin = AIOKafkaAdminClient(**self.kafka.client_kwargs("bench-admin"))
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            mine = [t for t in existing if t.startswith(f"{self.ns}.")]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
+
+    def env(self) -> dict[str, str]:
+        """Environment of the service processes."""
+        return {
+            **os.environ,
+            "STEPLINE_TOPIC_NAMESPACE": self.ns,
+            "STEPLINE_PARTITIONS": str(self.partitions),
+            "STEPLINE_AGENTS": str(self.workdir / "agents.toml"),
+            "STEPLINE_ROUTES": str(self.workdir / "routes.toml"),
+            "STEPLINE_METRICS_PORT": "0",
+            "STEPLINE_GRPC_ENABLED": "false",
+            "STEPLINE_LOG_FORMAT": "text",
+            "STEPLINE_LOG_LEVEL": "INFO",
+        }
+
+    def spawn(self, name: str, module: str, *args: str) -> Service:
+        """Start `python -m module args…` in this namespace, logging to workdir/<name>.log."""
+        service = Service(
+            name,
+            [sys.executable, "-m", module, *args],
+            self.env(),
+            self.workdir / f"{name}.log",
+        )
+        self.services.append(service)
+        return service
+
+    async def send(self, catalog_name: str, key: str, message: Message) -> asyncio.Future[object]:
+        """Queue one record to a catalog topic of this namespace (await the result to ack)."""
+        out = encode(self.topic(catalog_name), key, message, event_id=uuid.uuid4().hex, source="b")
+        future: asyncio.Future[object] = await self.producer.send(
+            out.topic, out.value, key=out.key, headers=list(out.headers)
+        )
+        return future
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The committed offset of every partition of `topic` for consumer `group`."""
+        admin = AIOKafkaAdminClient(**self.kafka.client_kwargs("bench-admin"))
+        await admin.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(self.partitions)]
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            return {tp.partition: meta.offset for tp, meta in offsets.items()}
+        finally:
+            await admin.close()
+
+
+class RunWatcher:
+    """Follows a namespace's RunEvents: step durations and the moment each run ended."""
+
+    TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.steps: dict[str, list[runs_pb2.StepCompleted]] = {}
+        self.ended: dict[str, tuple[str, float]] = {}
+        self.on_end: Callable[[str], None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start following from the current end of the topic."""
+        self._task = asyncio.create_task(self._follow())
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait(self, run_ids: Sequence[str], timeout_s: float) -> None:
+        """Until every run in `run_ids` ended (raises TimeoutError otherwise)."""
+        deadline = time.perf_counter() + timeout_s
+        while any(r not in self.ended for r in run_ids):
+            if time.perf_counter() > deadline:
+                missing = sum(1 for r in run_ids if r not in self.ended)
+                raise TimeoutError(f"{missing} of {len(run_ids)} runs did not end in time")
+            await asyncio.sleep(0.01)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=10,
+            **self.kafka.client_kwargs("bench-watch"),
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.assignment()
+            while not partitions:
+                await asyncio.sleep(0.01)
+                partitions = consumer.assignment()
+            await consumer.seek_to_end(*partitions)
+            for tp in partitions:
+                await consumer.position(tp)
+            self._ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=100, max_records=5_000)
+                now = time.perf_counter()
+                for records in batch.values():
+                    for record in records:
+                        self._on(runs_pb2.RunEvent.FromString(record.value or b""), now)
+        finally:
+            await consumer.stop()
+
+    def _on(self, event: runs_pb2.RunEvent, now: float) -> None:
+        kind = event.WhichOneof("event") or ""
+        if kind == "step_completed":
+            self.steps.setdefault(event.run_id, []).append(event.step_completed)
+        elif kind in self.TERMINAL and event.run_id not in self.ended:
+            self.ended[event.run_id] = (kind, now)
+            if self.on_end is not None:
+                self.on_end(event.run_id)

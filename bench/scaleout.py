@@ -1,0 +1,352 @@
+"""Scale-out: 1, 2 and 4 instances of the planner and of the model router on 12 partitions.
+
+Method: for each service, a fresh namespace with 12-partition topics and a closed-loop load that
+keeps work in flight the whole time. Planner: 200 runs in flight, each 3 steps (model → 1 tool →
+model answer) against the instant responder of `bench.steps`; throughput in runs/s and steps/s.
+Router: 200 ModelCallRequested in flight on the route `local` (a routes file with only the local
+provider); throughput in model calls/s (results seen on the results topic). Instances are added
+one step at a time (1 → 2 → 4). Rebalance time, measured from the moment the extra instance(s)
+are spawned (Python start-up included): *assigned* = the consumer group is Stable with N members
+and all 12 partitions of the input topic assigned (DescribeGroups, polled every 50 ms);
+*resumed* = after that, the group's committed offset has advanced on every partition. The
+longest gap between two finished units of work during the rebalance is reported as *stall*.
+Throughput is measured over a fixed window once the group has resumed.
+
+All processes (broker, N instances, responder, load driver) share the machine's 2 cores, so
+more instances cannot add CPU: the figures show the cost of coordination and rebalancing, not
+the parallel speed-up a multi-host deployment would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+from bench.apps.stack import Namespace, RunWatcher, Service, machine, tool_registered
+from stepline.v1 import common_pb2, goals_pb2, model_pb2
+from stepline_runtime.settings import KafkaSettings, namespaced
+from stepline_runtime.topics import Topics
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).parent / "results"
+PARTITIONS = 12
+INSTANCES = (1, 2, 4)
+IN_FLIGHT = 200
+WINDOW_S = 8.0
+PLANNER_STEPS_PER_RUN = 3
+
+
+class _Load:
+    """A closed loop: `in_flight` units of work outstanding; a new one as each finishes."""
+
+    def __init__(self, submit: Callable[[], Awaitable[None]], in_flight: int) -> None:
+        self.submit = submit
+        self.in_flight = in_flight
+        self.finished: list[float] = []
+        self._done: asyncio.Queue[None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def finish(self) -> None:
+        """One unit finished (called by the result follower)."""
+        self.finished.append(time.perf_counter())
+        self._done.put_nowait(None)
+
+    async def start(self) -> None:
+        """Put the first `in_flight` units in flight and keep the loop going."""
+        for _ in range(self.in_flight):
+            await self.submit()
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await self._done.get()
+            await self.submit()
+
+    async def stop(self) -> None:
+        """Stop submitting."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_finished(self, count: int, timeout_s: float) -> None:
+        """Until `count` units finished in total."""
+        deadline = time.perf_counter() + timeout_s
+        while len(self.finished) < count:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"only {len(self.finished)} of {count} units finished")
+            await asyncio.sleep(0.05)
+
+    def rate(self, since: float, until: float) -> float:
+        """Units finished per second in [since, until)."""
+        return sum(1 for t in self.finished if since <= t < until) / (until - since)
+
+    def longest_gap(self, since: float, until: float) -> float:
+        """The longest time without a finished unit in [since, until], in seconds."""
+        marks = [since, *(t for t in self.finished if since <= t <= until), until]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
+
+async def _group_state(admin: AIOKafkaAdminClient, group: str, topic: str) -> tuple[str, int, int]:
+    """(state, members, partitions of `topic` assigned) of a consumer group."""
+    response = (await admin.describe_consumer_groups([group]))[0]
+    described = response.groups[0]
+    state, members = described[2], described[5]
+    assigned = 0
+    for member in members:
+        with contextlib.suppress(Exception):  # an empty or foreign assignment counts as none
+            decoded = ConsumerProtocolMemberAssignment.decode(member[-1])
+            assigned += sum(len(a[1]) for a in decoded.assignment if a[0] == topic)
+    return str(state), len(members), assigned
+
+
+async def _members(kafka: KafkaSettings, group: str, topic: str) -> int:
+    """Members of the settled group (a router instance runs one consumer per worker)."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs("bench-admin"))
+    await admin.start()
+    try:
+        for _ in range(1_200):
+            state, members, assigned = await _group_state(admin, group, topic)
+            if state == "Stable" and members and assigned == PARTITIONS:
+                return members
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{group} did not settle: {state}, {members} members")
+    finally:
+        await admin.close()
+
+
+async def _rebalance(
+    ns: Namespace, load: _Load, group: str, topic: str, members_wanted: int, spawned_at: float
+) -> dict[str, float]:
+    """Seconds from spawning until the group is assigned again and processing resumed."""
+    admin = AIOKafkaAdminClient(**ns.kafka.client_kwargs("bench-admin"))
+    await admin.start()
+    try:
+        deadline = spawned_at + 90
+        while True:
+            state, members, assigned = await _group_state(admin, group, topic)
+            if state == "Stable" and members == members_wanted and assigned == PARTITIONS:
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{group}: {state}, {members} members, {assigned} assigned")
+            await asyncio.sleep(0.05)
+        assigned_at = time.perf_counter()
+        baseline = await ns.committed(group, topic)
+        while True:
+            now = await ns.committed(group, topic)
+            if all(now.get(p, -1) > baseline.get(p, -1) for p in range(PARTITIONS)):
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{group}: partitions without progress after the rebalance")
+            await asyncio.sleep(0.05)
+        resumed_at = time.perf_counter()
+    finally:
+        await admin.close()
+    return {
+        "assigned_s": round(assigned_at - spawned_at, 2),
+        "resumed_s": round(resumed_at - spawned_at, 2),
+        "stall_s": round(load.longest_gap(spawned_at, resumed_at), 2),
+    }
+
+
+async def _scale(
+    ns: Namespace,
+    load: _Load,
+    spawn: Callable[[int], Service],
+    group: str,
+    topic: str,
+    per_unit: int,
+) -> list[dict[str, Any]]:
+    services = [spawn(1)]
+    await load.start()
+    await load.wait_finished(2 * IN_FLIGHT, timeout_s=120)  # warm-up
+    per_instance = await _members(ns.kafka, group, topic)
+    levels: list[dict[str, Any]] = []
+    for instances in INSTANCES:
+        rebalance: dict[str, float] | None = None
+        if instances > len(services):
+            spawned_at = time.perf_counter()
+            services += [spawn(i + 1) for i in range(len(services), instances)]
+            rebalance = await _rebalance(
+                ns, load, group, topic, per_instance * instances, spawned_at
+            )
+        cpu_before = {s.name: s.cpu_s() for s in services}
+        start = time.perf_counter()
+        await asyncio.sleep(WINDOW_S)
+        end = time.perf_counter()
+        rate = load.rate(start, end)
+        levels.append(
+            {
+                "instances": instances,
+                "group_members": per_instance * instances,
+                "units_per_s": round(rate, 1),
+                "steps_per_s": round(rate * per_unit, 1),
+                "rebalance": rebalance,
+                "cpu_percent_of_one_core": {
+                    s.name: round(100 * (s.cpu_s() - cpu_before[s.name]) / (end - start), 1)
+                    for s in services
+                },
+                "peak_rss_mib": {s.name: round(s.peak_rss_mb(), 1) for s in services},
+            }
+        )
+        print(
+            f"scale-out {group.split('.')[-1]}: {instances} instance(s): {rate:.1f}/s"
+            + (
+                f", rebalance assigned {rebalance['assigned_s']} s, resumed "
+                f"{rebalance['resumed_s']} s, stall {rebalance['stall_s']} s"
+                if rebalance
+                else ""
+            )
+        )
+    await load.stop()
+    return levels
+
+
+async def _planner(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
+    ns = Namespace(kafka, workdir, PARTITIONS)
+    await ns.start()
+    watcher = RunWatcher(kafka, ns.topic(Topics.RUNS))
+    await watcher.start()
+    try:
+        await (await ns.send(Topics.TOOLS, "bench_echo", tool_registered("bench_echo")))
+        ns.spawn(
+            "responder", "bench.apps.responder", "--tools", "1",
+            "--timings", str(workdir / "timings.json"),
+        )  # fmt: skip
+
+        async def submit() -> None:
+            run_id = f"r{uuid.uuid4().hex[:16]}"
+            goal = goals_pb2.GoalSubmitted(
+                run_id=run_id, tenant_id="bench", agent="bench", goal="benchmark goal"
+            )
+            await ns.send(Topics.GOALS, run_id, goal)
+
+        load = _Load(submit, IN_FLIGHT)
+        watcher.on_end = lambda _run_id: load.finish()
+        return await _scale(
+            ns,
+            load,
+            lambda i: ns.spawn(f"planner-{i}", "stepline_planner"),
+            namespaced("stepline-planner", ns.ns),
+            ns.topic(Topics.MODEL_RESULTS),
+            PLANNER_STEPS_PER_RUN,
+        )
+    finally:
+        await watcher.stop()
+        await ns.stop()
+
+
+async def _follow_results(ns: Namespace, load: _Load, ready: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(
+        ns.topic(Topics.MODEL_RESULTS),
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        **ns.kafka.client_kwargs("bench-results"),
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.assignment()
+        while not partitions:
+            await asyncio.sleep(0.01)
+            partitions = consumer.assignment()
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+        ready.set()
+        seen: set[str] = set()
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100, max_records=5_000)).values():
+                for record in records:
+                    result = model_pb2.ModelCallResult.FromString(record.value or b"")
+                    if result.call_id not in seen:  # at least once: count each call once
+                        seen.add(result.call_id)
+                        load.finish()
+    finally:
+        await consumer.stop()
+
+
+async def _router(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
+    ns = Namespace(kafka, workdir, PARTITIONS)
+    await ns.start()
+    system = common_pb2.ChatMessage(role=common_pb2.ChatMessage.ROLE_SYSTEM, content="Be brief.")
+    user = common_pb2.ChatMessage(role=common_pb2.ChatMessage.ROLE_USER, content="Say hello.")
+
+    async def submit() -> None:
+        run_id = f"r{uuid.uuid4().hex[:16]}"
+        request = model_pb2.ModelCallRequested(
+            run_id=run_id,
+            tenant_id="bench",
+            step_id=f"{run_id}:1",
+            call_id=f"{run_id}:1:1",
+            route="local",
+            messages=[system, user],
+            agent="bench",
+        )
+        request.parameters.max_output_tokens = 64
+        await ns.send(Topics.MODEL_REQUESTS, run_id, request)
+
+    load = _Load(submit, IN_FLIGHT)
+    ready = asyncio.Event()
+    follower = asyncio.create_task(_follow_results(ns, load, ready))
+    try:
+        await ready.wait()
+        return await _scale(
+            ns,
+            load,
+            lambda i: ns.spawn(f"router-{i}", "stepline_router"),
+            namespaced("model-router", ns.ns),
+            ns.topic(Topics.MODEL_REQUESTS),
+            1,
+        )
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await ns.stop()
+
+
+async def main() -> None:
+    """Run both scale-out benchmarks, print figures, write bench/results/scaleout.json."""
+    kafka = KafkaSettings()
+    with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
+        (Path(tmp) / "planner").mkdir()
+        (Path(tmp) / "router").mkdir()
+        planner = await _planner(kafka, Path(tmp) / "planner")
+        router = await _router(kafka, Path(tmp) / "router")
+    result = {
+        "benchmark": "scale_out",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "method": __doc__,
+        "machine": machine(),
+        "cpu_limit_note": (
+            "2 cores shared by the broker, every instance, the responder and the load driver: "
+            "adding instances adds coordination, not CPU"
+        ),
+        "partitions": PARTITIONS,
+        "in_flight": IN_FLIGHT,
+        "window_s": WINDOW_S,
+        "planner": {"unit": "runs", "steps_per_run": PLANNER_STEPS_PER_RUN, "levels": planner},
+        "router": {"unit": "model calls", "route": "local", "levels": router},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scaleout.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {RESULTS / 'scaleout.json'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
