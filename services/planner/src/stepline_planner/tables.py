@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stepline.v1 import budgets_pb2, tools_pb2
 from stepline_planner import convert
@@ -133,7 +134,12 @@ class TopicTables:
 
     async def _follow(self) -> None:
         while True:
-            await self._poll()
+            try:
+                await self._poll()
+            except KafkaError:
+                # A broker outage must not end the follower: the tables would silently freeze.
+                log.warning("table follower: Kafka unavailable; retrying", exc_info=True)
+                await asyncio.sleep(1)
 
     async def _poll(self) -> None:
         batch = await self._consumer.getmany(timeout_ms=500)
