@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "httpx_timeout",
     "iter_sse",
     "json_or_malformed",
+    "post_json",
     "safe_text",
     "stream_error",
     "transport_error",
@@ -183,3 +185,28 @@ def json_or_malformed(text: str, status: int, what: str) -> Any:
 
 
 NowFn = Callable[[], datetime]
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    limits: AttemptLimits,
+    now: datetime,
+) -> tuple[Any, int]:
+    """POST a JSON request within the attempt's limits; the decoded body and its status."""
+    try:
+        async with asyncio.timeout(limits.total_s):
+            response = await client.post(
+                url, json=body, headers=dict(headers), timeout=httpx_timeout(limits)
+            )
+    except TimeoutError as error:
+        raise ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s") from error
+    except httpx.HTTPError as error:
+        raise transport_error(error) from error
+    if not response.is_success:
+        raise error_from_response(response.status_code, response.headers, response.content, now)
+    return json_or_malformed(response.text, response.status_code, "response body"), (
+        response.status_code
+    )

@@ -16,6 +16,7 @@ from stepline_router.providers.http import (
     httpx_timeout,
     iter_sse,
     json_or_malformed,
+    post_json,
     stream_error,
     transport_error,
 )
@@ -180,23 +181,8 @@ class OpenAIProvider:
         body = openai_body(deployment, request, max_tokens_field=self._max_tokens_field)
         if request.stream:
             return await self._stream(url, headers, body, limits)
-        try:
-            async with asyncio.timeout(limits.total_s):
-                response = await self._client.post(
-                    url, json=body, headers=headers, timeout=httpx_timeout(limits)
-                )
-        except TimeoutError as error:
-            raise ProviderError(
-                Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s"
-            ) from error
-        except httpx.HTTPError as error:
-            raise transport_error(error) from error
-        if not response.is_success:
-            raise error_from_response(
-                response.status_code, response.headers, response.content, self._now()
-            )
-        data = json_or_malformed(response.text, response.status_code, "response body")
-        return parse_openai_completion(data, response.status_code)
+        data, status = await post_json(self._client, url, headers, body, limits, self._now())
+        return parse_openai_completion(data, status)
 
     async def _stream(
         self, url: str, headers: dict[str, str], body: dict[str, Any], limits: AttemptLimits
