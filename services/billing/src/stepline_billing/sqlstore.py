@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -91,25 +92,31 @@ class _Connection(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any:
         """Run one statement."""
 
+    def close(self) -> None:
+        """Close the connection."""
 
-class _SqlLedgerStore:
+
+class _SqlLedgerStore(ABC):
     """The statements both adapters share; subclasses open the connection and transactions."""
 
     _placeholder = "?"
 
-    def __init__(self) -> None:
+    def __init__(self, conn: _Connection) -> None:
         self._lock = threading.Lock()
+        self._conn = conn
 
-    # -- hooks -------------------------------------------------------------------------------
-    @contextmanager
-    def _transaction(self, tenant_id: str) -> Iterator[_Connection]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+    @abstractmethod
+    def _transaction(self, tenant_id: str) -> AbstractContextManager[_Connection]:
+        """A write transaction on `tenant_id`'s rows: committed on exit, rolled back on error."""
 
     @contextmanager
     def _reader(self) -> Iterator[_Connection]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+        with self._lock:
+            yield self._conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
 
     def _money_param(self, value: Decimal | None) -> Any:
         return None if value is None else str(value)
@@ -159,7 +166,7 @@ class _SqlLedgerStore:
 
     def spent(self, tenant_id: str, start: datetime, end: datetime) -> Spend:
         """Spend of `tenant_id` from its daily rollups in [start, end)."""
-        with self._lock, self._reader() as conn:
+        with self._reader() as conn:
             rows = self._run(
                 conn,
                 "SELECT cost, unpriced_calls FROM rollups WHERE tenant_id = ? AND granularity = ?"
@@ -173,7 +180,7 @@ class _SqlLedgerStore:
 
     def version(self, tenant_id: str) -> int:
         """Number of ledger rows of `tenant_id`."""
-        with self._lock, self._reader() as conn:
+        with self._reader() as conn:
             row = self._run(
                 conn, "SELECT COUNT(*) FROM ledger WHERE tenant_id = ?", (tenant_id,)
             ).fetchone()
@@ -181,7 +188,7 @@ class _SqlLedgerStore:
 
     def run_totals(self, tenant_id: str, run_id: str) -> RunTotals | None:
         """Recorded spend of one run."""
-        with self._lock, self._reader() as conn:
+        with self._reader() as conn:
             return self._run_row(conn, tenant_id, run_id)
 
     def entries(
@@ -207,7 +214,7 @@ class _SqlLedgerStore:
             # Keyset paging: stable under concurrent appends, no OFFSET scans.
             where.append("(occurred_at_us > ? OR (occurred_at_us = ? AND usage_id > ?))")
             params.extend([_us(after.occurred_at), _us(after.occurred_at), after.usage_id])
-        with self._lock, self._reader() as conn:
+        with self._reader() as conn:
             rows = self._run(
                 conn,
                 f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE {' AND '.join(where)} "
@@ -232,7 +239,7 @@ class _SqlLedgerStore:
         if end is not None:
             where.append("window_start_us < ?")
             params.append(_us(end))
-        with self._lock, self._reader() as conn:
+        with self._reader() as conn:
             rows = self._run(
                 conn,
                 f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE {' AND '.join(where)} "
@@ -243,7 +250,7 @@ class _SqlLedgerStore:
 
     def tenants(self) -> list[str]:
         """Every tenant with ledger rows."""
-        with self._lock, self._reader() as conn:
+        with self._reader() as conn:
             rows = self._run(
                 conn, "SELECT DISTINCT tenant_id FROM ledger ORDER BY tenant_id"
             ).fetchall()
@@ -387,17 +394,15 @@ class SqliteLedgerStore(_SqlLedgerStore):
     """The default store: one SQLite file (WAL, synchronous=FULL so a commit survives a crash)."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE takes the write lock up
         # front, so read-modify-write of rollups cannot interleave with another writer).
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
         for statement in _schema("TEXT", "INTEGER"):
-            self._conn.execute(statement)
+            conn.execute(statement)
+        super().__init__(conn)
 
     def _bool_param(self, value: bool) -> Any:
         return int(value)
@@ -412,14 +417,6 @@ class SqliteLedgerStore(_SqlLedgerStore):
             raise
         self._conn.execute("COMMIT")
 
-    @contextmanager
-    def _reader(self) -> Iterator[_Connection]:
-        yield self._conn
-
-    def close(self) -> None:
-        """Close the database file."""
-        self._conn.close()
-
 
 class PostgresLedgerStore(_SqlLedgerStore):
     """The store for shared deployments: PostgreSQL through psycopg 3."""
@@ -427,29 +424,21 @@ class PostgresLedgerStore(_SqlLedgerStore):
     _placeholder = "%s"
 
     def __init__(self, dsn: str) -> None:
-        super().__init__()
-        self._conn = psycopg.connect(dsn, autocommit=True)
-        with self._conn.transaction():
+        self._pg = psycopg.connect(dsn, autocommit=True)
+        with self._pg.transaction():
             # Serialise concurrent schema creation by several instances.
-            self._conn.execute("SELECT pg_advisory_xact_lock(7410001)")
+            self._pg.execute("SELECT pg_advisory_xact_lock(7410001)")
             for statement in _schema("NUMERIC", "BOOLEAN"):
-                self._conn.execute(statement)
+                self._pg.execute(statement)
+        super().__init__(self._pg)
 
     def _money_param(self, value: Decimal | None) -> Any:
         return value
 
     @contextmanager
     def _transaction(self, tenant_id: str) -> Iterator[_Connection]:
-        with self._conn.transaction():
+        with self._pg.transaction():
             # One writer per tenant at a time, even while a rebalance moves the tenant between
             # instances: the rollup read-modify-write below must not interleave.
-            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tenant_id,))
-            yield self._conn
-
-    @contextmanager
-    def _reader(self) -> Iterator[_Connection]:
-        yield self._conn
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()
+            self._pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tenant_id,))
+            yield self._pg
