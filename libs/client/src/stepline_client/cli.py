@@ -26,7 +26,7 @@ from stepline_client.demo import main as demo
 from stepline_client.events import describe, is_terminal, money
 from stepline_client.supervisor import Supervisor
 from stepline_localkafka import LocalKafka
-from stepline_runtime.jsonlines import record_json
+from stepline_runtime.jsonlines import tail
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import CATALOG, Topics
 
@@ -327,32 +327,14 @@ async def _topics(args: argparse.Namespace, settings: ServiceSettings, out: Text
 
 
 async def _tail(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    topic = settings.topic(args.topic)
-    consumer = AIOKafkaConsumer(
-        topic,
-        auto_offset_reset="earliest" if args.from_beginning else "latest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        **settings.kafka.client_kwargs("stepline-tail"),
+    await tail(
+        settings.kafka,
+        settings.topic(args.topic),
+        out,
+        from_beginning=args.from_beginning,
+        max_records=args.max,
+        idle_timeout_s=args.idle_timeout,
     )
-    seen = 0
-    try:
-        await consumer.start()
-        while args.max is None or seen < args.max:
-            batch = await consumer.getmany(timeout_ms=1_000)
-            if not batch and args.idle_timeout is not None:
-                args.idle_timeout -= 1
-                if args.idle_timeout <= 0:
-                    break
-            for records in batch.values():
-                for r in records:
-                    line = record_json(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
-                    print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
-                    seen += 1
-                    if args.max is not None and seen >= args.max:
-                        return 0
-    finally:
-        await consumer.stop()
     return 0
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
+from typing import TextIO
 
+from aiokafka import AIOKafkaConsumer
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 
@@ -20,8 +24,9 @@ from stepline.v1 import (  # noqa: F401  (imported to register every stepline.v1
     usage_pb2,
 )
 from stepline_runtime.headers import HeaderName
+from stepline_runtime.settings import KafkaSettings
 
-__all__ = ["message_class", "record_json"]
+__all__ = ["message_class", "record_json", "tail"]
 
 
 def message_class(type_name: str) -> type[Message] | None:
@@ -67,3 +72,44 @@ def record_json(
             entry["type"] = type_name
             entry["value"] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return entry
+
+
+async def tail(
+    kafka: KafkaSettings,
+    topic: str,
+    out: TextIO,
+    *,
+    from_beginning: bool = False,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+    client_id: str = "stepline-tail",
+) -> int:
+    """Print `topic`'s committed records as JSON lines; stop after `max_records` or after
+    `idle_timeout_s` without a record (None: follow forever). Returns how many were printed."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **kafka.client_kwargs(client_id),
+    )
+    seen = 0
+    try:
+        await consumer.start()
+        last_record = time.monotonic()
+        while max_records is None or seen < max_records:
+            batch = await consumer.getmany(timeout_ms=500)
+            if batch:
+                last_record = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
+                break
+            for records in batch.values():
+                for r in records:
+                    line = record_json(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
+                    print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
+                    seen += 1
+                    if max_records is not None and seen >= max_records:
+                        return seen
+    finally:
+        await consumer.stop()
+    return seen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stepline_runtime.settings import namespaced
+from stepline_runtime.settings import ServiceSettings, namespaced
 
 __all__ = [
     "CATALOG",
@@ -21,6 +21,7 @@ __all__ = [
     "TopicMismatchError",
     "Topics",
     "assignable_partitions",
+    "ensure_service_topics",
     "ensure_topics",
     "partition_counts",
 ]
@@ -180,6 +181,26 @@ async def ensure_topics(
         if code == 0:
             log.info("created topic", extra={"topic": name, "partitions": partitions})
     await _check_copartitioning(admin, wanted)
+
+
+async def ensure_service_topics(
+    settings: ServiceSettings, names: Collection[str], client_id: str
+) -> dict[str, int]:
+    """At a service's start: create the catalog topics `names` it uses (in its namespace) and
+    return their partition counts by namespaced name, once the metadata shows them."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs(client_id))
+    await admin.start()
+    try:
+        await ensure_topics(
+            admin,
+            [t for t in CATALOG if t.name in names],
+            settings.partitions,
+            settings.replication_factor,
+            settings.topic_namespace,
+        )
+        return await partition_counts(admin, [settings.topic(n) for n in names])
+    finally:
+        await admin.close()
 
 
 async def _check_copartitioning(admin: AIOKafkaAdminClient, topics: list[Topic]) -> None:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import grpc
-from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline.v1 import billing_service_pb2_grpc
 from stepline_billing.config import Settings, load_budgets
@@ -23,7 +22,7 @@ from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, Handle, b
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.observe import start_observability
 from stepline_runtime.records import InboundRecord, OutboundRecord
-from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from stepline_runtime.topics import Topics, ensure_service_topics
 
 __all__ = ["clock", "open_store", "run"]
 
@@ -71,18 +70,7 @@ async def run(settings: Settings, ready: Callable[[int], None] | None = None) ->
         OutputTopics(settings.topic(Topics.USAGE_ROLLUPS), settings.topic(Topics.BUDGETS)),
         clock,
     )
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("billing-admin"))
-    await admin.start()
-    try:
-        await ensure_topics(
-            admin,
-            [t for t in CATALOG if t.name in _TOPICS],
-            settings.partitions,
-            settings.replication_factor,
-            settings.topic_namespace,
-        )
-    finally:
-        await admin.close()
+    await ensure_service_topics(settings, _TOPICS, "billing-admin")
 
     broker = broker_for(settings.kafka, "billing")
     handle: Handle = handler.on_usage_recorded

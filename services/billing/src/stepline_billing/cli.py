@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
-
-from aiokafka import AIOKafkaConsumer
 
 from stepline_billing.app import open_store
 from stepline_billing.config import Settings
@@ -31,7 +28,7 @@ from stepline_billing.queries import all_entries, reconcile, usage_summary
 from stepline_billing.rollups import Granularity
 from stepline_billing.store import LedgerQuery
 from stepline_pricebook import PriceBook
-from stepline_runtime.jsonlines import record_json
+from stepline_runtime.jsonlines import tail
 
 __all__ = ["main"]
 
@@ -160,30 +157,15 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
 
 
 async def _tail(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    topic = args.topic if not settings.topic_namespace else settings.topic(args.topic)
-    consumer = AIOKafkaConsumer(
-        topic,
-        auto_offset_reset="earliest" if args.from_beginning else "latest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        **settings.kafka.client_kwargs("billing-tail"),
+    await tail(
+        settings.kafka,
+        settings.topic(args.topic),
+        out,
+        from_beginning=args.from_beginning,
+        max_records=args.max,
+        idle_timeout_s=args.idle_timeout or None,
+        client_id="billing-tail",
     )
-    await consumer.start()
-    seen = 0
-    try:
-        while args.max is None or seen < args.max:
-            batch = await consumer.getmany(timeout_ms=int(args.idle_timeout * 1000) or 1000)
-            if not batch and args.idle_timeout:
-                break
-            for records in batch.values():
-                for r in records:
-                    line = record_json(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
-                    print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
-                    seen += 1
-                    if args.max is not None and seen >= args.max:
-                        return 0
-    finally:
-        await consumer.stop()
     return 0
 
 

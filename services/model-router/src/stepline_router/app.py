@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Mapping
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
@@ -31,7 +30,7 @@ from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_fo
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.metrics import watch_circuits
 from stepline_runtime.observe import start_observability
-from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from stepline_runtime.topics import Topics, ensure_service_topics
 
 __all__ = ["PROVIDER_NAMES", "build_providers", "main", "run"]
 
@@ -76,19 +75,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             "price_book_version": prices.current().version,
         },
     )
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs(f"{CONSUMER}-admin"))
-    await admin.start()
-    try:
-        used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}
-        await ensure_topics(
-            admin,
-            [t for t in CATALOG if t.name in used],
-            settings.partitions,
-            settings.replication_factor,
-            settings.topic_namespace,
-        )
-    finally:
-        await admin.close()
+    used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}
+    await ensure_service_topics(settings, used, f"{CONSUMER}-admin")
 
     limits = httpx.Limits(
         max_connections=settings.max_connections,

@@ -6,8 +6,6 @@ import asyncio
 import logging
 import signal
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from stepline_planner import profiles as profiles_module
 from stepline_planner.config import Settings
 from stepline_planner.handlers import PlannerHandler, PlannerTopics
@@ -16,7 +14,10 @@ from stepline_pricebook import PriceBook
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.observe import start_observability
 from stepline_runtime.processor import ProcessorConfig, TransactionalProcessor
-from stepline_runtime.topics import CATALOG, Topics, ensure_topics, partition_counts
+from stepline_runtime.topics import (
+    Topics,
+    ensure_service_topics,
+)
 
 __all__ = ["main", "run"]
 
@@ -41,20 +42,7 @@ async def run(settings: Settings) -> None:
     """Run the planner until SIGTERM/SIGINT."""
     prices = PriceBook.load()
     agents = profiles_module.load(prices, settings.agents_path)
-    tables_topics = [settings.topic(Topics.TOOLS), settings.topic(Topics.BUDGETS)]
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("planner-admin"))
-    await admin.start()
-    try:
-        await ensure_topics(
-            admin,
-            [t for t in CATALOG if t.name in _USED],
-            settings.partitions,
-            settings.replication_factor,
-            settings.topic_namespace,
-        )
-        counts = await partition_counts(admin, tables_topics)
-    finally:
-        await admin.close()
+    counts = await ensure_service_topics(settings, _USED, "planner-admin")
     topics = PlannerTopics(
         goals=settings.topic(Topics.GOALS),
         control=settings.topic(Topics.CONTROL),
@@ -68,8 +56,8 @@ async def run(settings: Settings) -> None:
     group = settings.group("stepline-planner")
     tables = TopicTables(
         settings.kafka,
-        tables_topics[0],
-        tables_topics[1],
+        settings.topic(Topics.TOOLS),
+        settings.topic(Topics.BUDGETS),
         counts,
         dead_letter_topic=settings.topic(Topics.DLQ),
         consumer_name=f"{group}-tables",

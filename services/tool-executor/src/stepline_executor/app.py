@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline_executor.cancel_watch import CancelWatch
 from stepline_executor.config import Settings, ToolsConfig
@@ -34,7 +33,7 @@ from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.observe import start_observability
-from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from stepline_runtime.topics import Topics, ensure_service_topics
 
 __all__ = ["Toolbox", "build_toolbox", "main", "run"]
 
@@ -182,18 +181,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     config = ToolsConfig.load(settings.tools_config)
     book = PriceBook.load()
     pricing = Pricing(book.version, book.currency, book.tool_cost)
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("tool-executor-admin"))
-    await admin.start()
-    try:
-        await ensure_topics(
-            admin,
-            [t for t in CATALOG if t.name in _TOPICS],
-            settings.partitions,
-            settings.replication_factor,
-            settings.topic_namespace,
-        )
-    finally:
-        await admin.close()
+    await ensure_service_topics(settings, _TOPICS, "tool-executor-admin")
 
     toolbox = build_toolbox(config, settings)
     store = SqliteOutcomeStore(settings.executor_data_dir / "outcomes.sqlite")
