@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL for billing's tests: installs Debian's `postgresql` if it is missing,
-# runs one cluster on a loopback port with its data under .local/postgres (git-ignored), as a
+# runs one cluster on a loopback port with its data under .local/postgres (git-ignored; as root,
+# /tmp/stepline-postgres-<checkout hash>, which the postgres user can reach), as a
 # non-root user (postgres refuses to run as root).
 #
 #   deploy/postgres/pg.sh start    install if needed, init and start; prints the DSN last
@@ -8,12 +9,20 @@
 #   deploy/postgres/pg.sh status   exit 0 when it is running
 #   deploy/postgres/pg.sh dsn      print the DSN
 #
-# STEPLINE_POSTGRES_PORT (default 55432) and STEPLINE_POSTGRES_DIR (default .local/postgres).
+# STEPLINE_POSTGRES_PORT (default 55432) and STEPLINE_POSTGRES_DIR (default: see above).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PORT="${STEPLINE_POSTGRES_PORT:-55432}"
-DIR="${STEPLINE_POSTGRES_DIR:-$ROOT/.local/postgres}"
+if [[ -n "${STEPLINE_POSTGRES_DIR:-}" ]]; then
+  DIR="$STEPLINE_POSTGRES_DIR"
+elif [[ "$(id -u)" == 0 ]]; then
+  # The server runs as the postgres user, who may not be able to traverse the checkout's
+  # parents (a clone under `mktemp -d` is mode 700): keep its data under /tmp, one per checkout.
+  DIR="/tmp/stepline-postgres-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)"
+else
+  DIR="$ROOT/.local/postgres"
+fi
 DATA="$DIR/data"
 LOG="$DIR/server.log"
 DSN="postgresql://stepline@127.0.0.1:$PORT/postgres"
@@ -65,8 +74,6 @@ start() {
   if [[ "$(id -u)" == 0 ]]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir "$DIR" --shell /usr/sbin/nologin postgres
     chown postgres "$DIR"
-    # The owner must be able to reach the folder through every parent.
-    chmod o+x "$ROOT" "$ROOT/.local" 2>/dev/null || true
   fi
   if running; then say "already running on 127.0.0.1:$PORT"; echo "$DSN"; return 0; fi
   if [[ ! -f "$DATA/PG_VERSION" ]]; then
