@@ -45,6 +45,7 @@ from stepline_client.events import describe, money
 from stepline_client.supervisor import SERVICES, Supervisor
 from stepline_localkafka import KafkaSettings as LocalKafkaSettings
 from stepline_localkafka import LocalKafka, find_repo_root, is_ready
+from stepline_pricebook import PriceBook
 from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
 from stepline_runtime.settings import KafkaSettings, ServiceSettings
@@ -284,21 +285,29 @@ def demo_prices(book: Path, routes: Mapping[str, Any]) -> dict[str, Any]:
 
     The router skips an unpriced deployment when a call carries a cost cap (every planner call
     does), so the failing primary and an OpenAI-compatible model of unknown price get the
-    price of gpt-4o-mini here, and the demo's tools a per-call price like `sql_query`'s.
+    price of gpt-4o-mini here (from the book: its catalog or its local layer), and the demo's
+    tools a per-call price like `sql_query`'s.
     """
-    data = tomllib.loads(book.read_text(encoding="utf-8"))
+    text = book.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    prices = PriceBook.parse(text, str(book))
+    stand_in = prices.model_price("openai", "gpt-4o-mini")
+    if stand_in is None:
+        raise RuntimeError(f"{book}: gpt-4o-mini is unpriced; the demo prices stand-ins like it")
     models = data.setdefault("models", [])
-    priced = {(m["provider"], m["model"]) for m in models}
-    stand_in = next(
-        (m for m in models if (m["provider"], m["model"]) == ("openai", "gpt-4o-mini")),
-        {"input_per_mtok": "0.15", "output_per_mtok": "0.60"},
-    )
     for deployment in routes["deployments"].values():
         key = (deployment["provider"], deployment["model"])
-        if key not in priced:
-            prices = {k: v for k, v in stand_in.items() if k.endswith("_mtok")}
-            models.append({"provider": key[0], "model": key[1], **prices})
-            priced.add(key)
+        if prices.model_price(*key) is None and key not in {
+            (m["provider"], m["model"]) for m in models
+        }:
+            models.append(
+                {
+                    "provider": key[0],
+                    "model": key[1],
+                    "input_per_mtok": str(stand_in.input_per_mtok),
+                    "output_per_mtok": str(stand_in.output_per_mtok),
+                }
+            )
     tools = data.setdefault("tools", [])
     named = {t["name"] for t in tools}
     for tool in TOOLS:
