@@ -91,11 +91,12 @@ class Catalog:
         if key in self._found:
             return self._found[key]
         provider = self._providers.get(provider_id.lower())
-        info = (
-            None
-            if provider is None
-            else provider.find_model(model, all_providers=list(self._providers.values()))
-        )
+        info = None
+        if provider is not None:
+            # The catalog's rules first (they are what it prices by); then the primary id,
+            # which a few entries' own match rules do not cover (e.g. AWS `regional.` ids).
+            info = provider.find_model(model, all_providers=list(self._providers.values()))
+            info = info or next((m for m in provider.models if m.id == model), None)
         found = None if info is None else self._by_info.get(id(info))
         if len(self._found) >= _LOOKUP_CACHE_SIZE:
             self._found.clear()
