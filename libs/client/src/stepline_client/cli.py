@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from google.protobuf import json_format
 
 from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, runs_pb2
+from stepline_client import models_cli
 from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
 from stepline_client.demo import main as demo
 from stepline_client.events import describe, is_terminal, money
@@ -401,6 +402,7 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, help="stop after this many records")
     tail.add_argument("--idle-timeout", type=int, help="stop after this many idle seconds")
+    models_cli.add_parser(sub)
     return root
 
 
@@ -413,7 +415,7 @@ _ASYNC = {
     "topics": _topics,
     "tail": _tail,
 }
-_SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status}
+_SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "models": models_cli.run}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
