@@ -60,7 +60,8 @@ _NOT_METERED_KEYS_SHOWN = 4
 _LOOKUP_CACHE_SIZE = 4096
 
 
-@dataclass(frozen=True, slots=True)
+# Identity, not value, equality: two catalogs are the same only if they are one object.
+@dataclass(frozen=True, slots=True, eq=False)
 class Catalog:
     """Every token-priced model of one catalog package version, resolved for one day."""
 
