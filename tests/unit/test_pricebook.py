@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from stepline_pricebook import PriceBook, PriceBookError, Tokens
+from stepline_pricebook import ModelPrice, PriceBook, PriceBookError, PriceTier, Tokens, max_price
 
 BOOK = """
 version = "v7"
@@ -73,3 +73,30 @@ def test_malformed_books_are_refused_with_a_clear_reason(text: str, message: str
 def test_the_shipped_price_book_loads() -> None:
     book = PriceBook.load()
     assert book.model_price("local", "stepline-local-1") is not None
+
+
+def test_a_zero_cache_price_is_free_not_the_input_price() -> None:
+    # Some providers read cached tokens for free; a 0 price must not fall back to the input one.
+    price = ModelPrice(Decimal("1"), Decimal("2"), cached_input_per_mtok=Decimal("0"))
+    assert price.cost(Tokens(input=1_000_000, cached_input=1_000_000)) == 0
+
+
+def test_reasoning_tokens_are_output_unless_priced_apart() -> None:
+    plain = ModelPrice(Decimal("1"), Decimal("2"))
+    apart = ModelPrice(Decimal("1"), Decimal("2"), reasoning_per_mtok=Decimal("8"))
+    tokens = Tokens(output=1_000_000, reasoning=250_000)
+    assert plain.cost(tokens) == Decimal("2")
+    assert apart.cost(tokens) == Decimal("0.75") * 2 + Decimal("0.25") * 8
+    assert apart.worst_case(0, 1_000_000) == Decimal("8")
+
+
+def test_tiers_bill_the_calls_band_and_the_dearer_merge_keeps_every_band() -> None:
+    long = ModelPrice(Decimal("2"), Decimal("4"))
+    tiered = ModelPrice(Decimal("1"), Decimal("2"), tiers=(PriceTier(200_000, long),))
+    assert tiered.cost(Tokens(input=200_000)) == Decimal("0.2")
+    assert tiered.cost(Tokens(input=200_001)) == Decimal("0.400002")
+    assert tiered.worst_case(1, 0) == Decimal("0.000002")
+    flat = ModelPrice(Decimal("1.5"), Decimal("1"))
+    merged = max_price(tiered, flat)
+    assert merged.band(0) == ModelPrice(Decimal("1.5"), Decimal("2"))
+    assert merged.band(300_000) == ModelPrice(Decimal("2"), Decimal("4"))

@@ -63,7 +63,7 @@ class ModelPrice:
         for tier in self.tiers:
             if input_tokens > tier.above_input_tokens:
                 applicable = tier.price
-        return applicable if applicable is self else replace(applicable, tiers=())
+        return replace(applicable, tiers=()) if applicable.tiers else applicable
 
     def bands(self) -> tuple[ModelPrice, ...]:
         """Every flat price set this model can charge: the base one, then each tier's."""
