@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from stepline_router.providers.local import respond
-from stepline_router.types import Message, ModelRequest, Role, ToolCall, ToolSpec
+from stepline_router.types import (
+    Message,
+    ModelRequest,
+    Role,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 
 FIND = ToolSpec(
     "crm_find_customer",
@@ -139,3 +147,112 @@ def test_a_writing_tool_alone_is_called_at_once_and_lengths_are_respected() -> N
 def test_same_input_same_output() -> None:
     assert respond(_request()) == respond(_request())
     assert isinstance(respond(_request()).tool_calls[0], ToolCall)
+
+
+SUM = ToolSpec(
+    "everything.get-sum",
+    "Returns the sum of two numbers",
+    {
+        "type": "object",
+        "properties": {
+            "a": {"type": "number", "description": "First number"},
+            "b": {"type": "number", "description": "Second number"},
+        },
+        "required": ["a", "b"],
+    },
+)
+ECHO = ToolSpec(
+    "everything.echo",
+    "Echoes back the input string",
+    {
+        "type": "object",
+        "properties": {"message": {"type": "string", "description": "Message to echo"}},
+        "required": ["message"],
+    },
+)
+
+
+def _ask(text: str, *tools: ToolSpec) -> ModelRequest:
+    return ModelRequest("c1", "acme", "default", (Message(Role.USER, text),), tools=tools)
+
+
+def _calls(text: str, *tools: ToolSpec) -> dict[str, dict[str, object]]:
+    return {c.name: json.loads(c.arguments) for c in respond(_ask(text, *tools)).tool_calls}
+
+
+def test_numbers_fill_numeric_parameters_in_order() -> None:
+    assert _calls("What is the sum of 7 and 5?", SUM, ECHO) == {
+        "everything.get-sum": {"a": 7, "b": 5}
+    }
+    assert _calls("Add -2.5 and 10 with get-sum", SUM) == {
+        "everything.get-sum": {"a": -2.5, "b": 10}
+    }
+
+
+def test_an_optional_number_never_takes_what_a_required_one_needs() -> None:
+    power = ToolSpec(
+        "power",
+        "Raise a base to an exponent.",
+        {
+            "type": "object",
+            "properties": {
+                "precision": {"type": "integer", "minimum": 0, "maximum": 10},
+                "base": {"type": "number"},
+                "exponent": {"type": "integer"},
+            },
+            "required": ["base", "exponent"],
+        },
+    )
+    assert _calls("power: base 2, exponent 8", power) == {"power": {"base": 2, "exponent": 8}}
+    last = ToolSpec(
+        power.name,
+        power.description,
+        {
+            **power.parameters,
+            "properties": {
+                k: power.parameters["properties"][k] for k in ("base", "exponent", "precision")
+            },
+        },
+    )
+    assert _calls("power: 2 to the 8, precision 3", last) == {
+        "power": {"base": 2, "exponent": 8, "precision": 3}
+    }
+
+
+def test_quoted_strings_fill_string_parameters_in_order() -> None:
+    rename = ToolSpec(
+        "rename_file",
+        "Rename a file.",
+        {
+            "type": "object",
+            "properties": {"source": {"type": "string"}, "target": {"type": "string"}},
+            "required": ["source", "target"],
+        },
+    )
+    assert _calls('Rename the file "draft.md" to "final.md"', rename) == {
+        "rename_file": {"source": "draft.md", "target": "final.md"}
+    }
+
+
+def test_identifiers_are_not_numbers() -> None:
+    # 1012 belongs to T-1012, 2026-01-05 is a date: neither is an operand.
+    assert _calls("On ticket T-1012 (2026-01-05): what is the sum?", SUM, ECHO) == {}
+
+
+def test_no_fitting_tool_is_said_plainly_instead_of_calling_one() -> None:
+    completion = respond(_ask("What is the sum of these numbers?", SUM))
+    assert completion.tool_calls == ()
+    assert "everything.get-sum" in completion.content
+    assert "a, b" in completion.content  # what it would need
+    assert "not an LLM" in completion.content
+    # Even when a tool call is required, an unfillable tool is not called with made-up values.
+    forced = _ask("Tell me a joke", SUM)
+    forced = ModelRequest(
+        forced.call_id,
+        forced.tenant_id,
+        forced.route,
+        forced.messages,
+        tools=forced.tools,
+        params=replace(forced.params, tool_choice=ToolChoice.REQUIRED),
+    )
+    assert respond(forced).tool_calls == ()
