@@ -4,8 +4,9 @@ It lets the whole system run with no keys and no network. It behaves like a tool
 in shape only: it scores the offered tools against the latest user turn (tool name, description,
 parameter names), calls the relevant ones with arguments lifted from the text (URLs, e-mail
 addresses, identifiers matching a parameter's `pattern`, numbers, arithmetic expressions, quoted
-strings, enum values, the question itself), and once tool results are in the transcript it writes
-an answer quoting them. Tools that write something (a parameter such as `body` or `message`) wait
+strings, enum values, the question itself; numbers and quoted strings go to parameters in order,
+each used once), and once tool results are in the transcript it writes an answer quoting them. A
+tool is called only when every required argument was found; when none fits, the answer says so. Tools that write something (a parameter such as `body` or `message`) wait
 until the lookups are back: their text is then composed from those results, so a reply is grounded
 in what the other tools found. Same input, same output, always.
 """
@@ -16,6 +17,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from stepline_router.providers.base import AttemptLimits
@@ -82,7 +84,8 @@ _STOP = frozenset(
 )
 _WORD = re.compile(r"[a-z0-9]+")
 _URL = re.compile(r"https?://[^\s\"'<>)]+")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+# A number standing alone: not the digits of an id (T-1012), a date, a time or a version.
+_NUMBER = re.compile(r"(?<![\w.:/-])-?\d+(?:\.\d+)?(?!\w|[.:/-]\w)")
 _EXPRESSION = re.compile(r"[-+(]*\d[\d.\s]*(?:[-+*/^%x×÷][\s(]*-?\d[\d.\s)]*)+")
 _QUOTED = re.compile(r"[\"“']([^\"”']{2,})[\"”']")
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
@@ -147,7 +150,60 @@ def _question(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip("?.! ")
 
 
-def _value(name: str, schema: dict[str, Any], text: str, required: bool) -> Any:
+@dataclass(slots=True)
+class _Offer:
+    """The values a text offers, taken in order as parameters are filled (each used once)."""
+
+    numbers: list[float]
+    quoted: list[str]
+    question: str
+    question_taken: bool = False
+
+    @classmethod
+    def of(cls, text: str) -> _Offer:
+        """Numbers and quoted strings of `text` in order (none taken from quotes or URLs)."""
+        quoted = [q for q in _QUOTED.findall(text) if not _URL.fullmatch(q)]
+        bare = _QUOTED.sub(" ", _URL.sub(" ", text))
+        numbers = [float(n) for n in _NUMBER.findall(bare)]
+        return cls(numbers, quoted, _question(text))
+
+    def take_number(self, schema: dict[str, Any], integer: bool, keep: int) -> float | None:
+        """The first number the schema accepts, unless fewer than `keep` would remain."""
+        if len(self.numbers) <= keep:
+            return None
+        for index, number in enumerate(self.numbers):
+            if _fits(number, schema) and (number.is_integer() or not integer):
+                return self.numbers.pop(index)
+        return None
+
+    def take_quoted(self, keep: int) -> str | None:
+        """The next quoted string, unless fewer than `keep` would remain."""
+        return self.quoted.pop(0) if len(self.quoted) > keep else None
+
+
+def _slot(name: str, schema: dict[str, Any]) -> str:
+    """Which pool of the offer a parameter draws from: "number", "text", or "" (its own rule)."""
+    kind = schema.get("type", "string")
+    lowered = name.lower()
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return ""
+    if kind in ("integer", "number"):
+        return "number"
+    special = (
+        lowered in _URL_NAMES
+        or lowered in _EXPRESSION_NAMES
+        or lowered in _COMPOSE_NAMES
+        or "email" in lowered
+        or schema.get("format") in ("uri", "email")
+        or "pattern" in schema
+    )
+    return "text" if kind == "string" and not special else ""
+
+
+def _value(
+    name: str, schema: dict[str, Any], text: str, required: bool, offer: _Offer, keep: int
+) -> Any:
+    """The value of one parameter from `text`, or None; `keep` values are left for later ones."""
     kind = schema.get("type", "string")
     lowered = name.lower()
     enum = schema.get("enum")
@@ -168,22 +224,25 @@ def _value(name: str, schema: dict[str, Any], text: str, required: bool) -> Any:
     if kind == "string" and isinstance(pattern, str):
         return _matching(pattern, text)
     if kind in ("integer", "number"):
-        # Only a number the schema accepts: an id's digits are no `top_k`.
-        numbers = [float(n) for n in _NUMBER.findall(_URL.sub(" ", text))]
-        fitting = [n for n in numbers if _fits(n, schema)]
-        if fitting:
-            return int(fitting[0]) if kind == "integer" else fitting[0]
-        return schema.get("default") if required else None
+        # In order, and only a number the schema accepts: an id's digits are no `top_k`.
+        number = offer.take_number(schema, kind == "integer", 0 if required else keep)
+        if number is None:
+            return schema.get("default") if required else None
+        return int(number) if number.is_integer() else number
     if kind == "boolean":
         return bool(_words(lowered) & _words(text)) if required else None
     if kind == "array":
-        return [_question(text)] if required else None
+        return [offer.question] if required else None
     if kind == "object":
         return {} if required else None
-    quoted = _QUOTED.search(text)
-    if quoted and not _URL.fullmatch(quoted.group(1)):
-        return quoted.group(1)
-    return _question(text) if required or lowered in ("query", "q", "question", "text") else None
+    quoted = offer.take_quoted(0 if required else keep)
+    if quoted is not None:
+        return quoted
+    if (required or lowered in ("query", "q", "question", "text")) and not offer.question_taken:
+        # The request itself fills one free-text parameter, never two.
+        offer.question_taken = True
+        return offer.question
+    return None
 
 
 def _fits(number: float, schema: dict[str, Any]) -> bool:
@@ -216,25 +275,42 @@ def _composes(tool: ToolSpec) -> bool:
     )
 
 
-def _arguments(tool: ToolSpec, text: str, results: list[Message]) -> dict[str, Any]:
+def _arguments(
+    tool: ToolSpec, text: str, results: list[Message]
+) -> tuple[dict[str, Any], list[str]]:
+    """The arguments lifted for `tool`, and its required parameters nothing could fill."""
     required = tool.parameters.get("required")
     required_names = set(required) if isinstance(required, list) else set()
     found = "\n".join(r.content for r in results)
+    offer = _Offer.of(text)
+    properties = list(_properties(tool).items())
     args: dict[str, Any] = {}
-    for name, schema in _properties(tool).items():
+    for index, (name, schema) in enumerate(properties):
         if name.lower() in _COMPOSE_NAMES and schema.get("type", "string") == "string":
             value: Any = _compose(text, results)
             limit = schema.get("maxLength")
             if isinstance(limit, int) and len(value) > limit:
                 value = value[: max(limit - 1, 0)] + "…"
         else:
-            value = _value(name, schema, text, name in required_names)
+            slot = _slot(name, schema)
+            # An optional parameter never takes a value a later required one needs.
+            keep = (
+                sum(
+                    1
+                    for later, s in properties[index + 1 :]
+                    if later in required_names and _slot(later, s) == slot
+                )
+                if slot
+                else 0
+            )
+            value = _value(name, schema, text, name in required_names, offer, keep)
             if value is None and found and name in required_names:
                 # Not in the request: an identifier a lookup returned will do (e.g. an id).
-                value = _value(name, schema, found, False)
+                value = _value(name, schema, found, False, _Offer.of(found), 0)
         if value is not None:
             args[name] = value
-    return args
+    missing = [name for name, _ in properties if name in required_names and name not in args]
+    return args, missing
 
 
 def _strings(value: Any) -> list[str]:
@@ -311,31 +387,32 @@ def _call_id(messages: tuple[Message, ...], tool: str, arguments: str, index: in
     return f"call_{digest[:16]}"
 
 
-def _pick(tools: Iterable[ToolSpec], text: str, request: ModelRequest) -> list[ToolSpec]:
+def _candidates(
+    tools: Iterable[ToolSpec], text: str, request: ModelRequest
+) -> tuple[list[ToolSpec], int]:
+    """The tools worth calling for `text`, best first, and how many of them to call at most."""
     tools = list(tools)
     params = request.params
     if params.tool_choice is ToolChoice.NONE or not tools:
-        return []
+        return [], 0
     if params.tool_name:
-        return [t for t in tools if t.name == params.tool_name][:1]
+        return [t for t in tools if t.name == params.tool_name][:1], 1
     scored = sorted(
         ((_score(t, text), i, t) for i, t in enumerate(tools)), key=lambda s: (-s[0], s[1])
     )
     best = scored[0][0]
-    picked = [t for s, _, t in scored if s >= 3 and s * 2 >= best][:3]
-    if not picked and params.tool_choice is ToolChoice.REQUIRED:
-        picked = [scored[0][2]]
-    return picked
+    relevant = [t for s, _, t in scored if s >= 3 and s * 2 >= best]
+    if relevant:
+        return relevant, 3
+    if params.tool_choice is ToolChoice.REQUIRED:
+        # A call is required: the best-matching tool whose arguments the request gives.
+        return [t for _, _, t in scored], 1
+    return [], 0
 
 
 def _answer(
     results: list[Message], calls: dict[str, ToolCall], composing: set[str], question: str
 ) -> str:
-    if not results:
-        return (
-            "This is Stepline's offline local model (a deterministic stand-in, not an LLM). "
-            f"No tool matched the request, so here it is restated: {question}."
-        )
     lines = [f"Answer to: {question}."]
     for result in results:
         call = calls.get(result.tool_call_id)
@@ -355,6 +432,21 @@ def _answer(
     return "\n".join(lines)
 
 
+def _no_fit(question: str, offered: int, unfilled: list[tuple[ToolSpec, list[str]]]) -> str:
+    """The plain answer when no tool fits: what was asked, and what a tool would have needed."""
+    if not offered:
+        why = "No tools were offered"
+    elif unfilled:
+        needs = "; ".join(f"{t.name} needs {', '.join(missing)}" for t, missing in unfilled)
+        why = f"No offered tool fits this request ({needs}, which the request does not give)"
+    else:
+        why = f"None of the {offered} offered tools fits this request"
+    return (
+        "This is Stepline's offline local model, a deterministic stand-in, not an LLM: it cannot "
+        f"answer from knowledge of its own. {why}. The request was: {question}."
+    )
+
+
 def respond(request: ModelRequest) -> Completion:
     """The deterministic answer to `request`."""
     messages = request.messages
@@ -364,25 +456,32 @@ def respond(request: ModelRequest) -> Completion:
     calls = {c.id: c for m in turn for c in m.tool_calls}
     results = [m for m in turn if m.role is Role.TOOL]
     already = {c.name for c in calls.values()}
-    picked = [t for t in _pick(request.tools, text, request) if t.name not in already]
+    candidates, most = _candidates(request.tools, text, request)
+    filled = [(t, *_arguments(t, text, results)) for t in candidates if t.name not in already]
+    # A tool is called only with every required argument found: never with made-up values.
+    fitting = [(t, args) for t, args, missing in filled if not missing]
     if results and request.params.tool_choice is not ToolChoice.REQUIRED:
         # The lookups are back: only the tools that write something from them are left.
-        picked = [t for t in picked if _composes(t)]
+        fitting = [(t, a) for t, a in fitting if _composes(t)]
     elif not results:
-        lookups = [t for t in picked if not _composes(t)]
-        picked = lookups or picked
-    if picked:
+        lookups = [(t, a) for t, a in fitting if not _composes(t)]
+        fitting = lookups or fitting
+    if fitting:
         tool_calls = []
-        for index, tool in enumerate(picked):
-            arguments = json.dumps(_arguments(tool, text, results), sort_keys=True)
+        for index, (tool, args) in enumerate(fitting[:most]):
+            arguments = json.dumps(args, sort_keys=True)
             tool_calls.append(
                 ToolCall(_call_id(messages, tool.name, arguments, index), tool.name, arguments)
             )
         output = sum(estimate_text_tokens(c.name + c.arguments) for c in tool_calls)
         usage = Usage(estimate_input_tokens(messages, request.tools), output)
         return Completion("", tuple(tool_calls), FinishReason.TOOL_CALLS, usage)
-    composing = {t.name for t in request.tools if _composes(t)}
-    content = _answer(results, calls, composing, _question(text))
+    if results:
+        composing = {t.name for t in request.tools if _composes(t)}
+        content = _answer(results, calls, composing, _question(text))
+    else:
+        unfilled = [(t, missing) for t, _, missing in filled if missing][:3]
+        content = _no_fit(_question(text), len(request.tools), unfilled)
     if request.params.response_format.type in ("json_object", "json_schema"):
         content = json.dumps({"answer": content})
     finish = FinishReason.STOP
