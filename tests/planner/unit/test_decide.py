@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -381,3 +382,76 @@ def test_large_tool_outputs_are_truncated() -> None:
     d.feed(ToolCompleted("r1:2", "r1:2:1", "x" * 100))
     assert d.events(o.StepCompleted)[0].output_truncated
     assert "truncated 90 characters" in d.one(o.ModelCallRequested).messages[-1].content
+
+
+def test_model_step_that_timed_out_is_retried_once_then_completes() -> None:
+    # The router was down longer than the step's deadline: its request is asked for again.
+    d = Driver(context(profile(run_deadline_s=100)))
+    d.start()
+    first = d.one(o.ModelCallRequested)
+    d.feed(Tick(), after_s=61)
+    assert d.events(o.RunFailed) == []
+    retry = d.one(o.ModelCallRequested)
+    assert (retry.step_id, retry.call_id) == ("r1:1", "r1:1:2")
+    assert retry.messages == first.messages and retry.tools == first.tools
+    assert retry.deadline == first.requested_at + timedelta(seconds=100)  # capped by the run's
+    ended = d.events(o.StepCompleted)[0]
+    assert (ended.call_id, ended.outcome) == ("r1:1:1", Outcome.TIMED_OUT)
+    assert "r1:1:2" in ended.error_message
+    started = d.events(o.StepStarted)[0]
+    assert (started.step_id, started.call_id, started.deadline) == (
+        "r1:1",
+        "r1:1:2",
+        retry.deadline,
+    )
+    assert d.events(o.BudgetReserved) == []  # the step keeps its reservation
+    assert d.state.steps_taken == 0
+    # The first call's late answer is a stale duplicate: recorded, never applied.
+    d.feed(ModelCompleted("r1:1", "r1:1:1", "stale"))
+    ignored = d.events(o.DuplicateResultIgnored)
+    assert [(i.call_id, i.reason) for i in ignored] == [("r1:1:1", IgnoredReason.STEP_TIMED_OUT)]
+    d.feed(ModelCompleted("r1:1", "r1:1:2", "42"))
+    assert d.events(o.RunCompleted)[0].answer == "42"
+    assert "stale" not in [m.content for m in d.state.transcript]
+
+
+def test_model_step_is_retried_only_once() -> None:
+    d = Driver()
+    d.start()
+    d.feed(Tick(), after_s=61)
+    assert d.one(o.ModelCallRequested).call_id == "r1:1:2"
+    d.feed(Tick(), after_s=61)
+    failed = d.events(o.RunFailed)[0]
+    assert (failed.reason, failed.step_id) == (Reason.MODEL_FAILED, "r1:1")
+    assert d.of(o.ModelCallRequested) == []
+
+
+def test_router_deadline_before_any_attempt_is_retried_but_not_after_attempts() -> None:
+    d = Driver()
+    d.start()
+    d.feed(
+        ModelFailed(
+            "r1:1", "r1:1:1", "DEADLINE_EXCEEDED", "the deadline passed before the call started"
+        ),
+        after_s=5,
+    )
+    retry = d.one(o.ModelCallRequested)
+    assert (retry.call_id, retry.deadline) == ("r1:1:2", d.now + timedelta(seconds=60))
+    assert d.events(o.StepCompleted)[0].outcome is Outcome.FAILED
+    # Same input, same decision: the retry's ids derive from the step, not from a clock or uuid.
+    again = Driver()
+    again.start()
+    again.feed(
+        ModelFailed(
+            "r1:1", "r1:1:1", "DEADLINE_EXCEEDED", "the deadline passed before the call started"
+        ),
+        after_s=5,
+    )
+    assert again.out == d.out
+    # A provider that was tried and ran out of time is no downtime: the run fails.
+    slow = Driver()
+    slow.start()
+    slow.feed(
+        ModelFailed("r1:1", "r1:1:1", "DEADLINE_EXCEEDED", "deadline passed after 2", attempts=2)
+    )
+    assert slow.events(o.RunFailed)[0].reason is Reason.MODEL_FAILED
