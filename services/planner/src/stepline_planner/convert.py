@@ -278,6 +278,7 @@ def model_result_from_proto(result: model_pb2.ModelCallResult) -> ModelCompleted
             message=failed.message,
             usage=_usage_of(failed.usage),
             cost=decimal_of(failed.cost),
+            attempts=len(failed.attempts),
         )
     raise ConversionError("ModelCallResult has neither completed nor failed")
 

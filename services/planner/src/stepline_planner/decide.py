@@ -61,6 +61,7 @@ from stepline_planner.profiles import (
     BudgetPolicy,
     DeadlinePolicy,
     Profiles,
+    Route,
     StepTimeoutPolicy,
 )
 from stepline_planner.state import (
@@ -76,6 +77,7 @@ from stepline_planner.state import (
     StepKind,
     ToolCall,
     Usage,
+    call_id_of,
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
 from stepline_runtime.ids import derive_run_id
@@ -106,6 +108,8 @@ DELEGATE_TOOL = ToolSpec(
 )
 # A child's notice needs a moment to travel back before the parent gives up on it.
 _CHILD_GRACE = timedelta(seconds=5)
+# Requests per model step: one retry when the first outlived the router's downtime.
+_MODEL_STEP_ATTEMPTS = 2
 
 
 class RejectedError(ValueError):
@@ -204,7 +208,7 @@ class _Tx:
         ordinal = self.run.step_ordinal + 1
         self.set(step_ordinal=ordinal)
         step_id = f"{self.run.run_id}:{ordinal}"
-        return step_id, f"{step_id}:1"
+        return step_id, call_id_of(step_id, 1)
 
     def remove(self, step: PendingStep) -> None:
         self.set(pending=tuple(p for p in self.run.pending if p.step_id != step.step_id))
@@ -384,6 +388,26 @@ def _begin_wrap_up(tx: _Tx, limit: Reason, message: str) -> None:
     tx.emit(WrapUpStarted(limit, message))
 
 
+def _model_request(
+    tx: _Tx, profile: AgentProfile, route: Route
+) -> tuple[tuple[ToolSpec, ...], int, tuple[Message, ...], Decimal]:
+    """What the next model call sends (tools, output cap, messages) and its worst-case cost."""
+    wrapping = tx.run.status is Status.WRAPPING_UP
+    tools = () if wrapping else _offered(tx, profile)
+    max_out = profile.wrap_up_max_output_tokens if wrapping else profile.max_output_tokens
+    messages = compact(tx.run.transcript, route.context_window_tokens - max_out, tools)
+    worst = route.price.worst_case(estimate_tokens(messages, tools), max_out)
+    return tools, max_out, messages, worst
+
+
+def _model_deadline(tx: _Tx, profile: AgentProfile) -> datetime:
+    """When a model step requested now times out."""
+    if tx.run.wrap_up_limit is Reason.DEADLINE_EXCEEDED:
+        return tx.now + timedelta(seconds=profile.wrap_up_grace_s)
+    deadline = tx.now + timedelta(seconds=profile.model_step_deadline_s)
+    return deadline if tx.run.deadline is None else min(deadline, tx.run.deadline)
+
+
 def _next_model_turn(tx: _Tx) -> None:
     profile = tx.profile
     route = tx.ctx.profiles.routes.get(tx.run.route)
@@ -392,16 +416,7 @@ def _next_model_turn(tx: _Tx) -> None:
         return
     if tx.run.status is not Status.WRAPPING_UP and tx.run.steps_taken + 1 >= tx.run.max_steps:
         _begin_wrap_up(tx, Reason.MAX_STEPS, f"step limit of {tx.run.max_steps} reached")
-
-    def plan() -> tuple[tuple[ToolSpec, ...], int, tuple[Message, ...], Decimal]:
-        wrapping = tx.run.status is Status.WRAPPING_UP
-        tools = () if wrapping else _offered(tx, profile)
-        max_out = profile.wrap_up_max_output_tokens if wrapping else profile.max_output_tokens
-        messages = compact(tx.run.transcript, route.context_window_tokens - max_out, tools)
-        worst = route.price.worst_case(estimate_tokens(messages, tools), max_out)
-        return tools, max_out, messages, worst
-
-    tools, max_out, messages, worst = plan()
+    tools, max_out, messages, worst = _model_request(tx, profile, route)
     available = _available(tx)
     if available is not None and worst > available:
         if tx.run.status is Status.WRAPPING_UP or profile.on_budget_exceeded is BudgetPolicy.FAIL:
@@ -410,42 +425,101 @@ def _next_model_turn(tx: _Tx) -> None:
         _begin_wrap_up(
             tx, Reason.BUDGET_EXCEEDED, _budget_message(worst, available, tx.run.currency)
         )
-        tools, max_out, messages, worst = plan()
+        tools, max_out, messages, worst = _model_request(tx, profile, route)
         if worst > available:
             _fail(tx, Reason.BUDGET_EXCEEDED, _budget_message(worst, available, tx.run.currency))
             return
     step_id, call_id = tx.next_step_id()
-    if tx.run.wrap_up_limit is Reason.DEADLINE_EXCEEDED:
-        deadline = tx.now + timedelta(seconds=profile.wrap_up_grace_s)
-    else:
-        deadline = tx.now + timedelta(seconds=profile.model_step_deadline_s)
-        if tx.run.deadline is not None:
-            deadline = min(deadline, tx.run.deadline)
+    deadline = _model_deadline(tx, profile)
     step = PendingStep(step_id, call_id, StepKind.MODEL, deadline, tx.now, reserved=worst)
-    run_left = None if tx.run.budget is None else tx.run.budget - tx.run.cost - tx.run.reserved
     tx.set(transcript=messages, pending=(*tx.run.pending, step))
     tx.emit(BudgetReserved(step_id, worst, tx.run.reserved))
     tx.emit(StepStarted(step_id, call_id, StepKind.MODEL, deadline, route=route.name))
+    _request_model(tx, step, route, tools, max_out)
+
+
+def _request_model(
+    tx: _Tx, step: PendingStep, route: Route, tools: tuple[ToolSpec, ...], max_out: int
+) -> None:
+    """Ask the router for `step`: the transcript as it stands, within what the budget has left."""
     run = tx.run
+    # What the run may still spend, this step's own reservation included.
+    run_left = None if run.budget is None else run.budget - run.cost - run.reserved + step.reserved
     tx.out.append(
         ModelCallRequested(
             run_id=run.run_id,
             tenant_id=run.tenant_id,
             agent=run.agent,
-            step_id=step_id,
-            call_id=call_id,
+            step_id=step.step_id,
+            call_id=step.call_id,
             route=route.name,
-            messages=messages,
+            messages=run.transcript,
             tools=tools,
             tools_allowed=bool(tools),
             max_output_tokens=max_out,
-            deadline=deadline,
+            deadline=step.deadline,
             max_cost=run_left,
             currency=run.currency,
             metadata=run.metadata,
             requested_at=tx.now,
         )
     )
+
+
+def _retry_model_step(
+    tx: _Tx,
+    step: PendingStep,
+    outcome: Outcome,
+    why: str,
+    usage: Usage | None = None,
+    cost: Decimal = Decimal(0),
+) -> bool:
+    """Ask the router once more for a step whose request outlived the router's downtime.
+
+    The retry is the same step with the next call id (`step_id:2`) and a fresh deadline, so
+    a late answer to the first call is told apart and ignored. False: no retry is left.
+    """
+    profile = tx.profile
+    route = tx.ctx.profiles.routes.get(tx.run.route)
+    if (
+        profile is None
+        or route is None
+        or step.attempt >= _MODEL_STEP_ATTEMPTS
+        # A deadline wrap-up has its grace period only: no time for a second request.
+        or tx.run.wrap_up_limit is Reason.DEADLINE_EXCEEDED
+    ):
+        return False
+    deadline = _model_deadline(tx, profile)
+    if deadline <= tx.now:
+        return False
+    retried = replace(
+        step,
+        call_id=call_id_of(step.step_id, step.attempt + 1),
+        deadline=deadline,
+        started_at=tx.now,
+    )
+    tx.set(
+        pending=tuple(retried if p.step_id == step.step_id else p for p in tx.run.pending),
+        usage=tx.run.usage + (usage or Usage()),
+        cost=tx.run.cost + cost,
+    )
+    tx.emit(
+        StepCompleted(
+            step.step_id,
+            step.call_id,
+            StepKind.MODEL,
+            outcome,
+            tx.now - step.started_at,
+            route=route.name,
+            usage=usage or Usage(),
+            cost=cost,
+            error_message=f"{why}; retrying as call {retried.call_id}",
+        )
+    )
+    tx.emit(StepStarted(step.step_id, retried.call_id, StepKind.MODEL, deadline, route=route.name))
+    tools, max_out, _, _ = _model_request(tx, profile, route)
+    _request_model(tx, retried, route, tools, max_out)
+    return True
 
 
 def _budget_message(worst: Decimal, available: Decimal, currency: str) -> str:
@@ -468,12 +542,19 @@ def _pending_or_ignore(tx: _Tx, step_id: str, call_id: str, kind: StepKind) -> P
             reason = IgnoredReason.ALREADY_COMPLETED
         else:
             reason = IgnoredReason.UNKNOWN_STEP
+    elif step.kind is kind and call_id in _superseded(step):
+        reason = IgnoredReason.STEP_TIMED_OUT  # the answer to a call the step gave up on
     elif step.call_id != call_id or step.kind is not kind or step.awaiting_approval:
         reason = IgnoredReason.CALL_MISMATCH
     if reason is not None:
         tx.emit(DuplicateResultIgnored(step_id, call_id, reason, kind))
         return None
     return step
+
+
+def _superseded(step: PendingStep) -> tuple[str, ...]:
+    """The call ids of the requests a retried step no longer waits for."""
+    return tuple(call_id_of(step.step_id, n) for n in range(1, step.attempt))
 
 
 def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
@@ -514,6 +595,13 @@ def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
 def _on_model_failed(tx: _Tx, event: ModelFailed) -> None:
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.MODEL)
     if step is None:
+        return
+    # The router reached the request only after its deadline, before trying any provider:
+    # it was down (or far behind) for longer than the step allows. Ask once more.
+    outlived = event.kind == "DEADLINE_EXCEEDED" and event.attempts == 0
+    if outlived and _retry_model_step(
+        tx, step, Outcome.FAILED, f"the router: {event.message}", event.usage, event.cost
+    ):
         return
     tx.remove(step)
     tx.set(
@@ -942,6 +1030,8 @@ def _on_step_timeout(tx: _Tx, step: PendingStep) -> None:
     seconds = int((step.deadline - step.started_at).total_seconds())
     message = f"no result within {seconds}s"
     if step.kind is StepKind.MODEL:
+        if _retry_model_step(tx, step, Outcome.TIMED_OUT, message):
+            return
         tx.remove(step)
         tx.set(steps_taken=tx.run.steps_taken + 1)
         tx.emit(
@@ -958,7 +1048,8 @@ def _on_step_timeout(tx: _Tx, step: PendingStep) -> None:
         reason = (
             tx.run.wrap_up_limit if tx.run.status is Status.WRAPPING_UP else Reason.MODEL_FAILED
         )
-        _fail(tx, reason, f"model step {step.step_id} timed out: {message}", step.step_id)
+        tries = f" (after {step.attempt} requests)" if step.attempt > 1 else ""
+        _fail(tx, reason, f"model step {step.step_id} timed out{tries}: {message}", step.step_id)
         return
     run = tx.run
     if step.tool == DELEGATE_TOOL.name:

@@ -79,6 +79,8 @@ class ModelFailed:
     message: str = ""
     usage: Usage = field(default_factory=Usage)
     cost: Decimal = Decimal(0)
+    # Provider attempts the router made; 0 when it gave up before trying.
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)

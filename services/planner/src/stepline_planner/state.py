@@ -22,6 +22,7 @@ __all__ = [
     "StepKind",
     "ToolCall",
     "Usage",
+    "call_id_of",
 ]
 
 
@@ -140,6 +141,11 @@ class Usage:
         )
 
 
+def call_id_of(step_id: str, attempt: int) -> str:
+    """The call id of a step's `attempt`-th request (1-based): deterministic, so retries dedupe."""
+    return f"{step_id}:{attempt}"
+
+
 @dataclass(frozen=True, slots=True)
 class PendingStep:
     """A step that was requested (or awaits approval) and has no result yet."""
@@ -157,6 +163,12 @@ class PendingStep:
     approval_deadline: datetime | None = None
     idempotency_key: str = ""
     reserved: Decimal = Decimal(0)
+
+    @property
+    def attempt(self) -> int:
+        """Which request of this step is pending (the `n` of `call_id = step_id:n`)."""
+        suffix = self.call_id.removeprefix(f"{self.step_id}:")
+        return int(suffix) if suffix.isdigit() and suffix != self.call_id else 1
 
 
 @dataclass(frozen=True, slots=True)
