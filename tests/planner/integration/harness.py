@@ -64,6 +64,12 @@ route = "r"
 tools = ["echo"]
 run_deadline_s = 3
 
+[agents.brief]
+system_prompt = "You answer at once."
+route = "r"
+tools = []
+model_step_deadline_s = 8
+
 [agents.boss]
 system_prompt = "You delegate."
 route = "r"
@@ -85,6 +91,7 @@ class System:
         self.planner_log = workdir / "planner.log"
         self.planner: subprocess.Popen[bytes] | None = None
         self.responder: subprocess.Popen[bytes] | None = None
+        self.router: subprocess.Popen[bytes] | None = None
         self.producer = AIOKafkaProducer(
             enable_idempotence=True, acks="all", **kafka.client_kwargs("test-planner")
         )
@@ -106,8 +113,17 @@ class System:
             "STEPLINE_LOG_FORMAT": "text",
         }
 
-    async def start(self, *, tools: list[tools_pb2.ToolRegistered], budgets: list[Any]) -> None:
-        """Create topics, publish the registry and budgets, start both processes and a watcher."""
+    async def start(
+        self,
+        *,
+        tools: list[tools_pb2.ToolRegistered],
+        budgets: list[Any],
+        responder: bool = True,
+    ) -> None:
+        """Create topics, publish the registry and budgets, start the processes and a watcher.
+
+        Without the scripted `responder`, model calls wait for a router (`start_router`).
+        """
         admin = AIOKafkaAdminClient(**self.kafka.client_kwargs("test-admin"))
         await admin.start()
         try:
@@ -123,7 +139,8 @@ class System:
         (self.workdir / "script.json").write_text(json.dumps(self.script))
         self._watch = asyncio.create_task(self._follow())
         self.start_planner()
-        self.start_responder()
+        if responder:
+            self.start_responder()
 
     def start_responder(self) -> None:
         """Start the scripted responder subprocess (duplicating every result)."""
@@ -156,6 +173,31 @@ class System:
                 stderr=sink,
             )
 
+    def start_router(self, routes: str) -> None:
+        """Start (or restart) the real model router with the routes TOML `routes`."""
+        path = self.workdir / "routes.toml"
+        path.write_text(routes)
+        env = {
+            **self.env(),
+            "STEPLINE_ROUTES": str(path),
+            "STEPLINE_GRPC_ENABLED": "false",
+            "STEPLINE_METRICS_PORT": "0",
+        }
+        with self.workdir.joinpath("router.log").open("ab") as sink:
+            self.router = subprocess.Popen(
+                [sys.executable, "-m", "stepline_router"],
+                cwd=ROOT,
+                env=env,
+                stdout=sink,
+                stderr=sink,
+            )
+
+    def stop_router(self) -> None:
+        """Stop the router (SIGTERM) and wait until it has exited."""
+        assert self.router is not None
+        self.router.terminate()
+        self.router.wait(timeout=30)
+
     def kill_planner(self) -> None:
         """SIGKILL the planner: no clean shutdown, an open transaction may be left behind."""
         assert self.planner is not None
@@ -164,7 +206,7 @@ class System:
 
     async def stop(self) -> None:
         """Stop everything this system started."""
-        for process in (self.planner, self.responder):
+        for process in (self.planner, self.responder, self.router):
             if process is not None and process.poll() is None:
                 process.terminate()
                 try:
