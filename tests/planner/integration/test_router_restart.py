@@ -39,7 +39,7 @@ async def system(
 
 def _steps(events: list[runs_pb2.RunEvent]) -> list[tuple[str, str]]:
     """(kind, call_id) of the run's step events, in order."""
-    out = []
+    out: list[tuple[str, str]] = []
     for event in events:
         kind = event.WhichOneof("event") or ""
         if kind in ("step_started", "step_completed", "duplicate_result_ignored"):
