@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from stepline_router.clock import ManualClock
 from stepline_router.credentials import StaticCredentials
@@ -13,9 +14,9 @@ from stepline_router.providers.base import Provider
 from stepline_router.providers.local import LocalProvider
 from stepline_router.providers.scripted import ScriptedProvider
 from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
-from stepline_router.routes import RoutesConfig
+from stepline_router.routes import RoutesConfig, parse_routes
 from stepline_router.types import Completion, FinishReason, ModelRequest, Params, ToolChoice, Usage
-from tests.router.support import BOOK, request, routes, weather_tool
+from tests.router.support import BOOK, PROVIDERS, request, routes, weather_tool
 
 TWO = """
 [deployments.primary]
@@ -280,3 +281,52 @@ async def test_credential_reaches_the_provider() -> None:
     scripted = ScriptedProvider(default=OK)
     await _router(scripted, config, ManualClock()).complete(request())
     assert scripted.calls[0].credential == "sk-test-secret-value"
+
+
+async def test_a_route_with_no_reachable_deployment_names_what_is_missing() -> None:
+    config = routes(
+        '[deployments.a]\nprovider = "scripted"\nmodel = "cheap"\ncredential_env = "A_KEY"\n'
+        '[deployments.b]\nprovider = "scripted"\nmodel = "dear"\ncredential_env = "B_KEY"\n'
+        '[deployments.c]\nprovider = "anthropic"\nmodel = "claude-haiku-4-5"\n'
+        '[routes.default]\ndeployments = ["a", "b", "c"]\n'
+    )
+    scripted = ScriptedProvider(default=OK)
+    router = _router(scripted, config, ManualClock())
+    outcome = await router.complete(request())
+    assert isinstance(outcome, CallFailed)
+    assert outcome.kind is ErrorKind.NO_ELIGIBLE_DEPLOYMENT
+    assert not outcome.retryable  # nothing changes until someone sets a key
+    assert outcome.message.startswith("route 'default' has no reachable deployment:")
+    assert "a needs A_KEY" in outcome.message
+    assert "b needs B_KEY" in outcome.message
+    assert "c: provider 'anthropic' is not enabled" in outcome.message
+    assert outcome.attempts == ()
+    assert scripted.calls == []
+    # The same, before any call: what a router logs at start.
+    assert router.unreachable_routes() == {"default": outcome.message}
+
+
+async def test_the_shipped_production_routes_fail_loudly_without_keys() -> None:
+    shipped = Path(__file__).resolve().parents[3] / "deploy" / "config" / "routes.toml"
+    config = parse_routes(shipped.read_text(encoding="utf-8"), known_providers=PROVIDERS)
+    router = Router(
+        routes=lambda: config,
+        prices=lambda: BOOK,
+        providers={
+            "openai": ScriptedProvider(default=OK),
+            "anthropic": ScriptedProvider(),
+            "local": LocalProvider(),
+        },
+        credentials=StaticCredentials(),
+        clock=ManualClock(),
+        random=lambda: 0.5,
+    )
+    for route in ("default", "fast", "reasoning"):
+        outcome = await router.complete(request(route=route))
+        assert isinstance(outcome, CallFailed), route  # never the offline stand-in
+        assert "OPENAI_API_KEY" in outcome.message
+        assert "ANTHROPIC_API_KEY" in outcome.message
+    # The dev route stays the offline stand-in, by name only.
+    local = await router.complete(request(route="local"))
+    assert isinstance(local, CallSucceeded)
+    assert local.deployment.provider == "local"
