@@ -306,9 +306,11 @@ async def test_a_route_with_no_reachable_deployment_names_what_is_missing() -> N
     assert router.unreachable_routes() == {"default": outcome.message}
 
 
+SHIPPED = Path(__file__).resolve().parents[3] / "deploy" / "config" / "routes.toml"
+
+
 async def test_the_shipped_production_routes_fail_loudly_without_keys() -> None:
-    shipped = Path(__file__).resolve().parents[3] / "deploy" / "config" / "routes.toml"
-    config = parse_routes(shipped.read_text(encoding="utf-8"), known_providers=PROVIDERS)
+    config = parse_routes(SHIPPED.read_text(encoding="utf-8"), known_providers=PROVIDERS)
     router = Router(
         routes=lambda: config,
         prices=lambda: BOOK,

@@ -91,6 +91,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             clock=clock,
             random=random.SystemRandom().random,
         )
+        # Fail loudly: a route no deployment of which can be reached fails every call.
+        for route, why in router.unreachable_routes().items():
+            log.error("route has no reachable deployment", extra={"route": route, "reason": why})
         broker = broker_for(settings.kafka, CONSUMER)
         publisher = BrokerPublisher(broker)
         handler = ModelCallHandler(

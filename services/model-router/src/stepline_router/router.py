@@ -164,7 +164,31 @@ class Router:
         """Run one call: the answer from the first deployment that gives one, or why none did."""
         return await _Call(self, request).run()
 
+    def unreachable_routes(self) -> dict[str, str]:
+        """Routes none of whose deployments can be reached (provider off, key unset), and why."""
+        found = {}
+        for route in self._routes().routes.values():
+            message = self._unreachable_route(route)
+            if message is not None:
+                found[route.name] = message
+        return found
+
     # Helpers used by _Call; kept here because they touch the router's shared state.
+    def _unreachable_route(self, route: Route) -> str | None:
+        """Why no deployment of `route` can be reached, naming each one's missing piece."""
+        gaps = []
+        for deployment in route.deployments:
+            if deployment.provider not in self._providers:
+                gaps.append(f"{deployment.name}: provider {deployment.provider!r} is not enabled")
+            elif deployment.credential_env and not self._credentials.get(deployment.credential_env):
+                gaps.append(f"{deployment.name} needs {deployment.credential_env}")
+            else:
+                return None
+        return (
+            f"route {route.name!r} has no reachable deployment: {'; '.join(gaps)} "
+            "(set the variable in the router's environment or as a secret file of that name)"
+        )
+
     def _unavailable(self, deployment: Deployment, tokens: int) -> str | None:
         if deployment.provider not in self._providers:
             return f"provider {deployment.provider!r} is not enabled in this router"
@@ -216,6 +240,10 @@ class _Call:
                 f"route {self.request.route!r} is not configured (known: {known})",
                 False,
             )
+        unreachable = self.r._unreachable_route(route)
+        if unreachable is not None:
+            # Fail loudly: nothing will answer until an operator sets a key or enables a provider.
+            return self._failed(ErrorKind.NO_ELIGIBLE_DEPLOYMENT, unreachable, False)
         if self.clock.monotonic() >= self.deadline:
             return self._failed(
                 ErrorKind.DEADLINE_EXCEEDED, "the deadline passed before the call started", False

@@ -6,9 +6,10 @@ parameter names), calls the relevant ones with arguments lifted from the text (U
 addresses, identifiers matching a parameter's `pattern`, numbers, arithmetic expressions, quoted
 strings, enum values, the question itself; numbers and quoted strings go to parameters in order,
 each used once), and once tool results are in the transcript it writes an answer quoting them. A
-tool is called only when every required argument was found; when none fits, the answer says so. Tools that write something (a parameter such as `body` or `message`) wait
-until the lookups are back: their text is then composed from those results, so a reply is grounded
-in what the other tools found. Same input, same output, always.
+tool is called only when every required argument was found; when none fits, the answer says so.
+Tools that write something (a parameter such as `body` or `message`) wait until the lookups are
+back: their text is then composed from those results, so a reply is grounded in what the other
+tools found. Same input, same output, always.
 """
 
 from __future__ import annotations
