@@ -204,6 +204,8 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         try:
             up = cli.ok("up")
             assert "kafka:" not in up  # the configured broker, not a local one of its own
+            # No key on loopback: every route is served by the offline stand-in, and it says so.
+            assert "every route is served by the offline `local` model" in up, up
             for service in SERVICES:
                 assert re.search(rf"^{service.name}\s+pid \d+\s+running$", up, re.M), up
             # `up` returns once the processes live; ready means topics made and tools announced.
