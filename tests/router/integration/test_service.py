@@ -172,3 +172,61 @@ async def test_router_subprocess_answers_on_kafka_and_grpc(
             process.kill()
             raise
     assert code == 0, log.read_text()[-3000:]
+
+
+async def test_shipped_routes_without_keys_fail_loudly_naming_the_missing_keys(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}
+    await ensure_topics(admin, [t for t in CATALOG if t.name in used], 1, 1, namespace)
+    request = model_pb2.ModelCallRequested(
+        run_id="run-2",
+        tenant_id="acme",
+        step_id="run-2:1",
+        call_id="run-2:1:1",
+        route="default",
+        messages=[common_pb2.ChatMessage(role=common_pb2.ChatMessage.ROLE_USER, content="hi")],
+    )
+    out = encode(
+        namespaced(Topics.MODEL_REQUESTS, namespace), "run-2", request, event_id="r2", source="t"
+    )
+    await producer.send_and_wait(out.topic, out.value, key=out.key, headers=list(out.headers))
+    # The shipped routes file (no STEPLINE_ROUTES) and no key anywhere: a production router.
+    unset = ("STEPLINE_ROUTES", "STEPLINE_SECRETS_DIR", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(
+        STEPLINE_TOPIC_NAMESPACE=namespace,
+        STEPLINE_PARTITIONS="1",
+        STEPLINE_GRPC_ENABLED="false",
+        STEPLINE_METRICS_PORT="0",
+    )
+    log = tmp_path / "router.log"
+    process = _start(env, log)
+    try:
+        results = await read_all(
+            kafka, namespaced(Topics.MODEL_RESULTS, namespace), expect=1, timeout_s=60
+        )
+        assert len(results) == 1, log.read_text()
+        failed = model_pb2.ModelCallResult.FromString(results[0].value or b"").failed
+        assert failed.kind == model_pb2.MODEL_CALL_ERROR_KIND_NO_ELIGIBLE_DEPLOYMENT
+        assert not failed.retryable
+        assert "route 'default' has no reachable deployment" in failed.message
+        assert "openai-gpt-4o-mini needs OPENAI_API_KEY" in failed.message
+        assert "anthropic-haiku needs ANTHROPIC_API_KEY" in failed.message
+        assert list(failed.attempts) == []  # never the offline stand-in
+        # And the router said so at start, once per unreachable production route.
+        text = log.read_text()
+        for route in ("default", "fast", "reasoning"):
+            assert f'"route": "{route}"' in text, text[-3000:]
+        assert "route has no reachable deployment" in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
