@@ -9,7 +9,7 @@ from stepline.v1 import goals_pb2, model_pb2, planner_state_pb2
 from stepline_planner import convert
 from stepline_planner import outputs as o
 from stepline_planner.handlers import PlannerHandler, PlannerTopics
-from stepline_planner.inputs import ModelCompleted, SessionGranted, ToolCompleted
+from stepline_planner.inputs import ModelCompleted, ModelFailed, SessionGranted, Tick, ToolCompleted
 from stepline_planner.profiles import SessionBusyPolicy
 from stepline_planner.sessions import decide_session
 from stepline_planner.state import Message, Role, Status, ToolCall
@@ -161,3 +161,24 @@ def test_shipped_agents_file_loads_against_the_price_book() -> None:
     loaded = profiles.load(PriceBook.load(), profiles.default_path())
     assert {"assistant", "researcher", "local"} <= set(loaded.agents)
     assert loaded.agents["assistant"].delegates == ("researcher",)
+
+
+def test_a_retried_step_round_trips_and_a_failure_carries_its_attempt_count() -> None:
+    d = Driver()
+    d.start()
+    d.feed(Tick(), after_s=61)  # the model step's deadline: retried as call r1:1:2
+    restored = convert.run_from_proto(convert.run_to_proto(d.state), "USD")
+    assert restored == d.state
+    assert restored.pending[0].attempt == 2
+    failed = model_pb2.ModelCallResult(
+        run_id="r1",
+        step_id="r1:1",
+        call_id="r1:1:2",
+        failed=model_pb2.ModelCallFailed(
+            kind=model_pb2.MODEL_CALL_ERROR_KIND_DEADLINE_EXCEEDED,
+            attempts=[model_pb2.ModelAttempt(), model_pb2.ModelAttempt()],
+        ),
+    )
+    event = convert.model_result_from_proto(failed)
+    assert isinstance(event, ModelFailed)
+    assert (event.kind, event.attempts) == ("DEADLINE_EXCEEDED", 2)
