@@ -25,7 +25,7 @@ from stepline_client import models_cli
 from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
 from stepline_client.demo import main as demo
 from stepline_client.events import describe, is_terminal, money
-from stepline_client.offline import choose_routes
+from stepline_client.offline import ROUTES_FILE, choose_routes
 from stepline_client.supervisor import Supervisor
 from stepline_localkafka import LocalKafka, find_repo_root
 from stepline_runtime.jsonlines import tail
@@ -83,7 +83,7 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
         env["STEPLINE_KAFKA_BOOTSTRAP"] = local.bootstrap
         print(f"kafka: {local.bootstrap}", file=out)
     env.setdefault("STEPLINE_KAFKA_BOOTSTRAP", settings.kafka.bootstrap)
-    shipped = find_repo_root(Path(__file__).parent) / "deploy" / "config" / "routes.toml"
+    shipped = find_repo_root(Path(__file__).parent) / ROUTES_FILE
     routes = choose_routes(env, shipped=shipped, state_dir=_state_dir())
     env.update(routes.env)
     print(routes.note, file=out)

@@ -17,13 +17,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
+from stepline_client.offline import ROUTES_FILE
 from stepline_localkafka import LocalKafkaError, find_repo_root
 from stepline_pricebook import ModelEntry, ModelPrice, PriceBook, PriceBookError, default_path
 
 __all__ = ["ModelsError", "RouteTarget", "add_parser", "read_route", "run"]
 
 _EXIT_USAGE = 2
-_ROUTES_FILE = Path("deploy/config/routes.toml")
 _UNPRICED = "unpriced"
 
 
@@ -126,7 +126,7 @@ def _routes_path() -> Path:
     if configured:
         return Path(configured)
     try:
-        return find_repo_root() / _ROUTES_FILE
+        return find_repo_root() / ROUTES_FILE
     except LocalKafkaError as error:
         raise ModelsError("no routes file: set STEPLINE_ROUTES or pass --routes") from error
 

@@ -18,8 +18,10 @@ from typing import Any
 
 from stepline_client.demo import render_toml
 
-__all__ = ["RoutesChoice", "choose_routes", "offline_routes"]
+__all__ = ["ROUTES_FILE", "RoutesChoice", "choose_routes", "offline_routes"]
 
+ROUTES_FILE = Path("deploy/config/routes.toml")
+"""The shipped routes file, relative to the repository root."""
 _LOCAL = "local"  # the provider kind of the offline stand-in
 
 
