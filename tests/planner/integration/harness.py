@@ -68,7 +68,7 @@ run_deadline_s = 3
 system_prompt = "You answer at once."
 route = "r"
 tools = []
-model_step_deadline_s = 8
+model_step_deadline_s = 10
 
 [agents.boss]
 system_prompt = "You delegate."
