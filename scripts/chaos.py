@@ -170,9 +170,9 @@ class FlakyProvider(_Server):
                 if done.tool_calls:
                     message["tool_calls"] = [
                         {
-                            "id": c.id,
+                            "id": c.call_id,
                             "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments},
+                            "function": {"name": c.name, "arguments": c.arguments_json},
                         }
                         for c in done.tool_calls
                     ]

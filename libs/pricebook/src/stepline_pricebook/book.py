@@ -12,34 +12,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from stepline_vocab import ConfigurationError, Tokens
+
+# `Tokens` is re-exported: the price book prices the shared token counts.
 __all__ = ["ModelPrice", "PriceBook", "PriceBookError", "Tokens", "default_path"]
 
 _PER_MILLION = Decimal(1_000_000)
 
 
-class PriceBookError(ValueError):
+class PriceBookError(ConfigurationError):
     """The price book file is malformed; the message names the entry and what to fix."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """Token counts; cached and cache-write are subsets of input, reasoning of output."""
-
-    input: int = 0
-    output: int = 0
-    cached_input: int = 0
-    cache_write_input: int = 0
-    reasoning: int = 0
-
-    def __add__(self, other: Tokens) -> Tokens:
-        """Component-wise sum."""
-        return Tokens(
-            self.input + other.input,
-            self.output + other.output,
-            self.cached_input + other.cached_input,
-            self.cache_write_input + other.cache_write_input,
-            self.reasoning + other.reasoning,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,7 +222,7 @@ def completed_message(outcome: CallSucceeded) -> model_pb2.ModelCallCompleted:
     return model_pb2.ModelCallCompleted(
         content=answer.content,
         tool_calls=[
-            common_pb2.ToolCall(call_id=c.id, name=c.name, arguments_json=c.arguments)
+            common_pb2.ToolCall(call_id=c.call_id, name=c.name, arguments_json=c.arguments_json)
             for c in answer.tool_calls
         ],
         finish_reason=model_pb2.FinishReason.Value(
