@@ -6,11 +6,16 @@ import tomllib
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from stepline_planner import outputs as o
 from stepline_planner import profiles
+from stepline_planner.convert import model_request_to_proto
 from stepline_planner.decide import Context
+from stepline_planner.state import Reason
 from stepline_planner.transcript import estimate_tokens
 from stepline_pricebook import ModelPrice, PriceBook
+from stepline_routes import parse_routes
 from tests.planner.unit.helpers import Driver
 
 CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "config"
@@ -71,3 +76,68 @@ def test_budget_between_cheap_and_dear_deployment_does_not_start_a_full_call() -
     assert all(c.max_output_tokens < researcher.max_output_tokens for c in calls)
     for reserved in d.events(o.BudgetReserved):
         assert reserved.amount <= budget
+
+
+ROUTES = """
+[deployments.cheap]
+provider = "openai"
+model = "gpt-4o-mini"
+[deployments.mystery]
+provider = "openai_compatible"
+model = "unpriced-model"
+[routes.plain]
+deployments = ["cheap"]
+[routes.streamed]
+deployments = ["cheap"]
+stream = true
+[routes.open]
+deployments = ["cheap", "mystery"]
+"""
+AGENTS = """
+[agents.quiet]
+system_prompt = "q"
+route = "plain"
+[agents.chatty]
+system_prompt = "c"
+route = "plain"
+stream = true
+[agents.flowing]
+system_prompt = "f"
+route = "streamed"
+[agents.lost]
+system_prompt = "l"
+route = "nowhere"
+"""
+
+
+def _profiles(agents: str = AGENTS) -> profiles.Profiles:
+    return profiles.parse(agents, PriceBook.load(), parse_routes(ROUTES))
+
+
+def test_agents_toml_no_longer_types_route_prices() -> None:
+    with pytest.raises(profiles.ProfilesError, match="routes file"):
+        _profiles(AGENTS + '\n[routes.plain]\nprice_provider = "openai"\n')
+
+
+def test_an_agent_on_a_route_with_an_unpriced_deployment_is_refused_at_load() -> None:
+    with pytest.raises(profiles.ProfilesError, match="mystery"):
+        _profiles(AGENTS + '\n[agents.risky]\nsystem_prompt = "r"\nroute = "open"\n')
+
+
+def test_a_goal_for_an_agent_whose_route_is_not_routed_fails_clearly() -> None:
+    d = Driver(Context(_profiles()))
+    d.start(agent="lost")
+    failed = d.events(o.RunFailed)[0]
+    assert failed.reason is Reason.MODEL_FAILED
+    assert "'nowhere'" in failed.message
+
+
+@pytest.mark.parametrize(
+    ("agent", "stream"), [("quiet", False), ("chatty", True), ("flowing", True)]
+)
+def test_the_profile_or_the_route_asks_for_streamed_model_calls(agent: str, stream: bool) -> None:
+    d = Driver(Context(_profiles()))
+    d.start(agent=agent)
+    call = d.one(o.ModelCallRequested)
+    assert call.stream is stream
+    assert model_request_to_proto(call).stream is stream

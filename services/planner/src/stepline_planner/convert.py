@@ -398,6 +398,7 @@ def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequ
         metadata=dict(req.metadata),
         agent=req.agent,
         requested_at=_ts(req.requested_at),
+        stream=req.stream,
     )
 
 

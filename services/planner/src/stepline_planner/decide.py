@@ -292,6 +292,12 @@ def _invalid(
     if profile is None:
         known = ", ".join(sorted(ctx.profiles.agents)) or "none"
         return Reason.UNKNOWN_AGENT, f"unknown agent {goal.agent!r} (known: {known})"
+    if profile.route not in ctx.profiles.routes:
+        return (
+            Reason.MODEL_FAILED,
+            f"agent {goal.agent!r} uses route {profile.route!r}, which the router's routes "
+            "file does not define",
+        )
     allowed = ctx.profiles.tenant_tools.get(goal.tenant_id)
     if allowed is not None:
         used = list(profile.tools) + ([DELEGATE_TOOL.name] if profile.delegates else [])
@@ -444,6 +450,7 @@ def _next_model_turn(tx: _Tx) -> None:
             currency=run.currency,
             metadata=run.metadata,
             requested_at=tx.now,
+            stream=profile.stream or route.stream,
         )
     )
 
