@@ -235,9 +235,7 @@ def _table(data: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _deployment(
-    name: str, entry: Any, providers: frozenset[str] | None, where: str
-) -> Deployment:
+def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: str) -> Deployment:
     if not isinstance(entry, dict):
         raise RoutesError(f"{where}: must be a table")
     leaked = sorted(k for k in entry if k.lower() in _SECRET_KEYS)

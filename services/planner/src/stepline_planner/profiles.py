@@ -147,9 +147,7 @@ def load(
     return parse(text, prices, routes or load_routes(), origin=str(source))
 
 
-def parse(
-    text: str, prices: PriceBook, routes: RoutesConfig, origin: str = "<agents>"
-) -> Profiles:
+def parse(text: str, prices: PriceBook, routes: RoutesConfig, origin: str = "<agents>") -> Profiles:
     """Parse TOML text; every route an agent uses must be priced so reservations are bounds."""
     try:
         data = tomllib.loads(text)
