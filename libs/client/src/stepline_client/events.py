@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from stepline.v1 import common_pb2, control_pb2, runs_pb2
+from stepline_vocab import format_amount, wire
 
 __all__ = ["TERMINAL", "describe", "is_terminal", "money"]
 
@@ -21,7 +20,7 @@ def money(amount: common_pb2.Money) -> str:
     if not amount.amount:
         return "-"
     symbol = "$" if amount.currency in ("", "USD") else f"{amount.currency} "
-    return f"{symbol}{Decimal(amount.amount):f}"
+    return f"{symbol}{format_amount(wire.amount_of(amount, negative=True))}"
 
 
 def _tokens(usage: common_pb2.TokenUsage) -> str:

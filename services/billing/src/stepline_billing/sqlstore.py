@@ -22,6 +22,7 @@ import psycopg
 from stepline_billing.ledger import Kind, LedgerEntry, PricedBy, TokenCounts, Usage
 from stepline_billing.rollups import Granularity, Rollup, RollupKey, keys_for
 from stepline_billing.store import Cursor, LedgerQuery, Recorded, RunTotals, Spend
+from stepline_vocab import format_amount
 
 __all__ = ["PostgresLedgerStore", "SqliteLedgerStore"]
 
@@ -119,7 +120,7 @@ class _SqlLedgerStore(ABC):
         self._conn.close()
 
     def _money_param(self, value: Decimal | None) -> Any:
-        return None if value is None else str(value)
+        return None if value is None else format_amount(value)
 
     def _bool_param(self, value: bool) -> Any:
         return value
