@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from stepline.v1 import common_pb2, goals_pb2, model_pb2, tools_pb2, usage_pb2
 from stepline_billing.convert import entry_to_proto, usage_from_proto
-from stepline_billing.ledger import Kind, LedgerEntry, PricedBy, Usage
+from stepline_billing.ledger import Kind, LedgerEntry, PricedBy, UsageRecord
 from stepline_client.events import money as describe_money
 from stepline_executor.handlers import Pricing, announcement
 from stepline_executor.model import ToolSpec as ExecutorTool
@@ -58,7 +58,7 @@ def _router_result(amount: Decimal) -> common_pb2.Money:
 
 
 def _billing_entry(amount: Decimal) -> common_pb2.Money:
-    usage = Usage("u1", "t", Kind.MODEL_ATTEMPT, NOW)
+    usage = UsageRecord("u1", "t", Kind.MODEL_ATTEMPT, NOW)
     return entry_to_proto(LedgerEntry(usage, amount, "USD", "v", PricedBy.PRICE_BOOK)).cost
 
 

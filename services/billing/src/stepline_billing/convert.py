@@ -1,4 +1,4 @@
-"""The protobuf boundary: `UsageRecorded` → `Usage`, and core results → proto messages."""
+"""The protobuf boundary: `UsageRecorded` → `UsageRecord`, and core results → proto messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import budgets_pb2, model_pb2, tools_pb2, usage_pb2
 from stepline_billing.budgets import Budget, Period, RunBudget
-from stepline_billing.ledger import Kind, LedgerEntry, Usage
+from stepline_billing.ledger import Kind, LedgerEntry, UsageRecord
 from stepline_billing.rollups import Granularity, Rollup
 from stepline_runtime.codec import Cause, InvalidRecordError
 from stepline_vocab import MoneyError, wire
@@ -55,7 +55,7 @@ def granularity_from_proto(value: usage_pb2.RollupGranularity.ValueType) -> Gran
     return _GRANULARITIES.get(value, Granularity.DAILY)
 
 
-def usage_from_proto(message: usage_pb2.UsageRecorded, fallback_time_ms: int) -> Usage:
+def usage_from_proto(message: usage_pb2.UsageRecorded, fallback_time_ms: int) -> UsageRecord:
     """Validate and convert; raise `InvalidRecordError` (→ DLQ with the reason) when unusable."""
     if not message.usage_id:
         raise _invalid("UsageRecorded.usage_id is empty: it is the ledger's idempotency key")
@@ -80,7 +80,7 @@ def usage_from_proto(message: usage_pb2.UsageRecorded, fallback_time_ms: int) ->
     else:
         # The record's own timestamp is stable across redeliveries, unlike the clock.
         occurred = datetime.fromtimestamp(fallback_time_ms / 1000, UTC)
-    return Usage(
+    return UsageRecord(
         usage_id=message.usage_id,
         tenant_id=message.tenant_id,
         kind=kind,
