@@ -22,17 +22,18 @@ from stepline_runtime.ids import derive_run_id, new_run_id
 from stepline_runtime.processor import inbound
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import Topics
+from stepline_vocab import SteplineError
 
 __all__ = ["BrokerUnavailableError", "Goal", "RunTimeoutError", "Stepline"]
 
 SOURCE = "stepline-client"
 
 
-class BrokerUnavailableError(RuntimeError):
+class BrokerUnavailableError(SteplineError, RuntimeError):
     """No broker answered at the configured bootstrap address."""
 
 
-class RunTimeoutError(TimeoutError):
+class RunTimeoutError(SteplineError, TimeoutError):
     """A run did not reach a terminal event in time."""
 
 

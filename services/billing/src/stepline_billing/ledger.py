@@ -8,7 +8,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from stepline_pricebook import PriceBook
-from stepline_vocab import Tokens
+from stepline_vocab import BadInputError, Tokens
 
 __all__ = ["Kind", "LedgerEntry", "PricedBy", "PricingError", "UsageRecord", "price"]
 
@@ -28,7 +28,7 @@ class PricedBy(StrEnum):
     UNPRICED = "unpriced"  # nobody knew a price: cost unknown, never zero
 
 
-class PricingError(ValueError):
+class PricingError(BadInputError):
     """A usage record whose cost cannot be trusted (bad amount, other currency)."""
 
 

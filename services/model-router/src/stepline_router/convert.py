@@ -20,7 +20,7 @@ from stepline_router.types import (
     ToolSpec,
     Usage,
 )
-from stepline_vocab import MoneyError, format_amount, wire
+from stepline_vocab import BadInputError, MoneyError, format_amount, wire
 
 __all__ = [
     "InvalidRequestError",
@@ -40,7 +40,7 @@ _FORMATS = {
 }
 
 
-class InvalidRequestError(ValueError):
+class InvalidRequestError(BadInputError):
     """The request is semantically invalid; the message says what to fix."""
 
 

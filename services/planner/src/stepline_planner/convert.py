@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import assert_never
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -530,7 +531,7 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                 step_id=b.step_id,
             )
         )
-    else:
+    elif isinstance(b, o.RunCancelled):
         msg.cancelled.CopyFrom(
             runs_pb2.RunCancelled(
                 reason=b.reason,
@@ -542,6 +543,8 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                 duration=_duration(b.duration),
             )
         )
+    else:
+        assert_never(b)
     return msg
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import assert_never
 
 from stepline_planner.inputs import (
     ApprovalDecided,
@@ -79,6 +80,7 @@ from stepline_planner.state import (
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
 from stepline_runtime.ids import derive_run_id
+from stepline_vocab import BadInputError
 
 __all__ = [
     "DELEGATE_TOOL",
@@ -108,7 +110,7 @@ DELEGATE_TOOL = ToolSpec(
 _CHILD_GRACE = timedelta(seconds=5)
 
 
-class RejectedError(ValueError):
+class RejectedError(BadInputError):
     """The input is refused (e.g. a command for another tenant's run); state is unchanged."""
 
 
@@ -169,8 +171,10 @@ def decide(
     elif isinstance(event, SessionRejected):
         if tx.run.status is Status.QUEUED:
             _fail(tx, Reason.INVALID_GOAL, f"session {run.session_id!r} is busy: {event.reason}")
-    else:
+    elif isinstance(event, ChildEnded):
         _on_child_ended(tx, event)
+    else:
+        assert_never(event)
     if tx.run is not run:
         tx.set(updated_at=now)
     return tx.run, tx.out
