@@ -80,7 +80,7 @@ from stepline_planner.state import (
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
 from stepline_runtime.ids import derive_run_id
-from stepline_vocab import BadInputError
+from stepline_vocab import BadInputError, format_amount
 
 __all__ = [
     "DELEGATE_TOOL",
@@ -461,8 +461,8 @@ def _next_model_turn(tx: _Tx) -> None:
 
 def _budget_message(worst: Decimal, available: Decimal, currency: str) -> str:
     return (
-        f"the next model call may cost up to {worst.normalize():f} {currency} but only "
-        f"{max(available, Decimal(0)).normalize():f} {currency} of budget is left"
+        f"the next model call may cost up to {format_amount(worst)} {currency} but only "
+        f"{format_amount(max(available, Decimal(0)))} {currency} of budget is left"
     )
 
 
