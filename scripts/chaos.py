@@ -170,9 +170,9 @@ class FlakyProvider(_Server):
                 if done.tool_calls:
                     message["tool_calls"] = [
                         {
-                            "id": c.id,
+                            "id": c.call_id,
                             "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments},
+                            "function": {"name": c.name, "arguments": c.arguments_json},
                         }
                         for c in done.tool_calls
                     ]
@@ -290,11 +290,6 @@ cached_input_per_mtok = "0.025"
     agents.write_text(
         agents.read_text(encoding="utf-8")
         + f"""
-[routes.{AGENT}]
-price_provider = "openai_compatible"
-price_model = "stepline-local-1"
-context_window_tokens = 8192
-
 [agents.{AGENT}]
 system_prompt = "Search the tickets, then post one message about what you found."
 route = "{AGENT}"

@@ -42,14 +42,9 @@ AGENTS = """
 session_busy = "queue"
 finished_retention_s = 3600
 
-[routes.bench]
-price_provider = "local"
-price_model = "stepline-local-1"
-context_window_tokens = 100000
-
 [agents.bench]
 system_prompt = "You are a benchmark agent."
-route = "bench"
+route = "local"
 tools = ["bench_echo"]
 max_steps = 20
 max_parallel_tool_calls = 4

@@ -14,6 +14,7 @@ from stepline_billing.store import LedgerStore
 from stepline_pricebook import PriceBook
 from stepline_runtime.codec import encode
 from stepline_runtime.records import InboundRecord
+from stepline_vocab import format_amount
 
 __all__ = ["NOW", "handler", "inbound", "model_usage", "tool_usage"]
 
@@ -60,7 +61,7 @@ def model_usage(
     )
     if cost is not None:
         message.priced = True
-        message.cost.CopyFrom(common_pb2.Money(currency="USD", amount=str(cost)))
+        message.cost.CopyFrom(common_pb2.Money(currency="USD", amount=format_amount(cost)))
         message.price_book_version = "router-book"
     return message
 

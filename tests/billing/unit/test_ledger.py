@@ -135,3 +135,21 @@ async def test_run_and_daily_budgets_become_exhausted() -> None:
     assert second.version == 2
     [run_entry] = store.entries(LedgerQuery(tenant_id="acme", run_id="r2"), 10)
     assert run_entry.usage.usage_id == "2"
+
+
+@pytest.mark.parametrize("legacy_zero", [False, True])
+async def test_an_unpriced_tool_without_cost_is_unpriced_never_zero(legacy_zero: bool) -> None:
+    """Executors omit `cost` for an unpriced tool; an older one wrote "0 USD" with priced=false."""
+    store = InMemoryLedgerStore()
+    billing = handler(store)
+    message = tool_usage("t/exec", tool="mystery_tool")
+    if legacy_zero:
+        message.cost.currency, message.cost.amount = "USD", "0"
+    assert not message.priced
+    await billing.on_usage_recorded(inbound(message))
+    [entry] = store.sequence()
+    assert (entry.cost, entry.priced_by) == (None, PricedBy.UNPRICED)
+    priced = tool_usage("s/exec", tool="search_documents")  # in the price book: billing prices it
+    await billing.on_usage_recorded(inbound(priced, offset=1))
+    repriced = next(e for e in store.sequence() if e.usage.usage_id == "s/exec")
+    assert (repriced.cost, repriced.priced_by) == (Decimal("0.0002"), PricedBy.PRICE_BOOK)

@@ -208,6 +208,7 @@ async def test_executor_serves_calls_publishes_registry_and_usage(
     assert by_id["ra:1:0/exec"].priced
     assert by_id["ra:1:0/exec"].succeeded
     assert not by_id["ra:1:4/exec"].priced  # no price-book entry: unpriced, never free
+    assert not by_id["ra:1:4/exec"].HasField("cost")  # unpriced omits cost, as model attempts do
 
 
 async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twice(

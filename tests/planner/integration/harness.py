@@ -35,11 +35,6 @@ AGENTS = """
 session_busy = "queue"
 finished_retention_s = 3600
 
-[routes.r]
-price_provider = "local"
-price_model = "stepline-local-1"
-context_window_tokens = 100000
-
 [agents.worker]
 system_prompt = "You are a test worker."
 route = "r"
@@ -77,6 +72,17 @@ tools = ["echo"]
 delegates = ["worker"]
 """
 
+# The planner reads the route's price and context window from the router's routes file.
+ROUTES = """
+[deployments.local]
+provider = "local"
+model = "stepline-local-1"
+capabilities = { context_window = 100000 }
+
+[routes.r]
+deployments = ["local"]
+"""
+
 
 class System:
     """One namespace with the planner and the responder running against it."""
@@ -108,6 +114,7 @@ class System:
             "STEPLINE_TOPIC_NAMESPACE": self.ns,
             "STEPLINE_PARTITIONS": str(PARTITIONS),
             "STEPLINE_AGENTS": str(self.workdir / "agents.toml"),
+            "STEPLINE_ROUTES": str(self.workdir / "routes.toml"),
             "STEPLINE_TICK_INTERVAL_S": "0.2",
             "STEPLINE_SESSION_TIMEOUT_MS": "6000",
             "STEPLINE_LOG_FORMAT": "text",
@@ -136,6 +143,7 @@ class System:
         for budget in budgets:
             await self.publish("stepline.budgets.v1", budget.tenant_id, budget)
         (self.workdir / "agents.toml").write_text(AGENTS)
+        (self.workdir / "routes.toml").write_text(ROUTES)
         (self.workdir / "script.json").write_text(json.dumps(self.script))
         self._watch = asyncio.create_task(self._follow())
         self.start_planner()

@@ -285,7 +285,7 @@ async def test_anthropic_529_overloaded_then_fallback_with_cache_usage(
     assert (usage.input, usage.cached_input, usage.cache_write_input) == (130, 100, 20)
     # 10×1 + 100×0.10 + 20×1.25 + 9×5 per M
     assert outcome.attempts[-1].cost == Decimal("0.00009")
-    assert json.loads(outcome.completion.tool_calls[0].arguments) == {"city": "Oslo"}
+    assert json.loads(outcome.completion.tool_calls[0].arguments_json) == {"city": "Oslo"}
     sent = fallback.received[0]
     assert sent.path == "/v1/messages"
     assert sent.headers["x-api-key"] == SECRET

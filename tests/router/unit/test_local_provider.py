@@ -82,7 +82,7 @@ def _request(*messages: Message) -> ModelRequest:
 
 def test_lookups_come_first_with_arguments_lifted_from_the_text() -> None:
     completion = respond(_request())
-    calls = {c.name: json.loads(c.arguments) for c in completion.tool_calls}
+    calls = {c.name: json.loads(c.arguments_json) for c in completion.tool_calls}
     # The writing tool waits until the lookups are back.
     assert set(calls) == {"crm_find_customer", "search_documents"}
     assert calls["crm_find_customer"] == {"email": "ops@acme.example"}
@@ -94,14 +94,16 @@ def test_the_reply_is_written_from_the_lookups_then_the_run_is_answered() -> Non
     first = respond(_request()).tool_calls
     results = [
         Message(
-            Role.TOOL, CUSTOMER if c.name == "crm_find_customer" else TICKETS, tool_call_id=c.id
+            Role.TOOL,
+            CUSTOMER if c.name == "crm_find_customer" else TICKETS,
+            tool_call_id=c.call_id,
         )
         for c in first
     ]
     turn = [Message(Role.ASSISTANT, "", tool_calls=first), *results]
     second = respond(_request(*turn))
     assert [c.name for c in second.tool_calls] == ["send_reply"]
-    arguments = json.loads(second.tool_calls[0].arguments)
+    arguments = json.loads(second.tool_calls[0].arguments_json)
     assert arguments["ticket_id"] == "T-1012"
     body = arguments["body"]
     assert body.startswith("Hello Acme Corp,")
@@ -109,7 +111,7 @@ def test_the_reply_is_written_from_the_lookups_then_the_run_is_answered() -> Non
     assert "offer the customer a partial shipment now or a full refund" in body
     assert "T-1012" in body  # the source it is based on
 
-    sent = Message(Role.TOOL, '{"status": "sent"}', tool_call_id=second.tool_calls[0].id)
+    sent = Message(Role.TOOL, '{"status": "sent"}', tool_call_id=second.tool_calls[0].call_id)
     final = respond(
         _request(*turn, Message(Role.ASSISTANT, "", tool_calls=second.tool_calls), sent)
     )
@@ -139,7 +141,7 @@ def test_a_writing_tool_alone_is_called_at_once_and_lengths_are_respected() -> N
         tools=(short,),
     )
     (call,) = respond(request).tool_calls
-    arguments = json.loads(call.arguments)
+    arguments = json.loads(call.arguments_json)
     assert arguments["ticket_id"] == "T-7"
     assert 0 < len(arguments["body"]) <= 40
 
@@ -177,7 +179,7 @@ def _ask(text: str, *tools: ToolSpec) -> ModelRequest:
 
 
 def _calls(text: str, *tools: ToolSpec) -> dict[str, dict[str, object]]:
-    return {c.name: json.loads(c.arguments) for c in respond(_ask(text, *tools)).tool_calls}
+    return {c.name: json.loads(c.arguments_json) for c in respond(_ask(text, *tools)).tool_calls}
 
 
 def test_numbers_fill_numeric_parameters_in_order() -> None:

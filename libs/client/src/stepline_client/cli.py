@@ -31,13 +31,14 @@ from stepline_localkafka import LocalKafka, find_repo_root
 from stepline_runtime.jsonlines import tail
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import CATALOG, Topics
+from stepline_vocab import SteplineError
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
+class CliError(SteplineError):
     """A failure the user can fix; the message says how."""
 
 

@@ -15,24 +15,25 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import common_pb2, control_pb2, goals_pb2, runs_pb2
+from stepline.v1 import control_pb2, goals_pb2, runs_pb2
 from stepline_client.events import is_terminal
 from stepline_runtime.codec import InvalidRecordError, decode, encode
 from stepline_runtime.ids import derive_run_id, new_run_id
 from stepline_runtime.processor import inbound
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import Topics
+from stepline_vocab import SteplineError, wire
 
 __all__ = ["BrokerUnavailableError", "Goal", "RunTimeoutError", "Stepline"]
 
 SOURCE = "stepline-client"
 
 
-class BrokerUnavailableError(RuntimeError):
+class BrokerUnavailableError(SteplineError, RuntimeError):
     """No broker answered at the configured bootstrap address."""
 
 
-class RunTimeoutError(TimeoutError):
+class RunTimeoutError(SteplineError, TimeoutError):
     """A run did not reach a terminal event in time."""
 
 
@@ -147,10 +148,9 @@ class Stepline:
             parent_run_id=goal.parent_run_id,
             submitted_by=goal.submitted_by,
         )
-        if goal.budget is not None:
-            message.budget.CopyFrom(
-                common_pb2.Money(currency=goal.currency, amount=format(goal.budget, "f"))
-            )
+        budget = wire.money_to_proto(goal.budget, goal.currency)
+        if budget is not None:
+            message.budget.CopyFrom(budget)
         if goal.deadline is not None:
             message.deadline.CopyFrom(_timestamp(goal.deadline))
         return await self.submit_message(message)

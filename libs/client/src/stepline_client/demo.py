@@ -50,6 +50,7 @@ from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
 from stepline_runtime.settings import KafkaSettings, ServiceSettings
 from stepline_runtime.topics import Topics
+from stepline_vocab import wire
 
 __all__ = ["DemoResult", "FailingProvider", "ReplyReceiver", "main", "render_toml", "run_demo"]
 
@@ -541,7 +542,7 @@ def cost_table(records: list[usage_pb2.UsageRecorded], steps: Mapping[str, str])
             ]
         )
         total = totals[what]
-        total[0] = Decimal(total[0]) + (Decimal(r.cost.amount or 0) if r.priced else Decimal(0))
+        total[0] = Decimal(total[0]) + (wire.amount_of(r.cost) if r.priced else Decimal(0))
         total[1] = int(total[1]) + 1
         total[2] = int(total[2]) + (0 if r.priced else 1)
         total[3] = int(total[3]) + r.usage.input_tokens + r.usage.output_tokens

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from typing import assert_never
 
 from stepline.v1 import common_pb2, control_pb2, runs_pb2
+from stepline_vocab import format_amount, wire
 
 __all__ = ["TERMINAL", "describe", "is_terminal", "money"]
 
@@ -21,7 +22,7 @@ def money(amount: common_pb2.Money) -> str:
     if not amount.amount:
         return "-"
     symbol = "$" if amount.currency in ("", "USD") else f"{amount.currency} "
-    return f"{symbol}{Decimal(amount.amount):f}"
+    return f"{symbol}{format_amount(wire.amount_of(amount, negative=True))}"
 
 
 def _tokens(usage: common_pb2.TokenUsage) -> str:
@@ -51,42 +52,50 @@ def _step(event: runs_pb2.StepCompleted) -> str:
 def describe(event: runs_pb2.RunEvent) -> str:
     """One line saying what happened, for live progress displays."""
     kind = event.WhichOneof("event")
-    if kind == "queued":
-        return f"queued: {event.queued.reason}"
-    if kind == "started":
-        return f"started: {event.started.goal!r} (agent {event.agent}, route {event.started.route})"
-    if kind == "step_started":
-        s = event.step_started
-        what = f"tool {s.tool}({s.arguments_json})" if s.tool else f"model call on {s.route}"
-        return f"step {s.step_id.rsplit(':', 1)[-1]} started: {what}"
-    if kind == "step_completed":
-        c = event.step_completed
-        return f"step {c.step_id.rsplit(':', 1)[-1]} done: {_step(c)}"
-    if kind == "approval_requested":
-        a = event.approval_requested
-        return (
-            f"approval needed for {a.tool}({a.arguments_json}) — "
-            f"`stepline approve {event.run_id} {a.approval_id}` or `stepline deny …`"
-        )
-    if kind == "approval_resolved":
-        r = event.approval_resolved
-        verdict = control_pb2.ApprovalDecision.Name(r.decision).removeprefix("APPROVAL_DECISION_")
-        return f"approval {verdict.lower()}{' (timed out)' if r.timed_out else ''} {r.reason}"
-    if kind == "duplicate_result_ignored":
-        return f"duplicate result ignored for {event.duplicate_result_ignored.call_id}"
-    if kind == "budget_reserved":
-        b = event.budget_reserved
-        return f"budget reserved {money(b.amount)} (in flight {money(b.reserved_total)})"
-    if kind == "child_run_started":
-        return f"child run {event.child_run_started.child_run_id} started"
-    if kind == "wrap_up_started":
-        return f"wrapping up: {event.wrap_up_started.message}"
-    if kind == "completed":
-        done = event.completed
-        return f"completed in {done.steps} steps ({_tokens(done.usage)}, {money(done.cost)})"
-    if kind == "failed":
-        f = event.failed
-        return f"failed ({_enum('RunFailureReason', f.reason, 'RUN_FAILURE_REASON_')}): {f.message}"
-    if kind == "cancelled":
-        return f"cancelled: {event.cancelled.reason}"
-    return kind or "unknown event"
+    match kind:
+        case "queued":
+            return f"queued: {event.queued.reason}"
+        case "started":
+            started = event.started
+            return f"started: {started.goal!r} (agent {event.agent}, route {started.route})"
+        case "step_started":
+            s = event.step_started
+            what = f"tool {s.tool}({s.arguments_json})" if s.tool else f"model call on {s.route}"
+            return f"step {s.step_id.rsplit(':', 1)[-1]} started: {what}"
+        case "step_completed":
+            c = event.step_completed
+            return f"step {c.step_id.rsplit(':', 1)[-1]} done: {_step(c)}"
+        case "approval_requested":
+            a = event.approval_requested
+            return (
+                f"approval needed for {a.tool}({a.arguments_json}) — "
+                f"`stepline approve {event.run_id} {a.approval_id}` or `stepline deny …`"
+            )
+        case "approval_resolved":
+            r = event.approval_resolved
+            verdict = control_pb2.ApprovalDecision.Name(r.decision).removeprefix(
+                "APPROVAL_DECISION_"
+            )
+            return f"approval {verdict.lower()}{' (timed out)' if r.timed_out else ''} {r.reason}"
+        case "duplicate_result_ignored":
+            return f"duplicate result ignored for {event.duplicate_result_ignored.call_id}"
+        case "budget_reserved":
+            b = event.budget_reserved
+            return f"budget reserved {money(b.amount)} (in flight {money(b.reserved_total)})"
+        case "child_run_started":
+            return f"child run {event.child_run_started.child_run_id} started"
+        case "wrap_up_started":
+            return f"wrapping up: {event.wrap_up_started.message}"
+        case "completed":
+            done = event.completed
+            return f"completed in {done.steps} steps ({_tokens(done.usage)}, {money(done.cost)})"
+        case "failed":
+            f = event.failed
+            reason = _enum("RunFailureReason", f.reason, "RUN_FAILURE_REASON_")
+            return f"failed ({reason}): {f.message}"
+        case "cancelled":
+            return f"cancelled: {event.cancelled.reason}"
+        case None:
+            return "unknown event"  # from a newer producer: its kind is not in our contract
+        case _:
+            assert_never(kind)

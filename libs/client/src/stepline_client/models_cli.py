@@ -10,16 +10,15 @@ import argparse
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from stepline_client.offline import ROUTES_FILE
-from stepline_localkafka import LocalKafkaError, find_repo_root
 from stepline_pricebook import ModelEntry, ModelPrice, PriceBook, PriceBookError, default_path
+from stepline_routes import RoutesError, load_routes
+from stepline_routes import default_path as default_routes_path
 
 __all__ = ["ModelsError", "RouteTarget", "add_parser", "read_route", "run"]
 
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace, _settings: object, out: TextIO) -> int:
     try:
         book = PriceBook.load(args.pricebook or default_path())
         if args.route:
-            targets = read_route(args.routes or _routes_path(), args.route)
+            targets = read_route(args.routes or default_routes_path(), args.route)
             rows = [_target_row(book, t) for t in targets]
         else:
             rows = [_entry_row(e) for e in _sorted(book.model_entries())]
@@ -87,48 +86,28 @@ def run(args: argparse.Namespace, _settings: object, out: TextIO) -> int:
 
 
 def read_route(path: Path, route: str) -> list[RouteTarget]:
-    """The deployments of `route` in a routes file, in the route's order.
-
-    Reads only what the listing needs. The model-router validates the whole file with its own
-    parser (`stepline_router.routes`), which lives in the router service, not in a library.
-    """
+    """The deployments of `route` in a routes file, in the route's order."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ModelsError(f"cannot read routes file {path}: {error.strerror}") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ModelsError(f"{path}: not valid TOML: {error}") from error
-    routes = data.get("routes", {})
-    deployments = data.get("deployments", {})
-    entry = routes.get(route) if isinstance(routes, dict) else None
-    if not isinstance(entry, dict):
-        known = ", ".join(sorted(routes)) if isinstance(routes, dict) else ""
+        config = load_routes(path)
+    except RoutesError as error:
+        raise ModelsError(str(error)) from error
+    found = config.routes.get(route)
+    if found is None:
+        known = ", ".join(sorted(config.routes))
         raise ModelsError(f"no route {route!r} in {path}; routes: {known or 'none'}")
-    targets = []
-    for name in entry.get("deployments", []):
-        declared = deployments.get(name) if isinstance(deployments, dict) else None
-        if not isinstance(declared, dict):
-            raise ModelsError(f"{path}: route {route!r} names undefined deployment {name!r}")
-        capabilities = declared.get("capabilities", {})
-        targets.append(
-            RouteTarget(
-                deployment=str(name),
-                provider=str(declared.get("provider", "")),
-                model=str(declared.get("model", "")),
-                capabilities=capabilities if isinstance(capabilities, dict) else {},
-            )
+    return [
+        RouteTarget(
+            deployment=d.name,
+            provider=d.provider,
+            model=d.model,
+            capabilities={
+                "tools": d.capabilities.tools,
+                "streaming": d.capabilities.streaming,
+                "context_window": d.capabilities.context_window,
+            },
         )
-    return targets
-
-
-def _routes_path() -> Path:
-    configured = os.environ.get("STEPLINE_ROUTES")
-    if configured:
-        return Path(configured)
-    try:
-        return find_repo_root() / ROUTES_FILE
-    except LocalKafkaError as error:
-        raise ModelsError("no routes file: set STEPLINE_ROUTES or pass --routes") from error
+        for d in found.deployments
+    ]
 
 
 def _sorted(entries: Iterable[ModelEntry]) -> list[ModelEntry]:

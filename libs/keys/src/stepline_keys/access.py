@@ -7,6 +7,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
+from stepline_vocab import SteplineError
+
 __all__ = [
     "AuthError",
     "Authenticator",
@@ -60,7 +62,7 @@ class Principal:
         return not self.agents or agent in self.agents
 
 
-class AuthError(Exception):
+class AuthError(SteplineError):
     """Root of the errors a front door maps to its protocol's status codes."""
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from stepline_vocab import SteplineError
+
 __all__ = ["KafkaNotReadyError", "LocalKafkaError"]
 
 
-class LocalKafkaError(Exception):
+class LocalKafkaError(SteplineError):
     """A problem the user has to act on; the message says what to do."""
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 from stepline_pricebook.catalog import CATALOG_PACKAGE, Catalog, load_catalog
 from stepline_pricebook.prices import ModelEntry, ModelPrice, PriceSource, Tokens
+from stepline_vocab import ConfigurationError
 
 __all__ = ["ModelPrice", "PriceBook", "PriceBookError", "Tokens", "default_path"]
 
 _CATALOG_CURRENCY = "USD"
 
 
-class PriceBookError(ValueError):
+class PriceBookError(ConfigurationError):
     """The price book file is malformed; the message names the entry and what to fix."""
 
 

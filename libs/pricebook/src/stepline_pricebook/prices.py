@@ -11,30 +11,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 
+from stepline_vocab import Tokens
+
 __all__ = ["ModelEntry", "ModelPrice", "PriceSource", "PriceTier", "Tokens", "max_price"]
 
 _PER_MILLION = Decimal(1_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """Token counts; cached and cache-write are subsets of input, reasoning of output."""
-
-    input: int = 0
-    output: int = 0
-    cached_input: int = 0
-    cache_write_input: int = 0
-    reasoning: int = 0
-
-    def __add__(self, other: Tokens) -> Tokens:
-        """Component-wise sum."""
-        return Tokens(
-            self.input + other.input,
-            self.output + other.output,
-            self.cached_input + other.cached_input,
-            self.cache_write_input + other.cache_write_input,
-            self.reasoning + other.reasoning,
-        )
 
 
 @dataclass(frozen=True, slots=True)

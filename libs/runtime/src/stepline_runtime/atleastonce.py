@@ -33,6 +33,7 @@ from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
+from stepline_vocab import SteplineError
 
 __all__ = [
     "AtLeastOnce",
@@ -197,7 +198,7 @@ class AtLeastOnce:
         RECORDS_PROCESSED.labels(self._consumer, record.topic).inc()
 
 
-class RedeliverError(RuntimeError):
+class RedeliverError(SteplineError, RuntimeError):
     """Raised to make FastStream nack (seek back) so the record is delivered again."""
 
 

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError, Message
 
 from stepline_runtime.headers import CONTENT_TYPE_PROTOBUF, EventHeaders
 from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_vocab import BadInputError
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -39,7 +40,7 @@ class Cause(StrEnum):
     OVERSIZED = "OVERSIZED"
 
 
-class InvalidRecordError(ValueError):
+class InvalidRecordError(BadInputError):
     """A record that cannot become the expected message, with the cause for the DLQ."""
 
     def __init__(self, cause: Cause, reason: str) -> None:

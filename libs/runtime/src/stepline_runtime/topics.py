@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stepline_runtime.settings import ServiceSettings, namespaced
+from stepline_vocab import ConfigurationError
 
 __all__ = [
     "CATALOG",
@@ -146,7 +147,7 @@ CATALOG: tuple[Topic, ...] = (
 )
 
 
-class TopicMismatchError(RuntimeError):
+class TopicMismatchError(ConfigurationError, RuntimeError):
     """An existing topic does not match the catalog in a way that breaks a guarantee."""
 
 

@@ -11,13 +11,14 @@ from pydantic import Field
 
 from stepline_billing.budgets import BudgetConfig, Limits
 from stepline_runtime.settings import ServiceSettings
+from stepline_vocab import ConfigurationError
 
 __all__ = ["ConfigError", "Settings", "load_budgets"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError):
     """The billing config file is malformed; the message says where and how to fix it."""
 
 

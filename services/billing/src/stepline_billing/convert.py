@@ -1,18 +1,19 @@
-"""The protobuf boundary: `UsageRecorded` → `Usage`, and core results → proto messages."""
+"""The protobuf boundary: `UsageRecorded` → `UsageRecord`, and core results → proto messages."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import budgets_pb2, common_pb2, model_pb2, tools_pb2, usage_pb2
+from stepline.v1 import budgets_pb2, model_pb2, tools_pb2, usage_pb2
 from stepline_billing.budgets import Budget, Period, RunBudget
-from stepline_billing.ledger import Kind, LedgerEntry, TokenCounts, Usage
+from stepline_billing.ledger import Kind, LedgerEntry, UsageRecord
 from stepline_billing.rollups import Granularity, Rollup
 from stepline_runtime.codec import Cause, InvalidRecordError
+from stepline_vocab import MoneyError, wire
 
 __all__ = [
     "budget_to_proto",
@@ -21,7 +22,6 @@ __all__ = [
     "kind_from_proto",
     "rollup_to_proto",
     "timestamp",
-    "tokens_to_proto",
     "usage_from_proto",
 ]
 
@@ -55,7 +55,7 @@ def granularity_from_proto(value: usage_pb2.RollupGranularity.ValueType) -> Gran
     return _GRANULARITIES.get(value, Granularity.DAILY)
 
 
-def usage_from_proto(message: usage_pb2.UsageRecorded, fallback_time_ms: int) -> Usage:
+def usage_from_proto(message: usage_pb2.UsageRecorded, fallback_time_ms: int) -> UsageRecord:
     """Validate and convert; raise `InvalidRecordError` (→ DLQ with the reason) when unusable."""
     if not message.usage_id:
         raise _invalid("UsageRecorded.usage_id is empty: it is the ledger's idempotency key")
@@ -64,30 +64,23 @@ def usage_from_proto(message: usage_pb2.UsageRecorded, fallback_time_ms: int) ->
     kind = kind_from_proto(message.kind)
     if kind is None:
         raise _invalid(f"usage {message.usage_id}: kind is unspecified")
-    tokens = message.usage
-    counts = TokenCounts(
-        tokens.input_tokens,
-        tokens.output_tokens,
-        tokens.cached_input_tokens,
-        tokens.cache_write_input_tokens,
-        tokens.reasoning_tokens,
-    )
+    counts = wire.tokens_from_proto(message.usage)
     if min(counts.input, counts.output, counts.cached_input, counts.cache_write_input) < 0:
         raise _invalid(f"usage {message.usage_id}: negative token counts")
     reported: Decimal | None = None
+    # `priced` is the one flag of a known cost: an unpriced record omits `cost` (older
+    # executors wrote "0 USD" there), and its cost is never read as zero.
     if message.priced:
         try:
-            reported = Decimal(message.cost.amount or "0")
-        except InvalidOperation as error:
-            raise _invalid(
-                f"usage {message.usage_id}: cost amount {message.cost.amount!r} is not a decimal"
-            ) from error
+            reported = wire.amount_of(message.cost, what=f"usage {message.usage_id}: cost amount")
+        except MoneyError as error:
+            raise _invalid(str(error)) from error
     if message.HasField("occurred_at"):
         occurred = message.occurred_at.ToDatetime(tzinfo=UTC)
     else:
         # The record's own timestamp is stable across redeliveries, unlike the clock.
         occurred = datetime.fromtimestamp(fallback_time_ms / 1000, UTC)
-    return Usage(
+    return UsageRecord(
         usage_id=message.usage_id,
         tenant_id=message.tenant_id,
         kind=kind,
@@ -125,19 +118,8 @@ def timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def _money(amount: Decimal | None, currency: str) -> common_pb2.Money | None:
-    return None if amount is None else common_pb2.Money(currency=currency, amount=str(amount))
-
-
-def tokens_to_proto(tokens: TokenCounts) -> common_pb2.TokenUsage:
-    """TokenUsage of core counts."""
-    return common_pb2.TokenUsage(
-        input_tokens=tokens.input,
-        output_tokens=tokens.output,
-        cached_input_tokens=tokens.cached_input,
-        cache_write_input_tokens=tokens.cache_write_input,
-        reasoning_tokens=tokens.reasoning,
-    )
+_money = wire.money_to_proto
+tokens_to_proto = wire.tokens_to_proto
 
 
 def entry_to_proto(entry: LedgerEntry) -> usage_pb2.UsageRecorded:

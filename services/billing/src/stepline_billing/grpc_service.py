@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, common_pb2
+from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc
 from stepline_billing.budgets import BudgetConfig
 from stepline_billing.convert import (
     budget_to_proto,
@@ -18,10 +18,10 @@ from stepline_billing.convert import (
     granularity_from_proto,
     kind_from_proto,
     rollup_to_proto,
-    tokens_to_proto,
 )
 from stepline_billing.queries import budget, usage_summary
 from stepline_billing.store import Cursor, LedgerQuery, LedgerStore
+from stepline_vocab import wire
 
 __all__ = ["BillingServicer", "decode_page_token", "encode_page_token"]
 
@@ -90,8 +90,8 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         now = self._clock()
         return billing_service_pb2.GetUsageResponse(
             rollups=[rollup_to_proto(r, self._currency, now) for r in summary.rollups],
-            total_usage=tokens_to_proto(summary.tokens),
-            total_cost=common_pb2.Money(currency=self._currency, amount=str(summary.cost)),
+            total_usage=wire.tokens_to_proto(summary.tokens),
+            total_cost=wire.money_to_proto(summary.cost, self._currency),
             total_calls=summary.calls,
             total_failures=summary.failures,
             total_unpriced_calls=summary.unpriced_calls,

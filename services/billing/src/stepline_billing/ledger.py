@@ -7,9 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from stepline_pricebook import PriceBook, Tokens
+from stepline_pricebook import PriceBook
+from stepline_vocab import BadInputError, Tokens
 
-__all__ = ["Kind", "LedgerEntry", "PricedBy", "PricingError", "TokenCounts", "Usage", "price"]
+__all__ = ["Kind", "LedgerEntry", "PricedBy", "PricingError", "UsageRecord", "price"]
 
 
 class Kind(StrEnum):
@@ -27,17 +28,13 @@ class PricedBy(StrEnum):
     UNPRICED = "unpriced"  # nobody knew a price: cost unknown, never zero
 
 
-class PricingError(ValueError):
+class PricingError(BadInputError):
     """A usage record whose cost cannot be trusted (bad amount, other currency)."""
 
 
-# Token counts are the price book's, so pricing takes them as they are.
-TokenCounts = Tokens
-
-
 @dataclass(frozen=True, slots=True)
-class Usage:
-    """One unit of spend as reported by the router or the executor."""
+class UsageRecord:
+    """One unit of spend (a `UsageRecorded`) as reported by the router or the executor."""
 
     usage_id: str
     tenant_id: str
@@ -53,7 +50,7 @@ class Usage:
     outcome: str = ""
     tool_error_kind: str = ""
     succeeded: bool = True
-    tokens: TokenCounts = field(default_factory=TokenCounts)
+    tokens: Tokens = field(default_factory=Tokens)
     reported_cost: Decimal | None = None
     reported_currency: str = ""
     reported_version: str = ""
@@ -68,7 +65,7 @@ class Usage:
 class LedgerEntry:
     """A priced usage record: what the ledger stores, append-only, once per usage id."""
 
-    usage: Usage
+    usage: UsageRecord
     cost: Decimal | None
     currency: str
     price_book_version: str
@@ -80,7 +77,7 @@ class LedgerEntry:
         return self.cost is not None
 
 
-def price(usage: Usage, book: PriceBook) -> LedgerEntry:
+def price(usage: UsageRecord, book: PriceBook) -> LedgerEntry:
     """Price `usage`: keep a reported cost, else re-price from `book`, else mark it unpriced."""
     if usage.reported_cost is not None:
         currency = usage.reported_currency or book.currency
@@ -109,7 +106,7 @@ def price(usage: Usage, book: PriceBook) -> LedgerEntry:
     )
 
 
-def reprice(usage: Usage, book: PriceBook) -> Decimal | None:
+def reprice(usage: UsageRecord, book: PriceBook) -> Decimal | None:
     """The cost `book` gives `usage`, or None when the book has no price for it."""
     if usage.kind is Kind.TOOL_EXECUTION:
         return book.tool_cost(usage.tool)

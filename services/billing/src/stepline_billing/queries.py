@@ -15,10 +15,11 @@ from stepline_billing.budgets import (
     day_bounds,
     month_bounds,
 )
-from stepline_billing.ledger import LedgerEntry, PricedBy, TokenCounts, reprice
+from stepline_billing.ledger import LedgerEntry, PricedBy, reprice
 from stepline_billing.rollups import Granularity, Rollup, rollup_entries
 from stepline_billing.store import Cursor, LedgerQuery, LedgerStore
 from stepline_pricebook import PriceBook
+from stepline_vocab import Tokens
 
 __all__ = [
     "Drift",
@@ -37,7 +38,7 @@ class UsageSummary:
     """Rollups of a query and their totals."""
 
     rollups: list[Rollup]
-    tokens: TokenCounts
+    tokens: Tokens
     cost: Decimal
     calls: int
     failures: int
@@ -102,7 +103,7 @@ def usage_summary(
         rollups = rollup_entries(all_entries(store, query), granularity)
     else:
         rollups = store.rollups(tenant_id, granularity, start, end)
-    tokens = TokenCounts()
+    tokens = Tokens()
     for rollup in rollups:
         tokens = tokens + rollup.tokens
     return UsageSummary(

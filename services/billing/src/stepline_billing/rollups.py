@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from stepline_billing.ledger import Kind, LedgerEntry, TokenCounts
+from stepline_billing.ledger import Kind, LedgerEntry
+from stepline_vocab import Tokens
 
 __all__ = ["Granularity", "Rollup", "RollupKey", "keys_for", "rollup_entries", "window_start"]
 
@@ -63,7 +64,7 @@ class Rollup:
     """Totals of one rollup key; `cost` sums priced rows only, `unpriced_calls` counts the rest."""
 
     key: RollupKey
-    tokens: TokenCounts = field(default_factory=TokenCounts)
+    tokens: Tokens = field(default_factory=Tokens)
     cost: Decimal = Decimal(0)
     calls: int = 0
     failures: int = 0

@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 import psycopg
 
-from stepline_billing.ledger import Kind, LedgerEntry, PricedBy, TokenCounts, Usage
+from stepline_billing.ledger import Kind, LedgerEntry, PricedBy, UsageRecord
 from stepline_billing.rollups import Granularity, Rollup, RollupKey, keys_for
 from stepline_billing.store import Cursor, LedgerQuery, Recorded, RunTotals, Spend
+from stepline_vocab import Tokens, format_amount
 
 __all__ = ["PostgresLedgerStore", "SqliteLedgerStore"]
 
@@ -119,7 +120,7 @@ class _SqlLedgerStore(ABC):
         self._conn.close()
 
     def _money_param(self, value: Decimal | None) -> Any:
-        return None if value is None else str(value)
+        return None if value is None else format_amount(value)
 
     def _bool_param(self, value: bool) -> Any:
         return value
@@ -277,7 +278,7 @@ class _SqlLedgerStore(ABC):
             cache_write, reasoning, cost, currency, version, priced_by, reported_cost,
             latency_us, occurred_at_us, attempt, route, agent, status_code,
         ) = row  # fmt: skip
-        usage = Usage(
+        usage = UsageRecord(
             usage_id=usage_id,
             tenant_id=tenant_id,
             kind=Kind(kind),
@@ -292,7 +293,7 @@ class _SqlLedgerStore(ABC):
             outcome=outcome,
             tool_error_kind=tool_error_kind,
             succeeded=bool(succeeded),
-            tokens=TokenCounts(
+            tokens=Tokens(
                 int(input_tokens),
                 int(output_tokens),
                 int(cached),
@@ -325,7 +326,7 @@ class _SqlLedgerStore(ABC):
             tenant_id, Granularity(granularity), _time(int(start_us)), Kind(kind), provider,
             model, tool,
         )  # fmt: skip
-        tokens = TokenCounts(
+        tokens = Tokens(
             int(input_tokens), int(output_tokens), int(cached), int(cache_write), int(reasoning)
         )
         return Rollup(key, tokens, Decimal(str(cost)), int(calls), int(failures), int(unpriced))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from enum import StrEnum
 
+from stepline_routes import BreakerPolicy
+
+# `BreakerPolicy` is configuration: it lives with the routes file that sets it.
 __all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker"]
 
 
@@ -15,15 +17,6 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
-    """Open after `failure_threshold` failures within `window_s`; probe after `cooldown_s`."""
-
-    failure_threshold: int = 5
-    window_s: float = 30.0
-    cooldown_s: float = 15.0
 
 
 class CircuitBreaker:

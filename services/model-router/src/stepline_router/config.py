@@ -7,17 +7,10 @@ from pathlib import Path
 from pydantic import Field
 
 from stepline_pricebook import default_path as default_pricebook_path
+from stepline_routes import default_path as default_routes_path
 from stepline_runtime.settings import ServiceSettings
 
 __all__ = ["Settings"]
-
-
-def _find(relative: str) -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / relative
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class Settings(ServiceSettings):
@@ -51,12 +44,7 @@ class Settings(ServiceSettings):
 
     def routes_path(self) -> Path:
         """The routes file to load."""
-        if self.routes is not None:
-            return self.routes
-        found = _find("deploy/config/routes.toml")
-        if found is None:
-            raise FileNotFoundError("no routes file: set STEPLINE_ROUTES to a routes.toml")
-        return found
+        return self.routes or default_routes_path()
 
     def pricebook_path(self) -> Path:
         """The price book to load."""

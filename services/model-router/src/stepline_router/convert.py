@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
@@ -12,16 +12,15 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from stepline.v1 import common_pb2, model_pb2, usage_pb2
 from stepline_router.router import Attempt, CallFailed, CallOutcome, CallSucceeded
 from stepline_router.types import (
-    Message,
     ModelRequest,
     Params,
     ResponseFormat,
     Role,
-    ToolCall,
     ToolChoice,
     ToolSpec,
     Usage,
 )
+from stepline_vocab import BadInputError, MoneyError, format_amount, wire
 
 __all__ = [
     "InvalidRequestError",
@@ -31,12 +30,6 @@ __all__ = [
     "usage_records",
 ]
 
-_ROLES = {
-    common_pb2.ChatMessage.ROLE_SYSTEM: Role.SYSTEM,
-    common_pb2.ChatMessage.ROLE_USER: Role.USER,
-    common_pb2.ChatMessage.ROLE_ASSISTANT: Role.ASSISTANT,
-    common_pb2.ChatMessage.ROLE_TOOL: Role.TOOL,
-}
 _CHOICES = {
     model_pb2.TOOL_CHOICE_MODE_NONE: ToolChoice.NONE,
     model_pb2.TOOL_CHOICE_MODE_REQUIRED: ToolChoice.REQUIRED,
@@ -47,7 +40,7 @@ _FORMATS = {
 }
 
 
-class InvalidRequestError(ValueError):
+class InvalidRequestError(BadInputError):
     """The request is semantically invalid; the message says what to fix."""
 
 
@@ -67,12 +60,9 @@ def _money(money: common_pb2.Money, what: str) -> Decimal | None:
     if not money.currency and not money.amount:
         return None
     try:
-        value = Decimal(money.amount or "0")
-    except InvalidOperation as error:
-        raise InvalidRequestError(f"{what} amount {money.amount!r} is not a decimal") from error
-    if not value.is_finite() or value < 0:
-        raise InvalidRequestError(f"{what} must be a non-negative amount")
-    return value
+        return wire.amount_of(money, what=f"{what} amount")
+    except MoneyError as error:
+        raise InvalidRequestError(str(error)) from error
 
 
 def request_from_proto(
@@ -99,20 +89,12 @@ def request_from_proto(
         raise InvalidRequestError("messages must not be empty")
     converted = []
     for i, m in enumerate(messages):
-        role = _ROLES.get(m.role)
+        role = wire.role_from_proto(m.role)
         if role is None:
             raise InvalidRequestError(f"messages[{i}] has no role")
         if role is Role.TOOL and not m.tool_call_id:
             raise InvalidRequestError(f"messages[{i}] is a tool result without tool_call_id")
-        converted.append(
-            Message(
-                role,
-                m.content,
-                tuple(ToolCall(c.call_id, c.name, c.arguments_json) for c in m.tool_calls),
-                m.tool_call_id,
-                m.name,
-            )
-        )
+        converted.append(wire.message_from_proto(m, role))
     specs = []
     for t in tools:
         if not t.name:
@@ -172,18 +154,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return out
 
 
-def _amount(value: Decimal) -> str:
-    return f"{value:f}"
-
-
-def _usage(usage: Usage) -> common_pb2.TokenUsage:
-    return common_pb2.TokenUsage(
-        input_tokens=usage.input,
-        output_tokens=usage.output,
-        cached_input_tokens=usage.cached_input,
-        reasoning_tokens=usage.reasoning,
-        cache_write_input_tokens=usage.cache_write_input,
-    )
+_usage = wire.tokens_to_proto
 
 
 def _attempt(attempt: Attempt, currency: str) -> model_pb2.ModelAttempt:
@@ -200,7 +171,7 @@ def _attempt(attempt: Attempt, currency: str) -> model_pb2.ModelAttempt:
         started_at=timestamp(attempt.started_at),
     )
     if attempt.cost is not None:
-        out.cost.CopyFrom(common_pb2.Money(currency=currency, amount=_amount(attempt.cost)))
+        out.cost.CopyFrom(common_pb2.Money(currency=currency, amount=format_amount(attempt.cost)))
     if attempt.retry_after_s is not None:
         out.retry_after.CopyFrom(_duration(attempt.retry_after_s))
     return out
@@ -212,7 +183,7 @@ def _totals(outcome: CallOutcome) -> tuple[common_pb2.TokenUsage, common_pb2.Mon
     for attempt in outcome.attempts:
         usage = usage + attempt.usage
         cost += attempt.cost or 0
-    return _usage(usage), common_pb2.Money(currency=outcome.currency, amount=_amount(cost))
+    return _usage(usage), common_pb2.Money(currency=outcome.currency, amount=format_amount(cost))
 
 
 def completed_message(outcome: CallSucceeded) -> model_pb2.ModelCallCompleted:
@@ -221,10 +192,7 @@ def completed_message(outcome: CallSucceeded) -> model_pb2.ModelCallCompleted:
     usage, cost = _totals(outcome)
     return model_pb2.ModelCallCompleted(
         content=answer.content,
-        tool_calls=[
-            common_pb2.ToolCall(call_id=c.id, name=c.name, arguments_json=c.arguments)
-            for c in answer.tool_calls
-        ],
+        tool_calls=[wire.tool_call_to_proto(c) for c in answer.tool_calls],
         finish_reason=model_pb2.FinishReason.Value(
             f"FINISH_REASON_{answer.finish_reason.value.upper()}"
         ),
@@ -289,7 +257,7 @@ def usage_records(request: ModelRequest, outcome: CallOutcome) -> list[usage_pb2
         )
         if attempt.cost is not None:
             record.cost.CopyFrom(
-                common_pb2.Money(currency=outcome.currency, amount=_amount(attempt.cost))
+                common_pb2.Money(currency=outcome.currency, amount=format_amount(attempt.cost))
             )
         records.append(record)
     return records

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from stepline_router.types import Usage
+from stepline_vocab import ProviderError as SteplineProviderError
 
 __all__ = [
     "Disposition",
@@ -121,7 +122,7 @@ def classify_status(status: int, error_type: str = "", message: str = "") -> Out
     return Outcome.BAD_REQUEST
 
 
-class ProviderError(Exception):
+class ProviderError(SteplineProviderError):
     """A failed attempt, classified; the message never contains credentials."""
 
     def __init__(

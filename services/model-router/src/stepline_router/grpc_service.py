@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import assert_never
 
 import grpc
 
@@ -20,7 +21,7 @@ from stepline_router.convert import (
     request_from_proto,
 )
 from stepline_router.handlers import ModelCallHandler
-from stepline_router.router import CallSucceeded, Router
+from stepline_router.router import CallFailed, CallSucceeded, Router
 from stepline_runtime.atleastonce import Publisher
 from stepline_runtime.logs import bind
 
@@ -83,8 +84,10 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         response = router_service_pb2.CompleteResponse(request_id=request_id)
         if isinstance(outcome, CallSucceeded):
             response.completed.CopyFrom(completed_message(outcome))
-        else:
+        elif isinstance(outcome, CallFailed):
             response.failed.CopyFrom(failed_message(outcome))
+        else:
+            assert_never(outcome)
         return response
 
     def _deadline(

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from typing import assert_never
 
 from stepline.v1 import model_pb2
 from stepline_router.clock import Clock
@@ -17,7 +18,7 @@ from stepline_router.convert import (
     timestamp,
     usage_records,
 )
-from stepline_router.router import CallOutcome, CallSucceeded, Router
+from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router
 from stepline_router.types import ModelRequest
 from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
@@ -91,8 +92,10 @@ class ModelCallHandler:
         )
         if isinstance(outcome, CallSucceeded):
             result.completed.CopyFrom(completed_message(outcome))
-        else:
+        elif isinstance(outcome, CallFailed):
             result.failed.CopyFrom(failed_message(outcome))
+        else:
+            assert_never(outcome)
         traceparent = decoded.headers.traceparent
         return [
             *self.usage_outputs(request, outcome, traceparent),

@@ -27,7 +27,7 @@ def estimate_input_tokens(messages: Iterable[Message], tools: Iterable[ToolSpec]
     for message in messages:
         total += _PER_MESSAGE + estimate_text_tokens(message.content)
         for call in message.tool_calls:
-            total += estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments)
+            total += estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments_json)
     for tool in tools:
         schema = json.dumps(tool.parameters, sort_keys=True, separators=(",", ":"))
         total += estimate_text_tokens(f"{tool.name} {tool.description} {schema}")

@@ -1,4 +1,8 @@
-"""Provider-neutral model call types used by the core, the adapters and the handlers."""
+"""Provider-neutral model call types used by the core, the adapters and the handlers.
+
+`Message`, `Role`, `ToolCall` and the token counts (`Usage`) are the shared vocabulary of
+`stepline_vocab`, re-exported here so the router's modules keep one import.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from stepline_pricebook import Tokens
+from stepline_vocab import Message, Role, Tokens, ToolCall
 
 __all__ = [
     "Completion",
@@ -23,15 +27,6 @@ __all__ = [
     "ToolSpec",
     "Usage",
 ]
-
-
-class Role(StrEnum):
-    """Who speaks in a turn."""
-
-    SYSTEM = "system"
-    USER = "user"
-    ASSISTANT = "assistant"
-    TOOL = "tool"
 
 
 class ToolChoice(StrEnum):
@@ -50,26 +45,6 @@ class FinishReason(StrEnum):
     TOOL_CALLS = "tool_calls"
     CONTENT_FILTER = "content_filter"
     INCOMPLETE = "incomplete"
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A model's request to call a tool; `arguments` is the JSON text as the model produced it."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One turn of a transcript."""
-
-    role: Role
-    content: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str = ""
-    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +100,7 @@ class ModelRequest:
     agent: str = ""
 
 
-# Token counts are the price book's: one type from provider response to cost.
+# Token counts are the shared ones: one type from provider response to cost and billing.
 Usage = Tokens
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+from typing import assert_never
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -41,9 +42,8 @@ from stepline_planner.state import (
     Session,
     Status,
     StepKind,
-    ToolCall,
-    Usage,
 )
+from stepline_vocab import BadInputError, MoneyError, wire
 
 __all__ = [
     "ConversionError",
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInputError):
     """A message field cannot become a core value (e.g. a malformed amount)."""
 
 
@@ -101,38 +101,15 @@ def _duration(value: timedelta) -> Duration:
 def decimal_of(money: common_pb2.Money) -> Decimal:
     """The amount of `money` ("" is zero); raises ConversionError for malformed amounts."""
     try:
-        value = Decimal(money.amount or "0")
-    except InvalidOperation as error:
-        raise ConversionError(f"amount {money.amount!r} is not a decimal") from error
-    if not value.is_finite():
-        raise ConversionError(f"amount {money.amount!r} is not finite")
-    return value
+        # Negative amounts are legal here: a budget's remainder can be below zero.
+        return wire.amount_of(money, negative=True)
+    except MoneyError as error:
+        raise ConversionError(str(error)) from error
 
 
-def _money(amount: Decimal | None, currency: str) -> common_pb2.Money | None:
-    if amount is None:
-        return None
-    return common_pb2.Money(currency=currency, amount=f"{amount.normalize():f}")
-
-
-def _usage(usage: Usage) -> common_pb2.TokenUsage:
-    return common_pb2.TokenUsage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cached_input_tokens=usage.cached_input_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cache_write_input_tokens=usage.cache_write_input_tokens,
-    )
-
-
-def _usage_of(usage: common_pb2.TokenUsage) -> Usage:
-    return Usage(
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cached_input_tokens,
-        usage.reasoning_tokens,
-        usage.cache_write_input_tokens,
-    )
+_money = wire.money_to_proto
+_usage = wire.tokens_to_proto
+_usage_of = wire.tokens_from_proto
 
 
 def _enum_name(enum_type: object, prefix: str, value: int) -> str:
@@ -177,33 +154,17 @@ def _finish(reason: str) -> model_pb2.FinishReason.ValueType:
 
 def messages_to_proto(messages: Iterable[Message]) -> list[common_pb2.ChatMessage]:
     """Core messages as ChatMessage protos."""
-    return [
-        common_pb2.ChatMessage(
-            role=common_pb2.ChatMessage.Role.Value(f"ROLE_{m.role.value}"),
-            content=m.content,
-            tool_calls=[
-                common_pb2.ToolCall(call_id=c.call_id, name=c.name, arguments_json=c.arguments_json)
-                for c in m.tool_calls
-            ],
-            tool_call_id=m.tool_call_id,
-            name=m.name,
-        )
-        for m in messages
-    ]
+    return [wire.message_to_proto(m) for m in messages]
 
 
-def _calls(calls: Iterable[common_pb2.ToolCall]) -> tuple[ToolCall, ...]:
-    return tuple(ToolCall(c.call_id, c.name, c.arguments_json) for c in calls)
+_calls = wire.tool_calls_from_proto
 
 
 def messages_from_proto(messages: Iterable[common_pb2.ChatMessage]) -> tuple[Message, ...]:
     """ChatMessage protos as core messages (unspecified roles become USER)."""
-    result = []
-    for m in messages:
-        role_name = _enum_name(common_pb2.ChatMessage.Role, "ROLE_", m.role)
-        role = Role(role_name) if role_name in Role.__members__ else Role.USER
-        result.append(Message(role, m.content, _calls(m.tool_calls), m.tool_call_id, m.name))
-    return tuple(result)
+    return tuple(
+        wire.message_from_proto(m, wire.role_from_proto(m.role) or Role.USER) for m in messages
+    )
 
 
 # --- goals ------------------------------------------------------------------------------------
@@ -399,6 +360,7 @@ def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequ
         metadata=dict(req.metadata),
         agent=req.agent,
         requested_at=_ts(req.requested_at),
+        stream=req.stream,
     )
 
 
@@ -570,7 +532,7 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                 step_id=b.step_id,
             )
         )
-    else:
+    elif isinstance(b, o.RunCancelled):
         msg.cancelled.CopyFrom(
             runs_pb2.RunCancelled(
                 reason=b.reason,
@@ -582,6 +544,8 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                 duration=_duration(b.duration),
             )
         )
+    else:
+        assert_never(b)
     return msg
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import assert_never
 
 from stepline_planner.inputs import (
     ApprovalDecided,
@@ -81,6 +82,7 @@ from stepline_planner.state import (
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
 from stepline_runtime.ids import derive_run_id
+from stepline_vocab import BadInputError, format_amount
 
 __all__ = [
     "DELEGATE_TOOL",
@@ -112,7 +114,7 @@ _CHILD_GRACE = timedelta(seconds=5)
 _MODEL_STEP_ATTEMPTS = 2
 
 
-class RejectedError(ValueError):
+class RejectedError(BadInputError):
     """The input is refused (e.g. a command for another tenant's run); state is unchanged."""
 
 
@@ -173,8 +175,10 @@ def decide(
     elif isinstance(event, SessionRejected):
         if tx.run.status is Status.QUEUED:
             _fail(tx, Reason.INVALID_GOAL, f"session {run.session_id!r} is busy: {event.reason}")
-    else:
+    elif isinstance(event, ChildEnded):
         _on_child_ended(tx, event)
+    else:
+        assert_never(event)
     if tx.run is not run:
         tx.set(updated_at=now)
     return tx.run, tx.out
@@ -296,6 +300,12 @@ def _invalid(
     if profile is None:
         known = ", ".join(sorted(ctx.profiles.agents)) or "none"
         return Reason.UNKNOWN_AGENT, f"unknown agent {goal.agent!r} (known: {known})"
+    if profile.route not in ctx.profiles.routes:
+        return (
+            Reason.MODEL_FAILED,
+            f"agent {goal.agent!r} uses route {profile.route!r}, which the router's routes "
+            "file does not define",
+        )
     allowed = ctx.profiles.tenant_tools.get(goal.tenant_id)
     if allowed is not None:
         used = list(profile.tools) + ([DELEGATE_TOOL.name] if profile.delegates else [])
@@ -435,11 +445,16 @@ def _next_model_turn(tx: _Tx) -> None:
     tx.set(transcript=messages, pending=(*tx.run.pending, step))
     tx.emit(BudgetReserved(step_id, worst, tx.run.reserved))
     tx.emit(StepStarted(step_id, call_id, StepKind.MODEL, deadline, route=route.name))
-    _request_model(tx, step, route, tools, max_out)
+    _request_model(tx, step, profile, route, tools, max_out)
 
 
 def _request_model(
-    tx: _Tx, step: PendingStep, route: Route, tools: tuple[ToolSpec, ...], max_out: int
+    tx: _Tx,
+    step: PendingStep,
+    profile: AgentProfile,
+    route: Route,
+    tools: tuple[ToolSpec, ...],
+    max_out: int,
 ) -> None:
     """Ask the router for `step`: the transcript as it stands, within what the budget has left."""
     run = tx.run
@@ -462,6 +477,7 @@ def _request_model(
             currency=run.currency,
             metadata=run.metadata,
             requested_at=tx.now,
+            stream=profile.stream or route.stream,
         )
     )
 
@@ -518,14 +534,14 @@ def _retry_model_step(
     )
     tx.emit(StepStarted(step.step_id, retried.call_id, StepKind.MODEL, deadline, route=route.name))
     tools, max_out, _, _ = _model_request(tx, profile, route)
-    _request_model(tx, retried, route, tools, max_out)
+    _request_model(tx, retried, profile, route, tools, max_out)
     return True
 
 
 def _budget_message(worst: Decimal, available: Decimal, currency: str) -> str:
     return (
-        f"the next model call may cost up to {worst.normalize():f} {currency} but only "
-        f"{max(available, Decimal(0)).normalize():f} {currency} of budget is left"
+        f"the next model call may cost up to {format_amount(worst)} {currency} but only "
+        f"{format_amount(max(available, Decimal(0)))} {currency} of budget is left"
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import assert_never
 
 from google.protobuf.message import Message as ProtoMessage
 
@@ -355,10 +356,17 @@ class PlannerHandler:
             return rec(
                 t.control, out.run_id, granted, f"{out.run_id}/session-granted", out.tenant_id
             )
-        rejected = planner_state_pb2.SessionTurnRejected(
-            tenant_id=out.tenant_id, session_id=out.session_id, run_id=out.run_id, reason=out.reason
-        )
-        return rec(t.control, out.run_id, rejected, f"{out.run_id}/session-rejected", out.tenant_id)
+        if isinstance(out, o.SessionTurnRejected):
+            rejected = planner_state_pb2.SessionTurnRejected(
+                tenant_id=out.tenant_id,
+                session_id=out.session_id,
+                run_id=out.run_id,
+                reason=out.reason,
+            )
+            return rec(
+                t.control, out.run_id, rejected, f"{out.run_id}/session-rejected", out.tenant_id
+            )
+        assert_never(out)
 
 
 _FINAL = {o.RunCompleted: "completed", o.RunFailed: "failed", o.RunCancelled: "cancelled"}
@@ -374,3 +382,18 @@ def _observe(event: o.RunEvent) -> None:
         status = _FINAL[type(body)]
         RUNS_FINISHED.labels(event.agent, status).inc()
         RUN_SECONDS.labels(event.agent, status).observe(body.duration.total_seconds())
+    elif isinstance(
+        body,
+        o.RunQueued
+        | o.RunStarted
+        | o.StepStarted
+        | o.ApprovalRequested
+        | o.ApprovalResolved
+        | o.DuplicateResultIgnored
+        | o.BudgetReserved
+        | o.ChildRunStarted
+        | o.WrapUpStarted,
+    ):
+        pass  # no figure of their own: counted through the steps and runs above
+    else:
+        assert_never(body)

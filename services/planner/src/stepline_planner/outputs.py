@@ -277,6 +277,8 @@ class ModelCallRequested:
     currency: str
     metadata: Mapping[str, str]
     requested_at: datetime
+    # Use the provider's streaming API (the agent profile or the route asks for it).
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

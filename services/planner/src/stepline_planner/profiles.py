@@ -1,4 +1,9 @@
-"""Agent profiles, routes and planner policy, loaded from `deploy/config/agents.toml`."""
+"""Agent profiles and planner policy from `deploy/config/agents.toml`; routes from the router's.
+
+What a route may cost and hold is not typed here again: it is derived from the router's own
+routes file and the price book (`stepline_routes.route_economics`), so a reservation always
+covers the dearest deployment the router may fail over to.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from stepline_pricebook import ModelPrice, PriceBook
+from stepline_routes import RoutesConfig, load_routes, route_economics
+from stepline_vocab import ConfigurationError
 
 __all__ = [
     "AgentProfile",
@@ -28,7 +35,7 @@ __all__ = [
 ]
 
 
-class ProfilesError(ValueError):
+class ProfilesError(ConfigurationError):
     """agents.toml is malformed; the message names the entry and what to fix."""
 
 
@@ -67,6 +74,8 @@ class Route:
     name: str
     price: ModelPrice
     context_window_tokens: int
+    # The route asks for streamed model calls (routes.toml `stream = true`).
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +102,8 @@ class AgentProfile:
     on_budget_exceeded: BudgetPolicy = BudgetPolicy.WRAP_UP
     on_deadline: DeadlinePolicy = DeadlinePolicy.FAIL
     on_tool_timeout: StepTimeoutPolicy = StepTimeoutPolicy.CONTINUE
+    # Ask the router for streamed model calls (a route may ask for it too).
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,33 +135,49 @@ def default_path() -> Path:
     raise ProfilesError("no agents.toml found: set STEPLINE_AGENTS to its path")
 
 
-def load(prices: PriceBook, path: Path | None = None) -> Profiles:
-    """Read and validate an agents file against the price book."""
+def load(
+    prices: PriceBook, path: Path | None = None, routes: RoutesConfig | None = None
+) -> Profiles:
+    """Read an agents file; routes from `routes` (default: the router's routes file)."""
     source = path or default_path()
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as error:
         raise ProfilesError(f"cannot read {source}: {error.strerror}") from error
-    return parse(text, prices, origin=str(source))
+    return parse(text, prices, routes or load_routes(), origin=str(source))
 
 
-def parse(text: str, prices: PriceBook, origin: str = "<agents>") -> Profiles:
-    """Parse TOML text; every route must be priced so reservations are never guesses."""
+def parse(text: str, prices: PriceBook, routes: RoutesConfig, origin: str = "<agents>") -> Profiles:
+    """Parse TOML text; every route an agent uses must be priced so reservations are bounds."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ProfilesError(f"{origin}: not valid TOML: {error}") from error
-    routes: dict[str, Route] = {}
-    for name, entry in data.get("routes", {}).items():
-        where = f"{origin}: routes.{name}"
-        provider, model = _str(entry, "price_provider", where), _str(entry, "price_model", where)
-        price = prices.model_price(provider, model)
-        if price is None:
-            raise ProfilesError(f"{where}: {provider}/{model} is not in the price book")
-        routes[name] = Route(name, price, int(entry.get("context_window_tokens", 8192)))
+    if "routes" in data:
+        raise ProfilesError(
+            f"{origin}: [routes] is not read here any more: a route's price and context window "
+            "come from the router's routes file (STEPLINE_ROUTES) and the price book"
+        )
+    priced: dict[str, Route] = {}
+    unpriced: dict[str, tuple[str, ...]] = {}
+    for name, route in routes.routes.items():
+        economics = route_economics(route, prices)
+        if economics.price is None:
+            unpriced[name] = economics.unpriced
+        else:
+            priced[name] = Route(
+                name, economics.price, economics.context_window_tokens, economics.stream
+            )
     agents: dict[str, AgentProfile] = {}
     for name, entry in data.get("agents", {}).items():
-        agents[name] = _agent(name, entry, routes, f"{origin}: agents.{name}")
+        where = f"{origin}: agents.{name}"
+        agent = _agent(name, entry, where)
+        if agent.route in unpriced:
+            raise ProfilesError(
+                f"{where}: route {agent.route!r} may go to {list(unpriced[agent.route])}, which "
+                "the price book does not price; price them so a step's cost can be reserved"
+            )
+        agents[name] = agent
     for agent in agents.values():
         for delegate in agent.delegates:
             if delegate not in agents:
@@ -165,7 +192,7 @@ def parse(text: str, prices: PriceBook, origin: str = "<agents>") -> Profiles:
     try:
         return Profiles(
             agents=agents,
-            routes=routes,
+            routes=priced,
             currency=prices.currency,
             session_busy=SessionBusyPolicy(planner.get("session_busy", "queue")),
             session_memory_messages=int(planner.get("session_memory_messages", 50)),
@@ -176,15 +203,13 @@ def parse(text: str, prices: PriceBook, origin: str = "<agents>") -> Profiles:
         raise ProfilesError(f"{origin}: planner: {error}") from error
 
 
-def _agent(
-    name: str, entry: dict[str, Any], routes: Mapping[str, Route], where: str
-) -> AgentProfile:
+def _agent(name: str, entry: dict[str, Any], where: str) -> AgentProfile:
     unknown = set(entry) - _AGENT_KEYS
     if unknown:
         raise ProfilesError(f"{where}: unknown keys {sorted(unknown)}")
-    route = _str(entry, "route", where)
-    if route not in routes:
-        raise ProfilesError(f"{where}: route {route!r} is not defined under [routes]")
+    # A route missing from the routes file is not an error here: that agent's goals fail with
+    # a clear reason, the others run (a trimmed routes file, e.g. the demo's, stays usable).
+    _str(entry, "route", where)
     values = dict(entry)
     values["tools"] = tuple(entry.get("tools", ()))
     values["delegates"] = tuple(entry.get("delegates", ()))

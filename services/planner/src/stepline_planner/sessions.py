@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import assert_never
 
 from stepline_planner.outputs import (
     SessionTurnEnded,
@@ -32,7 +33,9 @@ def decide_session(
     current = session or Session(event.tenant_id, event.session_id, now)
     if isinstance(event, SessionTurnRequested):
         return _on_requested(current, event, now, profiles)
-    return _on_ended(current, event, now, profiles)
+    if isinstance(event, SessionTurnEnded):
+        return _on_ended(current, event, now, profiles)
+    assert_never(event)
 
 
 def _grant(session: Session, run_id: str) -> SessionTurnGranted:

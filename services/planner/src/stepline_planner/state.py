@@ -1,4 +1,8 @@
-"""The planner's own state types: runs, steps, transcripts and sessions (no protobuf here)."""
+"""The planner's own state types: runs, steps, transcripts and sessions (no protobuf here).
+
+Transcript turns (`Message`, `ToolCall`, `Role`) and token counts are the shared vocabulary of
+`stepline_vocab`, re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+
+from stepline_vocab import Message, Role, Tokens, ToolCall
 
 __all__ = [
     "Decision",
@@ -92,53 +98,8 @@ class Decision(StrEnum):
     DENIED = "DENIED"
 
 
-class Role(StrEnum):
-    """Who speaks in a transcript turn."""
-
-    SYSTEM = "SYSTEM"
-    USER = "USER"
-    ASSISTANT = "ASSISTANT"
-    TOOL = "TOOL"
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A model's request to call a tool (its `call_id` is the model's, not a step call id)."""
-
-    call_id: str
-    name: str
-    arguments_json: str
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One transcript turn."""
-
-    role: Role
-    content: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str = ""
-    name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts, summed over steps."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    reasoning_tokens: int = 0
-    cache_write_input_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-            self.cache_write_input_tokens + other.cache_write_input_tokens,
-        )
+# Token counts of a run are the shared ones (`stepline_vocab.Tokens`), named `Usage` here.
+Usage = Tokens
 
 
 def call_id_of(step_id: str, attempt: int) -> str:

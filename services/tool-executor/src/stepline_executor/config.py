@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stepline_runtime.settings import ServiceSettings
+from stepline_vocab import ConfigurationError
 
 __all__ = [
     "AgentConfig",
@@ -165,7 +166,7 @@ class AgentConfig(_Strict):
     tools: list[str] = Field(default_factory=list)
 
 
-class ToolsConfigError(ValueError):
+class ToolsConfigError(ConfigurationError):
     """The tools file is missing or malformed; the message says where."""
 
 

@@ -19,6 +19,7 @@ from stepline_runtime.codec import Cause, Decoded, InvalidRecordError, decode, e
 from stepline_runtime.logs import bind
 from stepline_runtime.metrics import TOOL_SECONDS
 from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_vocab import wire
 
 __all__ = ["Pricing", "ToolRequests", "announcement", "call_request", "tombstone"]
 
@@ -182,9 +183,10 @@ class ToolRequests:
         )
         if outcome.error_kind is not None:
             usage.tool_error_kind = _KINDS[outcome.error_kind]
-        usage.cost.CopyFrom(
-            common_pb2.Money(currency=self._pricing.currency, amount=str(price or Decimal(0)))
-        )
+        cost = wire.money_to_proto(price, self._pricing.currency)
+        if cost is not None:
+            # Unpriced is `priced = false` and no cost, as a model attempt writes it: never 0.
+            usage.cost.CopyFrom(cost)
         usage.occurred_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
         return encode(
             self._usage_topic,
@@ -211,11 +213,9 @@ def announcement(topic: str, spec: ToolSpec, pricing: Pricing, now: datetime) ->
         max_concurrency=spec.max_concurrency,
         max_output_bytes=spec.max_output_bytes,
     )
-    price = pricing.price_of(spec.name)
+    price = wire.money_to_proto(pricing.price_of(spec.name), pricing.currency)
     if price is not None:
-        message.price_per_call.CopyFrom(
-            common_pb2.Money(currency=pricing.currency, amount=str(price))
-        )
+        message.price_per_call.CopyFrom(price)
     message.registered_at.CopyFrom(_timestamp(now))
     return encode(topic, spec.name, message, event_id=f"tool/{spec.name}", source=SOURCE)
 

@@ -8,6 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from stepline_vocab import BadInputError, ProviderError
+
 __all__ = [
     "ArgumentsError",
     "CallContext",
@@ -85,7 +87,7 @@ class ToolOutput:
     content_type: str = "application/json"
 
 
-class ToolError(Exception):
+class ToolError(ProviderError):
     """A tool ran and failed; `message` is shown to the model, so it never carries secrets."""
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:
@@ -94,7 +96,7 @@ class ToolError(Exception):
         self.retryable = retryable
 
 
-class ArgumentsError(ValueError):
+class ArgumentsError(BadInputError):
     """Arguments do not fit the tool; the message says exactly what to change."""
 
 

@@ -97,8 +97,9 @@ class UsageRecorded(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     STATUS_CODE_FIELD_NUMBER: _builtins.int
     usage_id: _builtins.str
-    """Deterministic id built by the emitter from call_id and attempt (e.g. "<call_id>/<attempt>"),
-    so a redelivered attempt produces the same id and is billed once.
+    """Deterministic id built by the emitter, so a redelivered attempt or execution produces the
+    same id and is billed once: "<call_id>/attempt/<attempt>" for a model attempt (router),
+    "<call_id>/exec" for a tool execution (executor). Opaque to consumers: never parse it.
     """
     tenant_id: _builtins.str
     run_id: _builtins.str
@@ -118,8 +119,9 @@ class UsageRecorded(_message.Message):
     succeeded: _builtins.bool
     """The attempt or execution succeeded."""
     priced: _builtins.bool
-    """False when no price was known for this deployment/model (cost is then zero and billing
-    counts the record as unpriced).
+    """False when no price was known for this deployment, model or tool: cost is then absent and
+    billing prices the record from its own price book, or counts it as unpriced. Consumers read
+    cost only when priced is true.
     """
     price_book_version: _builtins.str
     """Version of the price book used for cost."""
@@ -137,7 +139,7 @@ class UsageRecorded(_message.Message):
 
     @_builtins.property
     def cost(self) -> _common_pb2.Money:
-        """Priced cost; zero when priced is false."""
+        """Priced cost; absent when priced is false (unpriced is never written as a zero cost)."""
 
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration: ...

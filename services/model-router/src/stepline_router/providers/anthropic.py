@@ -73,9 +73,9 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         blocks.append(
             {
                 "type": "tool_use",
-                "id": call.id,
+                "id": call.call_id,
                 "name": call.name,
-                "input": _arguments(call.arguments),
+                "input": _arguments(call.arguments_json),
             }
         )
     return blocks

@@ -420,7 +420,8 @@ def _answer(
         if call is None or call.name not in composing:
             continue
         # What was written on the user's behalf is the heart of the answer: show it whole.
-        lines.append(f"Sent with {call.name} ({call.arguments}); it answered: {result.content}")
+        sent = f"Sent with {call.name} ({call.arguments_json})"
+        lines.append(f"{sent}; it answered: {result.content}")
     for result in results:
         call = calls.get(result.tool_call_id)
         if call is not None and call.name in composing:
@@ -454,7 +455,7 @@ def respond(request: ModelRequest) -> Completion:
     last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=-1)
     text = messages[last_user].content if last_user >= 0 else ""
     turn = messages[last_user + 1 :]
-    calls = {c.id: c for m in turn for c in m.tool_calls}
+    calls = {c.call_id: c for m in turn for c in m.tool_calls}
     results = [m for m in turn if m.role is Role.TOOL]
     already = {c.name for c in calls.values()}
     candidates, most = _candidates(request.tools, text, request)
@@ -474,7 +475,7 @@ def respond(request: ModelRequest) -> Completion:
             tool_calls.append(
                 ToolCall(_call_id(messages, tool.name, arguments, index), tool.name, arguments)
             )
-        output = sum(estimate_text_tokens(c.name + c.arguments) for c in tool_calls)
+        output = sum(estimate_text_tokens(c.name + c.arguments_json) for c in tool_calls)
         usage = Usage(estimate_input_tokens(messages, request.tools), output)
         return Completion("", tuple(tool_calls), FinishReason.TOOL_CALLS, usage)
     if results:

@@ -53,9 +53,9 @@ def _message(message: Message) -> dict[str, Any]:
         if message.tool_calls:
             out["tool_calls"] = [
                 {
-                    "id": call.id,
+                    "id": call.call_id,
                     "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
+                    "function": {"name": call.name, "arguments": call.arguments_json},
                 }
                 for call in message.tool_calls
             ]

@@ -1,0 +1,342 @@
+"""Routes and deployments from TOML: what a route name means, validated before it is used.
+
+Credentials are referred to by environment variable (or secret file) *name* only; a routes
+file that carries a secret value is refused. Prices are not here: they come from the price book.
+The router routes by this file; the planner reads the same file for what a route may cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from stepline_vocab import ConfigurationError
+
+__all__ = [
+    "BreakerPolicy",
+    "Capabilities",
+    "Deployment",
+    "RateLimits",
+    "RetryPolicy",
+    "Route",
+    "RoutesConfig",
+    "RoutesError",
+    "Strategy",
+    "Timeouts",
+    "default_path",
+    "load_routes",
+    "parse_routes",
+]
+
+# Keys that would put a secret into the file; refused with a pointer to `credential_env`.
+_SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "secret", "password", "auth"})
+
+
+class RoutesError(ConfigurationError):
+    """The routes file is invalid; the message names the entry and what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """Open after `failure_threshold` failures within `window_s`; probe after `cooldown_s`."""
+
+    failure_threshold: int = 5
+    window_s: float = 30.0
+    cooldown_s: float = 15.0
+
+
+class Strategy(StrEnum):
+    """How a route orders its eligible deployments."""
+
+    PRIORITY = "priority"
+    LOWEST_COST = "lowest_cost"
+    LOWEST_LATENCY = "lowest_latency"
+    WEIGHTED = "weighted"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a deployment can do; requests needing more are never sent to it."""
+
+    tools: bool = True
+    streaming: bool = True
+    context_window: int = 128_000
+    max_output_tokens: int = 4_096
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Requests and tokens per minute this router may send to a deployment; 0: unlimited."""
+
+    rpm: int = 0
+    tpm: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-attempt timeouts in seconds."""
+
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    total_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One provider + model + credential alias, with capabilities, limits and timeouts."""
+
+    name: str
+    provider: str
+    model: str
+    base_url: str = ""
+    credential_env: str = ""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    weight: float = 1.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries on one deployment before failing over, and the backoff between them."""
+
+    retries_per_deployment: int = 1
+    max_attempts: int = 8
+    backoff_base_s: float = 0.25
+    backoff_cap_s: float = 8.0
+    # A Retry-After longer than this is not waited for: fail over instead.
+    max_retry_after_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A logical model name mapped to deployments and a strategy."""
+
+    name: str
+    deployments: tuple[Deployment, ...]
+    strategy: Strategy = Strategy.PRIORITY
+    # A fallback may cost at most this many times the first eligible deployment's estimate.
+    max_fallback_price_ratio: Decimal | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Callers that do not say otherwise (e.g. the planner's agents) ask for streamed calls.
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesConfig:
+    """One validated version of the routes file."""
+
+    routes: Mapping[str, Route]
+    deployments: Mapping[str, Deployment]
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    default_deadline_s: float = 120.0
+    digest: str = ""
+
+
+def default_path() -> Path:
+    """`STEPLINE_ROUTES`, else `deploy/config/routes.toml` of this checkout."""
+    configured = os.environ.get("STEPLINE_ROUTES")
+    if configured:
+        return Path(configured)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "deploy" / "config" / "routes.toml"
+        if candidate.is_file():
+            return candidate
+    raise RoutesError("no routes file found: set STEPLINE_ROUTES to a routes.toml")
+
+
+def load_routes(
+    path: Path | None = None, *, known_providers: Iterable[str] | None = None
+) -> RoutesConfig:
+    """Read and validate a routes file (default: `default_path()`)."""
+    source = path or default_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RoutesError(f"cannot read routes file {source}: {error.strerror}") from error
+    return parse_routes(text, known_providers=known_providers, origin=str(source))
+
+
+def parse_routes(
+    text: str, *, known_providers: Iterable[str] | None = None, origin: str = "<routes>"
+) -> RoutesConfig:
+    """Parse and validate a routes TOML document.
+
+    `known_providers` is the router's adapter registry; None (a reader that sends no calls,
+    like the planner) leaves provider names unchecked.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RoutesError(f"{origin}: not valid TOML: {error}") from error
+    providers = None if known_providers is None else frozenset(known_providers)
+    defaults = _table(data, "defaults", origin)
+    retry = _retry(defaults, RetryPolicy(), f"{origin}: [defaults]")
+    deployments: dict[str, Deployment] = {}
+    for name, entry in _table(data, "deployments", origin).items():
+        deployments[name] = _deployment(name, entry, providers, f"{origin}: [deployments.{name}]")
+    routes: dict[str, Route] = {}
+    for name, entry in _table(data, "routes", origin).items():
+        where = f"{origin}: [routes.{name}]"
+        if not isinstance(entry, dict):
+            raise RoutesError(f"{where}: must be a table")
+        names = entry.get("deployments")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise RoutesError(f"{where}: `deployments` must be a non-empty list of names")
+        missing = [n for n in names if n not in deployments]
+        if missing:
+            raise RoutesError(f"{where}: unknown deployments {missing}; define [deployments.X]")
+        try:
+            strategy = Strategy(entry.get("strategy", "priority"))
+        except ValueError as error:
+            choices = ", ".join(s.value for s in Strategy)
+            raise RoutesError(f"{where}: `strategy` must be one of {choices}") from error
+        stream = _bool(entry, "stream", False, where)
+        unstreamed = [n for n in names if stream and not deployments[n].capabilities.streaming]
+        if unstreamed:
+            raise RoutesError(f"{where}: `stream = true` but {unstreamed} cannot stream")
+        routes[name] = Route(
+            name=name,
+            deployments=tuple(deployments[n] for n in names),
+            strategy=strategy,
+            max_fallback_price_ratio=_ratio(entry, where),
+            retry=_retry(entry, retry, where),
+            stream=stream,
+        )
+    if not routes:
+        raise RoutesError(f"{origin}: no [routes.*] defined")
+    breaker_table = _table(data, "breaker", origin)
+    breaker = BreakerPolicy(
+        failure_threshold=_int(breaker_table, "failure_threshold", 5, origin, minimum=1),
+        window_s=_number(breaker_table, "window_s", 30.0, origin),
+        cooldown_s=_number(breaker_table, "cooldown_s", 15.0, origin),
+    )
+    return RoutesConfig(
+        routes=routes,
+        deployments=deployments,
+        breaker=breaker,
+        default_deadline_s=_number(defaults, "deadline_s", 120.0, origin),
+        digest=hashlib.sha256(text.encode()).hexdigest()[:12],
+    )
+
+
+def _table(data: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise RoutesError(f"{where}: [{name}] must be a table")
+    return value
+
+
+def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: str) -> Deployment:
+    if not isinstance(entry, dict):
+        raise RoutesError(f"{where}: must be a table")
+    leaked = sorted(k for k in entry if k.lower() in _SECRET_KEYS)
+    if leaked:
+        raise RoutesError(
+            f"{where}: {leaked} would put a secret in the routes file; set `credential_env` "
+            "to the NAME of an environment variable (or secret file) holding it"
+        )
+    provider = _string(entry, "provider", where, required=True)
+    if providers is not None and provider not in providers:
+        raise RoutesError(f"{where}: unknown provider {provider!r}; one of {sorted(providers)}")
+    model = _string(entry, "model", where, required=True)
+    credential_env = _string(entry, "credential_env", where)
+    if credential_env and not credential_env.replace("_", "").isalnum():
+        raise RoutesError(f"{where}: `credential_env` must be a variable name like OPENAI_API_KEY")
+    caps = _table(entry, "capabilities", where)
+    limits = _table(entry, "rate_limits", where)
+    timeouts = _table(entry, "timeouts", where)
+    headers = _table(entry, "headers", where)
+    if not all(isinstance(v, str) for v in headers.values()):
+        raise RoutesError(f"{where}: [headers] values must be strings")
+    if any(k.lower() in ("authorization", "x-api-key", "api-key") for k in headers):
+        raise RoutesError(f"{where}: credentials go in `credential_env`, not in [headers]")
+    weight = _number(entry, "weight", 1.0, where)
+    if weight <= 0:
+        raise RoutesError(f"{where}: `weight` must be positive")
+    return Deployment(
+        name=name,
+        provider=provider,
+        model=model,
+        base_url=_string(entry, "base_url", where).rstrip("/"),
+        credential_env=credential_env,
+        capabilities=Capabilities(
+            tools=_bool(caps, "tools", True, where),
+            streaming=_bool(caps, "streaming", True, where),
+            context_window=_int(caps, "context_window", 128_000, where, minimum=1),
+            max_output_tokens=_int(caps, "max_output_tokens", 4_096, where, minimum=1),
+        ),
+        rate_limits=RateLimits(
+            rpm=_int(limits, "rpm", 0, where), tpm=_int(limits, "tpm", 0, where)
+        ),
+        timeouts=Timeouts(
+            connect_s=_number(timeouts, "connect_s", 5.0, where),
+            first_byte_s=_number(timeouts, "first_byte_s", 60.0, where),
+            total_s=_number(timeouts, "total_s", 120.0, where),
+        ),
+        weight=weight,
+        headers=dict(headers),
+    )
+
+
+def _retry(entry: Mapping[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:
+    return RetryPolicy(
+        retries_per_deployment=_int(
+            entry, "retries_per_deployment", base.retries_per_deployment, where
+        ),
+        max_attempts=_int(entry, "max_attempts", base.max_attempts, where, minimum=1),
+        backoff_base_s=_number(entry, "backoff_base_s", base.backoff_base_s, where),
+        backoff_cap_s=_number(entry, "backoff_cap_s", base.backoff_cap_s, where),
+        max_retry_after_s=_number(entry, "max_retry_after_s", base.max_retry_after_s, where),
+    )
+
+
+def _ratio(entry: Mapping[str, Any], where: str) -> Decimal | None:
+    raw = entry.get("max_fallback_price_ratio")
+    if raw is None:
+        return None
+    if not isinstance(raw, str | int):
+        raise RoutesError(f'{where}: `max_fallback_price_ratio` must be a decimal string ("3")')
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation as error:
+        raise RoutesError(f"{where}: `max_fallback_price_ratio` is not a number") from error
+    if not value.is_finite() or value < 1:
+        raise RoutesError(f"{where}: `max_fallback_price_ratio` must be at least 1")
+    return value
+
+
+def _string(entry: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str) or (required and not value):
+        raise RoutesError(f"{where}: `{key}` must be a {'non-empty ' if required else ''}string")
+    return value
+
+
+def _bool(entry: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise RoutesError(f"{where}: `{key}` must be true or false")
+    return value
+
+
+def _int(entry: Mapping[str, Any], key: str, default: int, where: str, minimum: int = 0) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise RoutesError(f"{where}: `{key}` must be an integer >= {minimum}")
+    return value
+
+
+def _number(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = entry.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise RoutesError(f"{where}: `{key}` must be a non-negative number")
+    return float(value)
