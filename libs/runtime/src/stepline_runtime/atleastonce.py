@@ -19,7 +19,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from stepline_runtime import tracing
+from stepline_runtime import faults, tracing
 from stepline_runtime.codec import Cause, InvalidRecordError
 from stepline_runtime.deadletter import dead_letter
 from stepline_runtime.logs import redact
@@ -53,13 +53,20 @@ Handle = Callable[[InboundRecord], Awaitable[Sequence[OutboundRecord]]]
 
 def broker_for(kafka: KafkaSettings, client_id: str) -> KafkaBroker:
     """A FastStream broker on `kafka` whose producer is idempotent with acks=all."""
+    common = kafka.client_kwargs(client_id)
     return KafkaBroker(
         # A comma-separated string would be taken as one host name: pass the list.
         [server.strip() for server in kafka.bootstrap.split(",") if server.strip()],
         security=kafka.faststream_security(),
         enable_idempotence=True,
         acks="all",
-        client_id=f"{kafka.client_id_prefix}-{client_id}",
+        client_id=common["client_id"],
+        request_timeout_ms=common["request_timeout_ms"],
+        retry_backoff_ms=common["retry_backoff_ms"],
+        # FastStream's own logger prints coloured text to stdout; ours propagates to the JSON
+        # handler. Its per-message lines ("Received", "Processed") are DEBUG, not INFO.
+        logger=logging.getLogger("faststream.kafka"),
+        log_level=logging.DEBUG,
     )
 
 
@@ -141,6 +148,7 @@ class AtLeastOnce:
         started = time.perf_counter()
         try:
             outputs = tracing.stamp(await self._handle(record))
+            faults.record_handled(record.offset)
         except InvalidRecordError as refused:
             await self._dead_letter(record, refused.cause, refused.reason)
             return

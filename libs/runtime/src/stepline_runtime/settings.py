@@ -33,6 +33,15 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = None
     client_id_prefix: str = "stepline"
     request_timeout_ms: int = 30_000
+    retry_backoff_ms: int = Field(
+        default=500,
+        ge=10,
+        description=(
+            "Pause before a client retries after an error, reconnects included: aiokafka's"
+            " default (100 ms) makes each client of a service retry ~10 times a second while"
+            " the broker is down."
+        ),
+    )
 
     def client_kwargs(self, client_id: str) -> dict[str, Any]:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""
@@ -41,6 +50,7 @@ class KafkaSettings(BaseSettings):
             "client_id": f"{self.client_id_prefix}-{client_id}",
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
         }
         if self.security_protocol in ("SSL", "SASL_SSL"):
             kwargs["ssl_context"] = self._ssl_context()
@@ -100,6 +110,18 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # Prometheus `/metrics`; 0.0.0.0 lets others scrape. The port defaults to the service
+    # spec's (`ServiceSpec.metrics_port`); STEPLINE_METRICS_PORT overrides it, 0 disables.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    fault_kill_after_records: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Tests only: SIGKILL the process after its N-th handled record, after the handler's"
+            " side effects and before the record's outputs and offset commit (0: never)."
+        ),
+    )
 
     def topic(self, name: str) -> str:
         """The topic `name` (from `Topics`) inside this deployment's namespace."""

@@ -1,17 +1,17 @@
-"""The one topic catalog: every Stepline topic, its key, cleanup policy and configs."""
+"""Topics on the cluster: create the catalog's topics idempotently, check co-partitioning."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Collection, Iterable
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from stepline_runtime.catalog import CATALOG, Cleanup, Topic, Topics
 from stepline_runtime.settings import ServiceSettings, namespaced
 from stepline_vocab import ConfigurationError
 
@@ -30,121 +30,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
-_DAY_MS = 24 * 60 * 60 * 1000
 _METADATA_WAIT_S = 30.0
-
-
-class Cleanup(StrEnum):
-    """Kafka `cleanup.policy`."""
-
-    DELETE = "delete"
-    COMPACT = "compact"
-
-
-@dataclass(frozen=True, slots=True)
-class Topic:
-    """One topic of the catalog."""
-
-    name: str
-    key: str
-    payloads: tuple[str, ...]
-    cleanup: Cleanup = Cleanup.DELETE
-    configs: Mapping[str, str] = field(default_factory=dict)
-    # Topics in the same group are read together by one consumer and must be co-partitioned.
-    copartition_group: str | None = None
-
-    def kafka_configs(self) -> dict[str, str]:
-        """Topic-level configs sent at creation."""
-        return {"cleanup.policy": self.cleanup.value, **self.configs}
-
-
-def _retention(days: int) -> dict[str, str]:
-    return {"retention.ms": str(days * _DAY_MS)}
-
-
-class Topics:
-    """Names of every topic, so code never spells a topic name twice."""
-
-    GOALS = "stepline.goals.v1"
-    CONTROL = "stepline.control.v1"
-    MODEL_REQUESTS = "stepline.model.requests.v1"
-    MODEL_RESULTS = "stepline.model.results.v1"
-    TOOL_REQUESTS = "stepline.tool.requests.v1"
-    TOOL_RESULTS = "stepline.tool.results.v1"
-    TOOLS = "stepline.tools.v1"
-    RUNS = "stepline.runs.v1"
-    USAGE = "stepline.usage.v1"
-    USAGE_ROLLUPS = "stepline.usage.rollups.v1"
-    BUDGETS = "stepline.budgets.v1"
-    PLANNER_STATE = "stepline.planner.state.v1"
-    DLQ = "stepline.dlq.v1"
-
-
-_PLANNER = "planner-inputs"
-
-CATALOG: tuple[Topic, ...] = (
-    Topic(
-        Topics.GOALS,
-        "run_id",
-        ("stepline.v1.GoalSubmitted",),
-        configs=_retention(7),
-        copartition_group=_PLANNER,
-    ),
-    Topic(
-        Topics.CONTROL,
-        "run_id (session notices: session/<tenant>/<session_id>)",
-        (
-            "stepline.v1.ControlCommand",
-            # Planner-internal notices between partitions, in the same transaction as the rest.
-            "stepline.v1.SessionTurnRequested",
-            "stepline.v1.SessionTurnGranted",
-            "stepline.v1.SessionTurnRejected",
-            "stepline.v1.SessionTurnEnded",
-            "stepline.v1.ChildRunEnded",
-        ),
-        configs=_retention(7),
-        copartition_group=_PLANNER,
-    ),
-    Topic(
-        Topics.MODEL_REQUESTS, "run_id", ("stepline.v1.ModelCallRequested",), configs=_retention(7)
-    ),
-    Topic(
-        Topics.MODEL_RESULTS,
-        "run_id",
-        ("stepline.v1.ModelCallResult",),
-        configs=_retention(7),
-        copartition_group=_PLANNER,
-    ),
-    Topic(
-        Topics.TOOL_REQUESTS,
-        "run_id",
-        ("stepline.v1.ToolCallRequested", "stepline.v1.ToolCallsCancelRequested"),
-        configs=_retention(7),
-    ),
-    Topic(
-        Topics.TOOL_RESULTS,
-        "run_id",
-        ("stepline.v1.ToolCallResult",),
-        configs=_retention(7),
-        copartition_group=_PLANNER,
-    ),
-    # The executor's tool registry: the schemas models see are the ones the executor validates.
-    Topic(Topics.TOOLS, "tool name", ("stepline.v1.ToolRegistered",), Cleanup.COMPACT),
-    Topic(Topics.RUNS, "run_id", ("stepline.v1.RunEvent",), configs=_retention(30)),
-    Topic(Topics.USAGE, "tenant_id", ("stepline.v1.UsageRecorded",), configs=_retention(30)),
-    Topic(Topics.USAGE_ROLLUPS, "tenant_id", ("stepline.v1.UsageRollup",), configs=_retention(90)),
-    Topic(Topics.BUDGETS, "tenant_id", ("stepline.v1.BudgetState",), Cleanup.COMPACT),
-    # The changelog is co-partitioned with the planner inputs: partition p's state lives in p.
-    Topic(
-        Topics.PLANNER_STATE,
-        "run_id (sessions: session/<tenant>/<session_id>)",
-        ("stepline.v1.RunState", "stepline.v1.SessionState"),
-        Cleanup.COMPACT,
-        {"min.compaction.lag.ms": "0", "segment.ms": str(60 * 60 * 1000)},
-        copartition_group=_PLANNER,
-    ),
-    Topic(Topics.DLQ, "original key", ("stepline.v1.DeadLetter",), configs=_retention(30)),
-)
 
 
 class TopicMismatchError(ConfigurationError, RuntimeError):
