@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import grpc
@@ -20,11 +20,13 @@ from stepline.v1 import control_pb2
 from stepline.v1 import gateway_service_pb2 as pb
 from stepline.v1 import gateway_service_pb2_grpc as pb_grpc
 from stepline_client.client import Stepline
+from stepline_client.gateway_spec import SPEC
 from stepline_client.summary import summarize
-from stepline_runtime.logs import configure_logging
+from stepline_runtime import lifecycle
+from stepline_runtime.lifecycle import GrpcServerPart, Running, ServiceContext
 from stepline_runtime.settings import ServiceSettings
 
-__all__ = ["Gateway", "Settings", "serve"]
+__all__ = ["Gateway", "Settings", "build", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,9 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 class Settings(ServiceSettings):
     """The gateway's settings (`STEPLINE_*`)."""
 
-    service_name: str = "gateway"
-    gateway_address: str = Field(default="127.0.0.1:50063", description="host:port to serve on")
+    gateway_address: str = Field(
+        default=f"127.0.0.1:{SPEC.ports['grpc']}", description="host:port to serve on"
+    )
 
 
 class Gateway(pb_grpc.GatewayServiceServicer):
@@ -120,27 +123,21 @@ class Gateway(pb_grpc.GatewayServiceServicer):
             )
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set."""
-    async with Stepline(settings, source="stepline-gateway") as client:
+@asynccontextmanager
+async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
+    """The gateway's one part: its gRPC server over a Stepline client."""
+    settings = context.settings
+    async with Stepline(settings, source=context.spec.name) as client:
         server = grpc.aio.server()
         pb_grpc.add_GatewayServiceServicer_to_server(Gateway(client), server)
-        server.add_insecure_port(settings.gateway_address)
-        await server.start()
-        log.info("gateway serving", extra={"address": settings.gateway_address})
-        await stop.wait()
-        await server.stop(grace=5)
+        port = server.add_insecure_port(settings.gateway_address)
+        yield Running([GrpcServerPart(server)], {"address": settings.gateway_address, "port": port})
 
 
-async def _main() -> None:
-    settings = Settings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve in this process until `stop` is set."""
+    await lifecycle.serve(SPEC, settings, stop)
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    lifecycle.run_service(SPEC)

@@ -1,5 +1,6 @@
 """`python -m stepline_billing`: run billing until SIGTERM/SIGINT."""
 
-from stepline_billing.app import main
+from stepline_billing.spec import SPEC
+from stepline_runtime.lifecycle import run_service
 
-main()
+run_service(SPEC)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from stepline_billing.budgets import BudgetConfig, Limits
+from stepline_billing.spec import SPEC
 from stepline_runtime.settings import ServiceSettings
 from stepline_vocab import ConfigurationError
 
@@ -25,10 +26,6 @@ class ConfigError(ConfigurationError):
 class Settings(ServiceSettings):
     """Everything billing reads from the environment."""
 
-    service_name: str = "billing"
-    # Prometheus `/metrics` (STEPLINE_METRICS_PORT, 0 disables); 0.0.0.0 to let others scrape.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9104, ge=0, le=65535)
     billing_data_dir: Path = Field(
         default=_REPO_ROOT / ".local" / "billing",
         description="Folder of the SQLite ledger (billing.sqlite3) when no DSN is set.",
@@ -42,12 +39,8 @@ class Settings(ServiceSettings):
         description="Budget limits file (TOML).",
     )
     billing_grpc_address: str = Field(
-        default="127.0.0.1:50062", description="host:port of the BillingService gRPC server."
-    )
-    billing_fault_kill_after: int = Field(
-        default=0,
-        ge=0,
-        description="Tests only: SIGKILL the process after the N-th ledger commit, before ack.",
+        default=f"127.0.0.1:{SPEC.ports['grpc']}",
+        description="host:port of the BillingService gRPC server.",
     )
 
     @property

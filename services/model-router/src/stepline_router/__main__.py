@@ -1,10 +1,6 @@
 """`python -m stepline_router`: run the model router until SIGTERM/SIGINT."""
 
-from __future__ import annotations
+from stepline_router.spec import SPEC
+from stepline_runtime.lifecycle import run_service
 
-import asyncio
-
-from stepline_router.app import main
-
-if __name__ == "__main__":
-    asyncio.run(main())
+run_service(SPEC)

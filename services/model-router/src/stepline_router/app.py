@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
-import signal
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 import httpx
 
@@ -16,7 +15,7 @@ from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
 from stepline_router.config import Settings
 from stepline_router.credentials import EnvCredentials
-from stepline_router.grpc_service import RouterService, serve
+from stepline_router.grpc_service import RouterService, server_for
 from stepline_router.handlers import ModelCallHandler
 from stepline_router.handlers import Topics as OutputTopics
 from stepline_router.providers.anthropic import AnthropicProvider
@@ -27,16 +26,21 @@ from stepline_router.reload import ConfigFile
 from stepline_router.router import Router
 from stepline_router.routes import RoutesConfig, parse_routes
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
-from stepline_runtime.logs import configure_logging
+from stepline_runtime.catalog import Topics
+from stepline_runtime.lifecycle import (
+    BrokerPart,
+    GrpcServerPart,
+    Part,
+    Running,
+    ServiceContext,
+    TaskPart,
+)
 from stepline_runtime.metrics import watch_circuits
-from stepline_runtime.observe import start_observability
-from stepline_runtime.topics import Topics, ensure_service_topics
 
-__all__ = ["PROVIDER_NAMES", "build_providers", "main", "run"]
+__all__ = ["PROVIDER_NAMES", "build", "build_providers"]
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "model-router"
 # Provider kinds a routes file may name. `openai_compatible` is the same wire format for
 # vLLM, Ollama, llama.cpp server, OpenRouter…, sending `max_tokens` where OpenAI wants
 # `max_completion_tokens`.
@@ -61,8 +65,10 @@ def _routes_file(settings: Settings) -> ConfigFile[RoutesConfig]:
     )
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the Kafka consumer and the gRPC server until `stop` is set."""
+@asynccontextmanager
+async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
+    """The router's parts: the model-request consumer, its gRPC server, config watchers."""
+    settings = context.settings
     clock = SystemClock()
     routes = _routes_file(settings)
     prices = ConfigFile(
@@ -75,9 +81,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             "price_book_version": prices.current().version,
         },
     )
-    used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}
-    await ensure_service_topics(settings, used, f"{CONSUMER}-admin")
-
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
@@ -94,67 +97,40 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         # Fail loudly: a route no deployment of which can be reached fails every call.
         for route, why in router.unreachable_routes().items():
             log.error("route has no reachable deployment", extra={"route": route, "reason": why})
-        broker = broker_for(settings.kafka, CONSUMER)
+        name = context.spec.name
+        broker = broker_for(settings.kafka, name)
         publisher = BrokerPublisher(broker)
         handler = ModelCallHandler(
             router,
             OutputTopics(
-                results=settings.topic(Topics.MODEL_RESULTS), usage=settings.topic(Topics.USAGE)
+                results=context.topic(Topics.MODEL_RESULTS), usage=context.topic(Topics.USAGE)
             ),
             clock,
-            source=CONSUMER,
+            source=name,
         )
         subscribe(
             broker,
-            settings.topic(Topics.MODEL_REQUESTS),
-            group_id=settings.group(CONSUMER),
+            context.topic(Topics.MODEL_REQUESTS),
+            group_id=context.group,
             processor=AtLeastOnce(
-                CONSUMER,
+                name,
                 handler.on_model_call_requested,
                 publisher,
-                dead_letter_topic=settings.topic(Topics.DLQ),
+                dead_letter_topic=context.topic(Topics.DLQ),
             ),
             max_workers=settings.max_workers,
         )
-        watchers = [
-            asyncio.create_task(routes.watch(settings.reload_interval_s)),
-            asyncio.create_task(prices.watch(settings.reload_interval_s)),
-        ]
         watch_circuits(router.circuit_states)
-        observability = await start_observability(
-            settings.service_name,
-            settings.kafka,
-            metrics_host=settings.metrics_host,
-            metrics_port=settings.metrics_port,
-            group=settings.group(CONSUMER),
-            topics=[settings.topic(Topics.MODEL_REQUESTS)],
-        )
-        async with broker:
-            await broker.start()
-            server = None
-            if settings.grpc_enabled:
-                service = RouterService(router, handler, publisher, clock, lambda: uuid.uuid4().hex)
-                server, _, port = await serve(service, f"{settings.grpc_host}:{settings.grpc_port}")
-                log.info("gRPC serving", extra={"port": port})
-            log.info("model router started")
-            try:
-                await stop.wait()
-            finally:
-                if server is not None:
-                    await server.stop(grace=5)
-                for task in watchers:
-                    task.cancel()
-                await asyncio.gather(*watchers, return_exceptions=True)
-                await observability.stop()
-    log.info("model router stopped")
-
-
-async def main() -> None:
-    """Entry point: configure logging, stop on SIGTERM/SIGINT."""
-    settings = Settings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run(settings, stop)
+        parts: list[Part] = [
+            BrokerPart(broker),
+            TaskPart("routes-watch", lambda: routes.watch(settings.reload_interval_s)),
+            TaskPart("prices-watch", lambda: prices.watch(settings.reload_interval_s)),
+        ]
+        info: dict[str, object] = {}
+        if settings.grpc_enabled:
+            service = RouterService(router, handler, publisher, clock, lambda: uuid.uuid4().hex)
+            server, _, info["grpc_port"] = await server_for(
+                service, f"{settings.grpc_host}:{settings.grpc_port}"
+            )
+            parts.append(GrpcServerPart(server))
+        yield Running(parts, info)

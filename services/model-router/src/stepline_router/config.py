@@ -8,6 +8,7 @@ from pydantic import Field
 
 from stepline_pricebook import default_path as default_pricebook_path
 from stepline_routes import default_path as default_routes_path
+from stepline_router.spec import SPEC
 from stepline_runtime.settings import ServiceSettings
 
 __all__ = ["Settings"]
@@ -16,7 +17,6 @@ __all__ = ["Settings"]
 class Settings(ServiceSettings):
     """Everything the model router reads from its environment."""
 
-    service_name: str = "model-router"
     routes: Path | None = Field(
         default=None,
         description="Routes file (STEPLINE_ROUTES); default deploy/config/routes.toml.",
@@ -30,7 +30,7 @@ class Settings(ServiceSettings):
     grpc_enabled: bool = True
     # Loopback by default; a deployment that serves other hosts sets STEPLINE_GRPC_HOST.
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50061, ge=0, le=65535)
+    grpc_port: int = Field(default=SPEC.ports["grpc"], ge=0, le=65535)
     reload_interval_s: float = Field(default=2.0, gt=0)
     max_workers: int = Field(
         default=6,
@@ -38,9 +38,6 @@ class Settings(ServiceSettings):
         description="Partitions processed concurrently (one record at a time each).",
     )
     max_connections: int = Field(default=200, ge=1)
-    # Prometheus `/metrics` (STEPLINE_METRICS_PORT, 0 disables); 0.0.0.0 to let others scrape.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9102, ge=0, le=65535)
 
     def routes_path(self) -> Path:
         """The routes file to load."""

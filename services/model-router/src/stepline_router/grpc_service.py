@@ -25,7 +25,7 @@ from stepline_router.router import CallFailed, CallSucceeded, Router
 from stepline_runtime.atleastonce import Publisher
 from stepline_runtime.logs import bind
 
-__all__ = ["SERVICE_NAME", "RouterService", "serve"]
+__all__ = ["SERVICE_NAME", "RouterService", "server_for"]
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,16 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         return min(candidates) if candidates else None
 
 
-async def serve(
+async def server_for(
     service: RouterService, address: str
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """Start a server with the router and health services; returns it, health, and the port."""
+    """A server (bound, not started) with the router and health services, health, the port."""
     server = grpc.aio.server()
     router_service_pb2_grpc.add_ModelRouterServiceServicer_to_server(service, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     port = server.add_insecure_port(address)
-    await server.start()
+    # Reported to health checks once the server has started, which is when it answers.
     for name in ("", SERVICE_NAME):
         await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, checker, port

@@ -1,5 +1,6 @@
 """`python -m stepline_planner` runs the planner until SIGTERM/SIGINT."""
 
-from stepline_planner.app import main
+from stepline_planner.spec import SPEC
+from stepline_runtime.lifecycle import run_service
 
-main()
+run_service(SPEC)

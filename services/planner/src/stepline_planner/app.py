@@ -1,75 +1,55 @@
-"""Composition root: settings, topics, tables, handler and the transactional processor."""
+"""Composition root: the planner's tables, handler and transactional processor."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from stepline_planner import profiles as profiles_module
 from stepline_planner.config import Settings
 from stepline_planner.handlers import PlannerHandler, PlannerTopics
 from stepline_planner.tables import TopicTables
 from stepline_pricebook import PriceBook
-from stepline_runtime.logs import configure_logging
-from stepline_runtime.observe import start_observability
+from stepline_runtime.catalog import Topics
+from stepline_runtime.lifecycle import Running, ServiceContext, TaskPart
 from stepline_runtime.processor import ProcessorConfig, TransactionalProcessor
-from stepline_runtime.topics import (
-    Topics,
-    ensure_service_topics,
-)
 
-__all__ = ["main", "run"]
-
-log = logging.getLogger(__name__)
-
-_USED = {
-    Topics.GOALS,
-    Topics.CONTROL,
-    Topics.MODEL_REQUESTS,
-    Topics.MODEL_RESULTS,
-    Topics.TOOL_REQUESTS,
-    Topics.TOOL_RESULTS,
-    Topics.TOOLS,
-    Topics.RUNS,
-    Topics.BUDGETS,
-    Topics.PLANNER_STATE,
-    Topics.DLQ,
-}
+__all__ = ["build"]
 
 
-async def run(settings: Settings) -> None:
-    """Run the planner until SIGTERM/SIGINT."""
+@asynccontextmanager
+async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
+    """The planner's parts: its topic tables and the transactional processor loop."""
+    settings = context.settings
     prices = PriceBook.load()
     agents = profiles_module.load(prices, settings.agents_path)
-    counts = await ensure_service_topics(settings, _USED, "planner-admin")
     topics = PlannerTopics(
-        goals=settings.topic(Topics.GOALS),
-        control=settings.topic(Topics.CONTROL),
-        model_requests=settings.topic(Topics.MODEL_REQUESTS),
-        model_results=settings.topic(Topics.MODEL_RESULTS),
-        tool_requests=settings.topic(Topics.TOOL_REQUESTS),
-        tool_results=settings.topic(Topics.TOOL_RESULTS),
-        runs=settings.topic(Topics.RUNS),
-        state=settings.topic(Topics.PLANNER_STATE),
+        goals=context.topic(Topics.GOALS),
+        control=context.topic(Topics.CONTROL),
+        model_requests=context.topic(Topics.MODEL_REQUESTS),
+        model_results=context.topic(Topics.MODEL_RESULTS),
+        tool_requests=context.topic(Topics.TOOL_REQUESTS),
+        tool_results=context.topic(Topics.TOOL_RESULTS),
+        runs=context.topic(Topics.RUNS),
+        state=context.topic(Topics.PLANNER_STATE),
     )
-    group = settings.group("stepline-planner")
+    group = context.group
     tables = TopicTables(
         settings.kafka,
-        settings.topic(Topics.TOOLS),
-        settings.topic(Topics.BUDGETS),
-        counts,
-        dead_letter_topic=settings.topic(Topics.DLQ),
+        context.topic(Topics.TOOLS),
+        context.topic(Topics.BUDGETS),
+        context.partitions,
+        dead_letter_topic=context.topic(Topics.DLQ),
         consumer_name=f"{group}-tables",
     )
-    await tables.start()
     handler = PlannerHandler(topics, agents, tables, prices.tools)
     processor = TransactionalProcessor(
         ProcessorConfig(
             app_id=group,
-            inputs=(topics.goals, topics.control, topics.model_results, topics.tool_results),
+            inputs=tuple(context.topic(t) for t in context.spec.consumes),
             changelog=topics.state,
-            dead_letter_topic=settings.topic(Topics.DLQ),
+            dead_letter_topic=context.topic(Topics.DLQ),
             max_batch=settings.max_batch,
             tick_interval_s=settings.tick_interval_s,
             session_timeout_ms=settings.session_timeout_ms,
@@ -78,30 +58,28 @@ async def run(settings: Settings) -> None:
         handler,
         settings.kafka,
     )
-    observability = await start_observability(
-        settings.service_name,
-        settings.kafka,
-        metrics_host=settings.metrics_host,
-        metrics_port=settings.metrics_port,
-        group=group,
-        topics=(topics.goals, topics.control, topics.model_results, topics.tool_results),
+    yield Running(
+        [
+            _Tables(tables),
+            TaskPart("processor", processor.run, stop=processor.stop),
+        ],
+        {"agents": ",".join(sorted(agents.agents))},
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, processor.stop)
-    log.info(
-        "planner started",
-        extra={"agents": sorted(agents.agents), "namespace": settings.topic_namespace},
-    )
-    try:
-        await processor.run()
-    finally:
-        await tables.stop()
-        await observability.stop()
 
 
-def main() -> None:
-    """Entry point of `python -m stepline_planner`."""
-    settings = Settings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    asyncio.run(run(settings))
+class _Tables:
+    """The tool and budget tables as a part: loaded before the processor starts."""
+
+    name = "tables"
+
+    def __init__(self, tables: TopicTables) -> None:
+        self._tables = tables
+
+    async def start(self) -> None:
+        await self._tables.start()
+
+    async def stop(self) -> None:
+        await self._tables.stop()
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()

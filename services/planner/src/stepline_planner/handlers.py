@@ -25,6 +25,7 @@ from stepline_planner.decide import Context, RejectedError, decide, next_due
 from stepline_planner.inputs import GoalReceived, Input, SessionGranted, SessionRejected, Tick
 from stepline_planner.profiles import Profiles
 from stepline_planner.sessions import decide_session, session_key
+from stepline_planner.spec import SPEC
 from stepline_planner.state import Run, Session
 from stepline_planner.tables import Tables
 from stepline_runtime import tracing
@@ -37,7 +38,8 @@ __all__ = ["PlannerHandler", "PlannerTopics"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = "stepline-planner"
+# `ce_source` of everything the planner writes: its one name.
+SOURCE = SPEC.name
 
 _CONTROL_TYPES: tuple[type[ProtoMessage], ...] = (
     control_pb2.ControlCommand,

@@ -1,5 +1,6 @@
 """`python -m stepline_executor`: run the tool executor until SIGTERM/SIGINT."""
 
-from stepline_executor.app import main
+from stepline_executor.spec import SPEC
+from stepline_runtime.lifecycle import run_service
 
-main()
+run_service(SPEC)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,16 +30,10 @@ from stepline_executor.tools.sql import SavedQuery, SqlQuery, build_database
 from stepline_executor.tools.webhook import Webhook
 from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
-from stepline_runtime.logs import configure_logging
-from stepline_runtime.observe import start_observability
-from stepline_runtime.topics import Topics, ensure_service_topics
+from stepline_runtime.catalog import Topics
+from stepline_runtime.lifecycle import BrokerPart, Part, Running, ServiceContext, TaskPart
 
-__all__ = ["Toolbox", "build_toolbox", "main", "run"]
-
-log = logging.getLogger(__name__)
-
-_TOPICS = {Topics.TOOL_REQUESTS, Topics.TOOL_RESULTS, Topics.TOOLS, Topics.USAGE, Topics.DLQ}
-CONSUMER = "stepline-tool-executor"
+__all__ = ["Toolbox", "build", "build_toolbox"]
 
 
 def _now() -> datetime:
@@ -176,104 +169,84 @@ def build_toolbox(config: ToolsConfig, settings: Settings) -> Toolbox:
     return Toolbox(registry, access, links, clients)
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the executor until `stop` is set."""
+@asynccontextmanager
+async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
+    """The executor's parts: the request consumer, the registry announcer, the cancel watch."""
+    settings = context.settings
     config = ToolsConfig.load(settings.tools_config)
     book = PriceBook.load()
     pricing = Pricing(book.version, book.currency, book.tool_cost)
-    await ensure_service_topics(settings, _TOPICS, "tool-executor-admin")
-
     toolbox = build_toolbox(config, settings)
     store = SqliteOutcomeStore(settings.executor_data_dir / "outcomes.sqlite")
-    for link in toolbox.links:
-        link.start()
-    # Give MCP servers a moment so the first announcement includes their tools.
-    await asyncio.gather(*(link.wait_ready(15) for link in toolbox.links))
-
-    executor = Executor(
-        toolbox.registry, toolbox.access, store, clock=_now, monotonic=time.monotonic
-    )
-    handler = ToolRequests(
-        executor,
-        results_topic=settings.topic(Topics.TOOL_RESULTS),
-        usage_topic=settings.topic(Topics.USAGE),
-        pricing=pricing,
-        clock=_now,
-    )
-    broker = broker_for(settings.kafka, "tool-executor")
-    publisher = BrokerPublisher(broker)
-    requests_topic = settings.topic(Topics.TOOL_REQUESTS)
-    processor = AtLeastOnce(
-        settings.group(CONSUMER),
-        handler,
-        publisher,
-        dead_letter_topic=settings.topic(Topics.DLQ),
-    )
-    # One consumer per worker in the group: partitions run in parallel, each partition in order
-    # (so the offset commit after each record's outputs stays exact).
-    subscribe(
-        broker,
-        requests_topic,
-        group_id=settings.group(CONSUMER),
-        processor=processor,
-        max_workers=settings.executor_workers,
-    )
-    background: list[asyncio.Task[None]] = []
-    observability = await start_observability(
-        settings.service_name,
-        settings.kafka,
-        metrics_host=settings.metrics_host,
-        metrics_port=settings.metrics_port,
-        group=settings.group(CONSUMER),
-        topics=[requests_topic],
-    )
     try:
-        async with broker:
-            await broker.start()
-            tools_topic = settings.topic(Topics.TOOLS)
-            announcer = RegistryAnnouncer(
-                toolbox.registry,
-                publisher,
-                tools_topic,
-                pricing,
-                _now,
-                await read_registered_names(settings.kafka, tools_topic),
+        for link in toolbox.links:
+            link.start()
+        # Give MCP servers a moment so the first announcement includes their tools.
+        await asyncio.gather(*(link.wait_ready(15) for link in toolbox.links))
+        executor = Executor(
+            toolbox.registry, toolbox.access, store, clock=_now, monotonic=time.monotonic
+        )
+        handler = ToolRequests(
+            executor,
+            results_topic=context.topic(Topics.TOOL_RESULTS),
+            usage_topic=context.topic(Topics.USAGE),
+            pricing=pricing,
+            clock=_now,
+        )
+        broker = broker_for(settings.kafka, context.spec.name)
+        publisher = BrokerPublisher(broker)
+        requests_topic = context.topic(Topics.TOOL_REQUESTS)
+        processor = AtLeastOnce(
+            context.group, handler, publisher, dead_letter_topic=context.topic(Topics.DLQ)
+        )
+        # One consumer per worker in the group: partitions run in parallel, each partition in
+        # order (so the offset commit after each record's outputs stays exact).
+        subscribe(
+            broker,
+            requests_topic,
+            group_id=context.group,
+            processor=processor,
+            max_workers=settings.executor_workers,
+        )
+        tools_topic = context.topic(Topics.TOOLS)
+        announcer = RegistryAnnouncer(
+            toolbox.registry,
+            publisher,
+            tools_topic,
+            pricing,
+            _now,
+            await read_registered_names(settings.kafka, tools_topic),
+        )
+        parts: list[Part] = [
+            BrokerPart(broker),
+            _Announce(announcer),
+        ]
+        if settings.executor_cancel_listener:
+            watch = CancelWatch(
+                settings.kafka, requests_topic, handler.on_tool_calls_cancel_requested
             )
-            await announcer.announce()
-            background.append(asyncio.create_task(announcer.run()))
-            if settings.executor_cancel_listener:
-                watch = CancelWatch(
-                    settings.kafka, requests_topic, handler.on_tool_calls_cancel_requested
-                )
-                background.append(asyncio.create_task(watch.run()))
-            log.info(
-                "tool executor started",
-                extra={"tools": len(toolbox.registry.names()), "topic": requests_topic},
-            )
-            await stop.wait()
-            log.info("tool executor stopping")
+            parts.append(TaskPart("cancel-watch", watch.run, critical=False))
+        yield Running(parts, {"tools": len(toolbox.registry.names()), "topic": requests_topic})
     finally:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         await toolbox.close()
         store.close()
-        await observability.stop()
 
 
-def main() -> None:
-    """Entry point: run until SIGTERM/SIGINT."""
-    import signal
+class _Announce:
+    """Publishes the registry once the broker is up, then keeps it announced."""
 
-    settings = Settings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    name = "announcer"
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
+    def __init__(self, announcer: RegistryAnnouncer) -> None:
+        self._announcer = announcer
+        self._loop = TaskPart("announcer-loop", announcer.run, critical=False)
 
-    asyncio.run(serve())
+    async def start(self) -> None:
+        await self._announcer.announce()
+        await self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+    async def wait(self) -> None:
+        await self._loop.wait()

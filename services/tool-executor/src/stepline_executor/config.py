@@ -40,10 +40,6 @@ def default_tools_config() -> Path:
 class Settings(ServiceSettings):
     """Executor settings; `STEPLINE_*` environment variables."""
 
-    service_name: str = "tool-executor"
-    # Prometheus `/metrics` (STEPLINE_METRICS_PORT, 0 disables); 0.0.0.0 to let others scrape.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9103, ge=0, le=65535)
     tools_config: Path = Field(default_factory=default_tools_config)
     executor_data_dir: Path = Field(
         default=Path(".local/tool-executor"),

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from stepline.v1 import common_pb2, tools_pb2, usage_pb2
 from stepline_executor.executor import Executor
 from stepline_executor.model import CallRequest, ErrorKind, Outcome, ToolSpec
+from stepline_executor.spec import SPEC
 from stepline_runtime.codec import Cause, Decoded, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
 from stepline_runtime.metrics import TOOL_SECONDS
@@ -25,7 +26,8 @@ __all__ = ["Pricing", "ToolRequests", "announcement", "call_request", "tombstone
 
 log = logging.getLogger(__name__)
 
-SOURCE = "stepline.tool-executor"
+# `ce_source` of everything the executor writes: its one name.
+SOURCE = SPEC.name
 
 
 class Pricing:

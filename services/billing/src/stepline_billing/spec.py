@@ -1,0 +1,19 @@
+"""Billing's service spec: what it reads and writes, its Kafka identity and ports."""
+
+from __future__ import annotations
+
+from stepline_runtime.catalog import Topics
+from stepline_runtime.service import ServiceSpec
+
+__all__ = ["SPEC"]
+
+SPEC = ServiceSpec(
+    name="billing",
+    module="stepline_billing",
+    build="stepline_billing.app:build",
+    settings="stepline_billing.config:Settings",
+    consumes=(Topics.USAGE,),
+    writes=(Topics.USAGE_ROLLUPS, Topics.BUDGETS, Topics.DLQ),
+    metrics_port=9104,
+    ports={"grpc": 50062},
+)

@@ -1,0 +1,19 @@
+"""The model router's service spec: what it reads and writes, its Kafka identity and ports."""
+
+from __future__ import annotations
+
+from stepline_runtime.catalog import Topics
+from stepline_runtime.service import ServiceSpec
+
+__all__ = ["SPEC"]
+
+SPEC = ServiceSpec(
+    name="model-router",
+    module="stepline_router",
+    build="stepline_router.app:build",
+    settings="stepline_router.config:Settings",
+    consumes=(Topics.MODEL_REQUESTS,),
+    writes=(Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ),
+    metrics_port=9102,
+    ports={"grpc": 50061},
+)
