@@ -37,6 +37,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from bench.apps.stack import Namespace, RunWatcher, Service, machine, tool_registered
 from stepline.v1 import common_pb2, goals_pb2, model_pb2
+from stepline_planner.spec import SPEC as PLANNER
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import Topics
 
@@ -241,7 +242,7 @@ async def _planner(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
             ns,
             load,
             lambda i: ns.spawn(f"planner-{i}", "stepline_planner"),
-            namespaced("stepline-planner", ns.ns),
+            namespaced(PLANNER.name, ns.ns),
             ns.topic(Topics.MODEL_RESULTS),
             PLANNER_STEPS_PER_RUN,
         )

@@ -39,6 +39,7 @@ from bench.apps.stack import (
     tool_registered,
 )
 from stepline.v1 import goals_pb2, runs_pb2
+from stepline_planner.spec import SPEC as PLANNER
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import Topics
 
@@ -241,7 +242,7 @@ async def _measure(ns: Namespace, watcher: RunWatcher, workdir: Path) -> dict[st
         "partitions": PARTITIONS,
         "steps_per_run": STEPS_PER_RUN,
         "step_mix": "model turns ask for 1, 1, 1, 2 tool calls then answer: 5 model + 5 tool",
-        "planner_group": namespaced("stepline-planner", ns.ns),
+        "planner_group": namespaced(PLANNER.name, ns.ns),
         "raw_round_trip_p50_ms": raw_rtt,
         "four_raw_round_trips_ms": round(4 * raw_rtt, 3) if raw_rtt else None,
         "levels": levels,

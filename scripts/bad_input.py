@@ -52,6 +52,7 @@ from stepline_client import Goal, Stepline
 from stepline_client.client import RunTimeoutError
 from stepline_client.supervisor import ServiceStatus, Supervisor
 from stepline_runtime.headers import EventHeaders
+from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings, ServiceSettings, namespaced
 from stepline_runtime.topics import Topics
 
@@ -77,10 +78,7 @@ BROKER_MAX_BATCH = 1_048_588
 
 # Kafka consumer groups of each service (relative to the namespace) and the topics they read.
 GROUPS: Mapping[str, tuple[str, ...]] = {
-    "stepline-planner": (Topics.GOALS, Topics.CONTROL, Topics.MODEL_RESULTS, Topics.TOOL_RESULTS),
-    "model-router": (Topics.MODEL_REQUESTS,),
-    "stepline-tool-executor": (Topics.TOOL_REQUESTS,),
-    "billing": (Topics.USAGE,),
+    spec.group: spec.consumes for spec in discover() if spec.group is not None
 }
 # What each consumed topic expects: the first type is the one a lying header claims.
 EXPECTED: Mapping[str, type[Message]] = {

@@ -3,10 +3,11 @@
 Every service logs in as its own principal (SASL/SCRAM user or TLS certificate name) and gets:
 READ on the topics it consumes, WRITE on the topics it produces, DESCRIBE and CREATE on both (the
 services create their topics idempotently at start), READ/DESCRIBE on its consumer group(s),
-IDEMPOTENT_WRITE on the cluster (idempotent producers), and for the planner WRITE/DESCRIBE on its
-transactional ids (prefix ``<namespace.>stepline-planner-``). Topic names come from
-``stepline_runtime.topics.CATALOG`` and the deployment's namespace. Nothing else is granted; the
-broker must run with ``allow.everyone.if.no.acl.found=false``.
+IDEMPOTENT_WRITE on the cluster (idempotent producers), and for transactional services (the
+planner) WRITE/DESCRIBE on their transactional ids (prefix ``<namespace.><name>-``). Everything
+comes from the installed service specs (``stepline_runtime.service.discover``: each service's
+``spec.py``) and the deployment's namespace; nothing here lists services or topics. Nothing else is
+granted; the broker must run with ``allow.everyone.if.no.acl.found=false``.
 
 The ACLs are applied with Kafka's own ``org.apache.kafka.tools.AclCommand`` (aiokafka 0.14 has no
 public ACL admin API), run on the broker jars of ``deploy/kafka/pom.xml`` plus the tools jar of
@@ -36,14 +37,17 @@ from typing import Literal
 from stepline_localkafka import KafkaSettings, LocalKafkaError
 from stepline_localkafka.broker import java_executable
 from stepline_localkafka.jars import ensure_jars
+from stepline_runtime.catalog import CATALOG
+from stepline_runtime.service import ServiceSpec, discover
 from stepline_runtime.settings import namespaced
-from stepline_runtime.topics import CATALOG, Topics
 
 __all__ = [
     "ACCESS",
     "ACL_COMMAND",
     "Access",
     "Binding",
+    "access",
+    "access_of",
     "acl_command",
     "apply",
     "bindings",
@@ -75,61 +79,25 @@ class Access:
         return f"User:{self.service}"
 
 
-ACCESS: tuple[Access, ...] = (
-    Access(
-        "planner",
-        reads=frozenset(
-            {
-                Topics.GOALS,
-                Topics.CONTROL,
-                Topics.MODEL_RESULTS,
-                Topics.TOOL_RESULTS,
-                Topics.TOOLS,
-                Topics.BUDGETS,
-                Topics.PLANNER_STATE,
-            }
-        ),
-        writes=frozenset(
-            {
-                # Child runs are goals; session and child-run notices travel on control.
-                Topics.GOALS,
-                Topics.CONTROL,
-                Topics.MODEL_REQUESTS,
-                Topics.TOOL_REQUESTS,
-                Topics.RUNS,
-                Topics.PLANNER_STATE,
-                Topics.DLQ,
-            }
-        ),
-        groups=("stepline-planner",),
-        # TransactionalProcessor: transactional.id = f"{app_id}-{partition}".
-        transactional_id_prefix="stepline-planner-",
-    ),
-    Access(
-        "model-router",
-        reads=frozenset({Topics.MODEL_REQUESTS}),
-        writes=frozenset({Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}),
-        groups=("model-router",),
-    ),
-    Access(
-        "tool-executor",
-        reads=frozenset({Topics.TOOL_REQUESTS, Topics.TOOLS}),
-        writes=frozenset({Topics.TOOL_RESULTS, Topics.TOOLS, Topics.USAGE, Topics.DLQ}),
-        groups=("stepline-tool-executor",),
-    ),
-    Access(
-        "billing",
-        reads=frozenset({Topics.USAGE}),
-        writes=frozenset({Topics.USAGE_ROLLUPS, Topics.BUDGETS, Topics.DLQ}),
-        groups=("billing",),
-    ),
-    # stepline_client: the gRPC gateway, the CLI and upstream Python systems.
-    Access(
-        "gateway",
-        reads=frozenset({Topics.RUNS}),
-        writes=frozenset({Topics.GOALS, Topics.CONTROL}),
-    ),
-)
+def access_of(spec: ServiceSpec) -> Access:
+    """A service's grants, straight from its spec."""
+    return Access(
+        spec.name,
+        reads=spec.read_topics,
+        writes=frozenset(spec.writes),
+        groups=(spec.group,) if spec.group else (),
+        # TransactionalProcessor: transactional.id = f"{app_id}-{partition}", app_id the group.
+        transactional_id_prefix=spec.transactional_id_prefix,
+    )
+
+
+def access(extra: Sequence[ServiceSpec] = ()) -> tuple[Access, ...]:
+    """Grants of every installed service (plus `extra` specs)."""
+    return tuple(access_of(spec) for spec in discover(extra))
+
+
+# Every installed service's grants (see `stepline_runtime.service.discover`).
+ACCESS: tuple[Access, ...] = access()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import pytest
 
 from stepline_client.demo import GOAL, ReplyReceiver, demo_tools, render_toml
 from stepline_client.supervisor import SERVICES
+from stepline_planner.spec import SPEC as PLANNER
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG
 
@@ -355,7 +356,7 @@ def test_topics_lists_the_catalog_with_partitions_and_consumer_lag(stack: Stack)
     assert all(row[1] == "2" for row in rows.values()), out
     goals = rows[f"{namespace}.stepline.goals.v1"]
     assert int(goals[3]) > 0  # end offsets: the goals this module submitted
-    assert f"{namespace}.stepline-planner=" in " ".join(goals[4:]), out
+    assert f"{namespace}.{PLANNER.name}=" in " ".join(goals[4:]), out
 
 
 def test_tail_max_prints_that_many_decoded_records(stack: Stack) -> None:

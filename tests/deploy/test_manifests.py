@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +12,16 @@ import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
+from stepline_runtime.service import ServiceSpec, discover
 from stepline_runtime.topics import CATALOG
-from tests.deploy.render import ROOT, Rendered, render
+from tests.deploy.render import K8S, Rendered, load_yaml_documents, render
 
 # The oldest Kubernetes minor still supported upstream when this was written; gRPC probes are GA.
 KUBERNETES_VERSION = "1.33.0"
 KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject-v1alpha1.json"
-# Each scaled consumer: the deployment, the module whose app.py names its consumer group, and
-# the topic(s) that group reads (None: several co-partitioned inputs, the trigger names none).
-CONSUMERS = {
-    "planner": ("services/planner/src/stepline_planner/app.py", None),
-    "model-router": ("services/model-router/src/stepline_router/app.py", "model.requests"),
-    "tool-executor": ("services/tool-executor/src/stepline_executor/app.py", "tool.requests"),
-    "billing": ("services/billing/src/stepline_billing/app.py", "usage"),
-}
+# Every installed service has a deployment; each one with a consumer group is scaled on it.
+SPECS = {spec.name: spec for spec in discover()}
+CONSUMERS = {name: spec for name, spec in SPECS.items() if spec.group is not None}
 # One replica until their state is shared (see the comments in the manifests).
 SINGLE_REPLICA = {"tool-executor", "billing"}
 Resource = dict[str, Any]
@@ -214,35 +210,23 @@ def test_services_select_a_deployment_and_target_its_ports(rendered: Rendered) -
 # --- KEDA: the right group, topic, broker and bounds -------------------------------------------
 
 
-def _group_of(app_py: str) -> str:
-    """The consumer group id the service's composition root passes to `settings.group(...)`."""
-    source = (ROOT / app_py).read_text()
-    calls: set[str] = set(re.findall(r"settings\.group\(([A-Z_]+|\"[^\"]+\")\)", source))
-    assert len(calls) == 1, f"{app_py}: expected one consumer group, found {calls}"
-    (argument,) = calls
-    if argument.startswith('"'):
-        return argument.strip('"')
-    constant = re.search(rf"^{argument} = \"([^\"]+)\"", source, re.MULTILINE)
-    assert constant, f"{app_py}: {argument} is not a string constant"
-    return str(constant.group(1))
-
-
 def test_scaled_objects_follow_each_consumer_group_and_topic(rendered: Rendered) -> None:
     env_config = _env_config(rendered)
     topics = {t.name for t in CATALOG}
     deployments = {d["metadata"]["name"] for d in rendered.of("Deployment")}
-    for name, (app_py, topic) in CONSUMERS.items():
+    for name, spec in CONSUMERS.items():
         scaled = rendered.get("ScaledObject", name)
         assert scaled["spec"]["scaleTargetRef"]["name"] in deployments
         (trigger,) = scaled["spec"]["triggers"]
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
         assert meta["bootstrapServers"] == env_config["STEPLINE_KAFKA_BOOTSTRAP"], name
-        assert meta["consumerGroup"] == _group_of(app_py), name
-        if topic is None:
+        assert meta["consumerGroup"] == spec.group, name
+        if len(spec.consumes) > 1:
+            # Several co-partitioned inputs: the trigger names none, KEDA sums the group's lag.
             assert "topic" not in meta, name
         else:
-            assert meta["topic"] == f"stepline.{topic}.v1", name
+            assert meta["topic"] == spec.consumes[0], name
             assert meta["topic"] in topics, name
         assert int(meta["lagThreshold"]) > 0
 
@@ -258,3 +242,65 @@ def test_replica_bounds_stay_within_the_partition_count(rendered: Rendered) -> N
             deployment = rendered.get("Deployment", name)["spec"]
             assert deployment["replicas"] == 1
             assert deployment["strategy"]["type"] == "Recreate"
+
+
+# --- the manifests follow the service specs ------------------------------------------------------
+
+
+def _ports(container: Resource) -> dict[str, int]:
+    return {p["name"]: int(p["containerPort"]) for p in container.get("ports", []) if "name" in p}
+
+
+def _spec_mismatches(rendered: Rendered, specs: Mapping[str, ServiceSpec]) -> list[str]:
+    """Where deploy/k8s disagrees with the service specs (names, modules, ports, groups)."""
+    errors = []
+    deployments = {d["metadata"]["name"]: d for d in rendered.of("Deployment")}
+    if set(deployments) != set(specs):
+        errors.append(f"deployments {sorted(deployments)} but services {sorted(specs)}")
+    scaled = {s["metadata"]["name"] for s in rendered.of("ScaledObject")}
+    grouped = {name for name, spec in specs.items() if spec.group is not None}
+    if scaled != grouped:
+        errors.append(f"scaled objects {sorted(scaled)} but consumer groups {sorted(grouped)}")
+    resources = set(load_yaml_documents(K8S / "kustomization.yaml")[0]["resources"])
+    for name, spec in specs.items():
+        if f"{name}.yaml" not in resources:
+            errors.append(f"{name}: no {name}.yaml in kustomization.yaml")
+        if name not in deployments:
+            continue
+        template = deployments[name]["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        if container.get("args") != ["python", "-m", spec.module]:
+            errors.append(f"{name}: runs {container.get('args')}, not -m {spec.module}")
+        if _ports(container) != spec.listening_ports():
+            errors.append(f"{name}: ports {_ports(container)} but spec {spec.listening_ports()}")
+        env = _env(container)
+        if spec.metrics_port is not None:
+            port = str(spec.metrics_port)
+            if env.get("STEPLINE_METRICS_PORT") != port:
+                errors.append(f"{name}: STEPLINE_METRICS_PORT is not {port}")
+            if template["metadata"].get("annotations", {}).get("prometheus.io/port") != port:
+                errors.append(f"{name}: prometheus.io/port is not {port}")
+        for key, value in env.items():
+            # A listen address (host:port) in the env names a port of the spec.
+            host, _, bound = value.rpartition(":")
+            if host == "0.0.0.0" and int(bound) not in spec.listening_ports().values():
+                errors.append(f"{name}: {key}={value} is not a port of its spec")
+    return errors
+
+
+def test_the_manifests_follow_the_service_specs(rendered: Rendered) -> None:
+    assert _spec_mismatches(rendered, SPECS) == []
+
+
+def test_a_new_service_without_manifests_is_reported(rendered: Rendered) -> None:
+    extra = ServiceSpec(
+        "summarizer",
+        "stepline_summarizer",
+        build="stepline_summarizer.app:build",
+        consumes=(CATALOG[0].name,),
+        metrics_port=9199,
+    )
+    specs = {spec.name: spec for spec in discover([extra])}
+    errors = _spec_mismatches(rendered, specs)
+    assert len(errors) == 3, errors
+    assert all("summarizer" in e for e in errors), errors

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from stepline.v1 import budgets_pb2
 from stepline_billing.cli import main as cli_main
 from stepline_billing.queries import all_entries
+from stepline_billing.spec import SPEC as BILLING
 from stepline_billing.sqlstore import SqliteLedgerStore
 from stepline_billing.store import LedgerQuery
 from stepline_runtime.codec import encode
@@ -88,7 +89,7 @@ async def test_a_kill_between_db_commit_and_offset_commit_charges_once(
     command = [sys.executable, "-m", "stepline_billing"]
     first = subprocess.Popen(  # noqa: ASYNC220 (a child process is the point)
         command,
-        env=_env(namespace, data, STEPLINE_BILLING_FAULT_KILL_AFTER=str(KILL_AFTER)),
+        env=_env(namespace, data, STEPLINE_FAULT_KILL_AFTER_RECORDS=str(KILL_AFTER)),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -101,7 +102,7 @@ async def test_a_kill_between_db_commit_and_offset_commit_charges_once(
     )
     try:
         await _until(lambda: len(_ledger(data)) == UNIQUE, "every usage id in the ledger")
-        group = namespaced("billing", namespace)
+        group = namespaced(BILLING.name, namespace)
 
         async def consumed_everything() -> bool:
             committed = await admin.list_consumer_group_offsets(group)

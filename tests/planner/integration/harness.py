@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import Message
 
 from stepline.v1 import budgets_pb2, common_pb2, control_pb2, goals_pb2, runs_pb2, tools_pb2
+from stepline_planner.spec import SPEC as PLANNER
 from stepline_runtime.codec import encode
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import CATALOG, ensure_topics
@@ -313,7 +314,7 @@ class System:
                     tp = TopicPartition(topic, record.partition)
                     wanted[tp] = max(wanted.get(tp, 0), record.offset + 1)
             deadline = asyncio.get_running_loop().time() + timeout_s
-            group = namespaced("stepline-planner", self.ns)
+            group = namespaced(PLANNER.name, self.ns)
             while True:
                 committed = await admin.list_consumer_group_offsets(group, partitions=list(wanted))
                 if all(tp in committed and committed[tp].offset >= o for tp, o in wanted.items()):

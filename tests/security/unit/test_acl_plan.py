@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.kafka_acls import ACCESS, Access, acl_command, bindings, main
+from scripts.kafka_acls import ACCESS, Access, access, acl_command, bindings, main, render
 from stepline_localkafka import KafkaSettings, LocalKafka, LocalKafkaError
 from stepline_localkafka.security import MECHANISM, SERVICE_USERS, ScramCredentials
+from stepline_planner.spec import SPEC as PLANNER
+from stepline_runtime.service import ServiceSpec, discover
 from stepline_runtime.settings import namespaced
 from stepline_runtime.topics import CATALOG, Topics
 
@@ -31,6 +33,23 @@ def test_every_catalog_topic_has_a_writer_and_every_principal_has_a_scram_user()
     written = set().union(*(a.writes for a in ACCESS))
     assert {t.name for t in CATALOG} - written == set()
     assert [a.service for a in ACCESS] == list(SERVICE_USERS)
+
+
+def test_principals_come_from_the_service_specs_and_a_new_spec_gets_its_grants() -> None:
+    names = [spec.name for spec in discover()]
+    assert [a.service for a in ACCESS] == names
+    summarizer = ServiceSpec(
+        "summarizer",
+        "stepline_summarizer",
+        build="stepline_summarizer.app:build",
+        consumes=(Topics.RUNS,),
+        writes=(Topics.DLQ,),
+    )
+    grants = render(bindings(access([summarizer]), "ns"))
+    assert "User:summarizer: Read/Describe/Create on topic ns.stepline.runs.v1" in grants
+    assert "User:summarizer: Write/Describe/Create on topic ns.stepline.dlq.v1" in grants
+    assert "User:summarizer: Read/Describe on group ns.summarizer" in grants
+    assert "User:summarizer" not in render(bindings(ACCESS, "ns"))
 
 
 def test_router_gets_exactly_its_topics_group_and_idempotence() -> None:
@@ -57,9 +76,9 @@ def test_planner_transactional_ids_are_a_namespaced_prefix_of_the_processor_ids(
     (txn,) = [b for b in planner if b.resource_type == "transactional-id"]
     assert txn.pattern == "prefixed"
     assert txn.operations == ("Write", "Describe")
-    # TransactionalProcessor uses f"{app_id}-{partition}" with app_id = settings.group(...).
-    assert f"{namespaced('stepline-planner', 'staging')}-3".startswith(txn.names[0])
-    assert txn.names == ("staging.stepline-planner-",)
+    # TransactionalProcessor uses f"{app_id}-{partition}" with app_id = the namespaced group.
+    assert f"{namespaced(PLANNER.name, 'staging')}-3".startswith(txn.names[0])
+    assert txn.names == ("staging.planner-",)
     # Reads and writes its own changelog; the gateway never touches it.
     state = namespaced(Topics.PLANNER_STATE, "staging")
     assert any(state in b.names and "Read" in b.operations for b in planner)
@@ -86,7 +105,7 @@ def test_acl_command_lines() -> None:
 def test_dry_run_prints_grants_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--dry-run", "--namespace", "ns1", "--service", "planner"]) == 0
     out = capsys.readouterr().out
-    assert "User:planner: Write/Describe on transactional-id ns1.stepline-planner- (prefix)" in out
+    assert "User:planner: Write/Describe on transactional-id ns1.planner- (prefix)" in out
     assert "org.apache.kafka.tools.AclCommand" in out
     assert "--resource-pattern-type prefixed" in out
     assert "User:model-router" not in out

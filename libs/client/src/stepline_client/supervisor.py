@@ -1,7 +1,8 @@
 """`stepline up/down/status`: the local broker plus every service as a detached subprocess.
 
-Each service runs as `python -m stepline_<name>` with its log in `<state>/logs/<name>.log` and
-its pid in `<state>/run/<name>.pid`. `up` is idempotent: it starts what is not running (a
+The services are the installed service specs (`stepline_runtime.service.discover`). Each runs as
+`python -m <spec.module>` with its log in `<state>/logs/<name>.log` and its pid in
+`<state>/run/<name>.pid`. `up` is idempotent: it starts what is not running (a
 crashed service is started again) and leaves the rest alone.
 """
 
@@ -16,24 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SERVICES", "Service", "ServiceStatus", "Supervisor"]
+from stepline_runtime.service import ServiceSpec, discover
 
+__all__ = ["SERVICES", "ServiceStatus", "Supervisor"]
 
-@dataclass(frozen=True, slots=True)
-class Service:
-    """A service the supervisor runs."""
-
-    name: str
-    module: str
-
-
-SERVICES = (
-    Service("planner", "stepline_planner"),
-    Service("model-router", "stepline_router"),
-    Service("tool-executor", "stepline_executor"),
-    Service("billing", "stepline_billing"),
-    Service("gateway", "stepline_client.gateway"),
-)
+# Every installed service, from its spec.
+SERVICES: tuple[ServiceSpec, ...] = discover()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +48,17 @@ def _alive(pid: int, module: str) -> bool:
 class Supervisor:
     """Starts, stops and reports the local services."""
 
-    def __init__(self, state_dir: Path, services: tuple[Service, ...] = SERVICES) -> None:
+    def __init__(self, state_dir: Path, services: tuple[ServiceSpec, ...] = SERVICES) -> None:
         self._state = state_dir
         self._services = services
 
-    def _pid_file(self, service: Service) -> Path:
+    def _pid_file(self, service: ServiceSpec) -> Path:
         return self._state / "run" / f"{service.name}.pid"
 
-    def _log(self, service: Service) -> Path:
+    def _log(self, service: ServiceSpec) -> Path:
         return self._state / "logs" / f"{service.name}.log"
 
-    def _pid(self, service: Service) -> int | None:
+    def _pid(self, service: ServiceSpec) -> int | None:
         try:
             return int(self._pid_file(service).read_text().strip())
         except (OSError, ValueError):

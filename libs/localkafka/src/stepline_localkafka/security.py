@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepline_runtime.service import service_names
+
 from .errors import LocalKafkaError
 
 __all__ = [
@@ -24,8 +26,9 @@ __all__ = [
 MECHANISM = "SCRAM-SHA-512"
 SECURITY_PROTOCOL = "SASL_PLAINTEXT"
 ADMIN_USER = "admin"
-# One SCRAM user per Stepline principal (scripts/kafka_acls.py grants each its own topics).
-SERVICE_USERS = ("planner", "model-router", "tool-executor", "billing", "gateway")
+# One SCRAM user per installed Stepline service, named like it (scripts/kafka_acls.py grants
+# each its own topics).
+SERVICE_USERS = service_names()
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
