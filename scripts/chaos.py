@@ -63,6 +63,7 @@ from stepline_router.types import (
     ToolChoice,
     ToolSpec,
 )
+from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
 
@@ -70,7 +71,8 @@ __all__ = ["ChaosResult", "FlakyProvider", "Receiver", "main", "run_chaos"]
 
 TENANT = "chaos-tenant"
 AGENT = "chaos"
-VICTIMS = ("planner", "model-router", "tool-executor", "billing")
+# Every service that consumes with a group (the goal gateway only serves calls).
+VICTIMS = tuple(spec.name for spec in discover() if spec.group is not None)
 GOAL = "Search the support tickets for refund problems and post a message about them"
 TERMINAL = ("completed", "failed", "cancelled")
 LIB_DIR = ROOT / ".local" / "kafka" / "lib"  # the dev broker's jars, resolved by `make kafka-up`

@@ -29,6 +29,7 @@ import pytest
 from scripts.bad_input import ROOT, Stack, read_topic
 from stepline.v1 import usage_pb2
 from stepline_client import Goal, Stepline
+from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
 
@@ -39,7 +40,8 @@ WAVES = 8
 KILLS = 6
 KILL_EVERY_S = 4.0
 TENANT = "chaos-tenant"
-VICTIMS = ("planner", "model-router", "tool-executor", "billing")
+# Every service that consumes with a group (the goal gateway only serves calls).
+VICTIMS = tuple(spec.name for spec in discover() if spec.group is not None)
 GOAL = "Search the support tickets for refund problems and post a message about them"
 
 
