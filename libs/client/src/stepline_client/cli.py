@@ -26,7 +26,7 @@ from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError
 from stepline_client.demo import main as demo
 from stepline_client.events import describe, is_terminal, money
 from stepline_client.offline import ROUTES_FILE, choose_routes
-from stepline_client.supervisor import Supervisor
+from stepline_client.supervisor import SERVICES, Supervisor
 from stepline_localkafka import LocalKafka, find_repo_root
 from stepline_runtime.jsonlines import tail
 from stepline_runtime.settings import ServiceSettings
@@ -73,6 +73,12 @@ def _print_outcome(event: runs_pb2.RunEvent, out: TextIO) -> int:
 
 
 # --- local stack --------------------------------------------------------------------------
+
+
+def _local_grpc(service: str) -> str:
+    """The loopback gRPC address `service` listens on by default (its spec's port)."""
+    ports = {spec.name: spec.ports for spec in SERVICES}
+    return f"127.0.0.1:{ports[service]['grpc']}" if "grpc" in ports.get(service, {}) else ""
 
 
 def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
@@ -397,7 +403,7 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("--run", help="only this run")
     usage.add_argument(
         "--billing",
-        default=os.environ.get("STEPLINE_BILLING_GRPC_ADDRESS", "127.0.0.1:50062"),
+        default=os.environ.get("STEPLINE_BILLING_GRPC_ADDRESS", _local_grpc("billing")),
         help="billing gRPC address",
     )
 
