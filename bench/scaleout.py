@@ -38,6 +38,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from bench.apps.stack import Namespace, RunWatcher, Service, machine, tool_registered
 from stepline.v1 import common_pb2, goals_pb2, model_pb2
 from stepline_planner.spec import SPEC as PLANNER
+from stepline_router.spec import SPEC as ROUTER
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import Topics
 
@@ -241,7 +242,7 @@ async def _planner(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
         return await _scale(
             ns,
             load,
-            lambda i: ns.spawn(f"planner-{i}", "stepline_planner"),
+            lambda i: ns.spawn(f"{PLANNER.name}-{i}", PLANNER.module),
             namespaced(PLANNER.name, ns.ns),
             ns.topic(Topics.MODEL_RESULTS),
             PLANNER_STEPS_PER_RUN,
@@ -309,8 +310,8 @@ async def _router(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
         return await _scale(
             ns,
             load,
-            lambda i: ns.spawn(f"router-{i}", "stepline_router"),
-            namespaced("model-router", ns.ns),
+            lambda i: ns.spawn(f"{ROUTER.name}-{i}", ROUTER.module),
+            namespaced(ROUTER.name, ns.ns),
             ns.topic(Topics.MODEL_REQUESTS),
             1,
         )

@@ -148,7 +148,7 @@ async def _measure(ns: Namespace, watcher: RunWatcher, workdir: Path) -> dict[st
         "responder", "bench.apps.responder", "--tool", TOOL, "--tools", TOOLS_PER_TURN,
         "--timings", str(timings),
     )  # fmt: skip
-    planner = ns.spawn("planner", "stepline_planner")
+    planner = ns.spawn(PLANNER.name, PLANNER.module)
     services = [planner, responder]
     broker = broker_process()
     # Warm-up: process start, topic metadata, partition assignment, producers per task.
