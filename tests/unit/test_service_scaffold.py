@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -235,3 +237,21 @@ def test_the_fault_hook_kills_after_the_nth_handled_record() -> None:
         faults.install(0)
     faults.record_handled(12)
     assert killed == [1]
+
+
+def test_invalid_settings_end_the_process_with_one_json_line_and_exit_code_2() -> None:
+    env = {**os.environ, "STEPLINE_PARTITIONS": "0", "STEPLINE_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stepline_billing"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["service"] == "billing"
+    assert entry["message"] == "invalid settings"
+    assert "partitions" in entry["error"]

@@ -121,7 +121,8 @@ class _Startable(Protocol):
 
 
 class BrokerPart:
-    """A FastStream broker (its subscribers consume once it started)."""
+    """A FastStream broker (its subscribers consume once it started), or anything else with
+    async `start()` and `stop()` that runs until stopped (name it: `BrokerPart(x, "http")`)."""
 
     def __init__(self, broker: _Startable, name: str = "kafka") -> None:
         self.name = name

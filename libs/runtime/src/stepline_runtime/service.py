@@ -70,7 +70,7 @@ class ServiceSpec:
     # Default Prometheus port (STEPLINE_METRICS_PORT overrides; None: the service has none).
     metrics_port: int | None = None
     # Other default listening ports by name, e.g. {"grpc": 50061}.
-    ports: Mapping[str, int] = field(default_factory=dict)
+    ports: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
