@@ -123,8 +123,17 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         watch_circuits(router.circuit_states)
         parts: list[Part] = [
             BrokerPart(broker),
-            TaskPart("routes-watch", lambda: routes.watch(settings.reload_interval_s)),
-            TaskPart("prices-watch", lambda: prices.watch(settings.reload_interval_s)),
+            # A reload bug is logged; the router keeps serving its last good config.
+            TaskPart(
+                "routes-watch",
+                lambda: routes.watch(settings.reload_interval_s),
+                critical=False,
+            ),
+            TaskPart(
+                "prices-watch",
+                lambda: prices.watch(settings.reload_interval_s),
+                critical=False,
+            ),
         ]
         info: dict[str, object] = {}
         if settings.grpc_enabled:
