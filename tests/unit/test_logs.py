@@ -117,3 +117,11 @@ def test_library_console_handlers_are_replaced_by_propagation_to_the_json_root()
     adopt_library_loggers()
     assert library.handlers == []
     assert library.propagate is True
+
+
+def test_lines_that_differ_in_their_fields_are_not_repeats() -> None:
+    clock = _Clock()
+    logger, kept = _limited(clock)
+    for offset in range(10):
+        logger.warning("record dead-lettered", extra={"offset": offset})
+    assert [r.offset for r in kept] == list(range(10))  # type: ignore[attr-defined]

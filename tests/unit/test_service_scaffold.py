@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -151,10 +152,12 @@ _SETTINGS = ServiceSettings(metrics_port=0)
 
 
 async def test_parts_start_in_order_and_stop_in_reverse_before_the_build_closes(
-    untraced: None,
+    untraced: None, tmp_path: Path
 ) -> None:
     events: list[str] = []
     stop = asyncio.Event()
+    ready_file = tmp_path / "run" / "summarizer.ready"
+    settings = ServiceSettings(metrics_port=0, ready_file=ready_file)
 
     @asynccontextmanager
     async def build(context: ServiceContext[ServiceSettings]) -> AsyncIterator[Running]:
@@ -166,11 +169,14 @@ async def test_parts_start_in_order_and_stop_in_reverse_before_the_build_closes(
             events.append("closed")
 
     def ready(running: Running) -> None:
+        # The supervisor's signal: written once every part started.
+        assert ready_file.read_text() == f"{os.getpid()}\n"
         events.append("ready")
         stop.set()
 
-    await asyncio.wait_for(serve(_BARE, _SETTINGS, stop, ready=ready, build=build), 10)
+    await asyncio.wait_for(serve(_BARE, settings, stop, ready=ready, build=build), 10)
     assert events == ["build", "start a", "start b", "ready", "stop b", "stop a", "closed"]
+    assert not ready_file.exists()
 
 
 async def test_a_critical_part_that_ends_stops_the_service_with_an_error(untraced: None) -> None:

@@ -2,8 +2,10 @@
 
 The services are the installed service specs (`stepline_runtime.service.discover`). Each runs as
 `python -m <spec.module>` with its log in `<state>/logs/<name>.log` and its pid in
-`<state>/run/<name>.pid`. `up` is idempotent: it starts what is not running (a
-crashed service is started again) and leaves the rest alone.
+`<state>/run/<name>.pid`; it writes `<state>/run/<name>.ready` once all its parts started
+(`STEPLINE_READY_FILE`, see `stepline_runtime.lifecycle`). `up` is idempotent: it starts what is
+not running (a crashed service is started again), leaves the rest alone, and returns once what it
+started is ready.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class ServiceStatus:
     pid: int | None
     running: bool
     log: Path
+    # Every part started (the service wrote its ready file, see `run_service`).
+    ready: bool = False
 
 
 def _alive(pid: int, module: str) -> bool:
@@ -55,6 +59,9 @@ class Supervisor:
     def _pid_file(self, service: ServiceSpec) -> Path:
         return self._state / "run" / f"{service.name}.pid"
 
+    def _ready_file(self, service: ServiceSpec) -> Path:
+        return self._state / "run" / f"{service.name}.ready"
+
     def _log(self, service: ServiceSpec) -> Path:
         return self._state / "logs" / f"{service.name}.log"
 
@@ -70,32 +77,37 @@ class Supervisor:
         for service in self._services:
             pid = self._pid(service)
             running = pid is not None and _alive(pid, service.module)
-            result.append(ServiceStatus(service.name, pid, running, self._log(service)))
+            ready = running and self._ready_file(service).exists()
+            result.append(ServiceStatus(service.name, pid, running, self._log(service), ready))
         return result
 
-    def up(self, env: Mapping[str, str]) -> list[ServiceStatus]:
-        """Start every service that is not running; returns the status after a short check."""
+    def up(self, env: Mapping[str, str], *, ready_timeout_s: float = 90) -> list[ServiceStatus]:
+        """Start every service that is not running; return once each one started is ready,
+        one of them died (bad config, no broker), or `ready_timeout_s` passed."""
         (self._state / "run").mkdir(parents=True, exist_ok=True)
         (self._state / "logs").mkdir(parents=True, exist_ok=True)
-        started = []
+        started: list[tuple[ServiceSpec, subprocess.Popen[bytes]]] = []
         for service, status in zip(self._services, self.status(), strict=True):
             if status.running:
                 continue
+            ready_file = self._ready_file(service)
+            ready_file.unlink(missing_ok=True)  # left by a killed process
             with self._log(service).open("ab") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", service.module],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    env=dict(env),
+                    env={**env, "STEPLINE_READY_FILE": str(ready_file)},
                     start_new_session=True,  # survives the CLI; stopped by `stepline down`
                 )
             self._pid_file(service).write_text(f"{process.pid}\n")
-            started.append(process)
-        # A service that cannot start (bad config, no broker) usually dies within a second.
-        deadline = time.monotonic() + 3
+            started.append((service, process))
+        deadline = time.monotonic() + ready_timeout_s
         while started and time.monotonic() < deadline:
-            if any(p.poll() is not None for p in started):
+            if any(p.poll() is not None for _, p in started):
+                break
+            if all(self._ready_file(s).exists() for s, _ in started):
                 break
             time.sleep(0.1)
         return self.status()
@@ -119,4 +131,5 @@ class Supervisor:
                 time.sleep(0.1)
         for service in self._services:
             self._pid_file(service).unlink(missing_ok=True)
+            self._ready_file(service).unlink(missing_ok=True)
         return [service.name for service, _ in running]

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -274,6 +275,9 @@ async def _run(
                 "namespace": settings.topic_namespace,
             },
         )
+        if settings.ready_file is not None:
+            settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.ready_file.write_text(f"{os.getpid()}\n")
         if ready is not None:
             ready(running)
         waiters = {asyncio.create_task(p.wait(), name=f"wait-{p.name}"): p for p in started}
@@ -291,6 +295,8 @@ async def _run(
                 break
         log.info("service stopping")
     finally:
+        if settings.ready_file is not None:
+            settings.ready_file.unlink(missing_ok=True)
         for task in [*waiters, *helpers]:
             task.cancel()
         await asyncio.gather(*waiters, *helpers, return_exceptions=True)

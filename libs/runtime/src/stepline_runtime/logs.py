@@ -94,10 +94,24 @@ class _Window:
     template: logging.LogRecord
 
 
+def _identity(record: logging.LogRecord) -> tuple[object, ...]:
+    """What makes two log lines the same line: everything but the time."""
+    extras = tuple(
+        sorted(
+            (key, repr(value))
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")
+        )
+    )
+    error = repr(record.exc_info[1]) if record.exc_info else ""
+    return (record.name, record.levelno, record.getMessage(), extras, error)
+
+
 class RepeatFilter(logging.Filter):
     """Rate-limits identical warning and error lines, so an outage cannot flood the log.
 
-    The same (logger, level, message) passes `burst` times per `window_s`; further copies are
+    The same line (logger, level, message, extra fields and exception; not the time) passes
+    `burst` times per `window_s`; further copies are
     counted, and when the window ends one summary line says how many were held back. Lines
     below `level` always pass. Attach it to a handler (`attach`), which also emits summaries.
     """
@@ -115,7 +129,7 @@ class RepeatFilter(logging.Filter):
         self._window_s = window_s
         self._level = level
         self._clock = clock
-        self._windows: dict[tuple[str, int, str], _Window] = {}
+        self._windows: dict[tuple[object, ...], _Window] = {}
         self._lock = threading.Lock()
         self._emit: Callable[[logging.LogRecord], object] | None = None
 
@@ -131,7 +145,7 @@ class RepeatFilter(logging.Filter):
         self.flush()
         if record.levelno < self._level:
             return True
-        key = (record.name, record.levelno, record.getMessage())
+        key = _identity(record)
         with self._lock:
             window = self._windows.get(key)
             if window is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any, Literal
 
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -114,6 +115,13 @@ class ServiceSettings(BaseSettings):
     # spec's (`ServiceSpec.metrics_port`); STEPLINE_METRICS_PORT overrides it, 0 disables.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    ready_file: Path | None = Field(
+        default=None,
+        description=(
+            "Written once every part of the service started, removed when it stops: what a"
+            " supervisor waits for (`stepline up`)."
+        ),
+    )
     fault_kill_after_records: int = Field(
         default=0,
         ge=0,
