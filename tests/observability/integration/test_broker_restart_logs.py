@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,14 +49,6 @@ def _free_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def _lines(stack: Stack, service: str) -> list[str]:
     return stack.log(service).splitlines()
 
@@ -91,11 +82,9 @@ def test_a_broker_restart_writes_few_log_lines_and_all_of_them_json(tmp_path: Pa
         stack.env["STEPLINE_KAFKA_BOOTSTRAP"] = settings.local_bootstrap
         stack.env["STEPLINE_METRICS_PORT"] = "0"
         with stack.running():
-            names = list(stack.pids())
-            _until(
-                lambda: all('"service started"' in stack.log(n) for n in names),
-                "every service to log that it started",
-            )
+            statuses = stack.supervisor.status()
+            names = [s.name for s in statuses]
+            assert all(s.ready for s in statuses), statuses
             before = {n: len(_lines(stack, n)) for n in names}
             broker.down()
             broker.up(120)
