@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import Field
 
 from stepline_pricebook import default_path as default_pricebook_path
-from stepline_routes import default_path as default_routes_path
 from stepline_router.spec import SPEC
+from stepline_routes import default_path as default_routes_path
 from stepline_runtime.settings import ServiceSettings
 
 __all__ = ["Settings"]
