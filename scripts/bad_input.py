@@ -50,6 +50,7 @@ from stepline.v1 import (
 )
 from stepline_client import Goal, Stepline
 from stepline_client.client import RunTimeoutError
+from stepline_client.offline import ROUTES_FILE, choose_routes
 from stepline_client.supervisor import ServiceStatus, Supervisor
 from stepline_runtime.headers import EventHeaders
 from stepline_runtime.service import discover
@@ -130,6 +131,10 @@ class Stack:
             "STEPLINE_BILLING_DATA_DIR": str(state_dir / "billing"),
             "PYTHONUNBUFFERED": "1",
         }
+        # As `stepline up` does: without a provider key every route is served offline.
+        self.env.update(
+            choose_routes(self.env, shipped=ROOT / ROUTES_FILE, state_dir=state_dir).env
+        )
         self.settings = ServiceSettings(topic_namespace=namespace)
 
     def topic(self, name: str) -> str:
