@@ -201,12 +201,14 @@ class PlannerHandler:
             self._check_key(record, message.run_id)
             which = message.WhichOneof("command")
             event: Input
+            if which is None:
+                raise InvalidRecordError(Cause.INVALID, "ControlCommand carries no command")
             if which == "approval_decided":
                 event = convert.approval_from_proto(message.tenant_id, message.approval_decided)
             elif which == "run_cancel_requested":
                 event = convert.cancel_from_proto(message.tenant_id, message.run_cancel_requested)
             else:
-                raise InvalidRecordError(Cause.INVALID, "ControlCommand carries no command")
+                assert_never(which)
             return self._apply(record.partition, message.run_id, event)
         if isinstance(message, planner_state_pb2.SessionTurnGranted):
             memory = convert.messages_from_proto(message.memory)
