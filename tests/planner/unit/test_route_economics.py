@@ -141,3 +141,8 @@ def test_the_profile_or_the_route_asks_for_streamed_model_calls(agent: str, stre
     call = d.one(o.ModelCallRequested)
     assert call.stream is stream
     assert model_request_to_proto(call).stream is stream
+
+
+def test_stream_must_be_a_boolean() -> None:
+    with pytest.raises(profiles.ProfilesError, match="stream"):
+        _profiles(AGENTS + '\n[agents.odd]\nsystem_prompt = "o"\nroute = "plain"\nstream = "yes"\n')

@@ -2,7 +2,8 @@
 
 The planner reserves a model step's worst case before sending it; the router may then send the
 call to any deployment of the route (failover, latency or cost ordering). So a route's price is
-the component-wise maximum over its deployments and its context window the smallest one: a
+the component-wise maximum over its deployments (tier by tier, `max_price`) and its context
+window the smallest one: a
 reservation at this price is never below what the router can spend, which keeps the documented
 budget bound `limit + (R·P − 1)·W` true.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import reduce
 
-from stepline_pricebook import ModelPrice, PriceBook
+from stepline_pricebook import ModelPrice, PriceBook, max_price
 from stepline_routes.config import Route, RoutesConfig
 
 __all__ = ["RouteEconomics", "route_economics", "routes_economics"]
@@ -51,11 +53,5 @@ def routes_economics(config: RoutesConfig, book: PriceBook) -> Mapping[str, Rout
 
 
 def _dearest(prices: list[ModelPrice]) -> ModelPrice:
-    # Each component at its maximum: no single deployment's call can cost more than this.
-    # Cache prices fall back to the input price, as `ModelPrice.cost` does.
-    return ModelPrice(
-        input_per_mtok=max(p.input_per_mtok for p in prices),
-        output_per_mtok=max(p.output_per_mtok for p in prices),
-        cached_input_per_mtok=max(p.cached_input_per_mtok or p.input_per_mtok for p in prices),
-        cache_write_per_mtok=max(p.cache_write_per_mtok or p.input_per_mtok for p in prices),
-    )
+    # Each component at its maximum, tier by tier: no deployment's call can cost more.
+    return reduce(max_price, prices)

@@ -215,6 +215,8 @@ def goal_to_proto(goal: Goal, submitted_at: datetime) -> goals_pb2.GoalSubmitted
 def model_result_from_proto(result: model_pb2.ModelCallResult) -> ModelCompleted | ModelFailed:
     """A router result as a core input; raises ConversionError when it has no outcome."""
     which = result.WhichOneof("outcome")
+    if which is None:
+        raise ConversionError("ModelCallResult has neither completed nor failed")
     if which == "completed":
         done = result.completed
         finish = _enum_name(model_pb2.FinishReason, "FINISH_REASON_", done.finish_reason)
@@ -241,19 +243,21 @@ def model_result_from_proto(result: model_pb2.ModelCallResult) -> ModelCompleted
             cost=decimal_of(failed.cost),
             attempts=len(failed.attempts),
         )
-    raise ConversionError("ModelCallResult has neither completed nor failed")
+    assert_never(which)
 
 
 def tool_result_from_proto(result: tools_pb2.ToolCallResult) -> ToolCompleted | ToolFailed:
     """An executor result as a core input."""
     which = result.WhichOneof("outcome")
+    if which is None:
+        raise ConversionError("ToolCallResult has neither completed nor failed")
     if which == "completed":
         done = result.completed
         return ToolCompleted(result.step_id, result.call_id, done.output, done.output_truncated)
     if which == "failed":
         kind = _enum_name(tools_pb2.ToolCallErrorKind, "TOOL_CALL_ERROR_KIND_", result.failed.kind)
         return ToolFailed(result.step_id, result.call_id, kind, result.failed.message)
-    raise ConversionError("ToolCallResult has neither completed nor failed")
+    assert_never(which)
 
 
 def approval_from_proto(tenant_id: str, decided: control_pb2.ApprovalDecided) -> ApprovalDecided:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import assert_never
+from typing import TypeAlias, assert_never
 
 from google.protobuf.message import Message as ProtoMessage
 
@@ -41,7 +41,16 @@ log = logging.getLogger(__name__)
 # `ce_source` of everything the planner writes: its one name.
 SOURCE = SPEC.name
 
-_CONTROL_TYPES: tuple[type[ProtoMessage], ...] = (
+# What the control topic carries: a dispatch over it is checked for exhaustiveness.
+_ControlMessage: TypeAlias = (
+    control_pb2.ControlCommand
+    | planner_state_pb2.SessionTurnRequested
+    | planner_state_pb2.SessionTurnGranted
+    | planner_state_pb2.SessionTurnRejected
+    | planner_state_pb2.SessionTurnEnded
+    | planner_state_pb2.ChildRunEnded
+)
+_CONTROL_TYPES: tuple[type[_ControlMessage], ...] = (
     control_pb2.ControlCommand,
     planner_state_pb2.SessionTurnRequested,
     planner_state_pb2.SessionTurnGranted,
@@ -109,7 +118,7 @@ class PlannerHandler:
                 part.due.pop(key, None)
                 continue
             try:
-                types: list[type[ProtoMessage]] = [
+                types: list[type[planner_state_pb2.RunState | planner_state_pb2.SessionState]] = [
                     planner_state_pb2.RunState,
                     planner_state_pb2.SessionState,
                 ]
@@ -118,6 +127,8 @@ class PlannerHandler:
                     part.sessions[key] = convert.session_from_proto(message)
                 elif isinstance(message, planner_state_pb2.RunState):
                     self._put_run(part, convert.run_from_proto(message, self._profiles.currency))
+                else:
+                    assert_never(message)
             except (InvalidRecordError, convert.ConversionError, ValueError):
                 log.exception("unreadable changelog record skipped", extra={"key": key})
 
@@ -190,12 +201,14 @@ class PlannerHandler:
             self._check_key(record, message.run_id)
             which = message.WhichOneof("command")
             event: Input
+            if which is None:
+                raise InvalidRecordError(Cause.INVALID, "ControlCommand carries no command")
             if which == "approval_decided":
                 event = convert.approval_from_proto(message.tenant_id, message.approval_decided)
             elif which == "run_cancel_requested":
                 event = convert.cancel_from_proto(message.tenant_id, message.run_cancel_requested)
             else:
-                raise InvalidRecordError(Cause.INVALID, "ControlCommand carries no command")
+                assert_never(which)
             return self._apply(record.partition, message.run_id, event)
         if isinstance(message, planner_state_pb2.SessionTurnGranted):
             memory = convert.messages_from_proto(message.memory)
@@ -205,12 +218,10 @@ class PlannerHandler:
         if isinstance(message, planner_state_pb2.ChildRunEnded):
             event = convert.child_ended_from_proto(message)
             return self._apply(record.partition, message.parent_run_id, event)
+        turn: o.SessionTurnRequested | o.SessionTurnEnded
         if isinstance(message, planner_state_pb2.SessionTurnRequested):
-            turn: o.SessionTurnRequested | o.SessionTurnEnded = o.SessionTurnRequested(
-                message.tenant_id, message.session_id, message.run_id
-            )
-        else:
-            assert isinstance(message, planner_state_pb2.SessionTurnEnded)
+            turn = o.SessionTurnRequested(message.tenant_id, message.session_id, message.run_id)
+        elif isinstance(message, planner_state_pb2.SessionTurnEnded):
             turn = o.SessionTurnEnded(
                 message.tenant_id,
                 message.session_id,
@@ -218,6 +229,8 @@ class PlannerHandler:
                 message.memory_updated,
                 convert.messages_from_proto(message.memory),
             )
+        else:
+            assert_never(message)
         return self._apply_session(record.partition, turn)
 
     # --- running the core -------------------------------------------------------------------

@@ -210,6 +210,8 @@ def _agent(name: str, entry: dict[str, Any], where: str) -> AgentProfile:
     # A route missing from the routes file is not an error here: that agent's goals fail with
     # a clear reason, the others run (a trimmed routes file, e.g. the demo's, stays usable).
     _str(entry, "route", where)
+    if not isinstance(entry.get("stream", False), bool):
+        raise ProfilesError(f"{where}: `stream` must be true or false")
     values = dict(entry)
     values["tools"] = tuple(entry.get("tools", ()))
     values["delegates"] = tuple(entry.get("delegates", ()))

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import assert_never
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2, tools_pb2, usage_pb2
@@ -82,14 +82,15 @@ class ToolRequests:
 
     async def __call__(self, record: InboundRecord) -> Sequence[OutboundRecord]:
         """Decode one record and return the records to produce for it."""
-        decoded: Decoded[Message] = decode(
+        decoded: Decoded[tools_pb2.ToolCallRequested | tools_pb2.ToolCallsCancelRequested] = decode(
             record, [tools_pb2.ToolCallRequested, tools_pb2.ToolCallsCancelRequested]
         )
         message = decoded.message
         if isinstance(message, tools_pb2.ToolCallsCancelRequested):
             self.on_tool_calls_cancel_requested(message, record.offset)
             return []
-        assert isinstance(message, tools_pb2.ToolCallRequested)
+        if not isinstance(message, tools_pb2.ToolCallRequested):
+            assert_never(message)
         request = call_request(message, record.offset)
         with bind(run_id=request.run_id, tenant_id=request.tenant_id, call_id=request.call_id):
             outcome = await self._executor.execute(request)
