@@ -180,7 +180,11 @@ class Router:
         `request.route` names a route or a single deployment; `allowed` (a caller's key) keeps
         deployments it may not use out of the plan.
         """
-        async for item in _Call(self, request, streaming=False, allowed=allowed).events():
+        # A streamed request is streamed from the provider too (same first-token and idle
+        # limits as a streaming caller), but nothing is handed on until the end, so a break
+        # before any tool-call output still fails over.
+        call = _Call(self, request, streaming=request.stream, allowed=allowed, forwarding=False)
+        async for item in call.events():
             if isinstance(item, CallSucceeded | CallFailed):
                 return item
         raise AssertionError("a call always ends with an outcome")
@@ -294,10 +298,13 @@ class _Call:
         streaming: bool,
         allowed: Allowed | None = None,
         continuation: bool = False,
+        forwarding: bool = True,
     ) -> None:
         self.r = router
         self.request = request
         self.streaming = streaming
+        # Whether content deltas reach a caller as they arrive (else they are only folded).
+        self.forwarding = forwarding
         self.allowed = allowed
         self.continuation = continuation
         # Text already handed to the caller by attempts that broke (continued elsewhere).
@@ -640,8 +647,12 @@ class _Call:
         failure.status_code = failure.status_code or fold.status_code
         if not failure.usage.input and not failure.usage.output:
             failure.usage = fold.usage
-        if forwarded or sent_before:
+        if self.forwarding and (forwarded or sent_before):
             answer = fold.incomplete(f"stream broke after output was sent: {failure.message}")
+            yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
+        elif fold.tool_call_started:
+            # A second model would start a different tool call: report the cut instead.
+            answer = fold.incomplete(f"stream broke after a tool call started: {failure.message}")
             yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
         else:
             yield self._ended(deployment, breaker, start, started_at, remaining, failure=failure)

@@ -6,13 +6,10 @@ and folds all of them into the `Completion` a non-streaming caller gets, so both
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
-from stepline_router.errors import Outcome, ProviderError
 from stepline_router.types import Completion, FinishReason, ToolCall, Usage
 
 __all__ = [
@@ -25,7 +22,6 @@ __all__ = [
     "ToolCallDelta",
     "UsageDelta",
     "completion_deltas",
-    "fold_stream",
     "is_content",
 ]
 
@@ -141,31 +137,6 @@ class StreamFold:
         return tuple(
             ToolCall(c.id, c.name, c.arguments or "{}") for _, c in sorted(self.calls.items())
         )
-
-
-async def fold_stream(deltas: AsyncIterator[Delta], total_s: float) -> Completion:
-    """A whole streamed attempt as one answer, for callers that do not stream.
-
-    Before any tool-call output, a broken stream raises its error (nothing was handed on, so
-    failing over is safe); after it, a second model would start a different tool call, so the
-    partial answer is returned marked incomplete instead.
-    """
-    fold = StreamFold()
-    try:
-        async with asyncio.timeout(total_s):
-            async for delta in deltas:
-                fold.add(delta)
-    except TimeoutError:
-        error = ProviderError(Outcome.TIMED_OUT, f"total timeout {total_s:.1f}s")
-    except ProviderError as failure:
-        error = failure
-    else:
-        return fold.completion()
-    if not fold.tool_call_started:
-        error.status_code = error.status_code or fold.status_code
-        error.usage = fold.usage
-        raise error
-    return fold.incomplete(f"stream broke after a tool call started: {error.message}")
 
 
 _PIECES = re.compile(r"\S+\s*|\s+")

@@ -25,7 +25,6 @@ from stepline_router.stream import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
-    fold_stream,
 )
 from stepline_router.types import (
     Completion,
@@ -279,11 +278,7 @@ class AnthropicProvider:
         limits: AttemptLimits,
         credential: str | None,
     ) -> Completion:
-        """One attempt against `deployment` (streamed and folded when the request streams)."""
-        if request.stream:
-            return await fold_stream(
-                self.stream(deployment, request, limits, credential), limits.total_s
-            )
+        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
         url, headers, body = self._request(deployment, request, credential, stream=False)
         data, status = await post_json(self._client, url, headers, body, limits, self._now())
         return parse_anthropic_message(data, status)

@@ -24,7 +24,6 @@ from stepline_router.stream import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
-    fold_stream,
 )
 from stepline_router.types import (
     Completion,
@@ -259,11 +258,7 @@ class OpenAIProvider:
         limits: AttemptLimits,
         credential: str | None,
     ) -> Completion:
-        """One attempt against `deployment` (streamed and folded when the request streams)."""
-        if request.stream:
-            return await fold_stream(
-                self.stream(deployment, request, limits, credential), limits.total_s
-            )
+        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
         url, headers, body = self._request(deployment, request, credential, stream=False)
         data, status = await post_json(self._client, url, headers, body, limits, self._now())
         return parse_openai_completion(data, status)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from stepline_router.errors import ProviderError
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.routes import Deployment
-from stepline_router.stream import Delta, completion_deltas, fold_stream
+from stepline_router.stream import Delta, completion_deltas
 from stepline_router.types import Completion, ModelRequest
 
 __all__ = ["ScriptedCall", "ScriptedProvider", "ScriptedStream"]
@@ -73,8 +73,6 @@ class ScriptedProvider:
     ) -> Completion:
         """The next scripted step for `deployment`."""
         step = await self._next(deployment, request, limits, credential)
-        if isinstance(step, ScriptedStream):
-            return await fold_stream(self._play(step), limits.total_s)
         return self._completion(step, deployment, request)
 
     async def stream(
