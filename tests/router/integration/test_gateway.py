@@ -631,3 +631,55 @@ async def test_opt_in_continuation_finishes_a_cut_stream_on_a_prefill_deployment
     assert await _collect(stream) == ("Hello there", "stop")
     prefill = gw.claude.received[0].body["messages"][-1]
     assert prefill == {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}
+
+
+async def test_one_api_to_every_model_across_wire_formats(gw: Stack) -> None:
+    # The Anthropic SDK on an OpenAI route, the OpenAI SDK on an Anthropic route.
+    answer = await gw.anthropic().messages.create(
+        model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.model == "primary"
+    assert answer.content[0].type == "text"
+    assert answer.content[0].text == "hello there"
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (11, 7)
+    stream = await gw.openai().chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert await _collect(stream) == ("Bonjour", "stop")
+    assert gw.claude.received[-1].headers["anthropic-version"]
+
+
+async def test_a_caller_who_leaves_mid_stream_stops_the_provider_and_is_billed(
+    gw: Stack, kafka: KafkaSettings
+) -> None:
+    events = openai_chunks(["Hel", "lo", " the", "re", " and", " more"])
+    # Output keeps coming, slower than the caller reads it (but never idle past the limit).
+    gw.primary.queue(Reply(events=events, hang_after=3, hang_s=0.5))
+    async with (
+        httpx.AsyncClient() as client,
+        client.stream(
+            "POST",
+            f"{gw.url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY}"},
+            json={
+                "model": "default",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        ) as response,
+    ):
+        call_id = response.headers["x-request-id"]
+        async for line in response.aiter_lines():
+            if '"Hel"' in line:
+                break  # leave after the first token
+    topic = namespaced(Topics.USAGE, gw.namespace)
+    mine: list[usage_pb2.UsageRecorded] = []
+    deadline = time.monotonic() + 20
+    while not mine and time.monotonic() < deadline:
+        records = await read_all(kafka, topic, expect=10_000, timeout_s=2)
+        decoded = [usage_pb2.UsageRecorded.FromString(r.value or b"") for r in records]
+        mine = [u for u in decoded if u.call_id == call_id]
+    assert [(u.attempt, u.outcome) for u in mine] == [
+        (1, model_pb2.MODEL_ATTEMPT_OUTCOME_CANCELLED)
+    ]
+    assert mine[0].usage_id == f"{call_id}/attempt/1"
