@@ -486,6 +486,7 @@ async def test_keys_401_403_429_in_each_api_format(gw: Stack) -> None:
     assert [m.id for m in models.data] == ["default", "fallback", "primary"]
     everything = {m.id async for m in gw.openai().models.list()}
     assert everything == {"claude", "default", "fallback", "mixed", "primary"}
+    assert {m.id async for m in gw.anthropic().models.list()} == everything
 
 
 async def test_anthropic_sdk_messages_tools_and_stream(gw: Stack) -> None:

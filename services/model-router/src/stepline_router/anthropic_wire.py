@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepline_router.gateway import GatewayRequest
+from stepline_router.gateway import GatewayRequest, ModelEntry
 from stepline_router.providers.anthropic import tool_input
 from stepline_router.router import CallSucceeded
 from stepline_router.stream import ContentDelta, TextDelta
@@ -32,6 +32,7 @@ __all__ = [
     "EventWriter",
     "error_body",
     "message_body",
+    "models_body",
     "parse_messages_request",
     "version_supported",
 ]
@@ -225,6 +226,26 @@ def message_body(outcome: CallSucceeded, request_id: str) -> dict[str, Any]:
         "stop_reason": _STOP[answer.finish_reason],
         "stop_sequence": None,
         "usage": _usage(answer.usage),
+    }
+
+
+def models_body(entries: list[ModelEntry]) -> dict[str, Any]:
+    """`GET /v1/models` for Anthropic clients: the routes and deployments a key may name."""
+    data = [
+        {
+            "type": "model",
+            "id": e.name,
+            "display_name": f"{e.name} ({e.kind}, {e.owned_by})",
+            "created_at": "1970-01-01T00:00:00Z",
+            "lifecycle": "active",
+        }
+        for e in entries
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
     }
 
 

@@ -60,6 +60,7 @@ class GatewayRequest:
     tools: tuple[ToolSpec, ...] = ()
     params: Params = field(default_factory=Params)
     stream: bool = False
+    # The caller's end user, accepted for compatibility; the tenant always comes from the key.
     user: str = ""
     # Opt-in: a stream that breaks after output is finished by a deployment that can continue it.
     continuation: bool = False

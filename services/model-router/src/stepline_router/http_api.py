@@ -239,16 +239,20 @@ class _Handlers:
         return await self._call(_ANTHROPIC, request)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        """`GET /v1/models`: the routes and deployments this key may name."""
+        """`GET /v1/models`: the routes and deployments this key may name (an Anthropic
+        client, known by its `anthropic-version` header, gets the Anthropic list format)."""
+        anthropic = "anthropic-version" in request.headers
+        api = _ANTHROPIC if anthropic else _OPENAI
         request_id = "req_" + self._new_id()
         try:
             principal = self._gateway.authenticate(_secret(request))
         except (UnauthenticatedError, PermissionDeniedError) as error:
-            return self._error(_OPENAI, _problem_of_auth(error), request_id)
-        return web.json_response(
-            openai_wire.models_body(self._gateway.models(principal)),
-            headers={"x-request-id": request_id},
+            return self._error(api, _problem_of_auth(error), request_id)
+        entries = self._gateway.models(principal)
+        body = (
+            anthropic_wire.models_body(entries) if anthropic else openai_wire.models_body(entries)
         )
+        return web.json_response(body, headers={"x-request-id": request_id})
 
     async def _call(self, api: _Api, request: web.Request) -> web.StreamResponse:
         request_id = api.id_prefix + self._new_id()
