@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TypeGuard
+from typing import TypeGuard, assert_never
 
 from stepline_router.types import Completion, FinishReason, ToolCall, Usage
 
@@ -109,6 +109,8 @@ class StreamFold:
                 self.usage = usage
             case Finished(reason=reason):
                 self.finish = reason
+            case _:
+                assert_never(delta)
 
     @property
     def tool_call_started(self) -> bool:
