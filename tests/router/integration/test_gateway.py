@@ -342,10 +342,15 @@ async def test_headers_then_silence_fails_over_before_the_first_token(gw: Stack)
     raw = await gw.openai().chat.completions.with_raw_response.create(
         model="default", messages=[{"role": "user", "content": "hi"}], stream=True
     )
-    text, finish = await _collect(raw.parse())
+    seen: list[Any] = []
+    text, finish = await _collect(raw.parse(), seen)
     assert (text, finish) == ("Hello there", "stop")  # the fallback's whole answer, no seam
     assert raw.headers["x-stepline-deployment"] == "fallback"
     assert raw.headers["x-stepline-attempts"] == "2"
+    # The stream's last chunk tells what headers could not: attempts, cost, who answered.
+    summary = next(c.model_extra["stepline"] for c in seen if "stepline" in c.model_extra)
+    assert (summary["attempts"], summary["deployment"]) == (2, "fallback")
+    assert summary["cost"] == "0.0000975"  # gpt-4o: 11 × 2.50/M + 7 × 10.00/M
     assert 1.0 <= time.monotonic() - started < 4.0  # the 1 s first-token limit, not 5 s
 
 

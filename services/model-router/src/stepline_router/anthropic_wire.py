@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepline_router.gateway import GatewayRequest, ModelEntry
+from stepline_router.gateway import CallSummary, GatewayRequest, ModelEntry
 from stepline_router.providers.anthropic import tool_input
 from stepline_router.router import CallSucceeded
 from stepline_router.stream import ContentDelta, TextDelta
@@ -335,6 +335,8 @@ class EventWriter:
                 {
                     "delta": {"stop_reason": _STOP[answer.finish_reason], "stop_sequence": None},
                     "usage": _usage(answer.usage),
+                    # The call's attempts and cost: a stream has no headers left to carry them.
+                    "stepline": CallSummary.of(outcome).as_json(),
                 },
             )
             + _event("message_stop", {})

@@ -24,13 +24,14 @@ from stepline_keys import (
     Scope,
 )
 from stepline_pricebook import PriceBook
-from stepline_router.router import CallOutcome, CallStream, Router
+from stepline_router.router import CallOutcome, CallStream, CallSucceeded, Router
 from stepline_router.routes import Deployment, RoutesConfig
 from stepline_router.routing import Needs, estimated_cost
 from stepline_router.tokens import estimate_input_tokens
 from stepline_router.types import Message, ModelRequest, Params, ToolChoice, ToolSpec
 
 __all__ = [
+    "CallSummary",
     "Gateway",
     "GatewayCall",
     "GatewayRequest",
@@ -73,6 +74,32 @@ class ModelEntry:
     name: str
     kind: str
     owned_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """What a caller is told about a finished call: attempts, total cost, who answered."""
+
+    attempts: int
+    cost: Decimal
+    currency: str
+    deployment: str
+
+    @classmethod
+    def of(cls, outcome: CallOutcome) -> CallSummary:
+        """The summary of `outcome` (cost over every attempt, unpriced ones counting 0)."""
+        cost = sum((a.cost or Decimal(0) for a in outcome.attempts), Decimal(0))
+        deployment = outcome.deployment.name if isinstance(outcome, CallSucceeded) else ""
+        return cls(len(outcome.attempts), cost, outcome.currency, deployment)
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary as JSON fields (cost as a plain decimal string)."""
+        return {
+            "attempts": self.attempts,
+            "cost": f"{self.cost:f}",
+            "currency": self.currency,
+            "deployment": self.deployment,
+        }
 
 
 class GatewayCall:

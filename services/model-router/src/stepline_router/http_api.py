@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any, Protocol, assert_never
 
 from aiohttp import web
@@ -22,7 +21,13 @@ from stepline_keys import PermissionDeniedError, RateLimitedError, Unauthenticat
 from stepline_router import anthropic_wire, openai_wire
 from stepline_router.clock import Clock
 from stepline_router.errors import Outcome
-from stepline_router.gateway import Gateway, GatewayCall, GatewayRequest, UnknownModelError
+from stepline_router.gateway import (
+    CallSummary,
+    Gateway,
+    GatewayCall,
+    GatewayRequest,
+    UnknownModelError,
+)
 from stepline_router.router import CallFailed, CallOutcome, CallStream, CallSucceeded, ErrorKind
 from stepline_router.stream import ContentDelta
 from stepline_router.wire import WireError
@@ -182,11 +187,6 @@ def _secret(request: web.Request) -> str | None:
     return token.strip()
 
 
-def _totals(outcome: CallOutcome) -> tuple[int, Decimal]:
-    cost = sum((a.cost or Decimal(0) for a in outcome.attempts), Decimal(0))
-    return len(outcome.attempts), cost
-
-
 class _Handlers:
     """Request handlers bound to one gateway."""
 
@@ -210,12 +210,12 @@ class _Handlers:
     ) -> dict[str, str]:
         headers = {"x-request-id": request_id, "x-stepline-route": call.request.route}
         if outcome is not None:
-            attempts, cost = _totals(outcome)
-            headers["x-stepline-attempts"] = str(attempts)
-            headers["x-stepline-cost"] = f"{cost:f}"
-            headers["x-stepline-currency"] = outcome.currency
-            if isinstance(outcome, CallSucceeded):
-                headers["x-stepline-deployment"] = outcome.deployment.name
+            summary = CallSummary.of(outcome)
+            headers["x-stepline-attempts"] = str(summary.attempts)
+            headers["x-stepline-cost"] = f"{summary.cost:f}"
+            headers["x-stepline-currency"] = summary.currency
+            if summary.deployment:
+                headers["x-stepline-deployment"] = summary.deployment
         return headers
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepline_router.gateway import GatewayRequest, ModelEntry
+from stepline_router.gateway import CallSummary, GatewayRequest, ModelEntry
 from stepline_router.router import CallSucceeded
 from stepline_router.stream import ContentDelta, TextDelta
 from stepline_router.types import (
@@ -289,18 +289,19 @@ class ChunkWriter:
     include_usage: bool
     _calls: set[int] = field(default_factory=set)
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _event(
-            {
-                "id": self.request_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-            }
-        )
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, summary: Any = None
+    ) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        if summary is not None:
+            chunk["stepline"] = summary
+        return _event(chunk)
 
     def opened(self) -> bytes:
         """The first chunk: the assistant role."""
@@ -318,9 +319,10 @@ class ChunkWriter:
         return self._chunk({"tool_calls": [part]})
 
     def finished(self, outcome: CallSucceeded) -> bytes:
-        """The finish chunk, the usage chunk when asked for, and `[DONE]`."""
+        """The finish chunk (with the call's attempts and cost in `stepline`, as a stream has no
+        headers left to carry them), the usage chunk when asked for, and `[DONE]`."""
         answer = outcome.completion
-        out = self._chunk({}, _FINISH[answer.finish_reason])
+        out = self._chunk({}, _FINISH[answer.finish_reason], CallSummary.of(outcome).as_json())
         if self.include_usage:
             out += _event(
                 {
