@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bench.gateway import main as gateway
 from bench.raw_kafka import main as raw_kafka
 from bench.report import main as report
 from bench.router import main as router
@@ -13,6 +14,7 @@ from bench.steps import main as steps
 if __name__ == "__main__":
     asyncio.run(raw_kafka())
     asyncio.run(router())
+    asyncio.run(gateway())
     asyncio.run(steps())  # reads raw_kafka.json for the four-round-trip ratio
     asyncio.run(scaleout())
     report()

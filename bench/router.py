@@ -38,11 +38,12 @@ from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.providers.openai import OpenAIProvider
+from stepline_router.providers.transport import FastTransport
 from stepline_router.router import CallSucceeded, Router
 from stepline_router.routes import parse_routes
 from stepline_router.types import Message, ModelRequest, Role
 
-__all__ = ["Upstream", "main", "percentile", "serve"]
+__all__ = ["MESSAGES", "MODEL", "Upstream", "main", "percentile", "serve"]
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,7 @@ KEY = "sk-bench-not-a-secret"
 CLIENTS = {
     "direct": "raw HTTP/1.1 on pooled keep-alive sockets (the floor; overheads are against it)",
     "direct_httpx": "a bare httpx.AsyncClient POST, the HTTP client the Stepline router uses",
-    "stepline": "stepline_router.Router + OpenAI adapter over httpx, in-process",
+    "stepline": "stepline_router.Router + OpenAI adapter over httpx-aiohttp, in-process",
     "litellm": "litellm.Router, one openai/ deployment with api_base = the upstream, defaults",
 }
 MESSAGES = [
@@ -89,6 +90,36 @@ def _http(status: str, body: bytes) -> bytes:
 
 
 _OK = _http("200 OK", json.dumps(_COMPLETION).encode())
+
+
+def _sse_body() -> bytes:
+    """A streamed Chat Completion: role, three text pieces, finish, usage, [DONE]."""
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1_790_000_000,
+            "model": MODEL,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    def delta(content: dict[str, Any], finish: str | None = None) -> str:
+        return chunk([{"index": 0, "delta": content, "finish_reason": finish}])
+
+    events = [delta({"role": "assistant", "content": ""})]
+    events += [delta({"content": piece}) for piece in ("Hel", "lo", ".")]
+    events.append(delta({}, "stop"))
+    events.append(
+        chunk([], usage={"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17})
+    )
+    events.append("data: [DONE]\n\n")
+    return "".join(events).encode()
+
+
+_SSE = _http("200 OK", _sse_body()).replace(b"application/json", b"text/event-stream")
 _503 = _http("503 Service Unavailable", json.dumps(_OVERLOADED).encode())
 _404 = _http("404 Not Found", b'{"error": {"message": "unknown path", "type": "not_found"}}')
 
@@ -103,7 +134,8 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 class _Server:
-    """Answers by the first path segment: /ok → 200 at once, /503 → 503, /hang → never."""
+    """Answers by the first path segment: /ok → 200 at once, /sse → a 200 stream at once,
+    /503 → 503, /hang → never."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -141,6 +173,8 @@ class _Server:
         self.counts[kind] += 1
         if kind == "ok":
             writer.write(_OK)
+        elif kind == "sse":
+            writer.write(_SSE)
         elif kind == "503":
             writer.write(_503)
         elif kind == "hang":
@@ -482,7 +516,8 @@ async def main() -> None:
         floor = _Floor(url)
         async with (
             httpx.AsyncClient(limits=limits) as direct_client,
-            httpx.AsyncClient(limits=limits) as router_client,
+            # The router's own transport (aiohttp under httpx), as `stepline_router.app` builds it.
+            httpx.AsyncClient(transport=FastTransport(limits), limits=limits) as router_client,
         ):
             clients: dict[str, Call] = {
                 "direct": floor,

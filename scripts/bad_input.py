@@ -125,6 +125,7 @@ class Stack:
             "STEPLINE_PARTITIONS": str(partitions),
             "STEPLINE_AGENTS": str(agents),
             "STEPLINE_GRPC_PORT": str(free_port()),
+            "STEPLINE_HTTP_PORT": "0",
             "STEPLINE_BILLING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{free_port()}",
             "STEPLINE_EXECUTOR_DATA_DIR": str(state_dir / "tool-executor"),

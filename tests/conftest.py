@@ -14,6 +14,8 @@ from stepline_runtime.settings import KafkaSettings
 
 # Services started by tests must not fight over the fixed Prometheus ports of a developer's stack.
 os.environ.setdefault("STEPLINE_METRICS_PORT", "0")
+# …nor over the router's HTTP gateway port: 0 binds a free one.
+os.environ.setdefault("STEPLINE_HTTP_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -240,6 +240,7 @@ class Namespace:
             "STEPLINE_ROUTES": str(self.workdir / "routes.toml"),
             "STEPLINE_METRICS_PORT": "0",
             "STEPLINE_GRPC_ENABLED": "false",
+            "STEPLINE_HTTP_ENABLED": "false",
             "STEPLINE_LOG_FORMAT": "text",
             "STEPLINE_LOG_LEVEL": "INFO",
         }

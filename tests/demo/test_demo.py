@@ -103,6 +103,10 @@ def test_make_demo_completes_with_a_failover_one_reply_and_a_cost_table(
     assert "cost (from" in output
     assert "send_reply" in output
     assert "run total (RunCompleted): $" in output
+    # It ends with the same router as an OpenAI-compatible API, the failover in its headers.
+    assert result["gateway_deployment"] == "local", output
+    assert result["gateway_attempts"] >= 2, output
+    assert "curl -s http://127.0.0.1:8400/v1/chat/completions" in output
     # Everything the demo started was stopped.
     pids = list((tmp_path / "state" / "run").glob("*.pid"))
     assert pids == []

@@ -40,6 +40,10 @@ class Reply:
     raw: bytes | None = None
     # Wait this long before answering (longer than the client's read timeout = read timeout).
     delay_s: float = 0.0
+    # With `events`: after this many events, send nothing more for `hang_s` (a stalled stream;
+    # 0 = headers and then silence), then end the stream properly.
+    hang_after: int | None = None
+    hang_s: float = 30.0
 
 
 @dataclass
@@ -124,6 +128,9 @@ class FakeProvider:
             head += [f"{k}: {v}" for k, v in extra.items()]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
             for i, event in enumerate(reply.events):
+                if reply.hang_after is not None and i == reply.hang_after:
+                    await writer.drain()
+                    await asyncio.sleep(reply.hang_s)
                 if reply.cut_after is not None and i >= reply.cut_after:
                     await writer.drain()
                     writer.transport.abort()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 
 from stepline_pricebook import PriceBook
 from stepline_router.routes import RoutesConfig, parse_routes
 from stepline_router.types import Message, ModelRequest, Params, Role, ToolSpec
 
-__all__ = ["BOOK", "PROVIDERS", "request", "routes", "weather_tool"]
+__all__ = ["BOOK", "PROVIDERS", "ROOT", "free_port", "request", "routes", "spawn", "weather_tool"]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROVIDERS = ("openai", "openai_compatible", "anthropic", "local", "scripted")
 
@@ -94,3 +101,19 @@ def request(
         step_id="run-1:1",
         agent="helper",
     )
+
+
+def free_port() -> int:
+    """A loopback port free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def spawn(module: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m module` from the repository root, its output to `log`."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], cwd=ROOT, stdout=sink, stderr=sink, env=dict(env)
+        )

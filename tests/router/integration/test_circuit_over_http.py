@@ -43,13 +43,6 @@ def _answer(text: str) -> Reply:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """The shared HTTP client."""
-    async with httpx.AsyncClient() as http:
-        yield http
-
-
-@pytest.fixture
 async def fallback() -> AsyncIterator[FakeProvider]:
     """A healthy OpenAI-compatible fallback."""
     server = await FakeProvider(lambda _: _answer("from fallback")).start()

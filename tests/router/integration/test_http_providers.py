@@ -46,13 +46,6 @@ async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
         await b.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """The shared HTTP client."""
-    async with httpx.AsyncClient() as http:
-        yield http
-
-
 def _config(primary: str, fallback: str, kind: str = "openai", **extra: str) -> RoutesConfig:
     model = "claude-haiku-4-5" if kind == "anthropic" else "gpt-4o-mini"
     timeouts = extra.get("timeouts", "{ connect_s = 1, first_byte_s = 1, total_s = 3 }")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,25 +28,11 @@ from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 from tests.kafkatools import read_all
 from tests.router.fakes import closed_port
+from tests.router.support import free_port, spawn
 
 pytestmark = pytest.mark.kafka
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`python -m stepline_router` with output to `log`."""
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stepline_router"], cwd=ROOT, stdout=sink, stderr=sink, env=env
-        )
 
 
 def _routes(tmp_path: Path) -> Path:
@@ -97,7 +81,7 @@ async def test_router_subprocess_answers_on_kafka_and_grpc(
     # bad bytes must not stop the partition
     await producer.send_and_wait(out.topic, b"\xff\xfe", key=b"run-1")
 
-    grpc_port = _free_port()
+    grpc_port = free_port()
     env = {
         **os.environ,
         "STEPLINE_TOPIC_NAMESPACE": namespace,
@@ -107,7 +91,7 @@ async def test_router_subprocess_answers_on_kafka_and_grpc(
         "STEPLINE_PARTITIONS": "2",
     }
     log = tmp_path / "router.log"
-    process = _start(env, log)
+    process = spawn("stepline_router", env, log)
     try:
         results = await read_all(
             kafka, namespaced(Topics.MODEL_RESULTS, namespace), expect=1, timeout_s=60
@@ -156,14 +140,41 @@ async def test_router_subprocess_answers_on_kafka_and_grpc(
             )
             assert response.request_id == "grpc-1"
             assert response.completed.deployment == "local"
+            streamed = stub.CompleteStream(
+                router_service_pb2.CompleteStreamRequest(
+                    request=router_service_pb2.CompleteRequest(
+                        tenant_id="acme",
+                        route="default",
+                        request_id="grpc-2",
+                        messages=[
+                            common_pb2.ChatMessage(
+                                role=common_pb2.ChatMessage.ROLE_USER, content="stream to me"
+                            )
+                        ],
+                    )
+                ),
+                timeout=20,
+            )
+            events = [event async for event in streamed]
+            assert [e.WhichOneof("event") for e in events][-1] == "done"
+            pieces = [e.text for e in events if e.WhichOneof("event") == "text"]
+            assert len(pieces) > 1  # word by word, as it is produced
+            done = events[-1].done
+            assert done.request_id == "grpc-2"
+            assert done.completed.deployment == "local"
+            assert "".join(pieces) == done.completed.content
+            assert [a.outcome for a in done.completed.attempts] == [
+                model_pb2.MODEL_ATTEMPT_OUTCOME_CONNECTION_FAILED,
+                model_pb2.MODEL_ATTEMPT_OUTCOME_SUCCEEDED,
+            ]
             with pytest.raises(grpc.aio.AioRpcError) as invalid:
                 await stub.Complete(router_service_pb2.CompleteRequest(route="default"), timeout=5)
             assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         grpc_usage = await read_all(
-            kafka, namespaced(Topics.USAGE, namespace), expect=4, timeout_s=30
+            kafka, namespaced(Topics.USAGE, namespace), expect=6, timeout_s=30
         )
         ids = {usage_pb2.UsageRecorded.FromString(r.value or b"").usage_id for r in grpc_usage}
-        assert {"grpc-1/attempt/1", "grpc-1/attempt/2"} <= ids
+        assert {"grpc-1/attempt/1", "grpc-1/attempt/2", "grpc-2/attempt/2"} <= ids
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -205,7 +216,7 @@ async def test_shipped_routes_without_keys_fail_loudly_naming_the_missing_keys(
         STEPLINE_METRICS_PORT="0",
     )
     log = tmp_path / "router.log"
-    process = _start(env, log)
+    process = spawn("stepline_router", env, log)
     try:
         results = await read_all(
             kafka, namespaced(Topics.MODEL_RESULTS, namespace), expect=1, timeout_s=60

@@ -12,10 +12,11 @@ from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome, ProviderError
 from stepline_router.providers.base import Provider
 from stepline_router.providers.local import LocalProvider
-from stepline_router.providers.scripted import ScriptedProvider
+from stepline_router.providers.scripted import ScriptedProvider, ScriptedStream
 from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
 from stepline_router.routes import RoutesConfig, parse_routes
-from stepline_router.types import Completion, FinishReason, ModelRequest, Params, ToolChoice, Usage
+from stepline_router.stream import Opened, TextDelta, ToolCallDelta, UsageDelta
+from stepline_router.types import Completion, ModelRequest, Params, ToolChoice, Usage
 from tests.router.support import BOOK, PROVIDERS, request, routes, weather_tool
 
 TWO = """
@@ -187,21 +188,36 @@ async def test_circuit_opens_skips_primary_then_probes_and_recovers() -> None:
 
 
 async def test_incomplete_stream_is_not_failed_over() -> None:
-    cut = Completion(
-        "",
-        (),
-        FinishReason.INCOMPLETE,
-        Usage(50, 3),
-        incomplete=True,
-        incomplete_reason="stream broke after a tool call started: reset",
+    cut = ScriptedStream(
+        (
+            Opened(200),
+            UsageDelta(Usage(50, 3)),
+            ToolCallDelta(0, "call_1", "get_weather", '{"ci'),
+            ProviderError(Outcome.CONNECTION_FAILED, "reset"),
+        )
     )
     scripted = ScriptedProvider(per_deployment={"primary": [cut], "fallback": [OK]})
     outcome = await _router(scripted, routes(TWO), ManualClock()).complete(request(stream=True))
     assert isinstance(outcome, CallSucceeded)
     assert outcome.completion.incomplete
+    assert "tool call started: reset" in outcome.completion.incomplete_reason
     assert outcome.deployment.name == "primary"
     assert outcome.attempts[-1].outcome is Outcome.INCOMPLETE
     assert scripted.calls_to("fallback") == 0
+
+
+async def test_a_streamed_request_cut_before_tool_output_fails_over() -> None:
+    cut = ScriptedStream(
+        (Opened(200), TextDelta("Hel"), ProviderError(Outcome.CONNECTION_FAILED, "reset"))
+    )
+    scripted = ScriptedProvider(per_deployment={"primary": [cut], "fallback": [OK]})
+    outcome = await _router(scripted, routes(TWO), ManualClock()).complete(request(stream=True))
+    assert isinstance(outcome, CallSucceeded)
+    assert outcome.completion.content == "ok"  # nothing was handed on: the fallback answers
+    assert [(a.outcome, a.status_code) for a in outcome.attempts] == [
+        (Outcome.CONNECTION_FAILED, 200),
+        (Outcome.SUCCEEDED, 0),
+    ]
 
 
 async def test_unknown_route_and_no_eligible_deployment() -> None:

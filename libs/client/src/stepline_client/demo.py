@@ -21,6 +21,8 @@ import functools
 import json
 import os
 import re
+import secrets
+import socket
 import sys
 import threading
 import time
@@ -80,6 +82,9 @@ class DemoResult:
     usage_records: int = 0
     real_model: str = ""
     seconds: float = 0.0
+    # The closing call through the router's OpenAI-compatible gateway (OpenAI SDK).
+    gateway_attempts: int = 0
+    gateway_deployment: str = ""
 
 
 # ---------------------------------------------------------------------------- loopback servers
@@ -602,8 +607,14 @@ def _broker(say: _Out) -> Iterator[str]:
 
 
 def _service_env(
-    base: Mapping[str, str], bootstrap: str, namespace: str, state: Path, configs: Path
+    base: Mapping[str, str],
+    bootstrap: str,
+    namespace: str,
+    state: Path,
+    configs: Path,
+    gateway: tuple[int, str],
 ) -> dict[str, str]:
+    port, key = gateway
     return {
         **base,
         "STEPLINE_KAFKA_BOOTSTRAP": bootstrap,
@@ -617,8 +628,51 @@ def _service_env(
         "STEPLINE_GRPC_ENABLED": "false",
         "STEPLINE_BILLING_GRPC_ADDRESS": "127.0.0.1:0",
         "STEPLINE_GATEWAY_ADDRESS": "127.0.0.1:0",
+        # The router's HTTP gateway, called at the end with the OpenAI SDK and this run's key.
+        "STEPLINE_HTTP_PORT": str(port),
+        "STEPLINE_DEV_API_KEY": key,
+        "STEPLINE_DEV_TENANT": TENANT,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def _call_gateway(say: _Out, result: DemoResult, port: int, key: str) -> None:
+    """One call through the router's OpenAI-compatible gateway, with the official OpenAI SDK."""
+    try:
+        import openai  # the workspace's dev group; an installed client may not have it
+    except ImportError:
+        say("gateway: the `openai` package is not installed; skipped")
+        return
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="default",
+        messages=[{"role": "user", "content": "What is the status of ticket T-1012?"}],
+    )
+    answer = raw.parse()
+    result.gateway_attempts = int(raw.headers.get("x-stepline-attempts", "0"))
+    result.gateway_deployment = answer.model
+    say(stamp=False)
+    say("the same router as an OpenAI-compatible API (openai SDK, base_url and key changed):")
+    say(
+        f"  model=default answered by {answer.model} after {result.gateway_attempts} attempts "
+        f"(x-stepline-attempts), cost ${raw.headers.get('x-stepline-cost', '?')}",
+        stamp=False,
+    )
+    say(f"  {(answer.choices[0].message.content or '').splitlines()[0][:100]}", stamp=False)
+    say("  try it on `stepline up` (STEPLINE_DEV_API_KEY set for the router):", stamp=False)
+    say(
+        "  curl -s http://127.0.0.1:8400/v1/chat/completions"
+        ' -H "authorization: Bearer $STEPLINE_DEV_API_KEY" -H "content-type: application/json"'
+        """ -d '{"model":"default","messages":[{"role":"user","content":"hi"}]}'""",
+        stamp=False,
+    )
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -679,7 +733,8 @@ async def run_demo(
             "provider" + ("" if real else " (deterministic stand-in, not an LLM)")
         )
         say(f"send_reply webhook → receiver at 127.0.0.1:{receiver.port}/reply")
-        service_env = _service_env(env, bootstrap, namespace, state_dir, configs)
+        gateway = (_free_port(), f"sk-demo-{secrets.token_hex(16)}")
+        service_env = _service_env(env, bootstrap, namespace, state_dir, configs, gateway)
         try:
             # Planner last: it reads the tool registry once at start, so the tools must be in.
             first = Supervisor(state_dir, tuple(s for s in SERVICES if s.name != "planner"))
@@ -693,6 +748,7 @@ async def run_demo(
             await asyncio.wait_for(
                 _drive(settings, supervisor, say, result, receiver, approve), timeout_s
             )
+            await asyncio.wait_for(_call_gateway(say, result, *gateway), 60)
         except TimeoutError:
             result.status = "timed out"
             say(f"the run did not finish within {timeout_s:g}s; logs in {state_dir / 'logs'}")

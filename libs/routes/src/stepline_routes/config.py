@@ -81,11 +81,21 @@ class RateLimits:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Per-attempt timeouts in seconds."""
+    """Per-attempt timeouts in seconds.
+
+    `first_token_s` bounds a streamed attempt until its first content token (a provider that
+    sends headers and then nothing is failed over); `idle_s` bounds the gap between deltas
+    once output flows (a stalled stream is ended).
+    """
 
     connect_s: float = 5.0
     first_byte_s: float = 60.0
     total_s: float = 120.0
+    first_token_s: float = 15.0
+    idle_s: float = 30.0
+
+
+_DEFAULT_TIMEOUTS = Timeouts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +149,18 @@ class RoutesConfig:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     default_deadline_s: float = 120.0
     digest: str = ""
+    # The file's [defaults] retry policy, for calls that name a deployment instead of a route.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def route_for(self, model: str) -> Route | None:
+        """The route `model` names, or a one-deployment route when it names a deployment."""
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        deployment = self.deployments.get(model)
+        if deployment is None:
+            return None
+        return Route(name=model, deployments=(deployment,), retry=self.retry)
 
 
 def default_path() -> Path:
@@ -225,6 +247,7 @@ def parse_routes(
         breaker=breaker,
         default_deadline_s=_number(defaults, "deadline_s", 120.0, origin),
         digest=hashlib.sha256(text.encode()).hexdigest()[:12],
+        retry=retry,
     )
 
 
@@ -281,6 +304,10 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
             connect_s=_number(timeouts, "connect_s", 5.0, where),
             first_byte_s=_number(timeouts, "first_byte_s", 60.0, where),
             total_s=_number(timeouts, "total_s", 120.0, where),
+            first_token_s=_number(
+                timeouts, "first_token_s", _DEFAULT_TIMEOUTS.first_token_s, where
+            ),
+            idle_s=_number(timeouts, "idle_s", _DEFAULT_TIMEOUTS.idle_s, where),
         ),
         weight=weight,
         headers=dict(headers),

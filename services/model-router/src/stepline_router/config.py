@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from stepline_pricebook import default_path as default_pricebook_path
 from stepline_router.spec import SPEC
@@ -31,6 +31,15 @@ class Settings(ServiceSettings):
     # Loopback by default; a deployment that serves other hosts sets STEPLINE_GRPC_HOST.
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=SPEC.ports["grpc"], ge=0, le=65535)
+    # The OpenAI/Anthropic-compatible HTTP gateway; loopback unless STEPLINE_HTTP_HOST says so.
+    http_enabled: bool = True
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=SPEC.ports["http"], ge=0, le=65535)
+    dev_api_key: SecretStr | None = Field(
+        default=None,
+        description="STEPLINE_DEV_API_KEY: the one key the gateway accepts without a key registry.",
+    )
+    dev_tenant: str = "dev"
     reload_interval_s: float = Field(default=2.0, gt=0)
     max_workers: int = Field(
         default=6,

@@ -227,11 +227,13 @@ def usage_id(call_id: str, attempt: int) -> str:
 
 
 def usage_records(request: ModelRequest, outcome: CallOutcome) -> list[usage_pb2.UsageRecorded]:
-    """One `UsageRecorded` per attempt that reached a provider, failed ones included."""
+    """One `UsageRecorded` per attempt, failed ones included.
+
+    An attempt skipped because its circuit was open is recorded too (outcome CIRCUIT_OPEN, no
+    tokens, nothing sent), so a call's attempt numbers have no gaps in the ledger.
+    """
     records = []
     for attempt in outcome.attempts:
-        if not attempt.sent:
-            continue
         record = usage_pb2.UsageRecorded(
             usage_id=usage_id(request.call_id, attempt.number),
             tenant_id=request.tenant_id,

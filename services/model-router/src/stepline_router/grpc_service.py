@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import assert_never
+from typing import Any, assert_never
 
 import grpc
 
@@ -21,7 +22,9 @@ from stepline_router.convert import (
     request_from_proto,
 )
 from stepline_router.handlers import ModelCallHandler
-from stepline_router.router import CallFailed, CallSucceeded, Router
+from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router
+from stepline_router.stream import ContentDelta, TextDelta
+from stepline_router.types import ModelRequest
 from stepline_runtime.atleastonce import Publisher
 from stepline_runtime.logs import bind
 
@@ -33,7 +36,8 @@ SERVICE_NAME = router_service_pb2.DESCRIPTOR.services_by_name["ModelRouterServic
 
 
 class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
-    """Unary `Complete`: one model answer with failover; usage is published like for Kafka."""
+    """`Complete` (unary) and `CompleteStream`: one model answer with failover; usage is
+    published like for Kafka."""
 
     def __init__(
         self,
@@ -57,9 +61,47 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         ],
     ) -> router_service_pb2.CompleteResponse:
         """Route one call; INVALID_ARGUMENT for a bad request, UNAVAILABLE if usage is lost."""
+        request_id, core = await self._core_request(request, context)
+        with bind(tenant_id=core.tenant_id, call_id=request_id):
+            outcome = await self._router.complete(core)
+        await self._record(core, outcome, context)
+        return _response(request_id, outcome)
+
+    async def CompleteStream(  # noqa: N802 - the gRPC method name
+        self,
+        request: router_service_pb2.CompleteStreamRequest,
+        context: grpc.aio.ServicerContext[
+            router_service_pb2.CompleteStreamRequest, router_service_pb2.CompleteStreamResponse
+        ],
+    ) -> AsyncIterator[router_service_pb2.CompleteStreamResponse]:
+        """Route one call streamed: content deltas as they come, then the outcome (`done`)."""
+        request_id, core = await self._core_request(request.request, context)
+        core = replace(core, stream=True)
+        stream = self._router.stream(core)
+        outcome: CallOutcome | None = None
+        try:
+            with bind(tenant_id=core.tenant_id, call_id=request_id):
+                async for delta in stream:
+                    yield _delta_message(delta)
+            outcome = stream.outcome
+        finally:
+            if outcome is None:
+                # The caller cancelled: stop the provider and bill what it did.
+                outcome = await stream.aclose()
+                await self._publish_quietly(core, outcome)
+        assert outcome is not None
+        await self._record(core, outcome, context)
+        yield router_service_pb2.CompleteStreamResponse(done=_response(request_id, outcome))
+
+    async def _core_request(
+        self,
+        request: router_service_pb2.CompleteRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[str, ModelRequest]:
+        """The request id and core request, or INVALID_ARGUMENT."""
         request_id = request.request_id or f"grpc:{self._new_id()}"
         try:
-            core = request_from_proto(
+            return request_id, request_from_proto(
                 call_id=request_id,
                 tenant_id=request.tenant_id,
                 route=request.route,
@@ -71,8 +113,14 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
             )
         except InvalidRequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        with bind(tenant_id=core.tenant_id, call_id=request_id):
-            outcome = await self._router.complete(core)
+
+    async def _record(
+        self,
+        core: ModelRequest,
+        outcome: CallOutcome,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Publish the usage of every attempt, or UNAVAILABLE (a retry bills the same ids)."""
         try:
             await self._publisher.publish(self._handler.usage_outputs(core, outcome))
         except Exception as error:
@@ -81,21 +129,17 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "usage could not be recorded; retry with request_id"
             )
-        response = router_service_pb2.CompleteResponse(request_id=request_id)
-        if isinstance(outcome, CallSucceeded):
-            response.completed.CopyFrom(completed_message(outcome))
-        elif isinstance(outcome, CallFailed):
-            response.failed.CopyFrom(failed_message(outcome))
-        else:
-            assert_never(outcome)
-        return response
+
+    async def _publish_quietly(self, core: ModelRequest, outcome: CallOutcome) -> None:
+        try:
+            await self._publisher.publish(self._handler.usage_outputs(core, outcome))
+        except Exception as error:
+            log.error("could not record usage of a cancelled call", extra={"reason": str(error)})
 
     def _deadline(
         self,
         request: router_service_pb2.CompleteRequest,
-        context: grpc.aio.ServicerContext[
-            router_service_pb2.CompleteRequest, router_service_pb2.CompleteResponse
-        ],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> datetime | None:
         """The earlier of the request's deadline and the gRPC deadline."""
         candidates = []
@@ -105,6 +149,30 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         if remaining is not None:
             candidates.append(self._clock.now() + timedelta(seconds=remaining))
         return min(candidates) if candidates else None
+
+
+def _response(request_id: str, outcome: CallOutcome) -> router_service_pb2.CompleteResponse:
+    response = router_service_pb2.CompleteResponse(request_id=request_id)
+    if isinstance(outcome, CallSucceeded):
+        response.completed.CopyFrom(completed_message(outcome))
+    elif isinstance(outcome, CallFailed):
+        response.failed.CopyFrom(failed_message(outcome))
+    else:
+        assert_never(outcome)
+    return response
+
+
+def _delta_message(delta: ContentDelta) -> router_service_pb2.CompleteStreamResponse:
+    if isinstance(delta, TextDelta):
+        return router_service_pb2.CompleteStreamResponse(text=delta.text)
+    return router_service_pb2.CompleteStreamResponse(
+        tool_call=router_service_pb2.StreamedToolCall(
+            index=delta.index,
+            call_id=delta.id,
+            name=delta.name,
+            arguments_delta=delta.arguments,
+        )
+    )
 
 
 async def server_for(

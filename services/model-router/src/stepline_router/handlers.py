@@ -113,7 +113,7 @@ class ModelCallHandler:
     def usage_outputs(
         self, request: ModelRequest, outcome: CallOutcome, traceparent: str = ""
     ) -> list[OutboundRecord]:
-        """`UsageRecorded` records (key tenant_id) for every attempt sent to a provider."""
+        """`UsageRecorded` records (key tenant_id) for every attempt, skipped ones included."""
         return [
             encode(
                 self._topics.usage,

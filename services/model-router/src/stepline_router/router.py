@@ -7,8 +7,9 @@ through ports, so every path is testable with twins.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -26,7 +27,7 @@ from stepline_router.errors import (
     disposition,
 )
 from stepline_router.providers.base import AttemptLimits, Provider
-from stepline_router.routes import Deployment, Route, RoutesConfig
+from stepline_router.routes import Deployment, Route, RoutesConfig, Timeouts
 from stepline_router.routing import (
     LatencyEwma,
     Needs,
@@ -35,10 +36,19 @@ from stepline_router.routing import (
     estimated_cost,
     plan_route,
 )
+from stepline_router.stream import ContentDelta, StreamFold, TextDelta, is_content
 from stepline_router.tokens import estimate_input_tokens
-from stepline_router.types import Completion, ModelRequest, ToolChoice, Usage
+from stepline_router.types import Completion, Message, ModelRequest, Role, ToolChoice, Usage
 
-__all__ = ["Attempt", "CallFailed", "CallOutcome", "CallSucceeded", "ErrorKind", "Router"]
+__all__ = [
+    "Attempt",
+    "CallFailed",
+    "CallOutcome",
+    "CallStream",
+    "CallSucceeded",
+    "ErrorKind",
+    "Router",
+]
 
 # Slack over a provider's own total timeout before the router abandons the attempt itself.
 _GUARD_S = 1.0
@@ -116,6 +126,8 @@ class CallFailed:
 
 
 CallOutcome = CallSucceeded | CallFailed
+# Whether the caller may use a deployment (e.g. its API key's allow-list).
+Allowed = Callable[[Deployment], bool]
 
 _FAIL_NOW_KINDS = {
     Outcome.BAD_REQUEST: ErrorKind.INVALID_REQUEST,
@@ -160,9 +172,36 @@ class Router:
         now = self._clock.monotonic()
         return {name: breaker.state(now).value for name, breaker in self._breakers.items()}
 
-    async def complete(self, request: ModelRequest) -> CallOutcome:
-        """Run one call: the answer from the first deployment that gives one, or why none did."""
-        return await _Call(self, request).run()
+    async def complete(
+        self, request: ModelRequest, *, allowed: Allowed | None = None
+    ) -> CallOutcome:
+        """Run one call: the answer from the first deployment that gives one, or why none did.
+
+        `request.route` names a route or a single deployment; `allowed` (a caller's key) keeps
+        deployments it may not use out of the plan.
+        """
+        # A streamed request is streamed from the provider too (same first-token and idle
+        # limits as a streaming caller), but nothing is handed on until the end, so a break
+        # before any tool-call output still fails over.
+        call = _Call(self, request, streaming=request.stream, allowed=allowed, forwarding=False)
+        async for item in call.events():
+            if isinstance(item, CallSucceeded | CallFailed):
+                return item
+        raise AssertionError("a call always ends with an outcome")
+
+    def stream(
+        self, request: ModelRequest, *, allowed: Allowed | None = None, continuation: bool = False
+    ) -> CallStream:
+        """Run one call streamed: content deltas as they arrive, then `CallStream.outcome`.
+
+        Failover is invisible until the first content delta was handed out; after that a
+        broken stream ends the call with an incomplete answer, never a silent second model —
+        unless the caller opted into `continuation`: then a later deployment that continues
+        answers (prefill) is asked to finish the partial text, and the stitched answer is
+        whole (every attempt billed). Tool calls are never continued.
+        """
+        call = _Call(self, request, streaming=True, allowed=allowed, continuation=continuation)
+        return CallStream(call)
 
     def unreachable_routes(self) -> dict[str, str]:
         """Routes none of whose deployments can be reached (provider off, key unset), and why."""
@@ -201,12 +240,79 @@ class Router:
         return None
 
 
+class CallStream:
+    """A streamed call: iterate for content deltas; `outcome` is set once iteration ended."""
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+        self._events = call.events()
+        self.outcome: CallOutcome | None = None
+
+    def __aiter__(self) -> CallStream:
+        return self
+
+    @property
+    def deployment(self) -> Deployment | None:
+        """The deployment streaming now (after the first delta: the one that answers)."""
+        return self._call.current
+
+    @property
+    def attempts(self) -> int:
+        """Attempts made so far, the running one included."""
+        return len(self._call.attempts) + (self._call.current is not None and self.outcome is None)
+
+    async def __anext__(self) -> ContentDelta:
+        if self.outcome is not None:
+            raise StopAsyncIteration
+        item = await anext(self._events)
+        if isinstance(item, CallSucceeded | CallFailed):
+            self.outcome = item
+            await self._events.aclose()
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> CallOutcome:
+        """Stop early (the caller went away): the running attempt is recorded as cancelled."""
+        if self.outcome is None:
+            await self._events.aclose()
+            self.outcome = self._call.abandoned()
+        return self.outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _AttemptEnd:
+    """How one attempt ended: an answer (maybe incomplete) or a classified error."""
+
+    error: ProviderError | None
+    completion: Completion | None
+
+
 class _Call:
     """The state of one call while it runs (attempt trail, spend, deadline)."""
 
-    def __init__(self, router: Router, request: ModelRequest) -> None:
+    def __init__(
+        self,
+        router: Router,
+        request: ModelRequest,
+        *,
+        streaming: bool,
+        allowed: Allowed | None = None,
+        continuation: bool = False,
+        forwarding: bool = True,
+    ) -> None:
         self.r = router
         self.request = request
+        self.streaming = streaming
+        # Whether content deltas reach a caller as they arrive (else they are only folded).
+        self.forwarding = forwarding
+        self.allowed = allowed
+        self.continuation = continuation
+        # Text already handed to the caller by attempts that broke (continued elsewhere).
+        self.prefix = ""
+        # The last broken answer: the outcome when no deployment could finish it.
+        self.broken: CallSucceeded | None = None
+        # The deployment of the attempt running now (streaming callers name it in headers).
+        self.current: Deployment | None = None
         self.config = router._routes()
         self.book = router._prices()
         self.clock = router._clock
@@ -231,23 +337,33 @@ class _Call:
             self.book.currency,
         )
 
-    async def run(self) -> CallOutcome:
-        route = self.config.routes.get(self.request.route)
+    def abandoned(self) -> CallFailed:
+        """The outcome of a call its caller stopped before the end."""
+        return self._failed(
+            ErrorKind.DEADLINE_EXCEEDED, "cancelled: the caller stopped the call", False
+        )
+
+    async def events(self) -> AsyncGenerator[ContentDelta | CallOutcome, None]:
+        """Content deltas (streaming calls only), then exactly one outcome."""
+        route = self.config.route_for(self.request.route)
         if route is None:
             known = ", ".join(sorted(self.config.routes))
-            return self._failed(
+            yield self._failed(
                 ErrorKind.UNKNOWN_ROUTE,
                 f"route {self.request.route!r} is not configured (known: {known})",
                 False,
             )
+            return
         unreachable = self.r._unreachable_route(route)
         if unreachable is not None:
             # Fail loudly: nothing will answer until an operator sets a key or enables a provider.
-            return self._failed(ErrorKind.NO_ELIGIBLE_DEPLOYMENT, unreachable, False)
+            yield self._failed(ErrorKind.NO_ELIGIBLE_DEPLOYMENT, unreachable, False)
+            return
         if self.clock.monotonic() >= self.deadline:
-            return self._failed(
+            yield self._failed(
                 ErrorKind.DEADLINE_EXCEEDED, "the deadline passed before the call started", False
             )
+            return
         needs = Needs(
             tools=bool(self.request.tools) and self.request.params.tool_choice != ToolChoice.NONE,
             stream=self.request.stream,
@@ -261,20 +377,46 @@ class _Call:
             price=self.book.model_price,
             latency=self.r.latency.snapshot(),
             random=self.r._random,
-            unavailable=lambda d: self.r._unavailable(d, self.input_tokens),
+            unavailable=self._unavailable,
         )
         if not plan.deployments:
-            return self._no_eligible(route, plan.skipped)
+            yield self._no_eligible(route, plan.skipped)
+            return
         budget_skips: list[Skipped] = []
         for deployment in plan.deployments:
-            result = await self._try(route, deployment, needs, budget_skips)
-            if result is not None:
-                return result
+            if self.prefix and not self.r._providers[deployment.provider].continues_answers:
+                continue  # it would start the answer anew after the caller has its beginning
+            # aclosing: a caller that stops early closes the running attempt too.
+            async with aclosing(self._try(route, deployment, needs, budget_skips)) as tries:
+                async for item in tries:
+                    if isinstance(item, CallSucceeded) and self._continue_after(item):
+                        break
+                    yield item
+                    if isinstance(item, CallSucceeded | CallFailed):
+                        return
             if self.clock.monotonic() >= self.deadline:
                 break
             if sum(a.sent for a in self.attempts) >= route.retry.max_attempts:
                 break
-        return self._exhausted(route, plan.skipped, budget_skips)
+        if self.broken is not None:
+            yield replace(self.broken, attempts=tuple(self.attempts))
+            return
+        yield self._exhausted(route, plan.skipped, budget_skips)
+
+    def _continue_after(self, outcome: CallSucceeded) -> bool:
+        """Whether to ask another deployment to finish this broken text answer."""
+        answer = outcome.completion
+        if not (self.continuation and answer.incomplete and answer.content):
+            return False
+        if answer.tool_calls:
+            return False  # a second model would start a different tool call
+        self.prefix, self.broken = answer.content, outcome
+        return True
+
+    def _unavailable(self, deployment: Deployment) -> str | None:
+        if self.allowed is not None and not self.allowed(deployment):
+            return "not allowed for this API key"
+        return self.r._unavailable(deployment, self.input_tokens)
 
     def _no_eligible(self, route: Route, skipped: tuple[Skipped, ...]) -> CallFailed:
         reasons = "; ".join(f"{s.deployment}: {s.reason}" for s in skipped)
@@ -322,46 +464,59 @@ class _Call:
 
     async def _try(
         self, route: Route, deployment: Deployment, needs: Needs, budget: list[Skipped]
-    ) -> CallOutcome | None:
-        """Attempts on one deployment; an outcome ends the call, None means fail over."""
+    ) -> AsyncGenerator[ContentDelta | CallOutcome, None]:
+        """Attempts on one deployment; an outcome ends the call, ending without one fails over."""
         breaker = self.r.breaker(deployment.name, self.config.breaker)
         retries = 0
         while sum(a.sent for a in self.attempts) < route.retry.max_attempts:
             now = self.clock.monotonic()
             remaining = self.deadline - now
             if remaining <= 0:
-                return None
+                return
             if self.request.max_cost is not None:
                 estimate = estimated_cost(deployment, needs, self.book.model_price)
                 if estimate is None or self.spent + estimate > self.request.max_cost:
                     budget.append(
                         Skipped(deployment.name, "the call's cost cap would be exceeded", "cost")
                     )
-                    return None
+                    return
             if not breaker.allow(now):
                 self._record(
                     deployment, Outcome.CIRCUIT_OPEN, sent=False, error="circuit open: not sent"
                 )
-                return None
-            error, completion = await self._attempt(deployment, remaining, breaker)
-            if completion is not None:
-                return CallSucceeded(
-                    completion,
+                return
+            end = _AttemptEnd(None, None)
+            if self.streaming:
+                attempt = self._attempt_stream(deployment, remaining, breaker)
+                async with aclosing(attempt):
+                    async for item in attempt:
+                        if isinstance(item, _AttemptEnd):
+                            end = item
+                        else:
+                            yield item
+            else:
+                end = await self._attempt(deployment, remaining, breaker)
+            if end.completion is not None:
+                yield CallSucceeded(
+                    end.completion,
                     deployment,
                     tuple(self.attempts),
                     self.clock.monotonic() - self.started,
                     self.book.version,
                     self.book.currency,
                 )
+                return
+            error = end.error
             assert error is not None
             action = disposition(error.outcome)
             if action is Disposition.FAIL_NOW:
                 kind = _FAIL_NOW_KINDS.get(error.outcome, ErrorKind.INTERNAL)
-                return self._failed(
+                yield self._failed(
                     kind, f"{deployment.name}: {error.outcome.value}: {error.message}", False
                 )
+                return
             if action is Disposition.FAIL_OVER or retries >= route.retry.retries_per_deployment:
-                return None
+                return
             wait = full_jitter(
                 retries,
                 base_s=route.retry.backoff_base_s,
@@ -370,64 +525,170 @@ class _Call:
             )
             if error.retry_after_s is not None:
                 if error.retry_after_s > route.retry.max_retry_after_s:
-                    return None
+                    return
                 wait = max(wait, error.retry_after_s)
             if self.clock.monotonic() + wait >= self.deadline:
                 # Waiting would use up the deadline: better spend what is left elsewhere.
-                return None
+                return
             await self.clock.sleep(wait)
             retries += 1
-        return None
 
-    async def _attempt(
-        self, deployment: Deployment, remaining: float, breaker: CircuitBreaker
-    ) -> tuple[ProviderError | None, Completion | None]:
-        provider = self.r._providers[deployment.provider]
+    def _limits(self, deployment: Deployment, remaining: float) -> AttemptLimits:
         timeouts = deployment.timeouts
-        limits = AttemptLimits(
+        return AttemptLimits(
             connect_s=min(timeouts.connect_s, remaining),
             first_byte_s=min(timeouts.first_byte_s, remaining),
             total_s=min(timeouts.total_s, remaining),
         )
-        # True when the call's deadline, not the deployment, bounds this attempt.
-        bounded_by_deadline = remaining < timeouts.total_s
-        credential = (
-            self.r._credentials.get(deployment.credential_env)
-            if deployment.credential_env
-            else None
-        )
+
+    def _credential(self, deployment: Deployment) -> str | None:
+        if not deployment.credential_env:
+            return None
+        return self.r._credentials.get(deployment.credential_env)
+
+    async def _attempt(
+        self, deployment: Deployment, remaining: float, breaker: CircuitBreaker
+    ) -> _AttemptEnd:
+        provider = self.r._providers[deployment.provider]
+        limits = self._limits(deployment, remaining)
         start = self.clock.monotonic()
         started_at = self.clock.now()
         self.r._windows.setdefault(deployment.name, RateWindow()).record(start, self.input_tokens)
         try:
             async with asyncio.timeout(limits.total_s + _GUARD_S):
-                completion = await provider.complete(deployment, self.request, limits, credential)
+                completion = await provider.complete(
+                    deployment, self.request, limits, self._credential(deployment)
+                )
         except ProviderError as error:
-            failure = error
+            return self._ended(deployment, breaker, start, started_at, remaining, failure=error)
         except TimeoutError:
             failure = ProviderError(Outcome.TIMED_OUT, f"no answer within {limits.total_s:.1f}s")
+            return self._ended(deployment, breaker, start, started_at, remaining, failure=failure)
         except asyncio.CancelledError:
             breaker.on_abandoned(self.clock.monotonic())
             raise
+        return self._ended(deployment, breaker, start, started_at, remaining, answer=completion)
+
+    async def _attempt_stream(
+        self, deployment: Deployment, remaining: float, breaker: CircuitBreaker
+    ) -> AsyncGenerator[ContentDelta | _AttemptEnd, None]:
+        """One streamed attempt: content deltas as they come, then how it ended.
+
+        Each step of the stream is bounded in this task (never a timeout held across a yield):
+        until the first content token by `first_token_s`, then by `idle_s` between deltas,
+        and always by the attempt's total limit.
+        """
+        provider = self.r._providers[deployment.provider]
+        limits = self._limits(deployment, remaining)
+        timeouts = deployment.timeouts
+        self.current = deployment
+        start = self.clock.monotonic()
+        started_at = self.clock.now()
+        self.r._windows.setdefault(deployment.name, RateWindow()).record(start, self.input_tokens)
+        fold = StreamFold()
+        forwarded = False
+        request = self.request
+        # Continuing a broken answer: the caller has `prefix`; this model finishes it.
+        sent_before = bool(self.prefix)
+        trailing = self.prefix[len(self.prefix.rstrip()) :]
+        if self.prefix:
+            # Providers refuse a prefill ending in whitespace; the caller already has it.
+            prefill = Message(Role.ASSISTANT, self.prefix.rstrip())
+            request = replace(request, messages=(*request.messages, prefill))
+            fold.add(TextDelta(self.prefix))
+        deltas = provider.stream(deployment, request, limits, self._credential(deployment))
+        total_by = start + limits.total_s
+        first_by = start + timeouts.first_token_s
+        try:
+            while True:
+                now = self.clock.monotonic()
+                step_by = min(total_by, now + timeouts.idle_s if forwarded else first_by)
+                try:
+                    async with asyncio.timeout(max(0.0, step_by - now)):
+                        delta = await anext(deltas)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as error:
+                    raise _stream_timeout(forwarded, step_by == total_by, timeouts, limits) from (
+                        error
+                    )
+                if trailing and isinstance(delta, TextDelta) and delta.text:
+                    # The caller already has the whitespace the prefill left out.
+                    delta = TextDelta(
+                        delta.text.lstrip() if delta.text[:1].isspace() else delta.text
+                    )
+                    trailing = ""
+                fold.add(delta)
+                if is_content(delta):
+                    forwarded = True
+                    yield delta
+        except ProviderError as error:
+            failure = error
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller went away mid-attempt: bill what the provider counted so far.
+            self._record(
+                deployment,
+                Outcome.CANCELLED,
+                started_at=started_at,
+                latency_s=self.clock.monotonic() - start,
+                status_code=fold.status_code,
+                usage=fold.usage,
+                error="cancelled: the caller stopped reading",
+            )
+            breaker.on_abandoned(self.clock.monotonic())
+            raise
         else:
-            latency = self.clock.monotonic() - start
-            outcome = Outcome.INCOMPLETE if completion.incomplete else Outcome.SUCCEEDED
+            yield self._ended(
+                deployment, breaker, start, started_at, remaining, answer=fold.completion()
+            )
+            return
+        finally:
+            await deltas.aclose()
+        failure.status_code = failure.status_code or fold.status_code
+        if not failure.usage.input and not failure.usage.output:
+            failure.usage = fold.usage
+        if self.forwarding and (forwarded or sent_before):
+            answer = fold.incomplete(f"stream broke after output was sent: {failure.message}")
+            yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
+        elif fold.tool_call_started:
+            # A second model would start a different tool call: report the cut instead.
+            answer = fold.incomplete(f"stream broke after a tool call started: {failure.message}")
+            yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
+        else:
+            yield self._ended(deployment, breaker, start, started_at, remaining, failure=failure)
+
+    def _ended(
+        self,
+        deployment: Deployment,
+        breaker: CircuitBreaker,
+        start: float,
+        started_at: datetime,
+        remaining: float,
+        *,
+        answer: Completion | None = None,
+        failure: ProviderError | None = None,
+    ) -> _AttemptEnd:
+        """Record one attempt that reached the provider and tell its breaker; one path for all."""
+        now = self.clock.monotonic()
+        if answer is not None:
+            latency = now - start
+            outcome = Outcome.INCOMPLETE if answer.incomplete else Outcome.SUCCEEDED
             self._record(
                 deployment,
                 outcome,
                 started_at=started_at,
                 latency_s=latency,
-                status_code=completion.status_code,
-                usage=completion.usage,
-                error=completion.incomplete_reason,
+                status_code=answer.status_code,
+                usage=answer.usage,
+                error=answer.incomplete_reason,
             )
-            if completion.incomplete:
-                breaker.on_failure(self.clock.monotonic())
+            if answer.incomplete:
+                breaker.on_failure(now)
             else:
-                breaker.on_success(self.clock.monotonic())
+                breaker.on_success(now)
                 self.r.latency.observe(deployment.name, latency)
-            return None, completion
-        now = self.clock.monotonic()
+            return _AttemptEnd(None, answer)
+        assert failure is not None
         self._record(
             deployment,
             failure.outcome,
@@ -438,6 +699,8 @@ class _Call:
             error=failure.message,
             retry_after_s=failure.retry_after_s,
         )
+        # True when the call's deadline, not the deployment, bounded this attempt.
+        bounded_by_deadline = remaining < deployment.timeouts.total_s
         if failure.outcome is Outcome.TIMED_OUT and bounded_by_deadline and now >= self.deadline:
             breaker.on_abandoned(now)
         elif counts_against_health(failure.outcome):
@@ -445,7 +708,7 @@ class _Call:
         else:
             # The deployment answered coherently (e.g. 400, 429): it is alive.
             breaker.on_success(now)
-        return failure, None
+        return _AttemptEnd(failure, None)
 
     def _record(
         self,
@@ -485,3 +748,16 @@ class _Call:
                 sent=sent,
             )
         )
+
+
+def _stream_timeout(
+    forwarded: bool, total: bool, timeouts: Timeouts, limits: AttemptLimits
+) -> ProviderError:
+    """The error of a streamed attempt that waited too long for its next delta."""
+    if total:
+        message = f"stream not finished within {limits.total_s:.1f}s"
+    elif forwarded:
+        message = f"stream stalled: nothing for {timeouts.idle_s:.1f}s"
+    else:
+        message = f"no first token within {timeouts.first_token_s:.1f}s"
+    return ProviderError(Outcome.TIMED_OUT, message)

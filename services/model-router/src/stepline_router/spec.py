@@ -15,5 +15,5 @@ SPEC = ServiceSpec(
     consumes=(Topics.MODEL_REQUESTS,),
     writes=(Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ),
     metrics_port=9102,
-    ports={"grpc": 50061},
+    ports={"grpc": 50061, "http": 8400},
 )

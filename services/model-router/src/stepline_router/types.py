@@ -112,6 +112,7 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: FinishReason = FinishReason.STOP
     usage: Usage = field(default_factory=Usage)
-    status_code: int = 200
+    # The HTTP status of the answer; 0 when none was received (the offline provider).
+    status_code: int = 0
     incomplete: bool = False
     incomplete_reason: str = ""

@@ -27,7 +27,7 @@ from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 from stepline.v1 import model_pb2 as stepline_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stepline/v1/router_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\x1a\x17stepline/v1/model.proto\"\x94\x03\n\x0f\x43ompleteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.stepline.v1.ChatMessage\x12*\n\x05tools\x18\x04 \x03(\x0b\x32\x1b.stepline.v1.ToolDefinition\x12\x30\n\nparameters\x18\x05 \x01(\x0b\x32\x1c.stepline.v1.ModelParameters\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08max_cost\x18\x07 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12<\n\x08metadata\x18\t \x03(\x0b\x32*.stepline.v1.CompleteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\x10\x43ompleteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x34\n\tcompleted\x18\x02 \x01(\x0b\x32\x1f.stepline.v1.ModelCallCompletedH\x00\x12.\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\x1c.stepline.v1.ModelCallFailedH\x00\x42\t\n\x07outcome2]\n\x12ModelRouterService\x12G\n\x08\x43omplete\x12\x1c.stepline.v1.CompleteRequest\x1a\x1d.stepline.v1.CompleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stepline/v1/router_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\x1a\x17stepline/v1/model.proto\"\x94\x03\n\x0f\x43ompleteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.stepline.v1.ChatMessage\x12*\n\x05tools\x18\x04 \x03(\x0b\x32\x1b.stepline.v1.ToolDefinition\x12\x30\n\nparameters\x18\x05 \x01(\x0b\x32\x1c.stepline.v1.ModelParameters\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08max_cost\x18\x07 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12<\n\x08metadata\x18\t \x03(\x0b\x32*.stepline.v1.CompleteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\x10\x43ompleteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x34\n\tcompleted\x18\x02 \x01(\x0b\x32\x1f.stepline.v1.ModelCallCompletedH\x00\x12.\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\x1c.stepline.v1.ModelCallFailedH\x00\x42\t\n\x07outcome\"F\n\x15\x43ompleteStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.stepline.v1.CompleteRequest\"\x94\x01\n\x16\x43ompleteStreamResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x32\n\ttool_call\x18\x02 \x01(\x0b\x32\x1d.stepline.v1.StreamedToolCallH\x00\x12-\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1d.stepline.v1.CompleteResponseH\x00\x42\x07\n\x05\x65vent\"Y\n\x10StreamedToolCall\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t2\xba\x01\n\x12ModelRouterService\x12G\n\x08\x43omplete\x12\x1c.stepline.v1.CompleteRequest\x1a\x1d.stepline.v1.CompleteResponse\x12[\n\x0e\x43ompleteStream\x12\".stepline.v1.CompleteStreamRequest\x1a#.stepline.v1.CompleteStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETEREQUEST_METADATAENTRY']._serialized_end=538
   _globals['_COMPLETERESPONSE']._serialized_start=541
   _globals['_COMPLETERESPONSE']._serialized_end=692
-  _globals['_MODELROUTERSERVICE']._serialized_start=694
-  _globals['_MODELROUTERSERVICE']._serialized_end=787
+  _globals['_COMPLETESTREAMREQUEST']._serialized_start=694
+  _globals['_COMPLETESTREAMREQUEST']._serialized_end=764
+  _globals['_COMPLETESTREAMRESPONSE']._serialized_start=767
+  _globals['_COMPLETESTREAMRESPONSE']._serialized_end=915
+  _globals['_STREAMEDTOOLCALL']._serialized_start=917
+  _globals['_STREAMEDTOOLCALL']._serialized_end=1006
+  _globals['_MODELROUTERSERVICE']._serialized_start=1009
+  _globals['_MODELROUTERSERVICE']._serialized_end=1195
 # @@protoc_insertion_point(module_scope)

@@ -134,3 +134,93 @@ class CompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015
+
+@_typing.final
+class CompleteStreamRequest(_message.Message):
+    """CompleteStreamRequest is a CompleteRequest whose answer is streamed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___CompleteRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___CompleteRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStreamRequest: _TypeAlias = CompleteStreamRequest  # noqa: Y015
+
+@_typing.final
+class CompleteStreamResponse(_message.Message):
+    """CompleteStreamResponse is one event of a streamed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A piece of the answer's text."""
+    @_builtins.property
+    def tool_call(self) -> Global___StreamedToolCall:
+        """A piece of a tool call."""
+
+    @_builtins.property
+    def done(self) -> Global___CompleteResponse:
+        """The last event: the call's outcome (content and tool calls in full, attempts, usage, cost)."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        tool_call: Global___StreamedToolCall | None = ...,
+        done: Global___CompleteResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "event", b"event", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "event", b"event", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "tool_call", "done"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___CompleteStreamResponse: _TypeAlias = CompleteStreamResponse  # noqa: Y015
+
+@_typing.final
+class StreamedToolCall(_message.Message):
+    """StreamedToolCall is a piece of tool call number `index`: id and name on its first piece, then
+    argument text to append.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_DELTA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    call_id: _builtins.str
+    name: _builtins.str
+    arguments_delta: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_delta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_delta", b"arguments_delta", "call_id", b"call_id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedToolCall: _TypeAlias = StreamedToolCall  # noqa: Y015

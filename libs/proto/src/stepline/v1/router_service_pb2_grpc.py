@@ -41,6 +41,11 @@ class ModelRouterServiceStub:
                 request_serializer=stepline_dot_v1_dot_router__service__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=stepline_dot_v1_dot_router__service__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.CompleteStream = channel.unary_stream(
+                '/stepline.v1.ModelRouterService/CompleteStream',
+                request_serializer=stepline_dot_v1_dot_router__service__pb2.CompleteStreamRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_router__service__pb2.CompleteStreamResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRouterServiceServicer:
@@ -55,6 +60,16 @@ class ModelRouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteStream(self, request, context):
+        """CompleteStream runs one call like Complete and streams the answer as it is produced: content
+        deltas, then exactly one `done` event with the outcome Complete would have returned. Failover
+        stays invisible until the first delta; after it, a broken provider stream ends the call with
+        an incomplete outcome (`done.completed.incomplete`), never with a second model's text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +77,11 @@ def add_ModelRouterServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=stepline_dot_v1_dot_router__service__pb2.CompleteRequest.FromString,
                     response_serializer=stepline_dot_v1_dot_router__service__pb2.CompleteResponse.SerializeToString,
+            ),
+            'CompleteStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.CompleteStream,
+                    request_deserializer=stepline_dot_v1_dot_router__service__pb2.CompleteStreamRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_router__service__pb2.CompleteStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +113,33 @@ class ModelRouterService:
             '/stepline.v1.ModelRouterService/Complete',
             stepline_dot_v1_dot_router__service__pb2.CompleteRequest.SerializeToString,
             stepline_dot_v1_dot_router__service__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stepline.v1.ModelRouterService/CompleteStream',
+            stepline_dot_v1_dot_router__service__pb2.CompleteStreamRequest.SerializeToString,
+            stepline_dot_v1_dot_router__service__pb2.CompleteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class ModelRouterServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ModelRouterServiceAsyncStub: ...
     Complete: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.CompleteRequest, _router_service_pb2.CompleteResponse]
     """Complete runs one model call on a route and returns the answer or the failure."""
+    CompleteStream: _grpc.UnaryStreamMultiCallable[_router_service_pb2.CompleteStreamRequest, _router_service_pb2.CompleteStreamResponse]
+    """CompleteStream runs one call like Complete and streams the answer as it is produced: content
+    deltas, then exactly one `done` event with the outcome Complete would have returned. Failover
+    stays invisible until the first delta; after it, a broken provider stream ends the call with
+    an incomplete outcome (`done.completed.incomplete`), never with a second model's text.
+    """
 
 @_typing.type_check_only
 class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
@@ -47,6 +53,12 @@ class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Complete: _aio.UnaryUnaryMultiCallable[_router_service_pb2.CompleteRequest, _router_service_pb2.CompleteResponse]  # type: ignore[assignment]
     """Complete runs one model call on a route and returns the answer or the failure."""
+    CompleteStream: _aio.UnaryStreamMultiCallable[_router_service_pb2.CompleteStreamRequest, _router_service_pb2.CompleteStreamResponse]  # type: ignore[assignment]
+    """CompleteStream runs one call like Complete and streams the answer as it is produced: content
+    deltas, then exactly one `done` event with the outcome Complete would have returned. Failover
+    stays invisible until the first delta; after it, a broken provider stream ends the call with
+    an incomplete outcome (`done.completed.incomplete`), never with a second model's text.
+    """
 
 class ModelRouterServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
@@ -60,5 +72,17 @@ class ModelRouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_service_pb2.CompleteResponse, _abc.Awaitable[_router_service_pb2.CompleteResponse]]:
         """Complete runs one model call on a route and returns the answer or the failure."""
+
+    @_abc_1.abstractmethod
+    def CompleteStream(
+        self,
+        request: _router_service_pb2.CompleteStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_router_service_pb2.CompleteStreamResponse], _abc.AsyncIterator[_router_service_pb2.CompleteStreamResponse]]:
+        """CompleteStream runs one call like Complete and streams the answer as it is produced: content
+        deltas, then exactly one `done` event with the outcome Complete would have returned. Failover
+        stays invisible until the first delta; after it, a broken provider stream ends the call with
+        an incomplete outcome (`done.completed.incomplete`), never with a second model's text.
+        """
 
 def add_ModelRouterServiceServicer_to_server(servicer: ModelRouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

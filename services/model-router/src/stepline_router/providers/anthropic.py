@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -12,16 +13,19 @@ from stepline_router.errors import Outcome, ProviderError
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.providers.http import (
     NowFn,
-    StreamState,
-    error_from_response,
-    httpx_timeout,
-    iter_sse,
     json_or_malformed,
     post_json,
+    sse_deltas,
     stream_error,
-    transport_error,
 )
 from stepline_router.routes import Deployment
+from stepline_router.stream import (
+    Delta,
+    Finished,
+    TextDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -33,7 +37,7 @@ from stepline_router.types import (
     Usage,
 )
 
-__all__ = ["AnthropicProvider", "anthropic_body", "parse_anthropic_message"]
+__all__ = ["AnthropicProvider", "anthropic_body", "parse_anthropic_message", "tool_input"]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -48,7 +52,8 @@ _FINISH = {
 }
 
 
-def _arguments(text: str) -> dict[str, Any]:
+def tool_input(text: str) -> dict[str, Any]:
+    """A tool call's argument text as the object Anthropic requires (unparsable text kept)."""
     try:
         value = json.loads(text or "{}")
     except ValueError:
@@ -75,7 +80,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                 "type": "tool_use",
                 "id": call.call_id,
                 "name": call.name,
-                "input": _arguments(call.arguments_json),
+                "input": tool_input(call.arguments_json),
             }
         )
     return blocks
@@ -174,21 +179,88 @@ def parse_anthropic_message(data: Any, status: int = 200) -> Completion:
         ) from error
 
 
+class _EventParser:
+    """Messages stream events → deltas; the stream ends at `message_stop`."""
+
+    end_marker = "message_stop"
+
+    def __init__(self) -> None:
+        self.done = False
+        self._usage = Usage()
+        # Content block index → tool call number (callers see 0, 1, … in order).
+        self._calls: dict[int, int] = {}
+
+    @property
+    def ended(self) -> bool:
+        return self.done
+
+    @property
+    def complete(self) -> bool:
+        return self.done
+
+    def feed(self, event: str, data: str, status: int) -> list[Delta]:
+        payload = json_or_malformed(data, status, event)
+        if not isinstance(payload, dict):
+            raise ProviderError(
+                Outcome.MALFORMED_RESPONSE, f"{event} event is not an object", status_code=status
+            )
+        try:
+            return self._deltas(payload.get("type", event), payload, status)
+        except (AttributeError, TypeError, ValueError) as error:
+            raise ProviderError(
+                Outcome.MALFORMED_RESPONSE,
+                f"{event} event has a wrong shape ({type(error).__name__})",
+                status_code=status,
+            ) from error
+
+    def _deltas(self, kind: str, data: dict[str, Any], status: int) -> list[Delta]:
+        if kind == "error":
+            raise stream_error(data.get("error") or {}, status)
+        if kind == "message_start":
+            self._usage = _usage((data.get("message") or {}).get("usage"))
+            return [UsageDelta(self._usage)]
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                number = self._calls.setdefault(int(data.get("index", 0)), len(self._calls))
+                return [ToolCallDelta(number, block.get("id", ""), block.get("name", ""))]
+            if block.get("type") == "text" and block.get("text"):
+                return [TextDelta(block["text"])]
+            return []
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return [TextDelta(str(delta.get("text", "")))]
+            if delta.get("type") == "input_json_delta":
+                number = self._calls.setdefault(int(data.get("index", 0)), len(self._calls))
+                return [ToolCallDelta(number, arguments=str(delta.get("partial_json", "")))]
+            return []
+        if kind == "message_delta":
+            out: list[Delta] = []
+            reason = (data.get("delta") or {}).get("stop_reason")
+            self._usage = _usage(data.get("usage"), self._usage)
+            out.append(UsageDelta(self._usage))
+            if reason:
+                out.append(Finished(_FINISH.get(reason, FinishReason.STOP)))
+            return out
+        if kind == "message_stop":
+            self.done = True
+        return []
+
+
 class AnthropicProvider:
     """Adapter for the Messages wire format."""
+
+    # Messages continues a trailing assistant turn (prefill).
+    continues_answers = True
 
     def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
         self._client = client
         self._now = now
 
-    async def complete(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> Completion:
-        """One attempt against `deployment`."""
+    def _request(
+        self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
         url = f"{deployment.base_url or DEFAULT_BASE_URL}/v1/messages"
         headers = {
             "content-type": "application/json",
@@ -197,75 +269,29 @@ class AnthropicProvider:
         }
         if credential:
             headers["x-api-key"] = credential
-        body = anthropic_body(deployment, request)
-        if request.stream:
-            return await self._stream(url, headers, body, limits)
+        return url, headers, anthropic_body(deployment, replace(request, stream=stream))
+
+    async def complete(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> Completion:
+        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
+        url, headers, body = self._request(deployment, request, credential, stream=False)
         data, status = await post_json(self._client, url, headers, body, limits, self._now())
         return parse_anthropic_message(data, status)
 
-    async def _stream(
-        self, url: str, headers: dict[str, str], body: dict[str, Any], limits: AttemptLimits
-    ) -> Completion:
-        state = StreamState()
-        try:
-            async with (
-                asyncio.timeout(limits.total_s),
-                self._client.stream(
-                    "POST", url, json=body, headers=headers, timeout=httpx_timeout(limits)
-                ) as response,
-            ):
-                state.status_code = response.status_code
-                if not response.is_success:
-                    raw = await response.aread()
-                    raise error_from_response(
-                        response.status_code, response.headers, raw, self._now()
-                    )
-                async for event, data in iter_sse(response):
-                    _fold_event(state, event, json_or_malformed(data, state.status_code, event))
-                    if state.done:
-                        break
-        except TimeoutError:
-            return state.broken(
-                ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s")
-            )
-        except httpx.HTTPError as error:
-            return state.broken(transport_error(error))
-        except ProviderError as error:
-            if error.status_code >= 400:
-                raise
-            return state.broken(error)
-        if not state.done:
-            return state.broken(
-                ProviderError(Outcome.CONNECTION_FAILED, "stream ended before message_stop")
-            )
-        return state.completion()
-
-
-def _fold_event(state: StreamState, event: str, data: Any) -> None:
-    if not isinstance(data, dict):
-        raise ProviderError(Outcome.MALFORMED_RESPONSE, f"{event} event is not an object")
-    kind = data.get("type", event)
-    if kind == "error":
-        raise stream_error(data.get("error") or {}, state.status_code)
-    if kind == "message_start":
-        state.usage = _usage((data.get("message") or {}).get("usage"))
-    elif kind == "content_block_start":
-        block = data.get("content_block") or {}
-        if block.get("type") == "tool_use":
-            call = state.call(int(data.get("index", 0)))
-            call.id, call.name = block.get("id", ""), block.get("name", "")
-        elif block.get("type") == "text" and block.get("text"):
-            state.text.append(block["text"])
-    elif kind == "content_block_delta":
-        delta = data.get("delta") or {}
-        if delta.get("type") == "text_delta":
-            state.text.append(delta.get("text", ""))
-        elif delta.get("type") == "input_json_delta":
-            state.call(int(data.get("index", 0))).arguments += delta.get("partial_json", "")
-    elif kind == "message_delta":
-        reason = (data.get("delta") or {}).get("stop_reason")
-        if reason:
-            state.finish = _FINISH.get(reason, FinishReason.STOP)
-        state.usage = _usage(data.get("usage"), state.usage)
-    elif kind == "message_stop":
-        state.done = True
+    async def stream(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> AsyncGenerator[Delta, None]:
+        """One streamed attempt against `deployment`."""
+        url, headers, body = self._request(deployment, request, credential, stream=True)
+        parser = _EventParser()
+        async for delta in sse_deltas(self._client, url, headers, body, limits, self._now, parser):
+            yield delta

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
 from stepline_router.routes import Deployment
+from stepline_router.stream import Delta
 from stepline_router.types import Completion, ModelRequest
 
 __all__ = ["AttemptLimits", "Provider"]
@@ -21,7 +23,16 @@ class AttemptLimits:
 
 
 class Provider(Protocol):
-    """Sends one request to one deployment; raises `ProviderError` with a classified outcome."""
+    """Sends one request to one deployment; raises `ProviderError` with a classified outcome.
+
+    `stream` yields deltas as they arrive and ends only after the provider's own end-of-stream
+    marker; a cut, malformed or erroring stream raises `ProviderError` instead of ending.
+    It holds no total timeout across its yields: the router bounds each step of the stream.
+    `continues_answers`: a trailing assistant message is continued (prefill), so this provider
+    can finish an answer another deployment began.
+    """
+
+    continues_answers: bool
 
     async def complete(
         self,
@@ -31,4 +42,14 @@ class Provider(Protocol):
         credential: str | None,
     ) -> Completion:
         """One attempt: the answer, or `ProviderError`."""
+        ...
+
+    def stream(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> AsyncGenerator[Delta, None]:
+        """One streamed attempt: deltas, or `ProviderError` at any point."""
         ...

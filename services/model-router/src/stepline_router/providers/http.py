@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from stepline_router.errors import Outcome, ProviderError, classify_status
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.retryafter import retry_after_seconds
-from stepline_router.types import Completion, FinishReason, ToolCall, Usage
+from stepline_router.stream import Delta, Opened
 from stepline_runtime.logs import redact
 
 __all__ = [
-    "StreamState",
+    "ChunkParser",
     "error_from_response",
     "httpx_timeout",
     "iter_sse",
     "json_or_malformed",
     "post_json",
     "safe_text",
+    "sse_deltas",
     "stream_error",
     "transport_error",
 ]
@@ -89,9 +89,14 @@ def error_from_response(
 
 
 def stream_error(payload: Any, status: int) -> ProviderError:
-    """A classified error for an error event inside a 200 stream (treated as a server failure)."""
+    """A classified error for an error event inside a 200 stream (a server failure, unless the
+    provider says the content was refused or the prompt is too long)."""
     kind, message = _error_fields(json.dumps({"error": payload}).encode())
-    outcome = classify_status(500, kind.split(" ")[0], message)
+    outcome = classify_status(500, kind.split(" ")[0], f"{kind} {message}")
+    if outcome is Outcome.SERVER_ERROR:
+        refused = classify_status(400, kind.split(" ")[0], f"{kind} {message}")
+        if refused in (Outcome.CONTENT_REFUSED, Outcome.CONTEXT_TOO_LONG):
+            outcome = refused
     return ProviderError(outcome, safe_text(f"stream error {kind}: {message}"), status_code=status)
 
 
@@ -111,65 +116,6 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
             data.append(line[5:].lstrip(" "))
     if data:
         yield event or "message", "\n".join(data)
-
-
-@dataclass
-class _PartialCall:
-    id: str = ""
-    name: str = ""
-    arguments: str = ""
-
-
-@dataclass
-class StreamState:
-    """Output accumulated from a stream, so a cut stream can be judged and reported."""
-
-    status_code: int = 200
-    text: list[str] = field(default_factory=list)
-    calls: dict[int, _PartialCall] = field(default_factory=dict)
-    finish: FinishReason | None = None
-    usage: Usage = field(default_factory=Usage)
-    done: bool = False
-
-    def call(self, index: int) -> _PartialCall:
-        """The tool call being streamed at `index` (created on first sight)."""
-        return self.calls.setdefault(index, _PartialCall())
-
-    @property
-    def tool_call_started(self) -> bool:
-        """Whether any tool-call output has arrived."""
-        return bool(self.calls)
-
-    def completion(self) -> Completion:
-        """The finished answer."""
-        calls = self._calls()
-        finish = self.finish or (FinishReason.TOOL_CALLS if calls else FinishReason.STOP)
-        return Completion("".join(self.text), calls, finish, self.usage, self.status_code)
-
-    def broken(self, error: ProviderError) -> Completion:
-        """After a stream failed: an incomplete answer once a tool call began, else raise.
-
-        Before any tool-call output nothing has been handed on, so failing over is safe; after,
-        a second model would start a different tool call, so the cut is reported instead.
-        """
-        if not self.tool_call_started:
-            error.status_code = error.status_code or self.status_code
-            error.usage = self.usage
-            raise error
-        return Completion(
-            "".join(self.text),
-            self._calls(),
-            FinishReason.INCOMPLETE,
-            self.usage,
-            self.status_code,
-            incomplete=True,
-            incomplete_reason=f"stream broke after a tool call started: {error.message}",
-        )
-
-    def _calls(self) -> tuple[ToolCall, ...]:
-        return tuple(
-            ToolCall(c.id, c.name, c.arguments or "{}") for _, c in sorted(self.calls.items())
-        )
 
 
 def json_or_malformed(text: str, status: int, what: str) -> Any:
@@ -210,3 +156,67 @@ async def post_json(
     return json_or_malformed(response.text, response.status_code, "response body"), (
         response.status_code
     )
+
+
+class ChunkParser(Protocol):
+    """Turns one provider's server-sent events into deltas; knows its end-of-stream marker."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream reached its proper end (no more events are to be read)."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """Whether a stream that ends here (the connection closed cleanly) is whole."""
+        ...
+
+    @property
+    def end_marker(self) -> str:
+        """What a complete stream ends with, for the error when it is missing."""
+        ...
+
+    def feed(self, event: str, data: str, status: int) -> Iterable[Delta]:
+        """The deltas of one event; `ProviderError` for a malformed or error event."""
+        ...
+
+
+async def sse_deltas(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    limits: AttemptLimits,
+    now: NowFn,
+    parser: ChunkParser,
+) -> AsyncIterator[Delta]:
+    """POST a streaming request and yield its deltas; the one SSE loop every adapter shares.
+
+    Ends only after `parser` saw the provider's end of stream; anything else (non-2xx, a cut
+    connection, a malformed or error event, an early end) raises a classified `ProviderError`.
+    """
+    status = 0
+    try:
+        async with client.stream(
+            "POST", url, json=dict(body), headers=dict(headers), timeout=httpx_timeout(limits)
+        ) as response:
+            status = response.status_code
+            if not response.is_success:
+                raw = await response.aread()
+                raise error_from_response(status, response.headers, raw, now())
+            yield Opened(status)
+            async for event, data in iter_sse(response):
+                for delta in parser.feed(event, data, status):
+                    yield delta
+                if parser.ended:
+                    return
+    except httpx.HTTPError as error:
+        failure = transport_error(error)
+        failure.status_code = status
+        raise failure from error
+    if not parser.complete:
+        raise ProviderError(
+            Outcome.CONNECTION_FAILED,
+            f"stream ended before {parser.end_marker}",
+            status_code=status,
+        )

@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.routes import Deployment
+from stepline_router.stream import Delta, completion_deltas
 from stepline_router.tokens import estimate_input_tokens, estimate_text_tokens
 from stepline_router.types import (
     Completion,
@@ -497,6 +498,9 @@ def respond(request: ModelRequest) -> Completion:
 class LocalProvider:
     """Provider `local`, model `stepline-local-1`: answers in-process, no network."""
 
+    # The offline stand-in starts every answer anew.
+    continues_answers = False
+
     async def complete(
         self,
         deployment: Deployment,
@@ -506,3 +510,14 @@ class LocalProvider:
     ) -> Completion:
         """`respond(request)`."""
         return respond(request)
+
+    async def stream(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> AsyncGenerator[Delta, None]:
+        """`respond(request)` as deltas, word by word."""
+        for delta in completion_deltas(respond(request)):
+            yield delta

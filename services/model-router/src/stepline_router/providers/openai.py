@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -11,16 +12,19 @@ from stepline_router.errors import Outcome, ProviderError
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.providers.http import (
     NowFn,
-    StreamState,
-    error_from_response,
-    httpx_timeout,
-    iter_sse,
     json_or_malformed,
     post_json,
+    sse_deltas,
     stream_error,
-    transport_error,
 )
 from stepline_router.routes import Deployment
+from stepline_router.stream import (
+    Delta,
+    Finished,
+    TextDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -155,8 +159,77 @@ def parse_openai_completion(data: Any, status: int = 200) -> Completion:
         ) from error
 
 
+class _ChunkParser:
+    """Chat Completions chunks → deltas; the stream ends at `[DONE]`."""
+
+    end_marker = "[DONE]"
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finished = False
+        self._calls: dict[int, int] = {}
+
+    @property
+    def ended(self) -> bool:
+        return self.done
+
+    @property
+    def complete(self) -> bool:
+        # Some compatible servers never send [DONE]; a finish reason is the model's own end.
+        return self.done or self.finished
+
+    def feed(self, event: str, data: str, status: int) -> list[Delta]:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return []
+        chunk = json_or_malformed(data, status, "stream chunk")
+        if not isinstance(chunk, dict):
+            raise ProviderError(
+                Outcome.MALFORMED_RESPONSE, "stream chunk is not an object", status_code=status
+            )
+        if "error" in chunk:
+            raise stream_error(chunk["error"], status)
+        out: list[Delta] = []
+        try:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    out.append(TextDelta(str(delta["content"])))
+                if delta.get("refusal"):
+                    out.append(TextDelta(str(delta["refusal"])))
+                for part in delta.get("tool_calls") or ():
+                    # Providers number calls by their own index; callers get 0, 1, … in order.
+                    index = self._calls.setdefault(int(part.get("index", 0)), len(self._calls))
+                    function = part.get("function") or {}
+                    out.append(
+                        ToolCallDelta(
+                            index,
+                            part.get("id") or "",
+                            function.get("name") or "",
+                            function.get("arguments") or "",
+                        )
+                    )
+                if choice.get("finish_reason"):
+                    self.finished = True
+                    out.append(Finished(_FINISH.get(choice["finish_reason"], FinishReason.STOP)))
+                elif delta.get("refusal"):
+                    out.append(Finished(FinishReason.CONTENT_FILTER))
+        except (AttributeError, TypeError, ValueError) as error:
+            raise ProviderError(
+                Outcome.MALFORMED_RESPONSE,
+                f"stream chunk has a wrong shape ({type(error).__name__})",
+                status_code=status,
+            ) from error
+        if chunk.get("usage"):
+            out.append(UsageDelta(_usage(chunk["usage"])))
+        return out
+
+
 class OpenAIProvider:
     """Adapter for the Chat Completions wire format."""
+
+    # Chat Completions answers a trailing assistant turn anew.
+    continues_answers = False
 
     def __init__(
         self, client: httpx.AsyncClient, now: NowFn, *, max_tokens_field: str = "max_tokens"
@@ -166,6 +239,18 @@ class OpenAIProvider:
         # OpenAI itself wants `max_completion_tokens`; most compatible servers `max_tokens`.
         self._max_tokens_field = max_tokens_field
 
+    def _request(
+        self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        url = f"{deployment.base_url or DEFAULT_BASE_URL}/chat/completions"
+        headers = {"content-type": "application/json", **deployment.headers}
+        if credential:
+            headers["authorization"] = f"Bearer {credential}"
+        body = openai_body(
+            deployment, replace(request, stream=stream), max_tokens_field=self._max_tokens_field
+        )
+        return url, headers, body
+
     async def complete(
         self,
         deployment: Deployment,
@@ -173,72 +258,20 @@ class OpenAIProvider:
         limits: AttemptLimits,
         credential: str | None,
     ) -> Completion:
-        """One attempt against `deployment`."""
-        url = f"{deployment.base_url or DEFAULT_BASE_URL}/chat/completions"
-        headers = {"content-type": "application/json", **deployment.headers}
-        if credential:
-            headers["authorization"] = f"Bearer {credential}"
-        body = openai_body(deployment, request, max_tokens_field=self._max_tokens_field)
-        if request.stream:
-            return await self._stream(url, headers, body, limits)
+        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
+        url, headers, body = self._request(deployment, request, credential, stream=False)
         data, status = await post_json(self._client, url, headers, body, limits, self._now())
         return parse_openai_completion(data, status)
 
-    async def _stream(
-        self, url: str, headers: dict[str, str], body: dict[str, Any], limits: AttemptLimits
-    ) -> Completion:
-        state = StreamState()
-        try:
-            async with (
-                asyncio.timeout(limits.total_s),
-                self._client.stream(
-                    "POST", url, json=body, headers=headers, timeout=httpx_timeout(limits)
-                ) as response,
-            ):
-                state.status_code = response.status_code
-                if not response.is_success:
-                    raw = await response.aread()
-                    raise error_from_response(
-                        response.status_code, response.headers, raw, self._now()
-                    )
-                async for _, data in iter_sse(response):
-                    if data.strip() == "[DONE]":
-                        state.done = True
-                        break
-                    _fold_chunk(state, json_or_malformed(data, state.status_code, "stream chunk"))
-        except TimeoutError:
-            return state.broken(
-                ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s")
-            )
-        except httpx.HTTPError as error:
-            return state.broken(transport_error(error))
-        except ProviderError as error:
-            if error.status_code >= 400:
-                raise
-            return state.broken(error)
-        if not state.done and state.finish is None:
-            return state.broken(
-                ProviderError(Outcome.CONNECTION_FAILED, "stream ended before [DONE]")
-            )
-        return state.completion()
-
-
-def _fold_chunk(state: StreamState, chunk: Any) -> None:
-    if not isinstance(chunk, dict):
-        raise ProviderError(Outcome.MALFORMED_RESPONSE, "stream chunk is not an object")
-    if "error" in chunk:
-        raise stream_error(chunk["error"], state.status_code)
-    if chunk.get("usage"):
-        state.usage = _usage(chunk["usage"])
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content"):
-            state.text.append(delta["content"])
-        for part in delta.get("tool_calls") or ():
-            call = state.call(int(part.get("index", 0)))
-            call.id = part.get("id") or call.id
-            function = part.get("function") or {}
-            call.name = function.get("name") or call.name
-            call.arguments += function.get("arguments") or ""
-        if choice.get("finish_reason"):
-            state.finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
+    async def stream(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> AsyncGenerator[Delta, None]:
+        """One streamed attempt against `deployment`."""
+        url, headers, body = self._request(deployment, request, credential, stream=True)
+        parser = _ChunkParser()
+        async for delta in sse_deltas(self._client, url, headers, body, limits, self._now, parser):
+            yield delta
