@@ -39,7 +39,10 @@ class _DescribeGroups(
 
 
 async def consuming_groups(admin: AIOKafkaAdminClient, topic: str) -> list[str]:
-    """Groups with at least one live member subscribed to `topic`, sorted."""
+    """Groups with at least one live member subscribed to `topic`, sorted.
+
+    A group in the middle of a rebalance counts when it has committed offsets on `topic`.
+    """
     listed = await admin.list_consumer_groups()
     groups = [g for g, protocol in listed if protocol == ConsumerProtocol.PROTOCOL_TYPE]
     coordinators = await asyncio.gather(*(admin.find_coordinator(g) for g in groups))
@@ -47,15 +50,24 @@ async def consuming_groups(admin: AIOKafkaAdminClient, topic: str) -> list[str]:
     for group, node in zip(groups, coordinators, strict=True):
         by_coordinator[node].append(group)
     found = set()
-    for node, groups in by_coordinator.items():
+    rebalancing = []
+    for node, members_of in by_coordinator.items():
         # The admin client sends any Request to a node; only this one needs a version cap.
-        response = await admin._send_request(_DescribeGroups(groups), node)
+        response = await admin._send_request(_DescribeGroups(members_of), node)
         for described in response.groups:
             error_code, group, _state, protocol_type, _protocol, members = described[:6]
-            if error_code or protocol_type != ConsumerProtocol.PROTOCOL_TYPE:
+            if error_code or protocol_type != ConsumerProtocol.PROTOCOL_TYPE or not members:
                 continue
             for member in members:
-                metadata = ConsumerProtocolMemberMetadata.decode(member[3])
-                if topic in metadata.subscription:
+                if not member[3]:
+                    # Kafka sends member metadata only for a Stable group.
+                    rebalancing.append(group)
+                    break
+                if topic in ConsumerProtocolMemberMetadata.decode(member[3]).subscription:
                     found.add(group)
+    for group in rebalancing:
+        # Subscriptions unknown while the group rebalances: its commits tell what it reads.
+        committed = await admin.list_consumer_group_offsets(group)
+        if any(tp.topic == topic for tp in committed):
+            found.add(group)
     return sorted(found)
