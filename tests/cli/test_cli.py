@@ -11,17 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
 import re
-import socket
 import subprocess
-import sys
-import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,6 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline_client.demo import (
-    GOAL,
     FailingProvider,
     ReplyReceiver,
     demo_prices,
@@ -40,151 +34,17 @@ from stepline_client.supervisor import SERVICES
 from stepline_planner.spec import SPEC as PLANNER
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG
+from tests.cli.stack import (
+    ROOT,
+    Stack,
+    free_port,
+    pid_alive,
+    stack_env,
+    tools_registered,
+    topics_created,
+    wait_until,
+)
 from tests.kafkatools import create_topics
-
-ROOT = Path(__file__).resolve().parents[2]
-SUPPORT_TOOLS = {"crm_find_customer", "search_documents", "send_reply"}
-Event = dict[str, Any]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1][:1]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-class Follow:
-    """`stepline runs show RUN --follow --json` read line by line in the background."""
-
-    def __init__(self, stack: Stack, run_id: str) -> None:
-        self.events: list[Event] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._process = subprocess.Popen(
-            stack.argv("runs", "show", run_id, "--follow", "--json"),
-            cwd=ROOT,
-            env=stack.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def until(self, kind: str, timeout_s: float = 60) -> Event:
-        """The first event of `kind` (e.g. approval_requested); fails when the stream ends."""
-        for event in self.events:
-            if kind in event:
-                return event
-        deadline = time.monotonic() + timeout_s
-        while True:
-            line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if line is None:
-                stderr = self._process.stderr.read() if self._process.stderr else ""
-                raise AssertionError(f"run ended without {kind}: {self.events} {stderr}")
-            found: Event = json.loads(line)
-            self.events.append(found)
-            if kind in found:
-                return found
-
-    def terminal(self, timeout_s: float = 60) -> Event:
-        """The run's last event; the follower exits after it."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if line is None:
-                assert self._process.wait(10) == 0
-                last = self.events[-1]
-                assert {"completed", "failed", "cancelled"} & set(last), last
-                return last
-            self.events.append(json.loads(line))
-
-    def close(self) -> None:
-        """Stop the follower if it still runs."""
-        if self._process.poll() is None:
-            self._process.terminate()
-        self._process.wait(10)
-
-
-@dataclass
-class Stack:
-    """The environment a `stepline up` stack runs in, and how to call the CLI against it."""
-
-    env: dict[str, str]
-    state: Path
-    tenant: str
-    billing: str
-    receiver: ReplyReceiver
-    followers: list[Follow] = field(default_factory=list)
-
-    def argv(self, *args: str) -> list[str]:
-        """The CLI command line for `args`."""
-        return [sys.executable, "-m", "stepline_client.cli", *args]
-
-    def run(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run one CLI command to its end."""
-        return subprocess.run(
-            self.argv(*args),
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-
-    def ok(self, *args: str, timeout_s: float = 60) -> str:
-        """Run one CLI command that must succeed; its stdout."""
-        done = self.run(*args, timeout_s=timeout_s)
-        assert done.returncode == 0, f"stepline {' '.join(args)}: {done.stdout}{done.stderr}"
-        return done.stdout
-
-    def follow(self, run_id: str) -> Follow:
-        """Follow a run's events (stopped at teardown)."""
-        follower = Follow(self, run_id)
-        self.followers.append(follower)
-        return follower
-
-    def submit_support(self) -> str:
-        """Submit the support goal (it pauses for approval of send_reply); its run id."""
-        out = self.ok("submit", GOAL, "--agent", "support", "--tenant", self.tenant, "--json")
-        run_id: str = json.loads(out)["run_id"]
-        return run_id
-
-    def logs(self) -> str:
-        """The tail of every service log, for failure messages."""
-        parts = []
-        for log in sorted((self.state / "logs").glob("*.log")):
-            parts.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-10:]))
-        return "\n".join(parts)
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
-def _tools_registered(stack: Stack) -> bool:
-    out = stack.ok("tail", "stepline.tools.v1", "--from-beginning", "--idle-timeout", "1")
-    return {json.loads(line)["key"] for line in out.splitlines()} >= SUPPORT_TOOLS
-
-
-def _topics_created(stack: Stack) -> bool:
-    return " missing " not in stack.ok("topics")
 
 
 def _failing_primary_routes(failing_port: int) -> dict[str, Any]:
@@ -214,27 +74,16 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         (state / "routes.toml").write_text(render_toml(routes))
         prices = demo_prices(ROOT / "deploy/config/pricebook.toml", routes)
         (state / "pricebook.toml").write_text(render_toml(prices))
-        billing = f"127.0.0.1:{_free_port()}"
-        env = {
-            **os.environ,
-            "STEPLINE_KAFKA_BOOTSTRAP": kafka.bootstrap,
-            "STEPLINE_TOPIC_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
-            "STEPLINE_STATE_DIR": str(state),
-            "STEPLINE_PARTITIONS": "2",
-            "STEPLINE_METRICS_PORT": "0",
-            "STEPLINE_GRPC_PORT": str(_free_port()),
-            "STEPLINE_BILLING_GRPC_ADDRESS": billing,
-            "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{_free_port()}",
-            "STEPLINE_EXECUTOR_DATA_DIR": str(state / "tool-executor"),
-            "STEPLINE_BILLING_DATA_DIR": str(state / "billing"),
-            "STEPLINE_TOOLS_CONFIG": str(tools),
-            "STEPLINE_ROUTES": str(state / "routes.toml"),
-            "STEPLINE_PRICEBOOK": str(state / "pricebook.toml"),
-            "PYTHONUNBUFFERED": "1",
-        }
-        # Only the offline provider may answer in a test.
-        for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "STEPLINE_OPENAI_BASE_URL"):
-            env.pop(key, None)
+        billing = f"127.0.0.1:{free_port()}"
+        env = stack_env(
+            kafka,
+            state,
+            tools,
+            billing,
+            os.environ,
+            routes=state / "routes.toml",
+            pricebook=state / "pricebook.toml",
+        )
         cli = Stack(env, state, f"cli-{uuid.uuid4().hex[:6]}", billing, receiver)
         try:
             up = cli.ok("up")
@@ -244,8 +93,8 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             for service in SERVICES:
                 assert re.search(rf"^{service.name}\s+pid \d+\s+running$", up, re.M), up
             # `up` returns once the processes live; ready means topics made and tools announced.
-            _wait_until(lambda: _topics_created(cli), 60, "the services' topics")
-            _wait_until(lambda: _tools_registered(cli), 60, "the executor's tool registry")
+            wait_until(lambda: topics_created(cli), 60, "the services' topics")
+            wait_until(lambda: tools_registered(cli), 60, "the executor's tool registry")
             yield cli
         finally:
             for follower in cli.followers:
@@ -372,11 +221,11 @@ def test_usage_totals_every_usage_record_of_the_tenant(stack: Stack) -> None:
         return out.splitlines()[-1].startswith(f"total: {recorded} calls, $")
 
     # Billing consumes usage asynchronously: wait until it has charged every record.
-    _wait_until(billed, 30, f"billing to charge {recorded} records (saw {totals[-1:]})")
+    wait_until(billed, 30, f"billing to charge {recorded} records (saw {totals[-1:]})")
     out = stack.ok("usage", "--tenant", stack.tenant, "--billing", stack.billing)
     assert out.splitlines()[0].split()[:4] == ["window", "provider", "model/tool", "calls"]
     assert "local" in out
-    wrong = stack.run("usage", "--tenant", stack.tenant, "--billing", f"127.0.0.1:{_free_port()}")
+    wrong = stack.run("usage", "--tenant", stack.tenant, "--billing", f"127.0.0.1:{free_port()}")
     assert wrong.returncode == 2
     assert "did not answer" in wrong.stderr
     assert "--billing" in wrong.stderr
@@ -588,7 +437,7 @@ def test_a_closed_pipe_ends_tail_quietly(stack: Stack) -> None:
 def test_a_missing_broker_is_one_line_saying_what_to_do(
     stack: Stack, args: tuple[str, ...]
 ) -> None:
-    env = {**stack.env, "STEPLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}"}
+    env = {**stack.env, "STEPLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
     done = subprocess.run(
         stack.argv(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
     )
@@ -610,7 +459,7 @@ def test_down_stops_every_service_process(stack: Stack) -> None:
     assert set(pids) == {s.name for s in SERVICES}
     out = stack.ok("down")
     assert out.strip() == "stopped: " + ", ".join(s.name for s in SERVICES)
-    assert [name for name, pid in pids.items() if _pid_alive(pid)] == []
+    assert [name for name, pid in pids.items() if pid_alive(pid)] == []
     assert list((stack.state / "run").glob("*.pid")) == []
     status = stack.run("status")
     assert status.returncode == 3
