@@ -432,19 +432,28 @@ def test_a_closed_pipe_ends_tail_quietly(stack: Stack) -> None:
         ("runs", "show", "run-x"),
         ("submit", "Hi", "--agent", "local", "--tenant", "acme"),
         ("cancel", "run-x"),
+        ("up",),
     ],
 )
 def test_a_missing_broker_is_one_line_saying_what_to_do(
-    stack: Stack, args: tuple[str, ...]
+    stack: Stack, args: tuple[str, ...], tmp_path: Path
 ) -> None:
-    env = {**stack.env, "STEPLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    env = {
+        **stack.env,
+        "STEPLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "STEPLINE_STATE_DIR": str(tmp_path),  # `up` must not touch the module's stack
+    }
     done = subprocess.run(
         stack.argv(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
     )
     assert done.returncode == 2, done
-    assert done.stderr.startswith("stepline: no broker at 127.0.0.1:"), done.stderr
-    assert "run `stepline up` or set STEPLINE_KAFKA_BOOTSTRAP" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    if args == ("up",):
+        assert done.stderr.startswith("stepline: no broker answers at STEPLINE_KAFKA_BOOTSTRAP=")
+        assert not (tmp_path / "run").exists()  # no service was started against nothing
+    else:
+        assert done.stderr.startswith("stepline: no broker at 127.0.0.1:"), done.stderr
+        assert "run `stepline up` or set STEPLINE_KAFKA_BOOTSTRAP" in done.stderr
 
 
 def test_tail_of_a_topic_that_does_not_exist_says_so(stack: Stack) -> None:

@@ -110,6 +110,12 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
         local.up()
         env["STEPLINE_KAFKA_BOOTSTRAP"] = local.bootstrap
         print(f"kafka: {local.bootstrap}", file=out)
+    elif not asyncio.run(_answers(settings)):
+        # Before any service starts: they would only retry against nothing.
+        raise CliError(
+            f"no broker answers at STEPLINE_KAFKA_BOOTSTRAP={settings.kafka.bootstrap} — start "
+            "it, or unset STEPLINE_KAFKA_BOOTSTRAP to let `stepline up` start a local one"
+        )
     env.setdefault("STEPLINE_KAFKA_BOOTSTRAP", settings.kafka.bootstrap)
     shipped = find_repo_root(Path(__file__).parent) / ROUTES_FILE
     routes = choose_routes(env, shipped=shipped, state_dir=_state_dir())
@@ -133,6 +139,20 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
         return 1
     print("ready", file=out)
     return 0
+
+
+async def _answers(settings: ServiceSettings) -> bool:
+    """True when the configured broker accepts a connection and answers a metadata request."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli-ready"))
+    try:
+        await admin.start()
+        await admin.list_topics()
+    except KafkaError:
+        return False
+    finally:
+        with contextlib.suppress(KafkaError):
+            await admin.close()
+    return True
 
 
 async def _wait_ready(settings: ServiceSettings, timeout_s: float) -> bool:

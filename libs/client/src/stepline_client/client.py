@@ -48,7 +48,8 @@ class Goal:
 
     goal: str
     tenant_id: str
-    agent: str = "support"
+    # No default: a goal silently run by some agent (with that agent's tools) is a surprise.
+    agent: str
     session_id: str = ""
     budget: Decimal | None = None
     currency: str = "USD"
