@@ -293,7 +293,8 @@ def _no_run(run_id: str, settings: ServiceSettings) -> str:
     namespace = f" (namespace {settings.topic_namespace!r})" if settings.topic_namespace else ""
     return (
         f"no run {run_id} on {settings.topic(Topics.RUNS)}{namespace} — check the id "
-        "(`stepline runs list`) and STEPLINE_TOPIC_NAMESPACE"
+        "(`stepline runs list`) and STEPLINE_TOPIC_NAMESPACE; a goal submitted moments ago has "
+        "no run until a planner starts it"
     )
 
 
@@ -301,7 +302,7 @@ def _status_name(status: runs_pb2.RunStatus.ValueType) -> str:
     return runs_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
 
 
-RUN_STATUSES = [
+_RUN_STATUSES = [
     _status_name(value)
     for value in runs_pb2.RunStatus.values()
     if value != runs_pb2.RUN_STATUS_UNSPECIFIED
@@ -377,11 +378,12 @@ async def _cancel(args: argparse.Namespace, settings: ServiceSettings, out: Text
 async def _list(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
     if args.tenant is not None:
         _tenant(args.tenant)
-    by_run: dict[str, list[runs_pb2.RunEvent]] = {}
+    by_run: dict[str, dict[int, runs_pb2.RunEvent]] = {}
     async with Stepline(settings) as client:
         async for event in client.all_events():
-            by_run.setdefault(event.run_id, []).append(event)
-    runs = [summarize(sorted(events, key=lambda e: e.sequence)) for events in by_run.values()]
+            # Keyed by sequence: a replayed duplicate is the same event.
+            by_run.setdefault(event.run_id, {})[event.sequence] = event
+    runs = [summarize(events[n] for n in sorted(events)) for events in by_run.values()]
     selected = [
         run
         for run in runs
@@ -431,6 +433,7 @@ def _short(text: str, width: int) -> str:
 
 
 async def _usage(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    _tenant(args.tenant)
     async with grpc.aio.insecure_channel(args.billing) as channel:
         stub = billing_service_pb2_grpc.BillingServiceStub(channel)
         try:
@@ -575,7 +578,7 @@ def parser() -> argparse.ArgumentParser:
     listing = runs.add_parser("list", help="runs from stepline.runs.v1, newest first")
     listing.add_argument("--tenant")
     listing.add_argument("--agent")
-    listing.add_argument("--status", choices=RUN_STATUSES)
+    listing.add_argument("--status", choices=_RUN_STATUSES)
     listing.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
     listing.add_argument("--json", action="store_true", help="one JSON object per run")
     show = runs.add_parser("show", help="a run's timeline, every model attempt included")
