@@ -30,6 +30,7 @@ from stepline_client.demo import (
     demo_tools,
     render_toml,
 )
+from stepline_client.offline import ROUTES_FILE, offline_routes
 from stepline_client.supervisor import SERVICES
 from stepline_planner.spec import SPEC as PLANNER
 from stepline_runtime.settings import KafkaSettings
@@ -48,9 +49,10 @@ from tests.kafkatools import create_topics
 
 
 def _failing_primary_routes(failing_port: int) -> dict[str, Any]:
-    """The shipped routes with the demo's 503 primary leading route `default`; no retries on
-    it and a circuit that never opens, so every model call there shows one failover."""
-    routes = tomllib.loads((ROOT / "deploy/config/routes.toml").read_text())
+    """The shipped routes served offline (as `stepline up` does without keys), with the demo's
+    503 primary leading route `default`; no retries on it and a circuit that never opens, so
+    every model call there shows one failover."""
+    routes = offline_routes(tomllib.loads((ROOT / ROUTES_FILE).read_text()))
     demo = tomllib.loads((ROOT / "deploy/config/demo/routes.toml").read_text())
     primary = demo["deployments"]["demo-primary"]
     routes["deployments"]["demo-primary"] = {
@@ -88,8 +90,8 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         try:
             up = cli.ok("up")
             assert "kafka:" not in up  # the configured broker, not a local one of its own
-            # No key on loopback: every route is served by the offline stand-in, and it says so.
-            assert "every route is served by the offline `local` model" in up, up
+            # The routes given are the ones used (without them: tests/cli/test_readme.py).
+            assert f"routes: {state / 'routes.toml'} (STEPLINE_ROUTES)" in up, up
             for service in SERVICES:
                 assert re.search(rf"^{service.name}\s+pid \d+\s+running$", up, re.M), up
             # `up` returns once the processes live; ready means topics made and tools announced.

@@ -137,6 +137,8 @@ def test_the_use_it_block_works_pasted_line_by_line(
             assert where == str(ROOT / ".venv" / "bin" / "stepline"), where
         elif command == ["up"]:
             assert done.stdout.rstrip().endswith("ready"), context
+            # No key, broker on loopback: every route is served by the offline stand-in.
+            assert "every route is served by the offline `local` model" in done.stdout, context
             wait_until(lambda: topics_created(helper), 60, "the services' topics")
             wait_until(lambda: tools_registered(helper), 60, "the executor's tool registry")
         elif command == ["submit"]:
