@@ -280,9 +280,9 @@ async def _show(args: argparse.Namespace, settings: ServiceSettings, out: TextIO
             if step is None or step.kind != runs_pb2.STEP_KIND_MODEL:
                 _print_event(event, args.json, out)
                 continue
-            if step.call_id not in attempts:  # the router's result precedes the step event
+            if step.step_id not in attempts:  # the router's result precedes the step event
                 attempts = await client.attempts(args.run_id, since=since)
-            trail = attempts.get(step.call_id, [])
+            trail = attempts.get(step.step_id, [])
             _print_event(event, args.json, out, trail)
         if not found:
             raise CliError(_no_run(args.run_id, settings))

@@ -275,19 +275,23 @@ class Stepline:
     async def attempts(
         self, run_id: str, *, since: datetime | None = None
     ) -> dict[str, list[model_pb2.ModelAttempt]]:
-        """Every provider attempt of the run's model calls so far, by call id, in order.
+        """Every provider attempt of the run's model steps so far, by step id, in order.
 
         Read from the router's results (same key, so one partition), failed attempts and
-        failovers before a successful one included; `since` skips older records.
+        failovers before a successful one included, and every call of a step that the planner
+        called again; `since` skips older records.
         """
-        found: dict[str, list[model_pb2.ModelAttempt]] = {}
+        calls: dict[str, dict[str, list[model_pb2.ModelAttempt]]] = {}
         async for result in self._keyed(
             Topics.MODEL_RESULTS, run_id, model_pb2.ModelCallResult, since=since, follow=False
         ):
             outcome = result.completed if result.HasField("completed") else result.failed
             # A redelivered result carries the same trail: the last one read wins.
-            found[result.call_id or result.step_id] = list(outcome.attempts)
-        return found
+            calls.setdefault(result.step_id, {})[result.call_id] = list(outcome.attempts)
+        return {
+            step: [attempt for trail in by_call.values() for attempt in trail]
+            for step, by_call in calls.items()
+        }
 
     async def all_events(self) -> AsyncIterator[runs_pb2.RunEvent]:
         """Every committed run event of every run, partition by partition, up to now."""
