@@ -181,6 +181,11 @@ class KafkaSettings:
         return self.state_dir / "sasl" / "admin.properties"
 
     @property
+    def tools_classpath(self) -> str:
+        """The java classpath of Kafka's tools: the broker jars plus the kafka-tools jar."""
+        return f"{self.lib_dir / '*'}:{self.tools_lib_dir / '*'}"
+
+    @property
     def tools_log4j_file(self) -> Path:
         """log4j2 configuration of Kafka's command line tools (warnings to stderr)."""
         return self.deploy_dir / "tools-log4j2.yaml"

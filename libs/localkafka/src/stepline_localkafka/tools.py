@@ -11,7 +11,10 @@ from .jars import ensure_jars
 from .paths import KafkaSettings
 from .security import ScramCredentials
 
-__all__ = ["TOOLS", "KafkaTool", "classpath", "describe_tools", "tool_command"]
+__all__ = ["TOOLS", "TOOL_JVM_OPTS", "KafkaTool", "classpath", "describe_tools", "tool_command"]
+
+# Tools are short-lived clients: C1 JIT and the serial GC start them about twice as fast.
+TOOL_JVM_OPTS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,7 @@ def classpath(settings: KafkaSettings) -> str:
     """The broker jars plus the kafka-tools jar, resolving either with Maven if missing."""
     ensure_jars(settings.pom_file, settings.lib_dir)
     ensure_jars(settings.tools_pom_file, settings.tools_lib_dir)
-    return f"{settings.lib_dir / '*'}:{settings.tools_lib_dir / '*'}"
+    return settings.tools_classpath
 
 
 def tool_command(settings: KafkaSettings, name: str, args: Sequence[str]) -> list[str]:
@@ -86,6 +89,7 @@ def tool_command(settings: KafkaSettings, name: str, args: Sequence[str]) -> lis
         extra += [tool.config_option, str(settings.admin_client_config)]
     return [
         java_executable(),
+        *TOOL_JVM_OPTS,
         f"-Dlog4j2.configurationFile={settings.tools_log4j_file}",
         "-cp",
         classpath(settings),
@@ -97,7 +101,7 @@ def tool_command(settings: KafkaSettings, name: str, args: Sequence[str]) -> lis
 
 def describe_tools(settings: KafkaSettings) -> str:
     """The tool names and the plain java line behind them, for `tool --list`."""
-    cp = f"{settings.lib_dir / '*'}:{settings.tools_lib_dir / '*'}"
+    cp = settings.tools_classpath
     lines = [f"  {name:<28} {tool.main_class}" for name, tool in sorted(TOOLS.items())]
     example = shlex.join(["java", "-cp", cp, TOOLS["kafka-topics"].main_class])
     return "\n".join(
