@@ -36,7 +36,8 @@ from typing import Literal
 
 from stepline_localkafka import KafkaSettings, LocalKafkaError
 from stepline_localkafka.broker import java_executable
-from stepline_localkafka.jars import ensure_jars
+from stepline_localkafka.tools import TOOL_JVM_OPTS
+from stepline_localkafka.tools import classpath as tools_classpath
 from stepline_runtime.catalog import CATALOG
 from stepline_runtime.service import ServiceSpec, discover
 from stepline_runtime.settings import namespaced
@@ -57,7 +58,6 @@ __all__ = [
 ]
 
 ACL_COMMAND = "org.apache.kafka.tools.AclCommand"
-TOOL_JVM_OPTS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 ResourceType = Literal["topic", "group", "transactional-id", "cluster"]
 PatternType = Literal["literal", "prefixed"]
 
@@ -162,7 +162,6 @@ def acl_command(
     binding: Binding, bootstrap: str, command_config: Path | None, cp: str
 ) -> list[str]:
     """The ``java ... AclCommand --add`` command line of one binding."""
-    # A short-lived client: C1 JIT and the serial GC start it about twice as fast.
     command = [
         java_executable(),
         *TOOL_JVM_OPTS,
@@ -188,9 +187,7 @@ def acl_command(
 
 def classpath(settings: KafkaSettings) -> str:
     """Broker jars plus the tools jar, resolving either with Maven if missing."""
-    ensure_jars(settings.pom_file, settings.lib_dir)
-    ensure_jars(settings.tools_pom_file, settings.tools_lib_dir)
-    return f"{settings.lib_dir / '*'}:{settings.tools_lib_dir / '*'}"
+    return tools_classpath(settings)
 
 
 def render(found: Sequence[Binding]) -> str:
@@ -278,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = KafkaSettings.resolve(lib_dir=args.lib_dir)
         if args.dry_run:
-            cp = f"{settings.lib_dir / '*'}:{settings.tools_lib_dir / '*'}"
+            cp = settings.tools_classpath
             print("\ncommands (dry run, nothing changed):")
             for binding in found:
                 print(

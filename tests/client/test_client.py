@@ -45,7 +45,7 @@ async def test_submit_derives_the_run_id_and_publishes_a_goal(
     settings: ServiceSettings, kafka: KafkaSettings
 ) -> None:
     async with Stepline(settings) as client:
-        goal = Goal("refund order 7", tenant_id="acme", idempotency_key="order-7")
+        goal = Goal("refund order 7", tenant_id="acme", agent="support", idempotency_key="order-7")
         first = await client.submit(goal)
         again = await client.submit(goal)
     assert first == again == derive_run_id("acme", "order-7")
@@ -114,7 +114,10 @@ def test_cli_without_a_broker_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("STEPLINE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    assert main(["submit", "hello"], out=io.StringIO()) == 2
+    assert (
+        main(["submit", "hello", "--tenant", "acme", "--agent", "assistant"], out=io.StringIO())
+        == 2
+    )
     assert "run `stepline up` or set STEPLINE_KAFKA_BOOTSTRAP" in capsys.readouterr().err
 
 

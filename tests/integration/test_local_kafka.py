@@ -18,16 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
 
 from stepline_localkafka import KafkaSettings, wait_ready
+from stepline_runtime.settings import KafkaSettings as StepSettings
+from tests.kafkatools import create_topics
 
 pytestmark = pytest.mark.kafka
 
 LIFECYCLE_PORT = 19192
 RUN_PORT = 19196
 BUSY_PORT = 19198
+MOVED_PORT = 19202  # and 19204 after the move
 
 
 def _shared_lib_dir() -> Path:
@@ -206,3 +210,84 @@ def test_down_with_a_stale_pid_file_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "not running" in result.stdout
     assert not (state_dir / "kafka.pid").exists()
+
+
+def test_a_new_port_on_existing_storage_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    env = _env(tmp_path / "kafka", MOVED_PORT)
+    try:
+        first = _cli(env, "up")
+        assert first.returncode == 0, first.stderr + first.stdout
+    finally:
+        _cli(env, "down")
+    moved = {**env, "STEPLINE_KAFKA_PORT": str(MOVED_PORT + 2)}
+    cli = _cli(moved, "up")
+    stepline = subprocess.run(
+        [sys.executable, "-m", "stepline_client.cli", "up"],
+        env={**moved, "STEPLINE_STATE_DIR": str(tmp_path / "stepline")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    for done, prefix in ((cli, "error: "), (stepline, "stepline: ")):
+        assert done.returncode == 2, done
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"{prefix}the Kafka storage in {tmp_path / 'kafka'} was "), lines
+        assert f"formatted for controller port {MOVED_PORT + 1}, not {MOVED_PORT + 3}" in lines[0]
+        assert f"STEPLINE_KAFKA_PORT={MOVED_PORT}" in lines[0]  # the way back
+        assert f"STEPLINE_KAFKA_CONTROLLER_PORT={MOVED_PORT + 1}" in lines[0]
+        assert "STEPLINE_KAFKA_STATE_DIR" in lines[0]
+    assert not (tmp_path / "kafka" / "kafka.pid").exists()
+
+
+async def test_kafka_tools_run_against_the_broker(kafka: StepSettings) -> None:
+    topic, group = f"test.tools.{uuid.uuid4().hex[:8]}", f"test-tools-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs("test-tools"))
+    await admin.start()
+    try:
+        await create_topics(admin, topic, partitions=2)
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(**kafka.client_kwargs("test-tools"))
+    await producer.start()
+    try:
+        for _ in range(3):
+            await producer.send_and_wait(topic, b"v", partition=0)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        group_id=group, enable_auto_commit=False, **kafka.client_kwargs("test-tools")
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(1, "")})
+    finally:
+        await consumer.stop()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLINE_KAFKA_")}
+    env.update(
+        STEPLINE_KAFKA_BOOTSTRAP=kafka.bootstrap, STEPLINE_KAFKA_LIB_DIR=str(_shared_lib_dir())
+    )
+
+    listed = _cli(env, "tool")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(
+        r"kafka-consumer-groups\s+org\.apache\.kafka\.tools\.consumer\.group", listed.stdout
+    )
+
+    groups = _cli(env, "tool", "kafka-consumer-groups", "--describe", "--group", group)
+    assert groups.returncode == 0, groups.stderr + groups.stdout
+    row = next(line.split() for line in groups.stdout.splitlines() if topic in line)
+    # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+    assert row[:6] == [group, topic, "0", "1", "3", "2"], groups.stdout
+
+    topics = _cli(env, "tool", "kafka-topics", "--describe", "--topic", topic)
+    assert topics.returncode == 0, topics.stderr + topics.stdout
+    assert "PartitionCount: 2" in topics.stdout
+
+    unknown = _cli(env, "tool", "kafka-nothing")
+    assert unknown.returncode == 2
+    assert "invalid choice" in unknown.stderr

@@ -317,6 +317,8 @@ def test_max_steps_ends_with_a_wrap_up_turn() -> None:
         ({"agent": "nobody"}, Reason.UNKNOWN_AGENT, "unknown agent"),
         ({"goal": "  "}, Reason.INVALID_GOAL, "empty"),
         ({"tenant_id": ""}, Reason.INVALID_GOAL, "tenant_id"),
+        ({"tenant_id": "Acme Corp"}, Reason.INVALID_GOAL, "lower-case letters"),
+        ({"tenant_id": "x" * 65}, Reason.INVALID_GOAL, "longer than 64"),
         ({"budget": Decimal("-1")}, Reason.INVALID_GOAL, "negative"),
         ({"budget": Decimal("0")}, Reason.BUDGET_EXCEEDED, "zero"),
     ],

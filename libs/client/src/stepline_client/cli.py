@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -17,18 +20,23 @@ from typing import TextIO
 import grpc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from google.protobuf import json_format
+from pydantic import ValidationError
 
-from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, runs_pb2
+from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, model_pb2, runs_pb2
+from stepline.v1.gateway_service_pb2 import RunSummary
 from stepline_client import models_cli
 from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
 from stepline_client.demo import main as demo
-from stepline_client.events import describe, is_terminal, money
+from stepline_client.events import describe, describe_attempt, is_terminal, money
 from stepline_client.offline import ROUTES_FILE, choose_routes
+from stepline_client.summary import summarize
 from stepline_client.supervisor import SERVICES, Supervisor
-from stepline_localkafka import LocalKafka, find_repo_root
+from stepline_localkafka import LocalKafka, LocalKafkaError, find_repo_root
+from stepline_runtime.ids import tenant_id_problem
 from stepline_runtime.jsonlines import tail
+from stepline_runtime.observe import group_lag, lag_reader
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import CATALOG, Topics
 from stepline_vocab import SteplineError
@@ -36,6 +44,7 @@ from stepline_vocab import SteplineError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+EXIT_PIPE = 128 + signal.SIGPIPE
 
 
 class CliError(SteplineError):
@@ -52,15 +61,27 @@ def _state_dir() -> Path:
     return Path.home() / ".local" / "state" / "stepline"
 
 
-def _print_event(event: runs_pb2.RunEvent, as_json: bool, out: TextIO) -> None:
+def _print_event(
+    event: runs_pb2.RunEvent,
+    as_json: bool,
+    out: TextIO,
+    attempts: Sequence[model_pb2.ModelAttempt] = (),
+) -> None:
+    """One event; a model step with the provider attempts behind it (failovers included)."""
     if as_json:
         line = json_format.MessageToDict(event, preserving_proto_field_name=True)
+        if attempts:
+            line["attempts"] = [
+                json_format.MessageToDict(a, preserving_proto_field_name=True) for a in attempts
+            ]
         print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
         return
     when = (
         event.occurred_at.ToDatetime(UTC).strftime("%H:%M:%S") if event.occurred_at.seconds else ""
     )
     print(f"{when} #{event.sequence:<3} {describe(event)}", file=out, flush=True)
+    for i, attempt in enumerate(attempts):
+        print(describe_attempt(attempt, i == len(attempts) - 1), file=out, flush=True)
 
 
 def _print_outcome(event: runs_pb2.RunEvent, out: TextIO) -> int:
@@ -89,6 +110,12 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
         local.up()
         env["STEPLINE_KAFKA_BOOTSTRAP"] = local.bootstrap
         print(f"kafka: {local.bootstrap}", file=out)
+    elif not asyncio.run(_answers(settings)):
+        # Before any service starts: they would only retry against nothing.
+        raise CliError(
+            f"no broker answers at STEPLINE_KAFKA_BOOTSTRAP={settings.kafka.bootstrap} — start "
+            "it, or unset STEPLINE_KAFKA_BOOTSTRAP to let `stepline up` start a local one"
+        )
     env.setdefault("STEPLINE_KAFKA_BOOTSTRAP", settings.kafka.bootstrap)
     shipped = find_repo_root(Path(__file__).parent) / ROUTES_FILE
     routes = choose_routes(env, shipped=shipped, state_dir=_state_dir())
@@ -112,6 +139,20 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
         return 1
     print("ready", file=out)
     return 0
+
+
+async def _answers(settings: ServiceSettings) -> bool:
+    """True when the configured broker accepts a connection and answers a metadata request."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli-ready"))
+    try:
+        await admin.start()
+        await admin.list_topics()
+    except KafkaError:
+        return False
+    finally:
+        with contextlib.suppress(KafkaError):
+            await admin.close()
+    return True
 
 
 async def _wait_ready(settings: ServiceSettings, timeout_s: float) -> bool:
@@ -170,20 +211,46 @@ def _budget(text: str | None) -> Decimal | None:
     return value
 
 
+def _deadline(seconds: float | None, now: datetime) -> datetime | None:
+    if seconds is None:
+        return None
+    if not seconds > 0:  # also refuses NaN
+        raise CliError(f"--deadline-s must be a positive number of seconds, got {seconds:g}")
+    return now + timedelta(seconds=seconds)
+
+
+def _tenant(tenant_id: str) -> str:
+    problem = tenant_id_problem(tenant_id)
+    if problem is not None:
+        raise CliError(f"--tenant: {problem}")
+    return tenant_id
+
+
+async def _await_planner(client: Stepline, settings: ServiceSettings, grace_s: float) -> None:
+    """Return once a planner consumes the goals topic; CliError after `grace_s` without one."""
+    deadline = time.monotonic() + grace_s
+    while not await client.goal_consumers():
+        if time.monotonic() >= deadline:
+            raise CliError(
+                f"no planner is consuming {settings.topic(Topics.GOALS)} (no consumer group "
+                "has a live member on it). The goal is stored and runs once a planner starts: "
+                "`stepline up` starts one, `stepline status` shows what runs"
+            )
+        await asyncio.sleep(0.5)
+
+
 async def _submit(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    submitted_at = datetime.now(UTC)
     goal = Goal(
         goal=args.goal,
-        tenant_id=args.tenant,
+        tenant_id=_tenant(args.tenant),
         agent=args.agent,
         session_id=args.session or "",
         budget=_budget(args.budget),
-        deadline=datetime.now(UTC) + timedelta(seconds=args.deadline_s)
-        if args.deadline_s
-        else None,
+        deadline=_deadline(args.deadline_s, submitted_at),
         idempotency_key=args.idempotency_key or "",
         submitted_by=os.environ.get("USER", ""),
     )
-    submitted_at = datetime.now(UTC)
     async with Stepline(settings) as client:
         run_id = await client.submit(goal)
         if args.json:
@@ -192,6 +259,7 @@ async def _submit(args: argparse.Namespace, settings: ServiceSettings, out: Text
             print(f"run {run_id} submitted", file=out, flush=True)
         if not args.watch:
             return 0
+        await _await_planner(client, settings, args.planner_wait_s)
         async for event in client.events(run_id, since=submitted_at):
             _print_event(event, args.json, out)
             if is_terminal(event):
@@ -202,20 +270,67 @@ async def _submit(args: argparse.Namespace, settings: ServiceSettings, out: Text
 async def _show(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
     async with Stepline(settings) as client:
         found = False
+        attempts: dict[str, list[model_pb2.ModelAttempt]] = {}
+        since: datetime | None = None
         async for event in client.events(args.run_id, follow=args.follow):
+            if not found and event.occurred_at.seconds:
+                since = event.occurred_at.ToDatetime(UTC)
             found = True
-            _print_event(event, args.json, out)
+            step = event.step_completed if event.HasField("step_completed") else None
+            if step is None or step.kind != runs_pb2.STEP_KIND_MODEL:
+                _print_event(event, args.json, out)
+                continue
+            if step.step_id not in attempts:  # the router's result precedes the step event
+                attempts = await client.attempts(args.run_id, since=since)
+            trail = attempts.get(step.step_id, [])
+            _print_event(event, args.json, out, trail)
         if not found:
-            raise CliError(
-                f"no events for run {args.run_id} on {settings.topic('stepline.runs.v1')}"
-            )
+            raise CliError(_no_run(args.run_id, settings))
     return 0
 
 
-async def _tenant_of(client: Stepline, run_id: str) -> str:
-    async for event in client.events(run_id, follow=False):
-        return event.tenant_id
-    raise CliError(f"run {run_id} has no events yet; pass --tenant")
+def _no_run(run_id: str, settings: ServiceSettings) -> str:
+    namespace = f" (namespace {settings.topic_namespace!r})" if settings.topic_namespace else ""
+    return (
+        f"no run {run_id} on {settings.topic(Topics.RUNS)}{namespace} — check the id "
+        "(`stepline runs list`) and STEPLINE_TOPIC_NAMESPACE; a goal submitted moments ago has "
+        "no run until a planner starts it"
+    )
+
+
+def _status_name(status: runs_pb2.RunStatus.ValueType) -> str:
+    return runs_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
+
+
+_RUN_STATUSES = [
+    _status_name(value)
+    for value in runs_pb2.RunStatus.values()
+    if value != runs_pb2.RUN_STATUS_UNSPECIFIED
+]
+
+
+async def _summary(client: Stepline, run_id: str, settings: ServiceSettings) -> RunSummary:
+    """The run as its events leave it; CliError when it has none."""
+    events = [event async for event in client.events(run_id, follow=False)]
+    if not events:
+        raise CliError(_no_run(run_id, settings))
+    return summarize(events)
+
+
+def _open_run(run: RunSummary, run_id: str, tenant: str | None, doing: str) -> str:
+    """The tenant to act for; CliError when the run has ended or belongs to another tenant."""
+    if tenant is not None and tenant != run.tenant_id:
+        raise CliError(f"run {run_id} does not belong to tenant {tenant!r}")
+    if run.status in _ENDED:
+        raise CliError(
+            f"run {run_id} has already ended ({_status_name(run.status)}); nothing to {doing}"
+        )
+    return run.tenant_id
+
+
+_ENDED = frozenset(
+    {runs_pb2.RUN_STATUS_COMPLETED, runs_pb2.RUN_STATUS_FAILED, runs_pb2.RUN_STATUS_CANCELLED}
+)
 
 
 async def _decide(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
@@ -223,7 +338,15 @@ async def _decide(args: argparse.Namespace, settings: ServiceSettings, out: Text
     if not approve and not args.reason:
         raise CliError("deny needs --reason: the model is told why")
     async with Stepline(settings) as client:
-        tenant = args.tenant or await _tenant_of(client, args.run_id)
+        run = await _summary(client, args.run_id, settings)
+        tenant = _open_run(run, args.run_id, args.tenant, args.command)
+        pending = [a.approval_id for a in run.pending_approvals]
+        if args.approval_id not in pending:
+            waiting = ", ".join(pending) or "none"
+            raise CliError(
+                f"run {args.run_id} has no pending approval {args.approval_id} "
+                f"(pending: {waiting}; `stepline runs show {args.run_id}` lists them)"
+            )
         await client.decide(
             args.run_id,
             tenant,
@@ -239,7 +362,8 @@ async def _decide(args: argparse.Namespace, settings: ServiceSettings, out: Text
 
 async def _cancel(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
     async with Stepline(settings) as client:
-        tenant = args.tenant or await _tenant_of(client, args.run_id)
+        run = await _summary(client, args.run_id, settings)
+        tenant = _open_run(run, args.run_id, args.tenant, "cancel")
         await client.cancel(
             args.run_id,
             tenant,
@@ -251,10 +375,65 @@ async def _cancel(args: argparse.Namespace, settings: ServiceSettings, out: Text
     return 0
 
 
+async def _list(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    if args.tenant is not None:
+        _tenant(args.tenant)
+    by_run: dict[str, dict[int, runs_pb2.RunEvent]] = {}
+    async with Stepline(settings) as client:
+        async for event in client.all_events():
+            # Keyed by sequence: a replayed duplicate is the same event.
+            by_run.setdefault(event.run_id, {})[event.sequence] = event
+    runs = [summarize(events[n] for n in sorted(events)) for events in by_run.values()]
+    selected = [
+        run
+        for run in runs
+        if (args.tenant is None or run.tenant_id == args.tenant)
+        and (args.agent is None or run.agent == args.agent)
+        and (args.status is None or _status_name(run.status) == args.status)
+    ]
+    selected.sort(key=lambda run: (run.started_at.seconds, run.started_at.nanos), reverse=True)
+    shown = selected[: args.limit] if args.limit else selected
+    if args.json:
+        for run in shown:
+            print(json.dumps(_run_json(run), ensure_ascii=False), file=out, flush=True)
+        return 0
+    rows = [
+        (
+            run.started_at.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            if run.started_at.seconds
+            else "-",
+            run.run_id,
+            run.tenant_id,
+            run.agent,
+            _status_name(run.status),
+            str(run.steps),
+            money(run.cost),
+            _short(run.goal, 40),
+        )
+        for run in shown
+    ]
+    _table(("started", "run", "tenant", "agent", "status", "steps", "cost", "goal"), rows, out)
+    if len(shown) < len(selected):
+        print(f"({len(selected) - len(shown)} older runs not shown; --limit 0 shows all)", file=out)
+    return 0
+
+
+def _run_json(run: RunSummary) -> dict[str, object]:
+    found = json_format.MessageToDict(run, preserving_proto_field_name=True)
+    found["status"] = _status_name(run.status)
+    return found
+
+
+def _short(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 # --- usage, topics, tail --------------------------------------------------------------------
 
 
 async def _usage(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    _tenant(args.tenant)
     async with grpc.aio.insecure_channel(args.billing) as channel:
         stub = billing_service_pb2_grpc.BillingServiceStub(channel)
         try:
@@ -299,28 +478,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) ->
 
 
 async def _topics(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli"))
-    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs("stepline-cli-offsets"))
-    await admin.start()
-    await consumer.start()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli"))
+        await admin.start()
+        stack.push_async_callback(admin.close)
+        reader = lag_reader(settings.kafka, "stepline-cli-offsets")
+        await reader.start()
+        stack.push_async_callback(reader.stop)
         names = {settings.topic(t.name): t for t in CATALOG}
         described = {d["topic"]: d for d in await admin.describe_topics(list(names))}
-        ends: dict[TopicPartition, int] = {}
-        for name, info in described.items():
-            tps = [TopicPartition(name, p["partition"]) for p in info.get("partitions", [])]
-            if tps:
-                ends.update(await consumer.end_offsets(tps))
+        partitions = [
+            TopicPartition(name, p["partition"])
+            for name, info in described.items()
+            for p in info.get("partitions", [])
+        ]
+        ends = await reader.end_offsets(partitions) if partitions else {}
         lag: dict[str, dict[str, int]] = {}
         for group, _protocol in await admin.list_consumer_groups():
-            for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
-                if tp in ends and meta.offset >= 0:
-                    lag.setdefault(tp.topic, {}).setdefault(group, 0)
-                    lag[tp.topic][group] += max(0, ends[tp] - meta.offset)
+            committed = await admin.list_consumer_group_offsets(group)
+            read = [tp for tp, meta in committed.items() if tp in ends and meta.offset >= 0]
+            for tp, records in (await group_lag(admin, reader, group, read)).items():
+                lag.setdefault(tp.topic, {}).setdefault(group, 0)
+                lag[tp.topic][group] += records
         rows = []
         for name, topic in names.items():
-            info = described.get(name, {})
-            count = len(info.get("partitions", []))
+            count = len(described.get(name, {}).get("partitions", []))
             records = sum(o for tp, o in ends.items() if tp.topic == name)
             groups = ", ".join(f"{g}={n}" for g, n in sorted(lag.get(name, {}).items())) or "-"
             rows.append(
@@ -333,16 +515,25 @@ async def _topics(args: argparse.Namespace, settings: ServiceSettings, out: Text
                 )
             )
         _table(("topic", "partitions", "cleanup", "end offsets", "consumer lag"), rows, out)
-    finally:
-        await consumer.stop()
-        await admin.close()
     return 0
 
 
 async def _tail(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
+    topic = settings.topic(args.topic)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli"))
+    await admin.start()
+    try:
+        exists = topic in await admin.list_topics()
+    finally:
+        await admin.close()
+    if not exists:
+        raise CliError(
+            f"topic {topic} does not exist — check the name (`stepline topics` lists the "
+            "catalog) and STEPLINE_TOPIC_NAMESPACE; services create their topics when they start"
+        )
     await tail(
         settings.kafka,
-        settings.topic(args.topic),
+        topic,
         out,
         from_beginning=args.from_beginning,
         max_records=args.max,
@@ -368,17 +559,29 @@ def parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="submit a goal")
     submit.add_argument("goal")
-    submit.add_argument("--agent", default="support")
-    submit.add_argument("--tenant", default="demo")
+    submit.add_argument("--agent", required=True, help="agent profile, e.g. assistant")
+    submit.add_argument("--tenant", required=True, help="tenant id (a-z 0-9 . _ -, ≤ 64)")
     submit.add_argument("--session", help="continue this session's conversation")
     submit.add_argument("--budget", help="spending cap for the run, e.g. 0.50")
     submit.add_argument("--deadline-s", type=float, help="the run must end within this time")
     submit.add_argument("--idempotency-key", help="resubmitting with the same key is a no-op")
     submit.add_argument("--watch", action="store_true", help="stream the run's steps live")
     submit.add_argument("--json", action="store_true", help="JSON lines for machines")
+    submit.add_argument(
+        "--planner-wait-s",
+        type=float,
+        default=5.0,
+        help="with --watch: how long to wait for a planner to consume goals before giving up",
+    )
 
     runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
-    show = runs.add_parser("show", help="a run's timeline from stepline.runs.v1")
+    listing = runs.add_parser("list", help="runs from stepline.runs.v1, newest first")
+    listing.add_argument("--tenant")
+    listing.add_argument("--agent")
+    listing.add_argument("--status", choices=_RUN_STATUSES)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per run")
+    show = runs.add_parser("show", help="a run's timeline, every model attempt included")
     show.add_argument("run_id")
     show.add_argument("--follow", action="store_true", help="keep waiting for new events")
     show.add_argument("--json", action="store_true")
@@ -427,6 +630,7 @@ _ASYNC = {
     "topics": _topics,
     "tail": _tail,
 }
+_RUNS = {"list": _list, "show": _show}
 _SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "models": models_cli.run}
 
 
@@ -436,18 +640,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if argv[:1] == ["demo"]:
         return demo(argv[1:])
     args = parser().parse_args(argv)
-    settings = ServiceSettings()
     # The CLI reports connection problems itself, once, with what to do about them.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
+        settings = ServiceSettings()
+    except ValidationError as error:
+        print(f"stepline: a STEPLINE_* setting is invalid:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         if args.command in _SYNC:
             return _SYNC[args.command](args, settings, out)
-        command = _show if args.command == "runs" else _ASYNC[args.command]
+        command = _RUNS[args.runs] if args.command == "runs" else _ASYNC[args.command]
         return asyncio.run(command(args, settings, out))
-    except CliError as error:
-        print(f"stepline: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokerUnavailableError as error:
+    except (CliError, BrokerUnavailableError, LocalKafkaError) as error:
         print(f"stepline: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KafkaConnectionError:
@@ -460,9 +665,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except RunTimeoutError as error:
         print(f"stepline: {error}", file=sys.stderr)
         return 1
+    except KafkaTimeoutError:
+        print(
+            f"stepline: the broker at {settings.kafka.bootstrap} did not answer in time — "
+            "check it runs (`stepline status`, `make kafka-status`) and try again",
+            file=sys.stderr,
+        )
+        return 1
     except KafkaError as error:
         print(f"stepline: Kafka error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`stepline tail … | head -1`): stop quietly, like `cat` does.
+        # Python would flush stdout again at exit and fail; point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     except KeyboardInterrupt:
         return 130
 

@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import control_pb2, goals_pb2, runs_pb2
+from stepline.v1 import control_pb2, goals_pb2, model_pb2, runs_pb2
 from stepline_client.events import is_terminal
 from stepline_runtime.codec import InvalidRecordError, decode, encode
+from stepline_runtime.groups import consuming_groups
 from stepline_runtime.ids import derive_run_id, new_run_id
 from stepline_runtime.processor import inbound
 from stepline_runtime.settings import ServiceSettings
@@ -27,6 +31,7 @@ from stepline_vocab import SteplineError, wire
 __all__ = ["BrokerUnavailableError", "Goal", "RunTimeoutError", "Stepline"]
 
 SOURCE = "stepline-client"
+_M = TypeVar("_M", bound=Message)
 
 
 class BrokerUnavailableError(SteplineError, RuntimeError):
@@ -43,7 +48,8 @@ class Goal:
 
     goal: str
     tenant_id: str
-    agent: str = "support"
+    # No default: a goal silently run by some agent (with that agent's tools) is a surprise.
+    agent: str
     session_id: str = ""
     budget: Decimal | None = None
     currency: str = "USD"
@@ -250,20 +256,100 @@ class Stepline:
         With `follow`, waits for new events until the run ends; otherwise stops at the end of
         what is there. Only the run's own partition is read.
         """
+        last_sequence = 0
+        async for event in self._keyed(
+            Topics.RUNS,
+            run_id,
+            runs_pb2.RunEvent,
+            since=since,
+            follow=follow,
+            idle_timeout_s=idle_timeout_s,
+        ):
+            if event.sequence and event.sequence <= last_sequence:
+                continue  # a replayed duplicate
+            last_sequence = event.sequence or last_sequence
+            yield event
+            if is_terminal(event):
+                return
+
+    async def attempts(
+        self, run_id: str, *, since: datetime | None = None
+    ) -> dict[str, list[model_pb2.ModelAttempt]]:
+        """Every provider attempt of the run's model steps so far, by step id, in order.
+
+        Read from the router's results (same key, so one partition), failed attempts and
+        failovers before a successful one included, and every call of a step that the planner
+        called again; `since` skips older records.
+        """
+        calls: dict[str, dict[str, list[model_pb2.ModelAttempt]]] = {}
+        async for result in self._keyed(
+            Topics.MODEL_RESULTS, run_id, model_pb2.ModelCallResult, since=since, follow=False
+        ):
+            outcome = result.completed if result.HasField("completed") else result.failed
+            # A redelivered result carries the same trail: the last one read wins.
+            calls.setdefault(result.step_id, {})[result.call_id] = list(outcome.attempts)
+        return {
+            step: [attempt for trail in by_call.values() for attempt in trail]
+            for step, by_call in calls.items()
+        }
+
+    async def all_events(self) -> AsyncIterator[runs_pb2.RunEvent]:
+        """Every committed run event of every run, partition by partition, up to now."""
         topic = self._topic(Topics.RUNS)
-        consumer = AIOKafkaConsumer(
+        consumer = self._reader()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(await self._partitions(topic))]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                while await consumer.position(tp) < ends[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=500, max_records=1000)
+                    for record in batch.get(tp, []):
+                        try:
+                            yield decode(inbound(record), [runs_pb2.RunEvent]).message
+                        except InvalidRecordError:
+                            continue  # not ours to judge: the DLQ is the planner's business
+        finally:
+            await consumer.stop()
+
+    async def goal_consumers(self) -> list[str]:
+        """Consumer groups with a live member reading the goals topic (the planners)."""
+        admin = AIOKafkaAdminClient(**self._settings.kafka.client_kwargs(f"{self._source}-admin"))
+        await admin.start()
+        try:
+            return await consuming_groups(admin, self._topic(Topics.GOALS))
+        finally:
+            await admin.close()
+
+    def _reader(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             **self._settings.kafka.client_kwargs(f"{self._source}-watch"),
         )
+
+    async def _keyed(
+        self,
+        topic_name: str,
+        key: str,
+        message_type: type[_M],
+        *,
+        since: datetime | None,
+        follow: bool,
+        idle_timeout_s: float | None = None,
+    ) -> AsyncIterator[_M]:
+        """The decoded records of one key, from its partition, in order."""
+        topic = self._topic(topic_name)
+        consumer = self._reader()
         await consumer.start()
         try:
             partitions = await self._partitions(topic)
-            tp = TopicPartition(topic, _partition(run_id, len(partitions)))
+            tp = TopicPartition(topic, _partition(key, len(partitions)))
             consumer.assign([tp])
             await self._seek(consumer, tp, since)
             end = (await consumer.end_offsets([tp]))[tp]
-            last_sequence = 0
             idle_since = time.monotonic()
             while True:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=500)
@@ -271,18 +357,14 @@ class Stepline:
                 if records:
                     idle_since = time.monotonic()
                 for record in records:
-                    if record.key != run_id.encode():
+                    if record.key != key.encode():
                         continue
                     try:
-                        event = decode(inbound(record), [runs_pb2.RunEvent]).message
+                        decoded = decode(inbound(record), [message_type]).message
                     except InvalidRecordError:
-                        continue  # not ours to judge: the DLQ is the planner's business
-                    if event.sequence and event.sequence <= last_sequence:
-                        continue  # a replayed duplicate
-                    last_sequence = event.sequence or last_sequence
-                    yield event
-                    if is_terminal(event):
-                        return
+                        continue  # not ours to judge: the DLQ is the consumer's business
+                    assert isinstance(decoded, message_type)
+                    yield decoded
                 position = await consumer.position(tp)
                 if not follow and position >= end:
                     return

@@ -43,10 +43,10 @@ from google.protobuf.message import Message
 
 from stepline.v1 import model_pb2, runs_pb2, tools_pb2, usage_pb2
 from stepline_client.client import Goal, Stepline
-from stepline_client.events import describe, money
+from stepline_client.events import describe, describe_attempt, money
 from stepline_client.supervisor import SERVICES, Supervisor
 from stepline_localkafka import KafkaSettings as LocalKafkaSettings
-from stepline_localkafka import LocalKafka, find_repo_root, is_ready
+from stepline_localkafka import LocalKafka, LocalKafkaError, find_repo_root, is_ready
 from stepline_pricebook import PriceBook
 from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
@@ -495,20 +495,6 @@ class _Out:
             prefix = " " * len(prefix)
 
 
-def _outcome(attempt: model_pb2.ModelAttempt) -> str:
-    name = model_pb2.ModelAttemptOutcome.Name(attempt.outcome).removeprefix(_OUTCOME)
-    return name.lower().replace("_", " ")
-
-
-def _attempt_line(attempt: model_pb2.ModelAttempt, last: bool) -> str:
-    where = f"{attempt.deployment} ({attempt.provider}/{attempt.model})"
-    if attempt.outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_SUCCEEDED:
-        return f"    ↳ attempt {attempt.attempt} {where}: succeeded"
-    status = f", HTTP {attempt.status_code}" if attempt.status_code else ""
-    then = "" if last else " → failed over"
-    return f"    ↳ attempt {attempt.attempt} {where}: {_outcome(attempt)}{status}{then}"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     fmt = "  ".join("{:<%d}" % w for w in widths)  # noqa: UP031 (a format template)
@@ -831,7 +817,7 @@ async def _drive(
                         )
                         attempts = trail.attempts.get(step_id, [])
                         for i, attempt in enumerate(attempts):
-                            say(_attempt_line(attempt, i == len(attempts) - 1), stamp=False)
+                            say(describe_attempt(attempt, i == len(attempts) - 1), stamp=False)
                         for failed in attempts[:-1]:
                             result.failovers.append(
                                 f"step {_step_label(step_id)}: {failed.deployment} "
@@ -954,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything the demo started was stopped", file=sys.stderr)
         return 130
-    except RuntimeError as error:
+    except (RuntimeError, LocalKafkaError) as error:
         print(f"make demo: {error}", file=sys.stderr)
         return 1
     if args.summary:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from stepline.v1 import common_pb2, control_pb2, runs_pb2
+from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2
 from stepline_vocab import format_amount, wire
 
-__all__ = ["TERMINAL", "describe", "is_terminal", "money"]
+__all__ = ["TERMINAL", "describe", "describe_attempt", "is_terminal", "money"]
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
@@ -47,6 +47,18 @@ def _step(event: runs_pb2.StepCompleted) -> str:
     if event.error_message:
         detail += f" — {event.error_message}"
     return detail
+
+
+def describe_attempt(attempt: model_pb2.ModelAttempt, last: bool) -> str:
+    """One indented line for one provider attempt of a model step (`last`: no failover after)."""
+    where = f"{attempt.deployment} ({attempt.provider}/{attempt.model})"
+    if attempt.outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_SUCCEEDED:
+        return f"    ↳ attempt {attempt.attempt} {where}: succeeded"
+    name = model_pb2.ModelAttemptOutcome.Name(attempt.outcome)
+    outcome = name.removeprefix("MODEL_ATTEMPT_OUTCOME_").lower().replace("_", " ")
+    status = f", HTTP {attempt.status_code}" if attempt.status_code else ""
+    then = "" if last else " → failed over"
+    return f"    ↳ attempt {attempt.attempt} {where}: {outcome}{status}{then}"
 
 
 def describe(event: runs_pb2.RunEvent) -> str:

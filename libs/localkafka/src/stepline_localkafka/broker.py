@@ -290,13 +290,9 @@ class LocalKafka:
         """Format log.dirs on first use; True if it was formatted now."""
         s = self.settings
         if (s.data_dir / "meta.properties").is_file():
-            recorded = s.format_record.read_text().strip() if s.format_record.is_file() else ""
-            if recorded and recorded != str(s.controller_port):
-                raise LocalKafkaError(
-                    f"the storage in {s.data_dir} was formatted for controller port {recorded} "
-                    f"(KRaft keeps it in the voter set), not {s.controller_port}. Use "
-                    f"--controller-port {recorded}, or delete {s.data_dir} to start empty."
-                )
+            recorded = s.format_record.read_text().split() if s.format_record.is_file() else []
+            if recorded and recorded[0] != str(s.controller_port):
+                raise LocalKafkaError(_ports_changed(s, recorded))
             return False
         if s.cluster_id_file.is_file():
             cluster_id = s.cluster_id_file.read_text().strip()
@@ -331,7 +327,8 @@ class LocalKafka:
                 f"formatting the Kafka storage failed (exit {result.returncode}):\n"
                 f"  {shlex.join(shown)}\n{result.stdout.strip()}"
             )
-        s.format_record.write_text(f"{s.controller_port}\n")
+        # The controller port first (older state dirs hold only it), then the broker port.
+        s.format_record.write_text(f"{s.controller_port}\n{s.port}\n")
         return True
 
     def _start_java(self) -> subprocess.Popen[bytes]:
@@ -426,6 +423,24 @@ class LocalKafka:
             managed=True,
             detail=f"state {s.state_dir}" if ready else "running but not ready (starting?)",
         )
+
+
+def _ports_changed(s: KafkaSettings, recorded: list[str]) -> str:
+    """One line: the storage belongs to other ports, and the ways out."""
+    controller = recorded[0]
+    port = recorded[1] if len(recorded) > 1 else None
+    before = (
+        f"start it on its port again (STEPLINE_KAFKA_PORT={port} or --port {port}), "
+        if port is not None and port != str(s.port)
+        else ""
+    )
+    return (
+        f"the Kafka storage in {s.state_dir} was formatted for controller port {controller}, "
+        f"not {s.controller_port} (KRaft keeps the controller's address in its storage): "
+        f"{before}keep port {s.port} with STEPLINE_KAFKA_CONTROLLER_PORT={controller} (or "
+        f"--controller-port {controller}), give the new port its own STEPLINE_KAFKA_STATE_DIR "
+        f"(or --state-dir), or delete {s.data_dir} to start empty"
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

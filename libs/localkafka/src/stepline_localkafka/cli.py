@@ -1,4 +1,4 @@
-"""Command line: python -m stepline_localkafka {up,down,status,credentials,run,cluster-up,...}."""
+"""Command line: python -m stepline_localkafka {up,down,status,credentials,run,tool,…}."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .errors import LocalKafkaError
 from .paths import ENV_BOOTSTRAP, KafkaSettings
 from .readiness import is_ready
 from .security import SERVICE_USERS
+from .tools import TOOLS, describe_tools, tool_command
 
 __all__ = ["main"]
 
@@ -96,7 +97,14 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run CMD against a ready broker, starting and stopping one if needed"
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    for sub in (up, commands.choices["down"], commands.choices["status"], credentials, run):
+    tool = commands.add_parser(
+        "tool",
+        help="run one of Kafka's own tools (kafka-topics, kafka-consumer-groups, …) against the "
+        "broker; without a name, list them",
+    )
+    tool.add_argument("name", nargs="?", choices=sorted(TOOLS), metavar="NAME")
+    tool.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
+    for sub in (up, commands.choices["down"], commands.choices["status"], credentials, run, tool):
         _common_options(sub)
     for name, text in (
         ("cluster-up", "start a three-node cluster (RF 3, min ISR 2) and wait until ready"),
@@ -222,6 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, value in found.env(args.user).items():
                 print(f"export {name}={shlex.quote(value)}")
             return 0
+        if args.command == "tool":
+            settings = _settings(args)
+            if args.name is None:
+                print(describe_tools(settings))
+                return 0
+            command = tool_command(settings, args.name, args.args)
+            return subprocess.run(command, check=False).returncode
         if args.command == "status":
             status = LocalKafka(_settings(args)).status()
             pid = status.pid if status.pid is not None else "-"

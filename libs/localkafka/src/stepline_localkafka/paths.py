@@ -162,7 +162,7 @@ class KafkaSettings:
 
     @property
     def tools_pom_file(self) -> Path:
-        """Maven project that lists Kafka's command line tools (AclCommand)."""
+        """Maven project that lists Kafka's command line tools (kafka-tools)."""
         return self.deploy_dir / "tools" / "pom.xml"
 
     @property
@@ -179,6 +179,16 @@ class KafkaSettings:
     def admin_client_config(self) -> Path:
         """Kafka client config of the admin user, for ``--command-config`` of Kafka's tools."""
         return self.state_dir / "sasl" / "admin.properties"
+
+    @property
+    def tools_classpath(self) -> str:
+        """The java classpath of Kafka's tools: the broker jars plus the kafka-tools jar."""
+        return f"{self.lib_dir / '*'}:{self.tools_lib_dir / '*'}"
+
+    @property
+    def tools_log4j_file(self) -> Path:
+        """log4j2 configuration of Kafka's command line tools (warnings to stderr)."""
+        return self.deploy_dir / "tools-log4j2.yaml"
 
     @property
     def log4j_file(self) -> Path:

@@ -1,11 +1,17 @@
-"""Run ids: derived from tenant and idempotency key so a retried submission is the same run."""
+"""Ids: run ids derived from tenant and idempotency key, and the rule every tenant id follows."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
-__all__ = ["derive_run_id", "new_run_id"]
+__all__ = ["TENANT_ID_MAX_LENGTH", "derive_run_id", "new_run_id", "tenant_id_problem"]
+
+TENANT_ID_MAX_LENGTH = 64
+# Tenant ids become Kafka keys, header values, metric labels and file names: lower-case letters,
+# digits, '.', '_' and '-', starting with a letter or digit (so "Acme" and "acme" are not two).
+_TENANT_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 def derive_run_id(tenant_id: str, idempotency_key: str) -> str:
@@ -17,3 +23,17 @@ def derive_run_id(tenant_id: str, idempotency_key: str) -> str:
 def new_run_id() -> str:
     """A fresh run id for a goal submitted without an idempotency key."""
     return f"run-{uuid.uuid4().hex}"
+
+
+def tenant_id_problem(tenant_id: str) -> str | None:
+    """Why `tenant_id` is not a valid tenant id, or None when it is."""
+    if not tenant_id:
+        return "tenant_id is required"
+    if len(tenant_id) > TENANT_ID_MAX_LENGTH:
+        return f"tenant_id is longer than {TENANT_ID_MAX_LENGTH} characters"
+    if not _TENANT_ID.fullmatch(tenant_id):
+        return (
+            f"tenant_id {tenant_id!r} may hold only lower-case letters, digits, '.', '_' and '-', "
+            "and must start with a letter or digit"
+        )
+    return None

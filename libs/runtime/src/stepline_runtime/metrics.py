@@ -74,7 +74,7 @@ TRANSACTIONS = Counter(
 )
 CONSUMER_LAG = Gauge(
     "stepline_consumer_lag_records",
-    "Records between the group's committed offset and the partition's end offset.",
+    "Committed records the group has not consumed yet (transaction markers not counted).",
     ["group", "topic", "partition"],
 )
 

@@ -81,7 +81,7 @@ from stepline_planner.state import (
     call_id_of,
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
-from stepline_runtime.ids import derive_run_id
+from stepline_runtime.ids import derive_run_id, tenant_id_problem
 from stepline_vocab import BadInputError, format_amount
 
 __all__ = [
@@ -282,8 +282,9 @@ def _on_goal(
 def _invalid(
     goal: Goal, profile: AgentProfile | None, ctx: Context, now: datetime
 ) -> tuple[Reason, str] | None:
-    if not goal.tenant_id:
-        return Reason.INVALID_GOAL, "tenant_id is required"
+    tenant_problem = tenant_id_problem(goal.tenant_id)
+    if tenant_problem is not None:
+        return Reason.INVALID_GOAL, tenant_problem
     if not goal.agent:
         return Reason.INVALID_GOAL, "agent is required"
     if not goal.goal.strip():
