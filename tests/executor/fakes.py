@@ -25,6 +25,8 @@ class ScriptedTool:
     delay_s: float = 0.0
     fail: str | None = None
     crash: bool = False
+    # Raised as is (e.g. ToolNotSentError) when set.
+    error: Exception | None = None
     runs: list[CallContext] = field(default_factory=list)
     running: int = 0
     peak: int = 0
@@ -59,6 +61,8 @@ class ScriptedTool:
                 raise RuntimeError("boom")
             if self.fail:
                 raise ToolError(self.fail)
+            if self.error is not None:
+                raise self.error
             return ToolOutput(self.output)
         finally:
             self.running -= 1

@@ -137,9 +137,7 @@ def build_toolbox(config: ToolsConfig, settings: Settings) -> Toolbox:
     registry = Registry(tools)
 
     def on_tools(server: str, mounted: Sequence[McpTool]) -> None:
-        registry.remove_source(f"mcp:{server}")
-        for tool in mounted:
-            registry.add(tool)
+        registry.replace_source(f"mcp:{server}", mounted)
 
     links = [
         McpLink(

@@ -19,17 +19,22 @@ from stepline_executor.model import (
     Outcome,
     Tool,
     ToolError,
+    ToolInterruptedError,
+    ToolNotSentError,
     ToolOutput,
     ToolSpec,
 )
 from stepline_executor.outcomes import CallState, OutcomeStore
-from stepline_executor.registry import Access, Registry
+from stepline_executor.registry import Access, PublicTool, Registry
 
-__all__ = ["Executor", "truncate"]
+__all__ = ["DEFAULT_START_FLOOR_S", "Executor", "truncate"]
 
 log = logging.getLogger(__name__)
 
 _SCHEMA_HINT_CHARS = 2_000
+# A non-idempotent call with less of its deadline left than this is not started: started doomed
+# it could reach its target and then expire, leaving an outcome nobody can know.
+DEFAULT_START_FLOOR_S = 1.0
 
 
 def truncate(text: str, limit: int) -> tuple[str, bool, int]:
@@ -47,6 +52,7 @@ def truncate(text: str, limit: int) -> tuple[str, bool, int]:
 @dataclass
 class _Attempt:
     started_at: float | None = None
+    started_wall: datetime | None = None
 
 
 class Executor:
@@ -61,6 +67,7 @@ class Executor:
         clock: Callable[[], datetime],
         monotonic: Callable[[], float],
         cancels: CancelBook | None = None,
+        start_floor_s: float = DEFAULT_START_FLOOR_S,
     ) -> None:
         self._registry = registry
         self._access = access
@@ -68,6 +75,7 @@ class Executor:
         self._clock = clock
         self._monotonic = monotonic
         self._cancels = cancels or CancelBook()
+        self._start_floor_s = start_floor_s
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[ToolOutput]]] = {}
 
@@ -92,7 +100,9 @@ class Executor:
         tool = self._registry.get(request.tool)
         if tool is None:
             return self._refused(request, ErrorKind.UNKNOWN_TOOL, self._unknown_tool(request))
-        refusal = self._access.refusal(request.tenant_id, request.agent, request.tool)
+        refusal = self._access.refusal(
+            request.tenant_id, request.agent, request.tool, tool.original
+        )
         if refusal:
             return self._refused(request, ErrorKind.NOT_ALLOWED, refusal)
         try:
@@ -108,11 +118,12 @@ class Executor:
         if stored is not None and stored.state is CallState.STARTED and not tool.spec.idempotent:
             # We may have run it already and cannot know: running it again could double a
             # payment or a reply. Tell the model instead, and remember that answer.
+            since = f" at {_iso(stored.started_at)}" if stored.started_at else ""
             outcome = Outcome.failed(
                 ErrorKind.OUTCOME_UNKNOWN,
-                f"tool {tool.spec.name!r} was started before the executor stopped and its"
-                " outcome was not recorded; it was not run again. Check the target system"
-                " before retrying.",
+                f"tool {tool.spec.name!r} was started{since} and may have reached its target,"
+                " but the executor stopped before its outcome was recorded; it was not run"
+                f" again. {_CHECK}",
                 finished_at=self._clock(),
                 executed=True,
             )
@@ -122,7 +133,7 @@ class Executor:
             return outcome
         return await self._run(tool, parsed, request)
 
-    async def _run(self, tool: Tool, parsed: Any, request: CallRequest) -> Outcome:
+    async def _run(self, tool: PublicTool, parsed: Any, request: CallRequest) -> Outcome:
         spec = tool.spec
         now = self._clock()
         reason = self._cancels.reason(request.run_id, request.call_id, request.sequence)
@@ -138,6 +149,16 @@ class Executor:
                     finished_at=now,
                 )
                 return await self._finish(request, spec, late)
+            if remaining < self._start_floor_s and not spec.idempotent:
+                doomed = Outcome.failed(
+                    ErrorKind.TIMED_OUT,
+                    f"tool {spec.name!r} was not started: only {remaining:.3g} s of the call's"
+                    f" deadline was left (at least {self._start_floor_s:g} s is needed); nothing"
+                    " was sent, so calling it again is safe",
+                    finished_at=now,
+                    retryable=True,
+                )
+                return await self._finish(request, spec, doomed)
             timeout = min(timeout, remaining)
         context = CallContext(
             tenant_id=request.tenant_id,
@@ -166,8 +187,10 @@ class Executor:
         self, tool: Tool, parsed: Any, context: CallContext, attempt: _Attempt
     ) -> ToolOutput:
         async with asyncio.timeout(context.timeout_s), self._semaphore(tool.spec):
-            await self._store.mark_started(context.call_id, tool.spec.name, self._clock())
+            started = self._clock()
+            await self._store.mark_started(context.call_id, tool.spec.name, started)
             attempt.started_at = self._monotonic()
+            attempt.started_wall = started
             return await tool.run(parsed, context)
 
     def _outcome(
@@ -197,6 +220,26 @@ class Executor:
                 finished_at=now,
                 executed=executed,
             )
+        if (
+            executed
+            and not spec.idempotent
+            and isinstance(error, TimeoutError | ToolInterruptedError)
+        ):
+            # The request may have reached the target: never tell the model "timed out".
+            why = (
+                f"did not finish within {timeout:g} s (the call's time limit)"
+                if isinstance(error, TimeoutError)
+                else f"lost its answer: {error.message}"
+            )
+            return Outcome.failed(
+                ErrorKind.OUTCOME_UNKNOWN,
+                f"tool {spec.name!r} was started at {_iso(attempt.started_wall)} and may have"
+                f" reached its target, but it {why}; its outcome is unknown and it was not"
+                f" run again. {_CHECK}",
+                finished_at=now,
+                duration_s=duration,
+                executed=True,
+            )
         if isinstance(error, TimeoutError):
             return Outcome.failed(
                 ErrorKind.TIMED_OUT,
@@ -213,7 +256,8 @@ class Executor:
                 finished_at=now,
                 duration_s=duration,
                 retryable=error.retryable,
-                executed=executed,
+                # Nothing left the process: no effect anywhere, nothing to bill.
+                executed=executed and not isinstance(error, ToolNotSentError),
             )
         log.error("tool %s raised", spec.name, exc_info=error)
         return Outcome.failed(
@@ -239,8 +283,15 @@ class Executor:
         return Outcome.failed(kind, message, finished_at=self._clock())
 
     def _unknown_tool(self, request: CallRequest) -> str:
-        available = self._access.allowed(request.tenant_id, request.agent, self._registry.names())
+        available = self._access.allowed(request.tenant_id, request.agent, self._registry.tools())
         return f"no tool named {request.tool!r}; available tools: {', '.join(available) or 'none'}"
+
+
+_CHECK = "Check the target system before calling it again."
+
+
+def _iso(at: datetime | None) -> str:
+    return at.isoformat(timespec="milliseconds") if at else "an unknown time"
 
 
 def _cancelled(reason: str, now: datetime) -> Outcome:

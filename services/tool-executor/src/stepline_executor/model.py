@@ -18,6 +18,8 @@ __all__ = [
     "Outcome",
     "Tool",
     "ToolError",
+    "ToolInterruptedError",
+    "ToolNotSentError",
     "ToolOutput",
     "ToolSpec",
 ]
@@ -94,6 +96,24 @@ class ToolError(ProviderError):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+class ToolNotSentError(ToolError):
+    """Nothing left the process (e.g. connection refused): the call had no effect anywhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class ToolInterruptedError(ToolError):
+    """The request was sent but no answer came back (connection died, read timed out).
+
+    Whether the target acted is unknown: the executor reports a non-idempotent tool's call as
+    `OUTCOME_UNKNOWN`, an idempotent one's as a retryable failure.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
 
 
 class ArgumentsError(BadInputError):

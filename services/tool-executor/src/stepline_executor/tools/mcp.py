@@ -1,5 +1,10 @@
 """MCP tools: mount the tools of configured MCP servers (stdio or streamable HTTP) as
-`<server>.<tool>`, keep one session per server, and restart a server whose session died."""
+`<server>.<tool>` (published under the provider-safe name the registry gives them), keep one
+session per server, and restart a server whose session died.
+
+A call to a server that is down fails at once as not sent; a call whose session dies while it
+runs may have reached the server, so it fails as interrupted (the executor reports a
+non-idempotent tool's call as `OUTCOME_UNKNOWN`)."""
 
 from __future__ import annotations
 
@@ -16,7 +21,14 @@ import anyio
 from mcp import Client, MCPError, StdioServerParameters
 from mcp_types import CONNECTION_CLOSED, CallToolResult, TextContent
 
-from stepline_executor.model import CallContext, ToolError, ToolOutput, ToolSpec
+from stepline_executor.model import (
+    CallContext,
+    ToolError,
+    ToolInterruptedError,
+    ToolNotSentError,
+    ToolOutput,
+    ToolSpec,
+)
 from stepline_executor.tools.base import SchemaArguments
 
 __all__ = ["McpLink", "McpServerConfig", "McpTool"]
@@ -61,6 +73,8 @@ class McpLink:
         self._ready = asyncio.Event()
         self._broken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Why the last connection attempt failed; None while connected or before the first.
+        self._down: str | None = None
         # Incremented on every successful (re)connection; tests wait on it after a crash.
         self.generation = 0
 
@@ -68,6 +82,11 @@ class McpLink:
     def source(self) -> str:
         """Registry source tag of this server's tools."""
         return f"mcp:{self.config.name}"
+
+    @property
+    def connected(self) -> bool:
+        """Whether a live session is up now."""
+        return self._ready.is_set()
 
     def start(self) -> None:
         """Start supervising (connects in the background)."""
@@ -89,30 +108,41 @@ class McpLink:
         return True
 
     async def call(self, name: str, arguments: dict[str, Any], timeout_s: float) -> CallToolResult:
-        """Call remote tool `name`; a dead session is reported and restarted."""
-        if not await self.wait_ready(min(timeout_s, self.config.connect_timeout_s)):
-            raise ToolError(f"MCP server {self.config.name!r} is not connected", retryable=True)
-        client = self._client
-        assert client is not None
+        """Call remote tool `name`; a dead session is reported and restarted.
+
+        Raises `ToolNotSentError` when the server is not connected (at once when the last
+        connection attempt failed: waiting would only burn the call's deadline) and
+        `ToolInterruptedError` when the session died after the request was handed to it.
+        """
+        client = self._client if self._ready.is_set() else None
+        if client is None and self._down is None:
+            # The first connection is still being made: give it its connect time.
+            await self.wait_ready(min(timeout_s, self.config.connect_timeout_s))
+            client = self._client if self._ready.is_set() else None
+        if client is None:
+            why = f" ({self._down})" if self._down else ""
+            raise ToolNotSentError(
+                f"MCP server {self.config.name!r} is unreachable{why}; nothing was sent"
+            )
         try:
             return await client.call_tool(name, arguments, read_timeout_seconds=timeout_s)
         except MCPError as error:
             if error.code == CONNECTION_CLOSED:
                 self._mark_broken()
-                raise ToolError(
+                raise ToolInterruptedError(
                     f"MCP server {self.config.name!r} went away during the call; it is being"
-                    " restarted",
-                    retryable=True,
+                    " restarted"
                 ) from None
             raise ToolError(f"MCP server {self.config.name!r} error: {error}") from None
         except _LINK_ERRORS as error:
             self._mark_broken()
-            raise ToolError(
-                f"MCP server {self.config.name!r} connection failed ({type(error).__name__})",
-                retryable=True,
+            raise ToolInterruptedError(
+                f"MCP server {self.config.name!r} connection failed during the call"
+                f" ({type(error).__name__})"
             ) from None
 
     def _mark_broken(self) -> None:
+        self._down = "its session was lost; reconnecting"
         self._ready.clear()
         self._broken.set()
 
@@ -134,6 +164,7 @@ class McpLink:
                 async with Client(self._target(), read_timeout_seconds=self.config.timeout_s) as c:
                     listing = await asyncio.wait_for(c.list_tools(), self.config.connect_timeout_s)
                     self._client = c
+                    self._down = None
                     self._broken.clear()
                     self.generation += 1
                     self._on_tools(self.config.name, self._mount(listing.tools))
@@ -141,12 +172,14 @@ class McpLink:
                     backoff = 0.5
                     log.info("MCP server connected", extra={"mcp_server": self.config.name})
                     await self._watch(c)
+                    self._down = "its session was lost; reconnecting"
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                self._down = _reason(error)
                 log.warning(
                     "MCP server unavailable; retrying",
-                    extra={"mcp_server": self.config.name, "reason": f"{type(error).__name__}"},
+                    extra={"mcp_server": self.config.name, "reason": self._down},
                 )
             finally:
                 self._ready.clear()
@@ -194,6 +227,17 @@ class McpLink:
             )
             mounted.append(McpTool(spec, self, tool.name, arguments))
         return mounted
+
+
+def _reason(error: BaseException) -> str:
+    """A short, secret-free reason: the innermost exception type of an anyio group."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    cause = error.__cause__ or error.__context__
+    name = type(error).__name__
+    if isinstance(cause, OSError | ConnectionError) and not isinstance(error, OSError):
+        name = f"{name}: {type(cause).__name__}"
+    return f"connection failed: {name}"
 
 
 @dataclass(frozen=True)
