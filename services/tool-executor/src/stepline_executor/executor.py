@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 _SCHEMA_HINT_CHARS = 2_000
 # A non-idempotent call with less of its deadline left than this is not started: started doomed
-# it could reach its target and then expire, leaving an outcome nobody can know.
+# it could reach its target and then expire, leaving an outcome nobody can know. The service's
+# setting `executor_start_floor_s` overrides it.
 DEFAULT_START_FLOOR_S = 1.0
 
 
@@ -145,8 +146,10 @@ class Executor:
             if remaining <= 0:
                 late = Outcome.failed(
                     ErrorKind.TIMED_OUT,
-                    "the call's deadline passed before it started",
+                    f"tool {spec.name!r} was not started: the call's deadline passed before it"
+                    " could start; nothing was sent, so calling it again is safe",
                     finished_at=now,
+                    retryable=True,
                 )
                 return await self._finish(request, spec, late)
             if remaining < self._start_floor_s and not spec.idempotent:
