@@ -236,3 +236,23 @@ def test_a_retried_step_round_trips_and_a_failure_carries_its_attempt_count() ->
     event = convert.model_result_from_proto(failed)
     assert isinstance(event, ModelFailed)
     assert (event.kind, event.attempts) == ("DEADLINE_EXCEEDED", 2)
+
+
+def test_an_agent_naming_a_tool_no_model_can_be_offered_is_refused() -> None:
+    import pytest
+
+    from stepline_planner import profiles
+    from stepline_pricebook import PriceBook
+    from stepline_routes import load_routes
+
+    text = """
+[agents.a]
+system_prompt = "s"
+route = "local"
+tools = ["calculator", "everything.get-sum"]
+"""
+    book, routes = PriceBook.load(), load_routes()
+    with pytest.raises(profiles.ProfilesError, match=r"tools \['everything.get-sum'\]"):
+        profiles.parse(text, book, routes)
+    ok = text.replace("everything.get-sum", "everything__get-sum")
+    assert profiles.parse(ok, book, routes).agents["a"].tools[1] == "everything__get-sum"

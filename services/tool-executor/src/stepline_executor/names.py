@@ -15,19 +15,16 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 
+from stepline_runtime.toolnames import MAX_TOOL_NAME_LENGTH as MAX_NAME_LENGTH
+from stepline_runtime.toolnames import SAFE_TOOL_NAME as SAFE_NAME
+from stepline_runtime.toolnames import is_safe_tool_name as is_safe
+
 __all__ = ["MAX_NAME_LENGTH", "SAFE_NAME", "is_safe", "public_names", "sanitize"]
 
-MAX_NAME_LENGTH = 64
-SAFE_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _UNSAFE_RUN = re.compile(r"[^a-zA-Z0-9_-]+")
 # An MCP server and its tool are joined by "__" (a single "." is not accepted by providers).
 _SEPARATOR = "__"
 _HASH_CHARS = 8
-
-
-def is_safe(name: str) -> bool:
-    """Whether providers accept `name` as a tool name as it is."""
-    return SAFE_NAME.fullmatch(name) is not None
 
 
 def sanitize(name: str) -> str:
