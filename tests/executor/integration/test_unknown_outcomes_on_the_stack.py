@@ -28,6 +28,7 @@ import pytest
 from scripts.bad_input import ROOT, Stack, read_topic
 from stepline.v1 import runs_pb2, tools_pb2
 from stepline_client import Goal, Stepline
+from stepline_executor.registry_topic import read_registered_names
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
 
@@ -152,6 +153,18 @@ async def _events(kafka: KafkaSettings, stack: Stack, run_id: str) -> list[runs_
     ]
 
 
+async def _tools_known(kafka: KafkaSettings, stack: Stack) -> None:
+    """Wait until the webhook is registered, so the planner can offer it to the first run."""
+    for _ in range(120):
+        with contextlib.suppress(TimeoutError):
+            names = await read_registered_names(kafka, stack.topic(Topics.TOOLS), timeout_s=10)
+            if "post_message" in names:
+                await asyncio.sleep(1.0)  # the planner's table reader follows within moments
+                return
+        await asyncio.sleep(0.5)
+    raise AssertionError("post_message was never registered")
+
+
 def _cost(final: runs_pb2.RunEvent) -> Decimal:
     body = getattr(final, final.WhichOneof("event") or "")
     return Decimal(body.cost.amount or "0")
@@ -164,6 +177,7 @@ async def test_lost_non_idempotent_calls_are_unknown_and_runs_cost_what_the_ledg
     receiver = HoldingReceiver()
     _configure(stack, receiver.port)
     with receiver.serving(), stack.running():
+        await _tools_known(kafka, stack)
         async with Stepline(stack.settings, source="unknown-outcomes-test") as client:
             # 1. The executor is alive: the POST is sent, then the step's deadline passes.
             alive = await client.submit(Goal(GOAL, tenant_id=TENANT, agent="poster"))

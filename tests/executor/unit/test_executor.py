@@ -323,3 +323,20 @@ async def test_tools_are_dispatched_by_their_provider_safe_name() -> None:
     assert len(mcp.runs) == 1
     raw = await executor.execute(_request(tool="everything.get-sum", call="r1:1:1"))
     assert raw.error_kind is ErrorKind.UNKNOWN_TOOL
+
+
+async def test_an_expired_call_says_whether_its_request_had_left() -> None:
+    # A tool that reports its request never left (still connecting) expires safely...
+    connecting = ScriptedTool.named("t", timeout_s=0.05, idempotent=False, sent=False)
+    connecting.gate = asyncio.Event()
+    unsent = await _executor(connecting).execute(_request())
+    assert unsent.error_kind is ErrorKind.TIMED_OUT
+    assert not unsent.executed
+    assert unsent.retryable
+    assert "nothing was sent" in unsent.message
+    # ... one whose request went out is unknown, and the model is told it was sent.
+    posted = ScriptedTool.named("t", timeout_s=0.05, idempotent=False, sent=True)
+    posted.gate = asyncio.Event()
+    unknown = await _executor(posted).execute(_request())
+    assert unknown.error_kind is ErrorKind.OUTCOME_UNKNOWN
+    assert "its request was sent" in unknown.message

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from stepline_executor.model import (
     CallContext,
+    CallProgress,
     ToolError,
     ToolInterruptedError,
     ToolNotSentError,
@@ -180,9 +182,13 @@ async def test_webhook_refused_is_not_sent_and_unanswered_is_interrupted() -> No
         async with httpx.AsyncClient(trust_env=False, timeout=0.3) as short:
             # Bound but not listening: the connection is refused, nothing can have arrived.
             refused = Webhook(spec, f"http://127.0.0.1:{port}/", short, SchemaArguments(schema))
+            first = replace(CTX, progress=CallProgress())
             with pytest.raises(ToolNotSentError, match="nothing was sent"):
-                await refused.run({}, CTX)
+                await refused.run({}, first)
+            assert first.progress.sent is False
             # Listening but never answering: the request went out, its effect is unknown.
             listener.listen()
+            second = replace(CTX, progress=CallProgress())
             with pytest.raises(ToolInterruptedError, match="did not answer in time"):
-                await refused.run({}, CTX)
+                await refused.run({}, second)
+            assert second.progress.sent is True

@@ -183,7 +183,7 @@ class Executor:
         finally:
             self._inflight.pop(request.call_id, None)
         cancel_reason = self._cancels.reason(request.run_id, request.call_id, -1)
-        outcome = self._outcome(task, attempt, spec, timeout, cancel_reason)
+        outcome = self._outcome(task, attempt, spec, context, cancel_reason)
         return await self._finish(request, spec, outcome)
 
     async def _attempt(
@@ -201,11 +201,13 @@ class Executor:
         task: asyncio.Task[ToolOutput],
         attempt: _Attempt,
         spec: ToolSpec,
-        timeout: float,
+        context: CallContext,
         cancel_reason: str | None,
     ) -> Outcome:
         now = self._clock()
-        executed = attempt.started_at is not None
+        timeout = context.timeout_s
+        # A tool that says its request never left had no effect anywhere: not executed.
+        executed = attempt.started_at is not None and context.progress.sent is not False
         duration = self._monotonic() - attempt.started_at if attempt.started_at else 0.0
         if task.cancelled():
             reason = cancel_reason or "the run cancelled this call"
@@ -223,22 +225,32 @@ class Executor:
                 finished_at=now,
                 executed=executed,
             )
-        if (
-            executed
-            and not spec.idempotent
-            and isinstance(error, TimeoutError | ToolInterruptedError)
-        ):
+        lost = isinstance(error, TimeoutError | ToolInterruptedError)
+        if lost and attempt.started_at is not None and not executed:
+            return Outcome.failed(
+                ErrorKind.TIMED_OUT,
+                f"tool {spec.name!r} did not get its request out within {timeout:g} s;"
+                " nothing was sent, so calling it again is safe",
+                finished_at=now,
+                duration_s=duration,
+                retryable=True,
+            )
+        if lost and executed and not spec.idempotent:
             # The request may have reached the target: never tell the model "timed out".
             why = (
                 f"did not finish within {timeout:g} s (the call's time limit)"
                 if isinstance(error, TimeoutError)
-                else f"lost its answer: {error.message}"
+                else f"lost its answer: {error}"
+            )
+            reached = (
+                "its request was sent"
+                if context.progress.sent
+                else "it may have reached its target"
             )
             return Outcome.failed(
                 ErrorKind.OUTCOME_UNKNOWN,
-                f"tool {spec.name!r} was started at {_iso(attempt.started_wall)} and may have"
-                f" reached its target, but it {why}; its outcome is unknown and it was not"
-                f" run again. {_CHECK}",
+                f"tool {spec.name!r} was started at {_iso(attempt.started_wall)} and {reached},"
+                f" but it {why}; its outcome is unknown and it was not run again. {_CHECK}",
                 finished_at=now,
                 duration_s=duration,
                 executed=True,

@@ -13,6 +13,7 @@ from stepline_vocab import BadInputError, ProviderError
 __all__ = [
     "ArgumentsError",
     "CallContext",
+    "CallProgress",
     "CallRequest",
     "ErrorKind",
     "Outcome",
@@ -70,6 +71,14 @@ class CallRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class CallProgress:
+    """What a running tool reports about its request, read if the call is cut off."""
+
+    # False until the request may have left the process, then True; None: the tool never says.
+    sent: bool | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """What a running tool may know about the call (never the whole request)."""
@@ -79,6 +88,7 @@ class CallContext:
     call_id: str
     idempotency_key: str
     timeout_s: float
+    progress: CallProgress = field(default_factory=CallProgress)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from mcp_types import CONNECTION_CLOSED, CallToolResult, TextContent
 
 from stepline_executor.model import (
     CallContext,
+    CallProgress,
     ToolError,
     ToolInterruptedError,
     ToolNotSentError,
@@ -107,7 +108,13 @@ class McpLink:
             return False
         return True
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float) -> CallToolResult:
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        timeout_s: float,
+        progress: CallProgress | None = None,
+    ) -> CallToolResult:
         """Call remote tool `name`; a dead session is reported and restarted.
 
         Raises `ToolNotSentError` when the server is not connected (at once when the last
@@ -119,11 +126,15 @@ class McpLink:
             # The first connection is still being made: give it its connect time.
             await self.wait_ready(min(timeout_s, self.config.connect_timeout_s))
             client = self._client if self._ready.is_set() else None
+        if progress is not None:
+            progress.sent = False
         if client is None:
             why = f" ({self._down})" if self._down else ""
             raise ToolNotSentError(
                 f"MCP server {self.config.name!r} is unreachable{why}; nothing was sent"
             )
+        if progress is not None:
+            progress.sent = True  # handed to the session: it may reach the server
         try:
             return await client.call_tool(name, arguments, read_timeout_seconds=timeout_s)
         except MCPError as error:
@@ -255,7 +266,7 @@ class McpTool:
 
     async def run(self, parsed: dict[str, Any], context: CallContext) -> ToolOutput:
         """Call the remote tool; structured content is returned as JSON, else the text."""
-        result = await self.link.call(self.remote_name, parsed, context.timeout_s)
+        result = await self.link.call(self.remote_name, parsed, context.timeout_s, context.progress)
         text = "\n".join(b.text for b in result.content if isinstance(b, TextContent))
         if result.is_error:
             raise ToolError(text or f"MCP tool {self.spec.name!r} failed")

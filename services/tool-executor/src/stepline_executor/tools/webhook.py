@@ -46,9 +46,21 @@ class Webhook:
             "X-Stepline-Run-Id": context.run_id,
             "X-Stepline-Tenant": context.tenant_id,
         }
+        progress = context.progress
+        progress.sent = False
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            # httpcore's trace hook: the first byte of the request is about to leave.
+            if event.endswith("send_request_headers.started"):
+                progress.sent = True
+
         try:
             response = await self.client.post(
-                self.url, json=parsed, headers=headers, follow_redirects=False
+                self.url,
+                json=parsed,
+                headers=headers,
+                follow_redirects=False,
+                extensions={"trace": trace},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             # No connection, so no request: the receiver cannot have acted on it.
