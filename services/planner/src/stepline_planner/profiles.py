@@ -18,8 +18,8 @@ from typing import Any
 
 from stepline_pricebook import ModelPrice, PriceBook
 from stepline_routes import RoutesConfig, load_routes, route_economics
-from stepline_vocab import ConfigurationError
 from stepline_runtime.toolnames import SAFE_TOOL_NAME, is_safe_tool_name
+from stepline_vocab import ConfigurationError
 
 __all__ = [
     "AgentProfile",

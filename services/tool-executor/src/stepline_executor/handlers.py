@@ -164,10 +164,9 @@ class ToolRequests:
                 )
             )
         result.finished_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
-        if billed is not None:
-            result.cost.CopyFrom(
-                common_pb2.Money(currency=self._pricing.currency, amount=str(billed))
-            )
+        cost = wire.money_to_proto(billed, self._pricing.currency)
+        if cost is not None:  # the same Money as the usage record's
+            result.cost.CopyFrom(cost)
         return encode(
             self._results_topic,
             request.run_id,
