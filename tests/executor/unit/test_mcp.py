@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -49,7 +50,7 @@ async def test_stdio_server_tools_are_mounted_and_a_crashed_server_is_restarted(
     link.start()
     try:
         assert await link.wait_ready(30)
-        assert registry.names() == ["demo__add", "demo__crash", "demo__shout"]
+        assert registry.names() == ["demo__add", "demo__crash", "demo__retire_shout", "demo__shout"]
         add = _tool(registry, "demo__add")
         assert add.spec.source == "mcp:demo"
         assert add.spec.parameters["required"] == ["a", "b"]
@@ -68,6 +69,14 @@ async def test_stdio_server_tools_are_mounted_and_a_crashed_server_is_restarted(
         shout = _tool(registry, "demo__shout")
         output = await shout.run(shout.parse({"text": "back"}), CTX)
         assert json.loads(output.text) == {"result": "BACK"}
+
+        # A tool the server stops offering leaves the registry at the next probe.
+        await _tool(registry, "demo__retire_shout").run({}, CTX)
+        for _ in range(100):
+            if "demo__shout" not in registry.names():
+                break
+            await asyncio.sleep(0.05)
+        assert registry.names() == ["demo__add", "demo__crash", "demo__retire_shout"]
     finally:
         await link.stop()
 

@@ -182,7 +182,7 @@ class McpLink:
                     self._ready.set()
                     backoff = 0.5
                     log.info("MCP server connected", extra={"mcp_server": self.config.name})
-                    await self._watch(c)
+                    await self._watch(c, frozenset(t.name for t in listing.tools))
                     self._down = "its session was lost; reconnecting"
             except asyncio.CancelledError:
                 raise
@@ -198,18 +198,27 @@ class McpLink:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
-    async def _watch(self, client: Client) -> None:
-        """Return when the session is known broken (a failed call, or a failed ping)."""
+    async def _watch(self, client: Client, mounted: frozenset[str]) -> None:
+        """Return when the session is known broken (a failed call or probe); re-mount changes."""
         while not self._broken.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._broken.wait(), self.config.ping_interval_s)
             if self._broken.is_set():
                 return
             try:
-                await asyncio.wait_for(client.send_ping(), self.config.connect_timeout_s)
+                # Listing the tools is the probe every protocol version answers (ping is gone
+                # from the 2026-07-28 revision); it also sees tools added or removed.
+                listing = await asyncio.wait_for(
+                    client.list_tools(cache_mode="bypass"), self.config.connect_timeout_s
+                )
             except (MCPError, TimeoutError, *_LINK_ERRORS):
                 log.warning("MCP server stopped answering", extra={"mcp_server": self.config.name})
                 return
+            names = frozenset(t.name for t in listing.tools)
+            if names != mounted:
+                mounted = names
+                self._on_tools(self.config.name, self._mount(listing.tools))
+                log.info("MCP server's tools changed", extra={"mcp_server": self.config.name})
 
     def _mount(self, remote: Sequence[Any]) -> list[McpTool]:
         mounted = []
