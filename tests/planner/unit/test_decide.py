@@ -270,6 +270,9 @@ def test_a_late_result_of_an_expired_call_counts_its_cost_once() -> None:
     d.start()
     tools_turn(d, CALLS[:1])
     d.feed(Tick(), after_s=31)
+    # Until the executor says what it billed, the tool's price stays out of the budget.
+    assert [u.reserved for u in d.state.unsettled] == [Decimal("0.001")]
+    held_back = d.state.reserved
     late = ToolFailed(
         "r1:2", "r1:2:1", "OUTCOME_UNKNOWN", "executor restarted", cost=Decimal("0.001")
     )
@@ -277,6 +280,7 @@ def test_a_late_result_of_an_expired_call_counts_its_cost_once() -> None:
     ignored = d.events(o.DuplicateResultIgnored)[0]
     assert (ignored.reason, ignored.cost) == (IgnoredReason.STEP_TIMED_OUT, Decimal("0.001"))
     assert d.state.cost == Decimal("0.001")
+    assert d.state.reserved == held_back - Decimal("0.001")
     d.feed(late)  # a redelivered copy is not counted again
     assert d.events(o.DuplicateResultIgnored)[0].cost == 0
     assert d.state.cost == Decimal("0.001")

@@ -948,7 +948,8 @@ def _unsettle(tx: _Tx, step: PendingStep) -> None:
     price = tx.ctx.tool_prices.get(step.tool)
     if step.tool == DELEGATE_TOOL.name or step.awaiting_approval or not price:
         return
-    waiting = replace(step, deadline=tx.now + SETTLE_WINDOW, reserved=Decimal(0))
+    # Its price stays reserved until the executor says what it billed.
+    waiting = replace(step, deadline=tx.now + SETTLE_WINDOW, reserved=price)
     tx.set(unsettled=(*tx.run.unsettled, waiting))
 
 

@@ -178,8 +178,8 @@ class Run:
 
     @property
     def reserved(self) -> Decimal:
-        """Money set aside by pending steps."""
-        return sum((p.reserved for p in self.pending), Decimal(0))
+        """Money set aside by pending steps and by calls whose billed cost is not yet known."""
+        return sum((p.reserved for p in (*self.pending, *self.unsettled)), Decimal(0))
 
     def step(self, step_id: str) -> PendingStep | None:
         """The pending step `step_id`, if any."""
