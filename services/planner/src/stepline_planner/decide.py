@@ -1271,36 +1271,41 @@ def _release_end(tx: _Tx) -> None:
 
 
 def _terminal_body(run: Run) -> EventBody:
+    """The terminal event of an ended run, rebuilt from its state."""
     duration = (run.finished_at or run.updated_at) - run.started_at
-    if run.status is Status.COMPLETED:
-        return RunCompleted(
-            run.answer,
-            run.usage,
-            run.cost,
-            run.steps_taken,
-            duration,
-            limit_reached=run.wrap_up_limit,
-        )
-    if run.status is Status.FAILED:
-        return RunFailed(
-            run.failure_reason,
-            run.failure_message,
-            run.usage,
-            run.cost,
-            run.steps_taken,
-            duration,
-            run.failed_step_id,
-        )
-    by_parent = bool(run.parent_run_id) and run.cancelled_by == f"run:{run.parent_run_id}"
-    return RunCancelled(
-        run.failure_message,
-        run.cancelled_by,
-        by_parent,
-        run.usage,
-        run.cost,
-        run.steps_taken,
-        duration,
-    )
+    match run.status:
+        case Status.COMPLETED:
+            return RunCompleted(
+                run.answer,
+                run.usage,
+                run.cost,
+                run.steps_taken,
+                duration,
+                limit_reached=run.wrap_up_limit,
+            )
+        case Status.FAILED:
+            return RunFailed(
+                run.failure_reason,
+                run.failure_message,
+                run.usage,
+                run.cost,
+                run.steps_taken,
+                duration,
+                run.failed_step_id,
+            )
+        case Status.CANCELLED:
+            by_parent = bool(run.parent_run_id) and run.cancelled_by == f"run:{run.parent_run_id}"
+            return RunCancelled(
+                run.failure_message,
+                run.cancelled_by,
+                by_parent,
+                run.usage,
+                run.cost,
+                run.steps_taken,
+                duration,
+            )
+        case _:
+            raise AssertionError(f"run {run.run_id} is {run.status}, it has not ended")
 
 
 def _announce_end(tx: _Tx, body: EventBody) -> None:
