@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from scripts.bad_input import ROOT, Stack, read_topic
-from stepline.v1 import usage_pb2
+from stepline.v1 import runs_pb2, usage_pb2
 from stepline_client import Goal, Stepline
 from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings
@@ -155,6 +155,19 @@ def _ledger(path: Path) -> dict[str, Decimal]:
         }
 
 
+def _ledger_by_run(path: Path) -> dict[str, Decimal]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        totals: dict[str, Decimal] = {}
+        for run_id, cost in db.execute("SELECT run_id, cost FROM ledger"):
+            totals[run_id] = totals.get(run_id, Decimal(0)) + Decimal(str(cost or 0))
+        return totals
+
+
+def _terminal_cost(final: runs_pb2.RunEvent) -> Decimal:
+    body = getattr(final, final.WhichOneof("event") or "")
+    return Decimal(body.cost.amount or "0")
+
+
 async def _usage_on_topic(kafka: KafkaSettings, stack: Stack) -> dict[str, Decimal]:
     unique: dict[str, Decimal] = {}
     for _, _, _, value in await read_topic(kafka, stack.topic(Topics.USAGE)):
@@ -212,3 +225,11 @@ async def test_runs_survive_services_killed_and_restarted(
     assert max(receiver.seen.values()) == 1, receiver.seen.most_common(3)
     assert set(ledger) == set(usage)
     assert sum(ledger.values()) == sum(usage.values())
+    # Issue 19: every run's terminal cost is what the ledger charged the run.
+    by_run = _ledger_by_run(stack.state_dir / "billing" / "billing.sqlite3")
+    wrong = {
+        run_id: (_terminal_cost(final), by_run.get(run_id, Decimal(0)))
+        for run_id, final in zip(run_ids, finals, strict=True)
+        if _terminal_cost(final) != by_run.get(run_id, Decimal(0))
+    }
+    assert not wrong, wrong

@@ -25,6 +25,10 @@ class ScriptedTool:
     delay_s: float = 0.0
     fail: str | None = None
     crash: bool = False
+    # Raised as is (e.g. ToolNotSentError) when set.
+    error: Exception | None = None
+    # What the tool reports about its request before it blocks (None: says nothing).
+    sent: bool | None = None
     runs: list[CallContext] = field(default_factory=list)
     running: int = 0
     peak: int = 0
@@ -32,7 +36,7 @@ class ScriptedTool:
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def named(cls, name: str, **spec: Any) -> ScriptedTool:
+    def named(cls, name: str, sent: bool | None = None, **spec: Any) -> ScriptedTool:
         """A tool taking `{"x": integer}`."""
         schema = {
             "type": "object",
@@ -40,13 +44,16 @@ class ScriptedTool:
             "required": ["x"],
             "additionalProperties": False,
         }
-        return cls(ToolSpec(name=name, description=f"test tool {name}", parameters=schema, **spec))
+        spec_ = ToolSpec(name=name, description=f"test tool {name}", parameters=schema, **spec)
+        return cls(spec_, sent=sent)
 
     def parse(self, arguments: dict[str, Any]) -> dict[str, Any]:
         return SchemaArguments(self.spec.parameters).parse(arguments)
 
     async def run(self, parsed: dict[str, Any], context: CallContext) -> ToolOutput:
         self.runs.append(context)
+        if self.sent is not None:
+            context.progress.sent = self.sent
         self.running += 1
         self.peak = max(self.peak, self.running)
         self.started.set()
@@ -59,6 +66,8 @@ class ScriptedTool:
                 raise RuntimeError("boom")
             if self.fail:
                 raise ToolError(self.fail)
+            if self.error is not None:
+                raise self.error
             return ToolOutput(self.output)
         finally:
             self.running -= 1

@@ -26,6 +26,13 @@ def shout(text: str) -> str:
 
 
 @server.tool()
+def retire_shout() -> str:
+    """Stop offering `shout` (to test that a removed tool leaves the registry)."""
+    server.remove_tool("shout")
+    return "retired"
+
+
+@server.tool()
 def crash() -> str:
     """Kill this server process (to test restarts)."""
     os._exit(3)

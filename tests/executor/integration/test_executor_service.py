@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,9 +22,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline.v1 import tools_pb2, usage_pb2
+from stepline_executor.names import SAFE_NAME
+from stepline_executor.registry_topic import read_registered_names
 from stepline_runtime.codec import encode
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
+from tests.executor import everything
 from tests.executor.fakes import LocalServer, Seen
 from tests.kafkatools import read_all
 
@@ -244,3 +251,136 @@ async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twi
     result = results["rk:1:0"]
     assert result.failed.kind == tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN
     assert "not run again" in result.failed.message
+
+
+def _priced_book(tmp: Path, tool: str, price: str) -> Path:
+    """The shipped price book plus a price for `tool`."""
+    book = tmp / "pricebook.toml"
+    shipped = (ROOT / "deploy" / "config" / "pricebook.toml").read_text(encoding="utf-8")
+    book.write_text(f'{shipped}\n[[tools]]\nname = "{tool}"\nper_call = "{price}"\n')
+    return book
+
+
+async def _request_due(
+    producer: AIOKafkaProducer, service: Service, call: str, tool: str, args: str, in_s: float
+) -> None:
+    run_id = call.split(":")[0]
+    message = tools_pb2.ToolCallRequested(
+        run_id=run_id,
+        tenant_id="acme",
+        step_id=call.rsplit(":", 1)[0],
+        call_id=call,
+        tool=tool,
+        arguments_json=args,
+        idempotency_key=f"idem-{call}",
+    )
+    message.deadline.FromDatetime(datetime.now(UTC) + timedelta(seconds=in_s))
+    record = encode(
+        service.topic(Topics.TOOL_REQUESTS), run_id, message, event_id=call, source="test"
+    )
+    await producer.send_and_wait(
+        record.topic, record.value, key=record.key, headers=list(record.headers)
+    )
+
+
+async def test_a_started_call_that_expires_is_outcome_unknown_and_billed_as_its_result_says(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    service: Service,
+    tmp_path: Path,
+) -> None:
+    # Issue 19 defects 1 and 2: the webhook received the POST, then the deadline passed.
+    await _topics(admin, service.namespace)
+    service.env["STEPLINE_PRICEBOOK"] = str(_priced_book(tmp_path, "issue_refund", "0.25"))
+
+    def slow(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(4)
+        return 200, {"content-type": "application/json"}, b'{"refunded": true}'
+
+    with LocalServer(slow) as receiver:
+        _config(tmp_path, receiver.url("/refund"))
+        service.start()
+        assert await _registered(kafka, service, "issue_refund")
+        # Too little time left to start a non-idempotent call: refused, nothing sent.
+        await _request_due(producer, service, "rf:1:0", "issue_refund", '{"order_id": "F"}', 0.3)
+        # Enough to start, not enough to finish: the POST arrives, then the deadline passes.
+        await _request_due(producer, service, "rd:1:0", "issue_refund", '{"order_id": "D"}', 3)
+        results = _results(
+            await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=2, timeout_s=60)
+        )
+        bodies = [json.loads(s.body)["order_id"] for s in receiver.seen]
+    assert bodies == ["D"]
+    refused, unknown = results["rf:1:0"], results["rd:1:0"]
+    assert refused.failed.kind == tools_pb2.TOOL_CALL_ERROR_KIND_TIMED_OUT
+    assert "nothing was sent" in refused.failed.message
+    assert refused.failed.retryable
+    assert not refused.HasField("cost")
+    assert unknown.failed.kind == tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN
+    assert "was started at" in unknown.failed.message
+    assert not unknown.failed.retryable
+    usage = {
+        u.usage_id: u
+        for u in (
+            usage_pb2.UsageRecorded.FromString(r.value or b"")
+            for r in await read_all(kafka, service.topic(Topics.USAGE), expect=1, timeout_s=30)
+        )
+    }
+    assert set(usage) == {"rd:1:0/exec"}  # the refused call is not billed
+    assert usage["rd:1:0/exec"].cost.amount == unknown.cost.amount == "0.25"
+
+
+async def _registered(
+    kafka: KafkaSettings, service: Service, name: str, present: bool = True
+) -> bool:
+    """Wait until `name` is (or is no longer) registered on the service's tools topic."""
+    topic = service.topic(Topics.TOOLS)
+    for _ in range(120):
+        with contextlib.suppress(TimeoutError):
+            if (name in await read_registered_names(kafka, topic, timeout_s=10)) is present:
+                return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def test_mcp_reference_server_tools_are_registered_safely_and_tombstoned_when_removed(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    service: Service,
+    tmp_path: Path,
+) -> None:
+    await _topics(admin, service.namespace)
+    node = shutil.which("node")
+    assert node is not None, "node is needed for the MCP reference server"
+    config = _config(tmp_path, "http://127.0.0.1:9/unused")
+    plain = config.read_text(encoding="utf-8")
+    mcp = (
+        f'\n[[mcp_servers]]\nname = "everything"\ntransport = "stdio"\ncommand = "{node}"\n'
+        f'args = ["{everything.install()}", "stdio"]\n'
+    )
+    config.write_text(plain.replace('\n[tenants."*"]', f'{mcp}\n[tenants."*"]'), encoding="utf-8")
+    service.start()
+    assert await _registered(kafka, service, "everything__get-sum")
+    await _request(producer, service, "rm:1:0", "everything__get-sum", '{"a": 7, "b": 5}')
+    results = _results(
+        await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=1, timeout_s=60)
+    )
+    assert results["rm:1:0"].completed.output == "The sum of 7 and 5 is 12."
+    announced = {
+        m.definition.name: m
+        for m in (
+            tools_pb2.ToolRegistered.FromString(r.value)
+            for r in await read_all(kafka, service.topic(Topics.TOOLS), expect=3, timeout_s=30)
+            if r.value is not None
+        )
+    }
+    assert announced["everything__get-sum"].original_name == "everything.get-sum"
+    assert all(SAFE_NAME.fullmatch(name) for name in announced)
+
+    service.stop()
+    config.write_text(plain, encoding="utf-8")  # the server is removed from the config
+    service.start()
+    assert await _registered(kafka, service, "everything__get-sum", present=False)
+    remaining = await read_registered_names(kafka, service.topic(Topics.TOOLS))
+    assert remaining == {"calculator", "issue_refund"}

@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from stepline_executor.executor import Executor, truncate
-from stepline_executor.model import CallRequest, ErrorKind, Outcome
+from stepline_executor.model import (
+    CallRequest,
+    ErrorKind,
+    Outcome,
+    ToolInterruptedError,
+    ToolNotSentError,
+)
 from stepline_executor.outcomes import InMemoryOutcomeStore, SqliteOutcomeStore
 from stepline_executor.registry import Access, Registry
 from tests.executor.fakes import ScriptedTool
@@ -134,8 +140,8 @@ async def test_started_but_unrecorded_idempotent_call_reruns_with_the_same_key()
     assert store.calls["r1:1:0"].attempts == 2
 
 
-async def test_a_slow_tool_times_out() -> None:
-    tool = ScriptedTool.named("t", timeout_s=0.05)
+async def test_a_slow_idempotent_tool_times_out() -> None:
+    tool = ScriptedTool.named("t", timeout_s=0.05, idempotent=True)
     tool.gate = asyncio.Event()  # never opened
     outcome = await _executor(tool).execute(_request())
     assert outcome.error_kind is ErrorKind.TIMED_OUT
@@ -236,3 +242,101 @@ async def test_sqlite_store_survives_a_restart(tmp_path: Path) -> None:
     assert b.outcome == done
     assert await reopened.get("c") is None
     reopened.close()
+
+
+async def test_a_non_idempotent_call_expiring_after_it_started_is_outcome_unknown() -> None:
+    # Issue 19 defect 1: the request may have left the process; "timed out" would invite a
+    # model to call again and double the side effect.
+    tool = ScriptedTool.named("t", timeout_s=0.05, idempotent=False)
+    tool.gate = asyncio.Event()  # never opened: the target never answers
+    store = InMemoryOutcomeStore()
+    outcome = await _executor(tool, store=store).execute(_request())
+    assert outcome.error_kind is ErrorKind.OUTCOME_UNKNOWN
+    assert outcome.executed
+    assert not outcome.retryable
+    assert "started at 2026-11-05T12:00:00" in outcome.message
+    assert "0.05 s" in outcome.message
+    assert "before calling it again" in outcome.message
+    assert store.calls["r1:1:0"].outcome == outcome
+
+
+async def test_a_non_idempotent_call_is_not_started_below_the_deadline_floor() -> None:
+    risky = ScriptedTool.named("t", idempotent=False)
+    safe = ScriptedTool.named("s", idempotent=True)
+    executor = _executor(risky, safe)
+    nearly = NOW + timedelta(seconds=0.2)
+    refused = await executor.execute(_request(deadline=nearly))
+    assert refused.error_kind is ErrorKind.TIMED_OUT
+    assert not refused.executed
+    assert refused.retryable
+    assert "not started" in refused.message
+    assert "nothing was sent" in refused.message
+    assert risky.runs == []
+    # An idempotent tool may use what is left: a re-run has no extra effect.
+    ran = await executor.execute(_request(tool="s", call="r1:1:1", deadline=nearly))
+    assert ran.succeeded
+
+
+async def test_a_call_that_never_left_the_process_is_not_executed() -> None:
+    tool = ScriptedTool.named("t")
+    tool.error = ToolNotSentError("webhook 't' unreachable: connection refused; nothing was sent")
+    outcome = await _executor(tool).execute(_request())
+    assert outcome.error_kind is ErrorKind.EXECUTION_FAILED
+    assert outcome.retryable
+    assert not outcome.executed  # nothing to bill, safe to call again
+
+
+async def test_a_connection_lost_mid_call_is_unknown_only_for_non_idempotent_tools() -> None:
+    lost = "MCP server 'x' went away during the call"
+    risky = ScriptedTool.named("t", idempotent=False)
+    risky.error = ToolInterruptedError(lost)
+    safe = ScriptedTool.named("s", idempotent=True)
+    safe.error = ToolInterruptedError(lost)
+    executor = _executor(risky, safe)
+    unknown = await executor.execute(_request())
+    assert unknown.error_kind is ErrorKind.OUTCOME_UNKNOWN
+    assert unknown.executed
+    assert lost in unknown.message
+    failed = await executor.execute(_request(tool="s", call="r1:1:1"))
+    assert failed.error_kind is ErrorKind.EXECUTION_FAILED
+    assert failed.retryable
+
+
+async def test_unknown_tool_never_lists_tools_the_caller_may_not_use() -> None:
+    access = Access(tenants={"*": ("*",)}, agents={"support": ("t", "everything.*")})
+    secret = ScriptedTool.named("secret")
+    mcp = ScriptedTool.named("everything.get-sum", source="mcp:everything")
+    outcome = await _executor(ScriptedTool.named("t"), secret, mcp, access=access).execute(
+        _request(tool="nope")
+    )
+    assert outcome.error_kind is ErrorKind.UNKNOWN_TOOL
+    listed = outcome.message.split("available tools:")[1]
+    assert "secret" not in outcome.message
+    assert sorted(n.strip() for n in listed.split(",")) == ["everything__get-sum", "t"]
+
+
+async def test_tools_are_dispatched_by_their_provider_safe_name() -> None:
+    mcp = ScriptedTool.named("everything.get-sum", source="mcp:everything")
+    executor = _executor(mcp, access=Access(tenants={"*": ("everything.*",)}, agents=OPEN.agents))
+    outcome = await executor.execute(_request(tool="everything__get-sum"))
+    assert outcome.succeeded
+    assert len(mcp.runs) == 1
+    raw = await executor.execute(_request(tool="everything.get-sum", call="r1:1:1"))
+    assert raw.error_kind is ErrorKind.UNKNOWN_TOOL
+
+
+async def test_an_expired_call_says_whether_its_request_had_left() -> None:
+    # A tool that reports its request never left (still connecting) expires safely...
+    connecting = ScriptedTool.named("t", timeout_s=0.05, idempotent=False, sent=False)
+    connecting.gate = asyncio.Event()
+    unsent = await _executor(connecting).execute(_request())
+    assert unsent.error_kind is ErrorKind.TIMED_OUT
+    assert not unsent.executed
+    assert unsent.retryable
+    assert "nothing was sent" in unsent.message
+    # ... one whose request went out is unknown, and the model is told it was sent.
+    posted = ScriptedTool.named("t", timeout_s=0.05, idempotent=False, sent=True)
+    posted.gate = asyncio.Event()
+    unknown = await _executor(posted).execute(_request())
+    assert unknown.error_kind is ErrorKind.OUTCOME_UNKNOWN
+    assert "its request was sent" in unknown.message

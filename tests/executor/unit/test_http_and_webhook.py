@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
 
-from stepline_executor.model import CallContext, ToolError, ToolSpec
+from stepline_executor.model import (
+    CallContext,
+    CallProgress,
+    ToolError,
+    ToolInterruptedError,
+    ToolNotSentError,
+    ToolSpec,
+)
 from stepline_executor.tools.base import SchemaArguments
 from stepline_executor.tools.http import HttpRequest, HttpSettings
 from stepline_executor.tools.netguard import NetworkPolicy, StaticResolver, SystemResolver
@@ -162,3 +171,24 @@ async def test_webhook_http_errors_are_failures(client: httpx.AsyncClient) -> No
         with pytest.raises(ToolError, match="HTTP 503: down for maintenance") as raised:
             await hook.run({}, CTX)
     assert raised.value.retryable
+
+
+async def test_webhook_refused_is_not_sent_and_unanswered_is_interrupted() -> None:
+    schema = {"type": "object"}
+    spec = ToolSpec(name="h", description="d", parameters=schema)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        async with httpx.AsyncClient(trust_env=False, timeout=0.3) as short:
+            # Bound but not listening: the connection is refused, nothing can have arrived.
+            refused = Webhook(spec, f"http://127.0.0.1:{port}/", short, SchemaArguments(schema))
+            first = replace(CTX, progress=CallProgress())
+            with pytest.raises(ToolNotSentError, match="nothing was sent"):
+                await refused.run({}, first)
+            assert first.progress.sent is False
+            # Listening but never answering: the request went out, its effect is unknown.
+            listener.listen()
+            second = replace(CTX, progress=CallProgress())
+            with pytest.raises(ToolInterruptedError, match="did not answer in time"):
+                await refused.run({}, second)
+            assert second.progress.sent is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -23,17 +24,16 @@ def _mount(config: McpServerConfig) -> tuple[McpLink, Registry]:
     registry = Registry()
 
     def on_tools(server: str, tools: object) -> None:
-        registry.remove_source(f"mcp:{server}")
-        for tool in tools:  # type: ignore[attr-defined]
-            registry.add(tool)
+        registry.replace_source(f"mcp:{server}", tools)  # type: ignore[arg-type]
 
     return McpLink(config, on_tools), registry
 
 
 def _tool(registry: Registry, name: str) -> McpTool:
-    tool = registry.get(name)
-    assert isinstance(tool, McpTool)
-    return tool
+    public = registry.get(name)
+    assert public is not None
+    assert isinstance(public.tool, McpTool)
+    return public.tool
 
 
 async def test_stdio_server_tools_are_mounted_and_a_crashed_server_is_restarted() -> None:
@@ -50,8 +50,8 @@ async def test_stdio_server_tools_are_mounted_and_a_crashed_server_is_restarted(
     link.start()
     try:
         assert await link.wait_ready(30)
-        assert registry.names() == ["demo.add", "demo.crash", "demo.shout"]
-        add = _tool(registry, "demo.add")
+        assert registry.names() == ["demo__add", "demo__crash", "demo__retire_shout", "demo__shout"]
+        add = _tool(registry, "demo__add")
         assert add.spec.source == "mcp:demo"
         assert add.spec.parameters["required"] == ["a", "b"]
         output = await add.run(add.parse({"a": 2, "b": 40}), CTX)
@@ -61,14 +61,22 @@ async def test_stdio_server_tools_are_mounted_and_a_crashed_server_is_restarted(
 
         generation = link.generation
         with pytest.raises(ToolError, match="went away") as crashed:
-            await _tool(registry, "demo.crash").run({}, CTX)
+            await _tool(registry, "demo__crash").run({}, CTX)
         assert crashed.value.retryable
         # The failed call marked the session broken; ready again means a fresh process.
         assert await link.wait_ready(30)
         assert link.generation == generation + 1
-        shout = _tool(registry, "demo.shout")
+        shout = _tool(registry, "demo__shout")
         output = await shout.run(shout.parse({"text": "back"}), CTX)
         assert json.loads(output.text) == {"result": "BACK"}
+
+        # A tool the server stops offering leaves the registry at the next probe.
+        await _tool(registry, "demo__retire_shout").run({}, CTX)
+        for _ in range(100):
+            if "demo__shout" not in registry.names():
+                break
+            await asyncio.sleep(0.05)
+        assert registry.names() == ["demo__add", "demo__crash", "demo__retire_shout"]
     finally:
         await link.stop()
 
@@ -99,7 +107,7 @@ async def test_streamable_http_server_tools_are_mounted(http_server: int) -> Non
     try:
         # The server process may still be starting: the supervisor retries until it answers.
         assert await link.wait_ready(30)
-        add = _tool(registry, "remote.add")
+        add = _tool(registry, "remote__add")
         output = await add.run(add.parse({"a": 1, "b": 2}), CTX)
         assert json.loads(output.text) == {"result": 3}
     finally:

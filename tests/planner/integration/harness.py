@@ -50,7 +50,7 @@ wrap_up_max_output_tokens = 100
 [agents.hasty]
 system_prompt = "You are in a hurry."
 route = "r"
-tools = ["echo", "pay"]
+tools = ["echo", "pay", "refund"]
 tool_step_deadline_s = 1.5
 approval_timeout_s = 1
 
@@ -351,7 +351,7 @@ class System:
             await consumer.stop()
 
 
-def tool(name: str, *, approval: bool = False) -> tools_pb2.ToolRegistered:
+def tool(name: str, *, approval: bool = False, idempotent: bool = True) -> tools_pb2.ToolRegistered:
     """A registry entry for a test tool."""
     return tools_pb2.ToolRegistered(
         definition=common_pb2.ToolDefinition(
@@ -359,7 +359,7 @@ def tool(name: str, *, approval: bool = False) -> tools_pb2.ToolRegistered:
             description=f"test tool {name}",
             parameters_json_schema='{"type": "object"}',
             requires_approval=approval,
-            idempotent=True,
+            idempotent=idempotent,
         ),
         source="builtin",
     )

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stepline.v1 import common_pb2, control_pb2, model_pb2, planner_state_pb2, runs_pb2
+from stepline.v1 import common_pb2, control_pb2, model_pb2, planner_state_pb2, runs_pb2, tools_pb2
 from stepline_runtime.ids import derive_run_id
 from stepline_runtime.settings import KafkaSettings
 from tests.planner.integration.harness import System, exhausted, kinds, tool
@@ -29,6 +29,10 @@ SCRIPT = {
     "approval": [{"tools": [{"name": "pay", "args": {"amount": 100}}]}, {"answer": "paid"}],
     "slow": [{"tools": [{"name": "echo", "args": {"sleep_s": 30}}]}, {"answer": "never"}],
     "dropped": [{"tools": [{"name": "echo", "args": {"drop": True}}]}, {"answer": "moved on"}],
+    "dropped-refund": [
+        {"tools": [{"name": "refund", "args": {"drop": True}}]},
+        {"answer": "checked first"},
+    ],
     "spendy": [{"tools": [ECHO], "cost": "0.001"}, {"answer": "unreachable"}],
     "chat": [{"answer": "first answer"}],
     "family:boss": [
@@ -46,7 +50,8 @@ async def system(
     """Planner + responder in a fresh namespace, shared by this module's scenarios."""
     system = System(kafka, tmp_path_factory.mktemp("planner"), SCRIPT)
     await system.start(
-        tools=[tool("echo"), tool("pay", approval=True)], budgets=[exhausted("broke")]
+        tools=[tool("echo"), tool("pay", approval=True), tool("refund", idempotent=False)],
+        budgets=[exhausted("broke")],
     )
     try:
         yield system
@@ -189,6 +194,22 @@ async def test_step_deadline_becomes_a_result_and_run_deadline_fails(system: Sys
     assert of(events, "completed")[0].answer == "moved on"  # type: ignore[attr-defined]
     events = await system.terminal("run-timeout")
     assert of(events, "failed")[0].reason == runs_pb2.RUN_FAILURE_REASON_DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+
+
+async def test_an_expired_call_of_a_non_idempotent_tool_is_an_unknown_outcome(
+    system: System,
+) -> None:
+    # Issue 19 defect 1: the request was sent, no result came back before the step deadline.
+    await system.submit("refund-lost", "hasty", "dropped-refund")
+    events = await system.terminal("refund-lost")
+    [step] = [c for c in of(events, "step_completed") if c.kind == runs_pb2.STEP_KIND_TOOL]  # type: ignore[attr-defined]
+    assert step.outcome == runs_pb2.STEP_OUTCOME_FAILED  # type: ignore[attr-defined]
+    assert step.tool_error_kind == tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN  # type: ignore[attr-defined]
+    assert "may have run" in step.error_message  # type: ignore[attr-defined]
+    state = await latest_state(system, "refund-lost")
+    told = [m.content for m in state.transcript if m.role == common_pb2.ChatMessage.ROLE_TOOL]
+    assert told[0].startswith("error (OUTCOME_UNKNOWN):")
+    assert "TIMED_OUT" not in told[0]
 
 
 async def test_budget_exhaustion(system: System) -> None:

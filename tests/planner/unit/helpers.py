@@ -22,7 +22,7 @@ PRICE = ModelPrice(Decimal("1.00"), Decimal("2.00"))  # per 1M tokens: easy arit
 
 TOOLS = {
     "echo": o.ToolSpec("echo", "Echo the arguments", '{"type":"object"}'),
-    "search": o.ToolSpec("search", "Search", '{"type":"object"}'),
+    "search": o.ToolSpec("search", "Search", '{"type":"object"}', idempotent=True),
     "pay": o.ToolSpec("pay", "Pay someone", '{"type":"object"}', requires_approval=True),
 }
 
@@ -94,6 +94,10 @@ class Driver:
     def events(self, kind: type[T] | None = None) -> list[Any]:
         bodies = [x.body for x in self.out if isinstance(x, o.RunEvent)]
         return [b for b in bodies if kind is None or isinstance(b, kind)]
+
+    def history_events(self, kind: type[T]) -> list[T]:
+        bodies = [x.body for x in self.history if isinstance(x, o.RunEvent)]
+        return [b for b in bodies if isinstance(b, kind)]
 
     def of(self, kind: type[T]) -> list[T]:
         return [x for x in self.out if isinstance(x, kind)]

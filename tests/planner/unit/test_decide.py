@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from stepline_planner import outputs as o
-from stepline_planner.decide import RejectedError, TenantBudget
+from stepline_planner.decide import RejectedError, TenantBudget, next_due
 from stepline_planner.inputs import (
     ApprovalDecided,
     CancelRequested,
@@ -72,12 +72,12 @@ def test_tool_calls_fan_out_in_parallel_and_fan_in_in_model_order() -> None:
     # Results arrive in reverse order; nothing is asked of the model until both are in.
     d.feed(ToolCompleted("r1:3", "r1:3:1", "found"))
     assert not d.of(o.ModelCallRequested)
-    d.feed(ToolCompleted("r1:2", "r1:2:1", "echoed"))
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "echoed", cost=Decimal("0.001")))
     call = d.one(o.ModelCallRequested)
     assert call.step_id == "r1:4"
     tools = [m for m in call.messages if m.role is Role.TOOL]
     assert [(m.tool_call_id, m.content) for m in tools] == [("m1", "echoed"), ("m2", "found")]
-    assert d.state.cost == Decimal("0.001")  # the priced echo tool
+    assert d.state.cost == Decimal("0.001")  # what the executor billed the echo call
     assert d.state.steps_taken == 3
 
 
@@ -191,6 +191,9 @@ def test_cancel_stops_in_flight_tools_and_children() -> None:
     d.feed(CancelRequested("t1", "user changed their mind", "alice"))
     assert d.one(o.ToolCallsCancelRequested).call_ids == ("r1:2:1",)
     assert d.one(o.RunCancelSent).run_id == "r1:3:1"
+    # The priced echo call was in flight: the run's end waits for what it was billed.
+    assert d.events(o.RunCancelled) == []
+    d.feed(ToolFailed("r1:2", "r1:2:1", "CANCELLED", "cancelled: user changed their mind"))
     cancelled = d.events(o.RunCancelled)[0]
     assert (cancelled.reason, cancelled.requested_by) == ("user changed their mind", "alice")
     assert d.state.status is Status.CANCELLED
@@ -225,7 +228,7 @@ def test_child_cancelled_by_parent_says_so() -> None:
 def test_tool_timeout_becomes_a_result_the_model_sees() -> None:
     d = Driver()
     d.start()
-    tools_turn(d, CALLS[:1])
+    tools_turn(d, CALLS[1:])  # search is idempotent: calling it again is safe
     d.feed(Tick(), after_s=31)
     assert d.one(o.ToolCallsCancelRequested).call_ids == ("r1:2:1",)
     assert d.events(o.StepCompleted)[0].outcome is Outcome.TIMED_OUT
@@ -235,10 +238,102 @@ def test_tool_timeout_becomes_a_result_the_model_sees() -> None:
     assert d.events(o.DuplicateResultIgnored)[0].reason is IgnoredReason.ALREADY_COMPLETED
 
 
-def test_tool_timeout_fails_the_run_when_policy_says_so() -> None:
+def test_a_non_idempotent_tool_step_that_expires_is_an_unknown_outcome_not_a_timeout() -> None:
+    # Issue 19 defect 1: "timed out" would invite the model to send the side effect again.
+    d = Driver()
+    d.start()
+    tools_turn(d, CALLS[:1])  # echo is not idempotent
+    d.feed(Tick(), after_s=31)
+    done = d.events(o.StepCompleted)[0]
+    assert (done.outcome, done.tool_error_kind) == (Outcome.FAILED, "OUTCOME_UNKNOWN")
+    told = d.one(o.ModelCallRequested).messages[-1].content
+    assert told.startswith("error (OUTCOME_UNKNOWN):")
+    assert "sent to the tool executor (step started at 2026-11-01T12:00:00" in told
+    assert "may have run" in told
+    assert "TIMED_OUT" not in told
+
+
+def test_failed_tool_results_count_what_they_were_billed() -> None:
+    # Issue 19 defect 2: the ledger bills an executed call whatever its outcome.
+    d = Driver()
+    d.start()
+    tools_turn(d)
+    d.feed(ToolFailed("r1:2", "r1:2:1", "OUTCOME_UNKNOWN", "maybe sent", cost=Decimal("0.25")))
+    d.feed(ToolCompleted("r1:3", "r1:3:1", "found", cost=Decimal("0.002")))
+    costs = [e.cost for e in d.history_events(o.StepCompleted) if e.kind is StepKind.TOOL]
+    assert costs == [Decimal("0.25"), Decimal("0.002")]
+    assert d.state.cost == Decimal("0.252")
+
+
+def test_a_late_result_of_an_expired_call_counts_its_cost_once() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, CALLS[:1])
+    d.feed(Tick(), after_s=31)
+    # Until the executor says what it billed, the tool's price stays out of the budget.
+    assert [u.reserved for u in d.state.unsettled] == [Decimal("0.001")]
+    held_back = d.state.reserved
+    late = ToolFailed(
+        "r1:2", "r1:2:1", "OUTCOME_UNKNOWN", "executor restarted", cost=Decimal("0.001")
+    )
+    d.feed(late, after_s=5)
+    ignored = d.events(o.DuplicateResultIgnored)[0]
+    assert (ignored.reason, ignored.cost) == (IgnoredReason.STEP_TIMED_OUT, Decimal("0.001"))
+    assert d.state.cost == Decimal("0.001")
+    assert d.state.reserved == held_back - Decimal("0.001")
+    d.feed(late)  # a redelivered copy is not counted again
+    assert d.events(o.DuplicateResultIgnored)[0].cost == 0
+    assert d.state.cost == Decimal("0.001")
+
+
+def test_a_run_ending_with_a_priced_call_unsettled_waits_for_its_cost() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d, CALLS[:1])  # echo costs 0.001 a call
+    d.feed(Tick(), after_s=31)
+    d.feed(ModelCompleted("r1:3", "r1:3:1", "done", cost=Decimal("0.01")))
+    assert d.state.status is Status.COMPLETED
+    assert d.events(o.RunCompleted) == []  # held until the executor says what it billed
+    d.feed(ToolFailed("r1:2", "r1:2:1", "OUTCOME_UNKNOWN", "restarted", cost=Decimal("0.001")))
+    completed = d.events(o.RunCompleted)[0]
+    assert completed.cost == Decimal("0.011")
+    assert completed.answer == "done"
+    assert completed.duration.total_seconds() == 31
+
+
+def test_a_held_end_is_released_when_the_settle_window_passes() -> None:
     d = Driver(context(profile(on_tool_timeout=StepTimeoutPolicy.FAIL)))
     d.start()
     tools_turn(d, CALLS[:1])
+    d.feed(Tick(), after_s=31)
+    assert d.state.status is Status.FAILED
+    assert d.events(o.RunFailed) == []
+    due = next_due(d.state, timedelta(hours=1))
+    assert due is not None
+    d.feed(Tick(), after_s=(due - d.now).total_seconds())
+    failed = d.events(o.RunFailed)[0]
+    assert (failed.reason, failed.step_id) == (Reason.DEADLINE_EXCEEDED, "r1:2")
+    assert failed.cost == 0
+    d.feed(ToolFailed("r1:2", "r1:2:1", "OUTCOME_UNKNOWN", "too late", cost=Decimal("0.001")))
+    assert d.events(o.RunFailed) == []
+    assert d.events(o.DuplicateResultIgnored)[0].reason is IgnoredReason.RUN_FINISHED
+
+
+def test_a_cancelled_run_waits_for_what_its_in_flight_calls_were_billed() -> None:
+    d = Driver()
+    d.start()
+    tools_turn(d)  # echo (priced) and search (free) in flight
+    d.feed(CancelRequested("t1", "stop", "alice"))
+    assert d.events(o.RunCancelled) == []
+    d.feed(ToolFailed("r1:2", "r1:2:1", "CANCELLED", "cancelled", cost=Decimal("0.001")))
+    cancelled = d.events(o.RunCancelled)[0]
+    assert (cancelled.cost, cancelled.requested_by) == (Decimal("0.001"), "alice")
+
+
+def test_tool_timeout_fails_the_run_when_policy_says_so() -> None:
+    d = Driver(context(profile(on_tool_timeout=StepTimeoutPolicy.FAIL)))
+    d.start()
+    tools_turn(d, CALLS[1:])
     d.feed(Tick(), after_s=31)
     assert d.events(o.RunFailed)[0].reason is Reason.DEADLINE_EXCEEDED
 
@@ -255,14 +350,15 @@ def test_run_deadline_fails_and_cancels_tools() -> None:
     d.start()
     tools_turn(d, CALLS[:1])
     d.feed(Tick(), after_s=21)
-    assert d.events(o.RunFailed)[0].reason is Reason.DEADLINE_EXCEEDED
     assert d.one(o.ToolCallsCancelRequested).call_ids == ("r1:2:1",)
+    d.feed(ToolFailed("r1:2", "r1:2:1", "CANCELLED", "cancelled: the run failed"))
+    assert d.events(o.RunFailed)[0].reason is Reason.DEADLINE_EXCEEDED
 
 
 def test_run_deadline_wraps_up_when_policy_says_so() -> None:
     d = Driver(context(profile(run_deadline_s=20, on_deadline=DeadlinePolicy.WRAP_UP)))
     d.start()
-    tools_turn(d, CALLS[:1])
+    tools_turn(d, CALLS[1:])
     d.feed(Tick(), after_s=21)
     assert d.events(o.WrapUpStarted)[0].limit is Reason.DEADLINE_EXCEEDED
     call = d.one(o.ModelCallRequested)
@@ -277,7 +373,7 @@ def test_budget_that_does_not_fit_wraps_up() -> None:
     d = Driver()
     d.start(budget=Decimal("0.0021"))
     tools_turn(d, CALLS[:1])
-    d.feed(ToolCompleted("r1:2", "r1:2:1", "x"))  # the echo tool costs 0.001
+    d.feed(ToolCompleted("r1:2", "r1:2:1", "x", cost=Decimal("0.001")))
     assert d.events(o.WrapUpStarted)[0].limit is Reason.BUDGET_EXCEEDED
     assert not d.one(o.ModelCallRequested).tools_allowed
 

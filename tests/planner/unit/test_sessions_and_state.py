@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
-from stepline.v1 import goals_pb2, model_pb2, planner_state_pb2
+from stepline.v1 import common_pb2, control_pb2, goals_pb2, model_pb2, planner_state_pb2, runs_pb2
 from stepline_planner import convert
 from stepline_planner import outputs as o
+from stepline_planner.decide import SETTLE_WINDOW
 from stepline_planner.handlers import PlannerHandler, PlannerTopics
 from stepline_planner.inputs import ModelCompleted, ModelFailed, SessionGranted, Tick, ToolCompleted
 from stepline_planner.profiles import SessionBusyPolicy
@@ -93,6 +95,14 @@ def test_run_state_round_trips_through_the_changelog_format() -> None:
     )
     run = d.state
     assert convert.run_from_proto(convert.run_to_proto(run), "USD") == run
+    held = replace(
+        run,
+        unsettled=(replace(run.pending[0], deadline=run.started_at),),
+        end_held=True,
+        failed_step_id="r1:2",
+        cancelled_by="alice",
+    )
+    assert convert.run_from_proto(convert.run_to_proto(held), "USD") == held
 
 
 def _handler(clock: list[object]) -> tuple[PlannerHandler, PlannerTopics]:
@@ -141,6 +151,50 @@ async def test_handler_restores_state_and_tombstones_finished_runs() -> None:
     assert [(r.topic, r.key, r.value) for r in tombstones] == [("state", b"r1", None)]
 
 
+async def test_handler_timer_releases_a_held_end_instead_of_tombstoning_it() -> None:
+    clock: list[object] = [T0]
+    topics = PlannerTopics("g", "c", "mreq", "mres", "treq", "tres", "runs", "state")
+    profiles = context(profile(), finished_retention_s=60).profiles
+    handler = PlannerHandler(
+        topics,
+        profiles,
+        InMemoryTables(TOOLS),
+        {"echo": Decimal("0.25")},
+        clock=lambda: clock[0],  # type: ignore[arg-type,return-value]
+    )
+    goal = goals_pb2.GoalSubmitted(run_id="r1", tenant_id="t1", agent="a", goal="hi")
+    await handler.handle(_record(topics.goals, "r1", goal))
+    wants_echo = model_pb2.ModelCallResult(
+        run_id="r1",
+        step_id="r1:1",
+        call_id="r1:1:1",
+        completed=model_pb2.ModelCallCompleted(
+            tool_calls=[common_pb2.ToolCall(call_id="m1", name="echo", arguments_json="{}")]
+        ),
+    )
+    await handler.handle(_record(topics.model_results, "r1", wants_echo, 1))
+    cancel = control_pb2.ControlCommand(
+        run_id="r1",
+        tenant_id="t1",
+        run_cancel_requested=control_pb2.RunCancelRequested(reason="stop", requested_by="bob"),
+    )
+    held = await handler.handle(_record(topics.control, "r1", cancel, 2))
+    kinds = [
+        runs_pb2.RunEvent.FromString(r.value or b"").WhichOneof("event")
+        for r in held
+        if r.topic == "runs"
+    ]
+    assert "cancelled" not in kinds  # the priced echo call may still be billed
+    # The settle window passes with no result: the end is released, the state is kept.
+    at = T0 + SETTLE_WINDOW + timedelta(seconds=1)
+    clock[0] = at
+    released = await handler.tick(0, at)
+    events = [runs_pb2.RunEvent.FromString(r.value or b"") for r in released if r.topic == "runs"]
+    assert [e.WhichOneof("event") for e in events] == ["cancelled"]
+    assert events[0].cancelled.requested_by == "bob"
+    assert all(r.value is not None for r in released)
+
+
 async def test_handler_refuses_records_keyed_by_another_run() -> None:
     import pytest
 
@@ -182,3 +236,23 @@ def test_a_retried_step_round_trips_and_a_failure_carries_its_attempt_count() ->
     event = convert.model_result_from_proto(failed)
     assert isinstance(event, ModelFailed)
     assert (event.kind, event.attempts) == ("DEADLINE_EXCEEDED", 2)
+
+
+def test_an_agent_naming_a_tool_no_model_can_be_offered_is_refused() -> None:
+    import pytest
+
+    from stepline_planner import profiles
+    from stepline_pricebook import PriceBook
+    from stepline_routes import load_routes
+
+    text = """
+[agents.a]
+system_prompt = "s"
+route = "local"
+tools = ["calculator", "everything.get-sum"]
+"""
+    book, routes = PriceBook.load(), load_routes()
+    with pytest.raises(profiles.ProfilesError, match=r"tools \['everything.get-sum'\]"):
+        profiles.parse(text, book, routes)
+    ok = text.replace("everything.get-sum", "everything__get-sum")
+    assert profiles.parse(ok, book, routes).agents["a"].tools[1] == "everything__get-sum"

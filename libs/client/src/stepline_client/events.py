@@ -90,7 +90,10 @@ def describe(event: runs_pb2.RunEvent) -> str:
             )
             return f"approval {verdict.lower()}{' (timed out)' if r.timed_out else ''} {r.reason}"
         case "duplicate_result_ignored":
-            return f"duplicate result ignored for {event.duplicate_result_ignored.call_id}"
+            d = event.duplicate_result_ignored
+            if d.HasField("cost"):  # a call given up on reported what it was billed
+                return f"late result for {d.call_id}: its cost {money(d.cost)} counted in the run"
+            return f"duplicate result ignored for {d.call_id}"
         case "budget_reserved":
             b = event.budget_reserved
             return f"budget reserved {money(b.amount)} (in flight {money(b.reserved_total)})"

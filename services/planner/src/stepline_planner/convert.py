@@ -253,10 +253,18 @@ def tool_result_from_proto(result: tools_pb2.ToolCallResult) -> ToolCompleted | 
         raise ConversionError("ToolCallResult has neither completed nor failed")
     if which == "completed":
         done = result.completed
-        return ToolCompleted(result.step_id, result.call_id, done.output, done.output_truncated)
+        return ToolCompleted(
+            result.step_id,
+            result.call_id,
+            done.output,
+            done.output_truncated,
+            cost=decimal_of(result.cost),
+        )
     if which == "failed":
         kind = _enum_name(tools_pb2.ToolCallErrorKind, "TOOL_CALL_ERROR_KIND_", result.failed.kind)
-        return ToolFailed(result.step_id, result.call_id, kind, result.failed.message)
+        return ToolFailed(
+            result.step_id, result.call_id, kind, result.failed.message, decimal_of(result.cost)
+        )
     assert_never(which)
 
 
@@ -493,6 +501,7 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                     f"IGNORED_RESULT_REASON_{b.reason.value}"
                 ),
                 kind=_kind(b.kind),
+                cost=_money(b.cost, c) if b.cost else None,
             )
         )
     elif isinstance(b, o.BudgetReserved):
@@ -567,24 +576,7 @@ def run_to_proto(run: Run) -> planner_state_pb2.RunState:
         status=_status(run.status),
         goal=run.goal,
         transcript=messages_to_proto(run.transcript),
-        pending_steps=[
-            planner_state_pb2.PendingStep(
-                step_id=p.step_id,
-                call_id=p.call_id,
-                kind=_kind(p.kind),
-                deadline=_ts(p.deadline),
-                tool=p.tool,
-                arguments_json=p.arguments_json,
-                model_tool_call_id=p.model_tool_call_id,
-                awaiting_approval=p.awaiting_approval,
-                approval_id=p.approval_id,
-                approval_deadline=_ts(p.approval_deadline),
-                idempotency_key=p.idempotency_key,
-                started_at=_ts(p.started_at),
-                reserved_cost=_money(p.reserved, c),
-            )
-            for p in run.pending
-        ],
+        pending_steps=[_step_to_proto(p, c) for p in run.pending],
         step_ordinal=run.step_ordinal,
         route=run.route,
         max_steps=run.max_steps,
@@ -611,30 +603,54 @@ def run_to_proto(run: Run) -> planner_state_pb2.RunState:
             common_pb2.ToolCall(call_id=t.call_id, name=t.name, arguments_json=t.arguments_json)
             for t in run.queued_tool_calls
         ],
+        unsettled_steps=[_step_to_proto(p, c) for p in run.unsettled],
+        end_held=run.end_held,
+        failed_step_id=run.failed_step_id,
+        cancelled_by=run.cancelled_by,
+    )
+
+
+def _step_to_proto(p: PendingStep, currency: str) -> planner_state_pb2.PendingStep:
+    return planner_state_pb2.PendingStep(
+        step_id=p.step_id,
+        call_id=p.call_id,
+        kind=_kind(p.kind),
+        deadline=_ts(p.deadline),
+        tool=p.tool,
+        arguments_json=p.arguments_json,
+        model_tool_call_id=p.model_tool_call_id,
+        awaiting_approval=p.awaiting_approval,
+        approval_id=p.approval_id,
+        approval_deadline=_ts(p.approval_deadline),
+        idempotency_key=p.idempotency_key,
+        started_at=_ts(p.started_at),
+        reserved_cost=_money(p.reserved, currency),
+    )
+
+
+def _step_from_proto(p: planner_state_pb2.PendingStep) -> PendingStep:
+    epoch = datetime.fromtimestamp(0, UTC)
+    return PendingStep(
+        step_id=p.step_id,
+        call_id=p.call_id,
+        kind=StepKind(_enum_name(runs_pb2.StepKind, "STEP_KIND_", p.kind)),
+        deadline=_dt(p.deadline) or epoch,
+        started_at=_dt(p.started_at) or epoch,
+        tool=p.tool,
+        arguments_json=p.arguments_json,
+        model_tool_call_id=p.model_tool_call_id,
+        awaiting_approval=p.awaiting_approval,
+        approval_id=p.approval_id,
+        approval_deadline=_dt(p.approval_deadline, p.HasField("approval_deadline")),
+        idempotency_key=p.idempotency_key,
+        reserved=decimal_of(p.reserved_cost),
     )
 
 
 def run_from_proto(state: planner_state_pb2.RunState, currency: str) -> Run:
     """A changelog record as a run."""
     epoch = datetime.fromtimestamp(0, UTC)
-    pending = tuple(
-        PendingStep(
-            step_id=p.step_id,
-            call_id=p.call_id,
-            kind=StepKind(_enum_name(runs_pb2.StepKind, "STEP_KIND_", p.kind)),
-            deadline=_dt(p.deadline) or epoch,
-            started_at=_dt(p.started_at) or epoch,
-            tool=p.tool,
-            arguments_json=p.arguments_json,
-            model_tool_call_id=p.model_tool_call_id,
-            awaiting_approval=p.awaiting_approval,
-            approval_id=p.approval_id,
-            approval_deadline=_dt(p.approval_deadline, p.HasField("approval_deadline")),
-            idempotency_key=p.idempotency_key,
-            reserved=decimal_of(p.reserved_cost),
-        )
-        for p in state.pending_steps
-    )
+    pending = tuple(_step_from_proto(p) for p in state.pending_steps)
     return Run(
         run_id=state.run_id,
         tenant_id=state.tenant_id,
@@ -667,6 +683,10 @@ def run_from_proto(state: planner_state_pb2.RunState, currency: str) -> Run:
         failure_message=state.failure_message,
         wrap_up_limit=_reason_of(state.wrap_up_limit),
         steps_taken=state.steps_taken,
+        unsettled=tuple(_step_from_proto(p) for p in state.unsettled_steps),
+        end_held=state.end_held,
+        failed_step_id=state.failed_step_id,
+        cancelled_by=state.cancelled_by,
     )
 
 

@@ -86,6 +86,7 @@ from stepline_vocab import BadInputError, format_amount
 
 __all__ = [
     "DELEGATE_TOOL",
+    "SETTLE_WINDOW",
     "Context",
     "RejectedError",
     "TenantBudget",
@@ -112,6 +113,10 @@ DELEGATE_TOOL = ToolSpec(
 _CHILD_GRACE = timedelta(seconds=5)
 # Requests per model step: one retry when the first outlived the router's downtime.
 _MODEL_STEP_ATTEMPTS = 2
+# How long a priced tool call given up on (step deadline, run ended) may still report what it was
+# billed; a run that ends meanwhile holds its terminal event so its cost equals the ledger. It
+# covers an executor restart and its consumer group's rebalance.
+SETTLE_WINDOW = timedelta(seconds=30)
 
 
 class RejectedError(BadInputError):
@@ -138,7 +143,10 @@ class Context:
 
 def next_due(run: Run, retention: timedelta) -> datetime | None:
     """When `tick` next has something to do for `run` (a deadline, or tombstoning)."""
+    settles = [u.deadline for u in run.unsettled]
     if run.status.terminal:
+        if run.end_held:
+            return min(settles)
         return (run.finished_at or run.updated_at) + retention
     deadline_wrap = (
         run.status is Status.WRAPPING_UP and run.wrap_up_limit is Reason.DEADLINE_EXCEEDED
@@ -146,6 +154,7 @@ def next_due(run: Run, retention: timedelta) -> datetime | None:
     times: list[datetime | None] = [run.deadline] if not deadline_wrap else []
     for step in run.pending:
         times.append(step.approval_deadline if step.awaiting_approval else step.deadline)
+    times.extend(settles)
     return min((t for t in times if t is not None), default=None)
 
 
@@ -894,13 +903,14 @@ def _finish_tool_step(
 
 
 def _on_tool_result(tx: _Tx, event: ToolCompleted | ToolFailed) -> None:
+    if _settle(tx, event):
+        return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.TOOL)
     if step is None:
         return
     if isinstance(event, ToolCompleted):
-        price = tx.ctx.tool_prices.get(step.tool, Decimal(0))
         _finish_tool_step(
-            tx, step, event.output, Outcome.SUCCEEDED, truncated=event.truncated, cost=price
+            tx, step, event.output, Outcome.SUCCEEDED, truncated=event.truncated, cost=event.cost
         )
     else:
         outcome = Outcome.TIMED_OUT if event.kind == "TIMED_OUT" else Outcome.FAILED
@@ -911,7 +921,37 @@ def _on_tool_result(tx: _Tx, event: ToolCompleted | ToolFailed) -> None:
             outcome,
             error_kind=event.kind,
             error_message=event.message,
+            cost=event.cost,
         )
+
+
+def _settle(tx: _Tx, event: ToolCompleted | ToolFailed) -> bool:
+    """Count the cost of a late result for a call given up on; True when `event` was one."""
+    late = next(
+        (u for u in tx.run.unsettled if (u.step_id, u.call_id) == (event.step_id, event.call_id)),
+        None,
+    )
+    if late is None:
+        return False
+    reason = IgnoredReason.RUN_FINISHED if tx.run.status.terminal else IgnoredReason.STEP_TIMED_OUT
+    tx.set(
+        unsettled=tuple(u for u in tx.run.unsettled if u is not late),
+        cost=tx.run.cost + event.cost,
+    )
+    tx.emit(DuplicateResultIgnored(late.step_id, late.call_id, reason, StepKind.TOOL, event.cost))
+    if tx.run.end_held and not tx.run.unsettled:
+        _release_end(tx)
+    return True
+
+
+def _unsettle(tx: _Tx, step: PendingStep) -> None:
+    """Keep waiting for what a sent call given up on was billed, if it may cost anything."""
+    price = tx.ctx.tool_prices.get(step.tool)
+    if step.tool == DELEGATE_TOOL.name or step.awaiting_approval or not price:
+        return
+    # Its price stays reserved until the executor says what it billed.
+    waiting = replace(step, deadline=tx.now + SETTLE_WINDOW, reserved=price)
+    tx.set(unsettled=(*tx.run.unsettled, waiting))
 
 
 def _on_child_ended(tx: _Tx, event: ChildEnded) -> None:
@@ -1006,6 +1046,12 @@ def _on_approval(tx: _Tx, event: ApprovalDecided) -> None:
 
 
 def _on_tick(tx: _Tx) -> None:
+    expired = [u for u in tx.run.unsettled if tx.now >= u.deadline]
+    if expired:
+        # Stop waiting: a result after this still shows its cost on DuplicateResultIgnored only.
+        tx.set(unsettled=tuple(u for u in tx.run.unsettled if u not in expired))
+        if tx.run.end_held and not tx.run.unsettled:
+            _release_end(tx)
     run = tx.run
     if run.status.terminal:
         return
@@ -1046,6 +1092,19 @@ def _on_tick(tx: _Tx) -> None:
 def _on_step_timeout(tx: _Tx, step: PendingStep) -> None:
     seconds = int((step.deadline - step.started_at).total_seconds())
     message = f"no result within {seconds}s"
+    spec = tx.ctx.tools.get(step.tool)
+    if step.kind is StepKind.TOOL and step.tool != DELEGATE_TOOL.name:
+        _unsettle(tx, step)
+        if spec is None or not spec.idempotent:
+            # The request may have reached the tool: "timed out" would invite a second call.
+            message = (
+                f"no result within {seconds}s: the call was sent to the tool executor (step"
+                f" started at {step.started_at.isoformat()}) and may have run, so its outcome"
+                " is unknown; it was not retried. Check the target system before calling it"
+                " again"
+            )
+            _step_unknown(tx, step, message)
+            return
     if step.kind is StepKind.MODEL:
         if _retry_model_step(tx, step, Outcome.TIMED_OUT, message):
             return
@@ -1107,6 +1166,42 @@ def _on_step_timeout(tx: _Tx, step: PendingStep) -> None:
     )
 
 
+def _step_unknown(tx: _Tx, step: PendingStep, message: str) -> None:
+    """End a non-idempotent tool step whose result never came: its outcome is unknown."""
+    kind = "OUTCOME_UNKNOWN"
+    tx.out.append(
+        ToolCallsCancelRequested(
+            tx.run.run_id, tx.run.tenant_id, (step.call_id,), "step deadline exceeded", tx.now
+        )
+    )
+    profile = tx.profile
+    if profile is not None and profile.on_tool_timeout is StepTimeoutPolicy.FAIL:
+        tx.remove(step)
+        tx.set(steps_taken=tx.run.steps_taken + 1)
+        tx.emit(
+            StepCompleted(
+                step.step_id,
+                step.call_id,
+                StepKind.TOOL,
+                Outcome.FAILED,
+                tx.now - step.started_at,
+                tool=step.tool,
+                tool_error_kind=kind,
+                error_message=message,
+            )
+        )
+        _fail(tx, Reason.DEADLINE_EXCEEDED, f"tool step {step.step_id}: {message}", step.step_id)
+        return
+    _finish_tool_step(
+        tx,
+        step,
+        f"error ({kind}): {message}",
+        Outcome.FAILED,
+        error_kind=kind,
+        error_message=message,
+    )
+
+
 def _on_run_deadline(tx: _Tx) -> None:
     profile = tx.profile
     wrap = (
@@ -1150,6 +1245,7 @@ def _abandon(tx: _Tx, text: str, *, cancel_children: bool) -> None:
                 tx.out.append(RunCancelSent(step.call_id, run.tenant_id, text, f"run:{run.run_id}"))
         elif not step.awaiting_approval:
             in_flight.append(step.call_id)
+            _unsettle(tx, step)
     for call in run.queued_tool_calls:
         tx.append(_tool_message(call, text))
     if in_flight:
@@ -1161,10 +1257,63 @@ def _abandon(tx: _Tx, text: str, *, cancel_children: bool) -> None:
 
 def _end(tx: _Tx, status: Status, body: EventBody) -> None:
     tx.set(status=status, finished_at=tx.now)
+    if tx.run.unsettled:
+        # Calls given up on may still be billed: the terminal event waits for their cost (or
+        # the settle window) and is then rebuilt from state, so its cost equals the ledger.
+        tx.set(end_held=True)
+        return
+    _announce_end(tx, body)
+
+
+def _release_end(tx: _Tx) -> None:
+    """Emit the terminal event a settled run held back, with its final cost."""
+    tx.set(end_held=False)
+    _announce_end(tx, _terminal_body(tx.run))
+
+
+def _terminal_body(run: Run) -> EventBody:
+    """The terminal event of an ended run, rebuilt from its state."""
+    duration = (run.finished_at or run.updated_at) - run.started_at
+    match run.status:
+        case Status.COMPLETED:
+            return RunCompleted(
+                run.answer,
+                run.usage,
+                run.cost,
+                run.steps_taken,
+                duration,
+                limit_reached=run.wrap_up_limit,
+            )
+        case Status.FAILED:
+            return RunFailed(
+                run.failure_reason,
+                run.failure_message,
+                run.usage,
+                run.cost,
+                run.steps_taken,
+                duration,
+                run.failed_step_id,
+            )
+        case Status.CANCELLED:
+            by_parent = bool(run.parent_run_id) and run.cancelled_by == f"run:{run.parent_run_id}"
+            return RunCancelled(
+                run.failure_message,
+                run.cancelled_by,
+                by_parent,
+                run.usage,
+                run.cost,
+                run.steps_taken,
+                duration,
+            )
+        case _:
+            raise AssertionError(f"run {run.run_id} is {run.status}, it has not ended")
+
+
+def _announce_end(tx: _Tx, body: EventBody) -> None:
     tx.emit(body)
     run = tx.run
     if run.session_id:
-        completed = status is Status.COMPLETED
+        completed = run.status is Status.COMPLETED
         profiles = tx.ctx.profiles
         memory = bound_memory(run.transcript, profiles.session_memory_messages) if completed else ()
         tx.out.append(
@@ -1176,7 +1325,7 @@ def _end(tx: _Tx, status: Status, body: EventBody) -> None:
                 run.parent_run_id,
                 run.run_id,
                 run.tenant_id,
-                status,
+                run.status,
                 run.answer,
                 run.failure_message,
                 run.usage,
@@ -1207,7 +1356,7 @@ def _complete(tx: _Tx, answer: str) -> None:
 def _fail(tx: _Tx, reason: Reason, message: str, step_id: str = "") -> None:
     if tx.run.pending or tx.run.queued_tool_calls:
         _abandon(tx, f"cancelled: the run failed ({reason.value})", cancel_children=True)
-    tx.set(failure_reason=reason, failure_message=message)
+    tx.set(failure_reason=reason, failure_message=message, failed_step_id=step_id)
     run = tx.run
     _end(
         tx,
@@ -1226,7 +1375,7 @@ def _on_cancel(tx: _Tx, event: CancelRequested) -> None:
     reason = event.reason or "cancelled"
     _abandon(tx, f"cancelled: {reason}", cancel_children=not event.keep_children)
     by_parent = bool(tx.run.parent_run_id) and event.requested_by == f"run:{tx.run.parent_run_id}"
-    tx.set(failure_message=reason)
+    tx.set(failure_message=reason, cancelled_by=event.requested_by)
     run = tx.run
     _end(
         tx,

@@ -156,14 +156,14 @@ class PlannerHandler:
         raise InvalidRecordError(Cause.UNEXPECTED_TYPE, f"topic {record.topic} is not an input")
 
     async def tick(self, partition: int, now: datetime) -> Sequence[OutboundRecord]:
-        """Fire due timers (step, approval and run deadlines) and tombstone expired runs."""
+        """Fire due timers (step, approval, run and settle deadlines); tombstone expired runs."""
         part = self._partitions.get(partition)
         if part is None:
             return []
         outputs: list[OutboundRecord] = []
         for run_id in [k for k, due in part.due.items() if due <= now]:
             run = part.runs[run_id]
-            if run.status.terminal:
+            if run.status.terminal and not run.end_held:
                 outputs.append(OutboundRecord(self._topics.state, run_id.encode(), None))
                 del part.runs[run_id]
                 del part.due[run_id]

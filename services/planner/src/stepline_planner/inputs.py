@@ -91,6 +91,8 @@ class ToolCompleted:
     call_id: str
     output: str
     truncated: bool = False
+    # What the executor billed for the call (its UsageRecorded), 0 when nothing or unpriced.
+    cost: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ class ToolFailed:
     call_id: str
     kind: str
     message: str = ""
+    # What the executor billed: a call that started is billed whatever its outcome.
+    cost: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)

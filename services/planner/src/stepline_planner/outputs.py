@@ -158,6 +158,8 @@ class DuplicateResultIgnored:
     call_id: str
     reason: IgnoredReason
     kind: StepKind
+    # A late tool result's billed cost, counted into the run (its output is not used).
+    cost: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)

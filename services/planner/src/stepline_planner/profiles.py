@@ -18,6 +18,7 @@ from typing import Any
 
 from stepline_pricebook import ModelPrice, PriceBook
 from stepline_routes import RoutesConfig, load_routes, route_economics
+from stepline_runtime.toolnames import SAFE_TOOL_NAME, is_safe_tool_name
 from stepline_vocab import ConfigurationError
 
 __all__ = [
@@ -214,6 +215,13 @@ def _agent(name: str, entry: dict[str, Any], where: str) -> AgentProfile:
         raise ProfilesError(f"{where}: `stream` must be true or false")
     values = dict(entry)
     values["tools"] = tuple(entry.get("tools", ()))
+    unsafe = [t for t in values["tools"] if not is_safe_tool_name(str(t))]
+    if unsafe:
+        raise ProfilesError(
+            f"{where}: tools {unsafe} cannot be offered to a model (names must match"
+            f" {SAFE_TOOL_NAME.pattern}); an MCP tool <server>.<tool> is offered as"
+            " <server>__<tool> (e.g. everything__get-sum)"
+        )
     values["delegates"] = tuple(entry.get("delegates", ()))
     values["approvals"] = {str(k): bool(v) for k, v in entry.get("approvals", {}).items()}
     if "max_cost" in entry:

@@ -167,11 +167,19 @@ class Run:
     failure_message: str = ""
     wrap_up_limit: Reason = Reason.UNSPECIFIED
     steps_taken: int = 0
+    # Tool calls given up on (deadline, run ended) that may still be billed; `deadline` is when
+    # the planner stops waiting for their result. A result settles one: its cost is counted.
+    unsettled: tuple[PendingStep, ...] = ()
+    # The run has ended but its terminal event waits for `unsettled` (so its cost is the ledger's).
+    end_held: bool = False
+    # Details of the ending that the terminal event needs and the state has nowhere else.
+    failed_step_id: str = ""
+    cancelled_by: str = ""
 
     @property
     def reserved(self) -> Decimal:
-        """Money set aside by pending steps."""
-        return sum((p.reserved for p in self.pending), Decimal(0))
+        """Money set aside by pending steps and by calls whose billed cost is not yet known."""
+        return sum((p.reserved for p in (*self.pending, *self.unsettled)), Decimal(0))
 
     def step(self, step_id: str) -> PendingStep | None:
         """The pending step `step_id`, if any."""

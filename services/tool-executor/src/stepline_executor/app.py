@@ -112,7 +112,11 @@ def build_toolbox(config: ToolsConfig, settings: Settings) -> Toolbox:
         )
         tools.append(HttpRequest.build(http_settings, SystemResolver(), client, **limits))
     if config.webhooks:
-        hooks = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        # The call's own time limit bounds the answer; connecting gets its own short limit,
+        # so an unreachable receiver is reported as not sent.
+        hooks = httpx.AsyncClient(
+            trust_env=False, follow_redirects=False, timeout=httpx.Timeout(None, connect=5.0)
+        )
         clients.append(hooks)
         for hook in config.webhooks:
             limits = {
@@ -137,9 +141,7 @@ def build_toolbox(config: ToolsConfig, settings: Settings) -> Toolbox:
     registry = Registry(tools)
 
     def on_tools(server: str, mounted: Sequence[McpTool]) -> None:
-        registry.remove_source(f"mcp:{server}")
-        for tool in mounted:
-            registry.add(tool)
+        registry.replace_source(f"mcp:{server}", mounted)
 
     links = [
         McpLink(
@@ -184,7 +186,12 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         # Give MCP servers a moment so the first announcement includes their tools.
         await asyncio.gather(*(link.wait_ready(15) for link in toolbox.links))
         executor = Executor(
-            toolbox.registry, toolbox.access, store, clock=_now, monotonic=time.monotonic
+            toolbox.registry,
+            toolbox.access,
+            store,
+            clock=_now,
+            monotonic=time.monotonic,
+            start_floor_s=settings.executor_start_floor_s,
         )
         handler = ToolRequests(
             executor,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stepline_executor.executor import DEFAULT_START_FLOOR_S
 from stepline_runtime.settings import ServiceSettings
 from stepline_vocab import ConfigurationError
 
@@ -47,6 +48,12 @@ class Settings(ServiceSettings):
     )
     executor_workers: int = Field(
         default=4, ge=1, description="Consumers in the group: partitions processed in parallel."
+    )
+    executor_start_floor_s: float = Field(
+        default=DEFAULT_START_FLOOR_S,
+        ge=0,
+        description="A non-idempotent call with less of its deadline left is not started"
+        " (reported as a not-started TIMED_OUT the model may safely retry).",
     )
     executor_cancel_listener: bool = Field(
         default=True, description="Watch cancellations of in-flight calls as they are produced."

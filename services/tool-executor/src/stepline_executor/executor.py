@@ -19,17 +19,23 @@ from stepline_executor.model import (
     Outcome,
     Tool,
     ToolError,
+    ToolInterruptedError,
+    ToolNotSentError,
     ToolOutput,
     ToolSpec,
 )
 from stepline_executor.outcomes import CallState, OutcomeStore
-from stepline_executor.registry import Access, Registry
+from stepline_executor.registry import Access, PublicTool, Registry
 
-__all__ = ["Executor", "truncate"]
+__all__ = ["DEFAULT_START_FLOOR_S", "Executor", "truncate"]
 
 log = logging.getLogger(__name__)
 
 _SCHEMA_HINT_CHARS = 2_000
+# A non-idempotent call with less of its deadline left than this is not started: started doomed
+# it could reach its target and then expire, leaving an outcome nobody can know. The service's
+# setting `executor_start_floor_s` overrides it.
+DEFAULT_START_FLOOR_S = 1.0
 
 
 def truncate(text: str, limit: int) -> tuple[str, bool, int]:
@@ -47,6 +53,7 @@ def truncate(text: str, limit: int) -> tuple[str, bool, int]:
 @dataclass
 class _Attempt:
     started_at: float | None = None
+    started_wall: datetime | None = None
 
 
 class Executor:
@@ -61,6 +68,7 @@ class Executor:
         clock: Callable[[], datetime],
         monotonic: Callable[[], float],
         cancels: CancelBook | None = None,
+        start_floor_s: float = DEFAULT_START_FLOOR_S,
     ) -> None:
         self._registry = registry
         self._access = access
@@ -68,6 +76,7 @@ class Executor:
         self._clock = clock
         self._monotonic = monotonic
         self._cancels = cancels or CancelBook()
+        self._start_floor_s = start_floor_s
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[ToolOutput]]] = {}
 
@@ -92,7 +101,9 @@ class Executor:
         tool = self._registry.get(request.tool)
         if tool is None:
             return self._refused(request, ErrorKind.UNKNOWN_TOOL, self._unknown_tool(request))
-        refusal = self._access.refusal(request.tenant_id, request.agent, request.tool)
+        refusal = self._access.refusal(
+            request.tenant_id, request.agent, request.tool, tool.original
+        )
         if refusal:
             return self._refused(request, ErrorKind.NOT_ALLOWED, refusal)
         try:
@@ -108,11 +119,12 @@ class Executor:
         if stored is not None and stored.state is CallState.STARTED and not tool.spec.idempotent:
             # We may have run it already and cannot know: running it again could double a
             # payment or a reply. Tell the model instead, and remember that answer.
+            since = f" at {_iso(stored.started_at)}" if stored.started_at else ""
             outcome = Outcome.failed(
                 ErrorKind.OUTCOME_UNKNOWN,
-                f"tool {tool.spec.name!r} was started before the executor stopped and its"
-                " outcome was not recorded; it was not run again. Check the target system"
-                " before retrying.",
+                f"tool {tool.spec.name!r} was started{since} and may have reached its target,"
+                " but the executor stopped before its outcome was recorded; it was not run"
+                f" again. {_CHECK}",
                 finished_at=self._clock(),
                 executed=True,
             )
@@ -122,7 +134,7 @@ class Executor:
             return outcome
         return await self._run(tool, parsed, request)
 
-    async def _run(self, tool: Tool, parsed: Any, request: CallRequest) -> Outcome:
+    async def _run(self, tool: PublicTool, parsed: Any, request: CallRequest) -> Outcome:
         spec = tool.spec
         now = self._clock()
         reason = self._cancels.reason(request.run_id, request.call_id, request.sequence)
@@ -134,10 +146,22 @@ class Executor:
             if remaining <= 0:
                 late = Outcome.failed(
                     ErrorKind.TIMED_OUT,
-                    "the call's deadline passed before it started",
+                    f"tool {spec.name!r} was not started: the call's deadline passed before it"
+                    " could start; nothing was sent, so calling it again is safe",
                     finished_at=now,
+                    retryable=True,
                 )
                 return await self._finish(request, spec, late)
+            if remaining < self._start_floor_s and not spec.idempotent:
+                doomed = Outcome.failed(
+                    ErrorKind.TIMED_OUT,
+                    f"tool {spec.name!r} was not started: only {remaining:.3g} s of the call's"
+                    f" deadline was left (at least {self._start_floor_s:g} s is needed); nothing"
+                    " was sent, so calling it again is safe",
+                    finished_at=now,
+                    retryable=True,
+                )
+                return await self._finish(request, spec, doomed)
             timeout = min(timeout, remaining)
         context = CallContext(
             tenant_id=request.tenant_id,
@@ -159,15 +183,17 @@ class Executor:
         finally:
             self._inflight.pop(request.call_id, None)
         cancel_reason = self._cancels.reason(request.run_id, request.call_id, -1)
-        outcome = self._outcome(task, attempt, spec, timeout, cancel_reason)
+        outcome = self._outcome(task, attempt, spec, context, cancel_reason)
         return await self._finish(request, spec, outcome)
 
     async def _attempt(
         self, tool: Tool, parsed: Any, context: CallContext, attempt: _Attempt
     ) -> ToolOutput:
         async with asyncio.timeout(context.timeout_s), self._semaphore(tool.spec):
-            await self._store.mark_started(context.call_id, tool.spec.name, self._clock())
+            started = self._clock()
+            await self._store.mark_started(context.call_id, tool.spec.name, started)
             attempt.started_at = self._monotonic()
+            attempt.started_wall = started
             return await tool.run(parsed, context)
 
     def _outcome(
@@ -175,11 +201,13 @@ class Executor:
         task: asyncio.Task[ToolOutput],
         attempt: _Attempt,
         spec: ToolSpec,
-        timeout: float,
+        context: CallContext,
         cancel_reason: str | None,
     ) -> Outcome:
         now = self._clock()
-        executed = attempt.started_at is not None
+        timeout = context.timeout_s
+        # A tool that says its request never left had no effect anywhere: not executed.
+        executed = attempt.started_at is not None and context.progress.sent is not False
         duration = self._monotonic() - attempt.started_at if attempt.started_at else 0.0
         if task.cancelled():
             reason = cancel_reason or "the run cancelled this call"
@@ -197,6 +225,36 @@ class Executor:
                 finished_at=now,
                 executed=executed,
             )
+        lost = isinstance(error, TimeoutError | ToolInterruptedError)
+        if lost and attempt.started_at is not None and not executed:
+            return Outcome.failed(
+                ErrorKind.TIMED_OUT,
+                f"tool {spec.name!r} did not get its request out within {timeout:g} s;"
+                " nothing was sent, so calling it again is safe",
+                finished_at=now,
+                duration_s=duration,
+                retryable=True,
+            )
+        if lost and executed and not spec.idempotent:
+            # The request may have reached the target: never tell the model "timed out".
+            why = (
+                f"did not finish within {timeout:g} s (the call's time limit)"
+                if isinstance(error, TimeoutError)
+                else f"lost its answer: {error}"
+            )
+            reached = (
+                "its request was sent"
+                if context.progress.sent
+                else "it may have reached its target"
+            )
+            return Outcome.failed(
+                ErrorKind.OUTCOME_UNKNOWN,
+                f"tool {spec.name!r} was started at {_iso(attempt.started_wall)} and {reached},"
+                f" but it {why}; its outcome is unknown and it was not run again. {_CHECK}",
+                finished_at=now,
+                duration_s=duration,
+                executed=True,
+            )
         if isinstance(error, TimeoutError):
             return Outcome.failed(
                 ErrorKind.TIMED_OUT,
@@ -213,7 +271,8 @@ class Executor:
                 finished_at=now,
                 duration_s=duration,
                 retryable=error.retryable,
-                executed=executed,
+                # Nothing left the process: no effect anywhere, nothing to bill.
+                executed=executed and not isinstance(error, ToolNotSentError),
             )
         log.error("tool %s raised", spec.name, exc_info=error)
         return Outcome.failed(
@@ -239,8 +298,15 @@ class Executor:
         return Outcome.failed(kind, message, finished_at=self._clock())
 
     def _unknown_tool(self, request: CallRequest) -> str:
-        available = self._access.allowed(request.tenant_id, request.agent, self._registry.names())
+        available = self._access.allowed(request.tenant_id, request.agent, self._registry.tools())
         return f"no tool named {request.tool!r}; available tools: {', '.join(available) or 'none'}"
+
+
+_CHECK = "Check the target system before calling it again."
+
+
+def _iso(at: datetime | None) -> str:
+    return at.isoformat(timespec="milliseconds") if at else "an unknown time"
 
 
 def _cancelled(reason: str, now: datetime) -> Outcome:

@@ -108,7 +108,8 @@ class ToolRequests:
             TOOL_SECONDS.labels(request.tool, outcome.error_kind or "COMPLETED").observe(
                 outcome.duration_s
             )
-        records = [self._result(request, outcome, decoded.headers.traceparent)]
+        billed = self._billed(request, outcome)
+        records = [self._result(request, outcome, billed, decoded.headers.traceparent)]
         if outcome.executed:
             records.append(self._usage(request, outcome))
         return records
@@ -127,7 +128,13 @@ class ToolRequests:
         )
         return stopped
 
-    def _result(self, request: CallRequest, outcome: Outcome, traceparent: str) -> OutboundRecord:
+    def _billed(self, request: CallRequest, outcome: Outcome) -> Decimal | None:
+        """What the usage record of this call charges (None: no record, or unpriced)."""
+        return self._pricing.price_of(request.tool) if outcome.executed else None
+
+    def _result(
+        self, request: CallRequest, outcome: Outcome, billed: Decimal | None, traceparent: str
+    ) -> OutboundRecord:
         result = tools_pb2.ToolCallResult(
             run_id=request.run_id,
             tenant_id=request.tenant_id,
@@ -157,6 +164,9 @@ class ToolRequests:
                 )
             )
         result.finished_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
+        cost = wire.money_to_proto(billed, self._pricing.currency)
+        if cost is not None:  # the same Money as the usage record's
+            result.cost.CopyFrom(cost)
         return encode(
             self._results_topic,
             request.run_id,
@@ -201,8 +211,10 @@ class ToolRequests:
         )
 
 
-def announcement(topic: str, spec: ToolSpec, pricing: Pricing, now: datetime) -> OutboundRecord:
-    """A `ToolRegistered` for the compacted registry topic (key: tool name)."""
+def announcement(
+    topic: str, spec: ToolSpec, pricing: Pricing, now: datetime, original: str = ""
+) -> OutboundRecord:
+    """A `ToolRegistered` for the compacted registry topic (key: the tool's public name)."""
     message = tools_pb2.ToolRegistered(
         definition=common_pb2.ToolDefinition(
             name=spec.name,
@@ -215,6 +227,7 @@ def announcement(topic: str, spec: ToolSpec, pricing: Pricing, now: datetime) ->
         timeout=_duration(spec.timeout_s),
         max_concurrency=spec.max_concurrency,
         max_output_bytes=spec.max_output_bytes,
+        original_name=original if original != spec.name else "",
     )
     price = wire.money_to_proto(pricing.price_of(spec.name), pricing.currency)
     if price is not None:

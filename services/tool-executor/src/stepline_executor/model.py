@@ -13,11 +13,14 @@ from stepline_vocab import BadInputError, ProviderError
 __all__ = [
     "ArgumentsError",
     "CallContext",
+    "CallProgress",
     "CallRequest",
     "ErrorKind",
     "Outcome",
     "Tool",
     "ToolError",
+    "ToolInterruptedError",
+    "ToolNotSentError",
     "ToolOutput",
     "ToolSpec",
 ]
@@ -68,6 +71,14 @@ class CallRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class CallProgress:
+    """What a running tool reports about its request, read if the call is cut off."""
+
+    # False until the request may have left the process, then True; None: the tool never says.
+    sent: bool | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """What a running tool may know about the call (never the whole request)."""
@@ -77,6 +88,7 @@ class CallContext:
     call_id: str
     idempotency_key: str
     timeout_s: float
+    progress: CallProgress = field(default_factory=CallProgress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,24 @@ class ToolError(ProviderError):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+class ToolNotSentError(ToolError):
+    """Nothing left the process (e.g. connection refused): the call had no effect anywhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class ToolInterruptedError(ToolError):
+    """The request was sent but no answer came back (connection died, read timed out).
+
+    Whether the target acted is unknown: the executor reports a non-idempotent tool's call as
+    `OUTCOME_UNKNOWN`, an idempotent one's as a retryable failure.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
 
 
 class ArgumentsError(BadInputError):

@@ -38,6 +38,8 @@ class StoredCall:
     state: CallState
     attempts: int
     outcome: Outcome | None
+    # When the last attempt was started (None: never started, or not known).
+    started_at: datetime | None = None
 
 
 class OutcomeStore(Protocol):
@@ -67,13 +69,16 @@ class InMemoryOutcomeStore:
         """Record the intent to run `call_id`."""
         previous = self.calls.get(call_id)
         attempts = previous.attempts + 1 if previous else 1
-        self.calls[call_id] = StoredCall(call_id, tool, CallState.STARTED, attempts, None)
+        self.calls[call_id] = StoredCall(call_id, tool, CallState.STARTED, attempts, None, at)
 
     async def mark_completed(self, call_id: str, tool: str, outcome: Outcome, at: datetime) -> None:
         """Record the final outcome of `call_id`."""
         previous = self.calls.get(call_id)
         attempts = previous.attempts if previous else 0
-        self.calls[call_id] = StoredCall(call_id, tool, CallState.COMPLETED, attempts, outcome)
+        started = previous.started_at if previous else None
+        self.calls[call_id] = StoredCall(
+            call_id, tool, CallState.COMPLETED, attempts, outcome, started
+        )
 
 
 _SCHEMA = """
@@ -135,14 +140,15 @@ class SqliteOutcomeStore:
     def _get(self, call_id: str) -> StoredCall | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT call_id, tool, state, attempts, outcome_json FROM tool_calls"
+                "SELECT call_id, tool, state, attempts, outcome_json, started_at FROM tool_calls"
                 " WHERE call_id = ?",
                 (call_id,),
             ).fetchone()
         if row is None:
             return None
         outcome = Outcome.from_json_dict(json.loads(row[4])) if row[4] else None
-        return StoredCall(row[0], row[1], CallState(row[2]), int(row[3]), outcome)
+        started = datetime.fromisoformat(row[5]) if row[5] else None
+        return StoredCall(row[0], row[1], CallState(row[2]), int(row[3]), outcome, started)
 
     def _write(self, sql: str, params: tuple[str, ...]) -> None:
         with self._lock:

@@ -3,47 +3,90 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from typing import Any
 
-from stepline_executor.model import Tool, ToolSpec
+from stepline_executor.model import CallContext, Tool, ToolOutput, ToolSpec
+from stepline_executor.names import public_names
 
-__all__ = ["Access", "Registry"]
+__all__ = ["Access", "PublicTool", "Registry"]
 
 
 class Registry:
-    """Tools by name. Every change bumps `version`, so the publisher knows to re-announce."""
+    """Tools by public name. Every change bumps `version`, so the publisher knows to re-announce.
+
+    Tools are added under their own name (`ToolSpec.name`, e.g. MCP's `server.tool`) and served
+    under the provider-safe public name `names.public_names` gives them.
+    """
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._public: dict[str, PublicTool] = {}
         self.version = 0
         for tool in tools:
-            self.add(tool)
+            self._tools[tool.spec.name] = tool
+        self._republish()
 
     def add(self, tool: Tool) -> None:
-        """Register (or replace) a tool."""
+        """Register (or replace) a tool under its own name."""
         self._tools[tool.spec.name] = tool
-        self.version += 1
+        self._republish()
+
+    def replace_source(self, source: str, tools: Iterable[Tool]) -> None:
+        """Make `tools` the whole set from `source` (e.g. an MCP server that (re)connected)."""
+        for name in [n for n, t in self._tools.items() if t.spec.source == source]:
+            del self._tools[name]
+        for tool in tools:
+            self._tools[tool.spec.name] = tool
+        self._republish()
 
     def remove_source(self, source: str) -> None:
         """Drop every tool that came from `source` (e.g. an MCP server that went away)."""
-        names = [name for name, tool in self._tools.items() if tool.spec.source == source]
-        for name in names:
-            del self._tools[name]
-        if names:
-            self.version += 1
+        self.replace_source(source, ())
 
-    def get(self, name: str) -> Tool | None:
-        """The tool called `name`, if registered."""
-        return self._tools.get(name)
+    def get(self, name: str) -> PublicTool | None:
+        """The tool whose public name is `name`, if registered."""
+        return self._public.get(name)
 
     def specs(self) -> list[ToolSpec]:
-        """Every registered tool's spec, sorted by name."""
-        return [self._tools[name].spec for name in sorted(self._tools)]
+        """Every registered tool's public spec, sorted by public name."""
+        return [self._public[name].spec for name in sorted(self._public)]
 
     def names(self) -> list[str]:
-        """Registered tool names, sorted."""
-        return sorted(self._tools)
+        """Registered public names, sorted."""
+        return sorted(self._public)
+
+    def tools(self) -> list[PublicTool]:
+        """Every registered tool, sorted by public name."""
+        return [self._public[name] for name in sorted(self._public)]
+
+    def _republish(self) -> None:
+        mapping = public_names(self._tools)
+        public = {
+            mapping[own]: PublicTool(tool, replace(tool.spec, name=mapping[own]), own)
+            for own, tool in self._tools.items()
+        }
+        if public != self._public:
+            self._public = public
+            self.version += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PublicTool:
+    """A registered tool under its public name; `original` is the name the tool gave itself."""
+
+    tool: Tool
+    spec: ToolSpec
+    original: str
+
+    def parse(self, arguments: dict[str, Any]) -> Any:
+        """Validate `arguments` (the tool's own rules)."""
+        return self.tool.parse(arguments)
+
+    async def run(self, parsed: Any, context: CallContext) -> ToolOutput:
+        """Run the tool itself."""
+        return await self.tool.run(parsed, context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +100,28 @@ class Access:
     tenants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     agents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def refusal(self, tenant_id: str, agent: str, tool: str) -> str | None:
-        """Why `tool` is not allowed for this tenant and agent, or None when it is."""
+    def refusal(self, tenant_id: str, agent: str, tool: str, original: str = "") -> str | None:
+        """Why `tool` is not allowed for this tenant and agent, or None when it is.
+
+        Patterns may name a tool by its public name or by its own (`everything.*`).
+        """
+        names = (tool, original) if original and original != tool else (tool,)
         tenant_rules = self.tenants.get(tenant_id, self.tenants.get("*"))
-        if not tenant_rules or not _matches(tool, tenant_rules):
+        if not tenant_rules or not _matches(names, tenant_rules):
             return f"tool {tool!r} is not allowed for tenant {tenant_id!r}"
         agent_rules = self.agents.get(agent, self.agents.get("*"))
-        if not agent_rules or not _matches(tool, agent_rules):
+        if not agent_rules or not _matches(names, agent_rules):
             return f"tool {tool!r} is not allowed for agent {agent or '(none)'!r}"
         return None
 
-    def allowed(self, tenant_id: str, agent: str, names: Iterable[str]) -> list[str]:
-        """The subset of `names` this tenant and agent may call."""
-        return [n for n in names if self.refusal(tenant_id, agent, n) is None]
+    def allowed(self, tenant_id: str, agent: str, tools: Iterable[PublicTool]) -> list[str]:
+        """The public names of `tools` this tenant and agent may call."""
+        return [
+            t.spec.name
+            for t in tools
+            if self.refusal(tenant_id, agent, t.spec.name, t.original) is None
+        ]
 
 
-def _matches(tool: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatchcase(tool, pattern) for pattern in patterns)
+def _matches(names: Iterable[str], patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(name, pattern) for name in names for pattern in patterns)

@@ -82,13 +82,16 @@ class RegistryAnnouncer:
         if self._version == self._registry.version:
             return
         version = self._registry.version
-        specs = self._registry.specs()
-        names = {spec.name for spec in specs}
+        tools = self._registry.tools()
+        names = {tool.spec.name for tool in tools}
         now = self._clock()
-        records = [announcement(self._topic, spec, self._pricing, now) for spec in specs]
+        records = [
+            announcement(self._topic, tool.spec, self._pricing, now, tool.original)
+            for tool in tools
+        ]
         records += [tombstone(self._topic, name) for name in sorted(self._published - names)]
         await self._publisher.publish(records)
-        log.info("tool registry published", extra={"tools": len(specs)})
+        log.info("tool registry published", extra={"tools": len(tools)})
         self._published = names
         self._version = version
 

@@ -158,6 +158,10 @@ class RunState(_message.Message):
     STEPS_TAKEN_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     QUEUED_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    UNSETTLED_STEPS_FIELD_NUMBER: _builtins.int
+    END_HELD_FIELD_NUMBER: _builtins.int
+    FAILED_STEP_ID_FIELD_NUMBER: _builtins.int
+    CANCELLED_BY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     agent: _builtins.str
@@ -182,6 +186,11 @@ class RunState(_message.Message):
     """RUN_STATUS_WRAPPING_UP: which limit triggered the wrap-up turn."""
     steps_taken: _builtins.int
     """Number of steps taken so far (completed or failed)."""
+    end_held: _builtins.bool
+    """The run has ended; its terminal event waits for the unsettled calls' results."""
+    failed_step_id: _builtins.str
+    """RunFailed.step_id and RunCancelled.requested_by of the ending."""
+    cancelled_by: _builtins.str
     @_builtins.property
     def transcript(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """Conversation so far, system prompt first, bounded (truncated tool outputs, compacted turns)."""
@@ -224,6 +233,12 @@ class RunState(_message.Message):
     def queued_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolCall]:
         """Tool calls of the current model turn not started yet (max parallel tool calls reached)."""
 
+    @_builtins.property
+    def unsettled_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingStep]:
+        """Tool calls given up on (step deadline, run ended) whose result may still carry a cost; their
+        deadline is when the planner stops waiting for it.
+        """
+
     def __init__(
         self,
         *,
@@ -258,10 +273,14 @@ class RunState(_message.Message):
         steps_taken: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         queued_tool_calls: _abc.Iterable[_common_pb2.ToolCall] | None = ...,
+        unsettled_steps: _abc.Iterable[Global___PendingStep] | None = ...,
+        end_held: _builtins.bool = ...,
+        failed_step_id: _builtins.str = ...,
+        cancelled_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cost", b"cost", "deadline", b"deadline", "finished_at", b"finished_at", "reserved_cost", b"reserved_cost", "started_at", b"started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "budget", b"budget", "child_run_ids", b"child_run_ids", "cost", b"cost", "deadline", b"deadline", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "goal", b"goal", "idempotency_key", b"idempotency_key", "last_event_sequence", b"last_event_sequence", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "pending_steps", b"pending_steps", "queued_tool_calls", b"queued_tool_calls", "reserved_cost", b"reserved_cost", "route", b"route", "run_id", b"run_id", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "step_ordinal", b"step_ordinal", "steps_taken", b"steps_taken", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id", "transcript", b"transcript", "updated_at", b"updated_at", "usage", b"usage", "wrap_up_limit", b"wrap_up_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "budget", b"budget", "cancelled_by", b"cancelled_by", "child_run_ids", b"child_run_ids", "cost", b"cost", "deadline", b"deadline", "end_held", b"end_held", "failed_step_id", b"failed_step_id", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "goal", b"goal", "idempotency_key", b"idempotency_key", "last_event_sequence", b"last_event_sequence", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "pending_steps", b"pending_steps", "queued_tool_calls", b"queued_tool_calls", "reserved_cost", b"reserved_cost", "route", b"route", "run_id", b"run_id", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "step_ordinal", b"step_ordinal", "steps_taken", b"steps_taken", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id", "transcript", b"transcript", "unsettled_steps", b"unsettled_steps", "updated_at", b"updated_at", "usage", b"usage", "wrap_up_limit", b"wrap_up_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -623,10 +623,17 @@ class DuplicateResultIgnored(_message.Message):
     CALL_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     call_id: _builtins.str
     reason: Global___IgnoredResultReason.ValueType
     kind: Global___StepKind.ValueType
+    @_builtins.property
+    def cost(self) -> _common_pb2.Money:
+        """A late tool result for a call the planner had given up on: what the call was billed, now
+        counted into the run's cost (the result itself is not shown to the model). Absent otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -634,10 +641,11 @@ class DuplicateResultIgnored(_message.Message):
         call_id: _builtins.str = ...,
         reason: Global___IgnoredResultReason.ValueType = ...,
         kind: Global___StepKind.ValueType = ...,
+        cost: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "kind", b"kind", "reason", b"reason", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "cost", b"cost", "kind", b"kind", "reason", b"reason", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

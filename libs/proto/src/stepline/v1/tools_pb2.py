@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepline/v1/tools.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\x8f\x02\n\x0eToolRegistered\x12/\n\ndefinition\x18\x01 \x01(\x0b\x32\x1b.stepline.v1.ToolDefinition\x12\x0e\n\x06source\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x18\n\x10max_output_bytes\x18\x05 \x01(\x03\x12*\n\x0eprice_per_call\x18\x06 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x31\n\rregistered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf7\x02\n\x11ToolCallRequested\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x30\n\x0crequested_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x08metadata\x18\x0b \x03(\x0b\x32,.stepline.v1.ToolCallRequested.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x18ToolCallsCancelRequested\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61ll_ids\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x30\n\x0crequested_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x02\n\x0eToolCallResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x33\n\tcompleted\x18\x06 \x01(\x0b\x32\x1e.stepline.v1.ToolCallCompletedH\x00\x12-\n\x06\x66\x61iled\x18\x07 \x01(\x0b\x32\x1b.stepline.v1.ToolCallFailedH\x00\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replayed\x18\t \x01(\x08\x42\t\n\x07outcome\"\x9d\x01\n\x11ToolCallCompleted\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x18\n\x10output_truncated\x18\x02 \x01(\x08\x12\x1b\n\x13original_size_bytes\x18\x03 \x01(\x03\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"\x8f\x01\n\x0eToolCallFailed\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.stepline.v1.ToolCallErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tretryable\x18\x04 \x01(\x08*\xcf\x02\n\x11ToolCallErrorKind\x12$\n TOOL_CALL_ERROR_KIND_UNSPECIFIED\x10\x00\x12*\n&TOOL_CALL_ERROR_KIND_INVALID_ARGUMENTS\x10\x01\x12$\n TOOL_CALL_ERROR_KIND_NOT_ALLOWED\x10\x02\x12\"\n\x1eTOOL_CALL_ERROR_KIND_TIMED_OUT\x10\x03\x12)\n%TOOL_CALL_ERROR_KIND_EXECUTION_FAILED\x10\x04\x12(\n$TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN\x10\x05\x12\"\n\x1eTOOL_CALL_ERROR_KIND_CANCELLED\x10\x06\x12%\n!TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepline/v1/tools.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xa6\x02\n\x0eToolRegistered\x12/\n\ndefinition\x18\x01 \x01(\x0b\x32\x1b.stepline.v1.ToolDefinition\x12\x0e\n\x06source\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x18\n\x10max_output_bytes\x18\x05 \x01(\x03\x12*\n\x0eprice_per_call\x18\x06 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x31\n\rregistered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\roriginal_name\x18\x08 \x01(\t\"\xf7\x02\n\x11ToolCallRequested\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x30\n\x0crequested_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x08metadata\x18\x0b \x03(\x0b\x32,.stepline.v1.ToolCallRequested.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x18ToolCallsCancelRequested\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61ll_ids\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x30\n\x0crequested_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb7\x02\n\x0eToolCallResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x33\n\tcompleted\x18\x06 \x01(\x0b\x32\x1e.stepline.v1.ToolCallCompletedH\x00\x12-\n\x06\x66\x61iled\x18\x07 \x01(\x0b\x32\x1b.stepline.v1.ToolCallFailedH\x00\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replayed\x18\t \x01(\x08\x12 \n\x04\x63ost\x18\n \x01(\x0b\x32\x12.stepline.v1.MoneyB\t\n\x07outcome\"\x9d\x01\n\x11ToolCallCompleted\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x18\n\x10output_truncated\x18\x02 \x01(\x08\x12\x1b\n\x13original_size_bytes\x18\x03 \x01(\x03\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"\x8f\x01\n\x0eToolCallFailed\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.stepline.v1.ToolCallErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tretryable\x18\x04 \x01(\x08*\xcf\x02\n\x11ToolCallErrorKind\x12$\n TOOL_CALL_ERROR_KIND_UNSPECIFIED\x10\x00\x12*\n&TOOL_CALL_ERROR_KIND_INVALID_ARGUMENTS\x10\x01\x12$\n TOOL_CALL_ERROR_KIND_NOT_ALLOWED\x10\x02\x12\"\n\x1eTOOL_CALL_ERROR_KIND_TIMED_OUT\x10\x03\x12)\n%TOOL_CALL_ERROR_KIND_EXECUTION_FAILED\x10\x04\x12(\n$TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN\x10\x05\x12\"\n\x1eTOOL_CALL_ERROR_KIND_CANCELLED\x10\x06\x12%\n!TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOOLCALLREQUESTED_METADATAENTRY']._loaded_options = None
   _globals['_TOOLCALLREQUESTED_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_TOOLCALLERRORKIND']._serialized_start=1518
-  _globals['_TOOLCALLERRORKIND']._serialized_end=1853
+  _globals['_TOOLCALLERRORKIND']._serialized_start=1575
+  _globals['_TOOLCALLERRORKIND']._serialized_end=1910
   _globals['_TOOLREGISTERED']._serialized_start=132
-  _globals['_TOOLREGISTERED']._serialized_end=403
-  _globals['_TOOLCALLREQUESTED']._serialized_start=406
-  _globals['_TOOLCALLREQUESTED']._serialized_end=781
-  _globals['_TOOLCALLREQUESTED_METADATAENTRY']._serialized_start=734
-  _globals['_TOOLCALLREQUESTED_METADATAENTRY']._serialized_end=781
-  _globals['_TOOLCALLSCANCELREQUESTED']._serialized_start=784
-  _globals['_TOOLCALLSCANCELREQUESTED']._serialized_end=929
-  _globals['_TOOLCALLRESULT']._serialized_start=932
-  _globals['_TOOLCALLRESULT']._serialized_end=1209
-  _globals['_TOOLCALLCOMPLETED']._serialized_start=1212
-  _globals['_TOOLCALLCOMPLETED']._serialized_end=1369
-  _globals['_TOOLCALLFAILED']._serialized_start=1372
-  _globals['_TOOLCALLFAILED']._serialized_end=1515
+  _globals['_TOOLREGISTERED']._serialized_end=426
+  _globals['_TOOLCALLREQUESTED']._serialized_start=429
+  _globals['_TOOLCALLREQUESTED']._serialized_end=804
+  _globals['_TOOLCALLREQUESTED_METADATAENTRY']._serialized_start=757
+  _globals['_TOOLCALLREQUESTED_METADATAENTRY']._serialized_end=804
+  _globals['_TOOLCALLSCANCELREQUESTED']._serialized_start=807
+  _globals['_TOOLCALLSCANCELREQUESTED']._serialized_end=952
+  _globals['_TOOLCALLRESULT']._serialized_start=955
+  _globals['_TOOLCALLRESULT']._serialized_end=1266
+  _globals['_TOOLCALLCOMPLETED']._serialized_start=1269
+  _globals['_TOOLCALLCOMPLETED']._serialized_end=1426
+  _globals['_TOOLCALLFAILED']._serialized_start=1429
+  _globals['_TOOLCALLFAILED']._serialized_end=1572
 # @@protoc_insertion_point(module_scope)

@@ -38,8 +38,9 @@ class _ToolCallErrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Too
     TOOL_CALL_ERROR_KIND_EXECUTION_FAILED: _ToolCallErrorKind.ValueType  # 4
     """The tool ran and failed (HTTP error, SQL error, exception)."""
     TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN: _ToolCallErrorKind.ValueType  # 5
-    """A non-idempotent tool started but its outcome was never recorded (executor crashed);
-    it is not run again. The model is told the outcome is unknown.
+    """A non-idempotent tool started, so its request may have reached the target, but no
+    outcome came back: the executor crashed, the deadline passed, or the connection died
+    mid-call. It is not run again; the model is told the outcome is unknown.
     """
     TOOL_CALL_ERROR_KIND_CANCELLED: _ToolCallErrorKind.ValueType  # 6
     """Stopped by ToolCallsCancelRequested."""
@@ -59,8 +60,9 @@ TOOL_CALL_ERROR_KIND_TIMED_OUT: ToolCallErrorKind.ValueType  # 3
 TOOL_CALL_ERROR_KIND_EXECUTION_FAILED: ToolCallErrorKind.ValueType  # 4
 """The tool ran and failed (HTTP error, SQL error, exception)."""
 TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN: ToolCallErrorKind.ValueType  # 5
-"""A non-idempotent tool started but its outcome was never recorded (executor crashed);
-it is not run again. The model is told the outcome is unknown.
+"""A non-idempotent tool started, so its request may have reached the target, but no
+outcome came back: the executor crashed, the deadline passed, or the connection died
+mid-call. It is not run again; the model is told the outcome is unknown.
 """
 TOOL_CALL_ERROR_KIND_CANCELLED: ToolCallErrorKind.ValueType  # 6
 """Stopped by ToolCallsCancelRequested."""
@@ -88,12 +90,18 @@ class ToolRegistered(_message.Message):
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     PRICE_PER_CALL_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    ORIGINAL_NAME_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """Where the tool comes from: "builtin", "webhook", "mcp:<server>"."""
     max_concurrency: _builtins.int
     """Most calls of this tool that run at once per executor instance."""
     max_output_bytes: _builtins.int
     """Outputs longer than this are truncated with a visible marker."""
+    original_name: _builtins.str
+    """The tool's own name when it differs from definition.name (an MCP tool "<server>.<tool>"):
+    definition.name is the provider-safe public name (^[a-zA-Z0-9_-]{1,64}$) that models,
+    the planner and the executor use; the executor maps it back when it runs the tool.
+    """
     @_builtins.property
     def definition(self) -> _common_pb2.ToolDefinition: ...
     @_builtins.property
@@ -116,10 +124,11 @@ class ToolRegistered(_message.Message):
         max_output_bytes: _builtins.int = ...,
         price_per_call: _common_pb2.Money | None = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
+        original_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "price_per_call", b"price_per_call", "registered_at", b"registered_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "max_concurrency", b"max_concurrency", "max_output_bytes", b"max_output_bytes", "price_per_call", b"price_per_call", "registered_at", b"registered_at", "source", b"source", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "max_concurrency", b"max_concurrency", "max_output_bytes", b"max_output_bytes", "original_name", b"original_name", "price_per_call", b"price_per_call", "registered_at", b"registered_at", "source", b"source", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,7 +187,10 @@ class ToolCallRequested(_message.Message):
     """Agent profile name; the executor checks the tool is allowed for it."""
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """Absolute deadline; the executor stops the tool and reports TIMED_OUT after it."""
+        """Absolute deadline; the executor stops the tool after it and reports TIMED_OUT (or
+        OUTCOME_UNKNOWN for a non-idempotent tool that had started). A non-idempotent call with
+        less than the executor's start floor left is not started (TIMED_OUT, nothing sent).
+        """
 
     @_builtins.property
     def requested_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -265,6 +277,7 @@ class ToolCallResult(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Ids copied from the request."""
     tenant_id: _builtins.str
@@ -281,6 +294,14 @@ class ToolCallResult(_message.Message):
     def failed(self) -> Global___ToolCallFailed: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cost(self) -> _common_pb2.Money:
+        """What this call was billed: the cost of the UsageRecorded "<call_id>/exec" the executor
+        produced with it (completed or failed). Absent when nothing was billed (the tool never
+        started, or it is unpriced). The planner adds it to the run's cost, so a run's cost
+        equals its ledger entries.
+        """
+
     def __init__(
         self,
         *,
@@ -293,10 +314,11 @@ class ToolCallResult(_message.Message):
         failed: Global___ToolCallFailed | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         replayed: _builtins.bool = ...,
+        cost: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "finished_at", b"finished_at", "outcome", b"outcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "cost", b"cost", "failed", b"failed", "finished_at", b"finished_at", "outcome", b"outcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "completed", b"completed", "failed", b"failed", "finished_at", b"finished_at", "outcome", b"outcome", "replayed", b"replayed", "run_id", b"run_id", "step_id", b"step_id", "tenant_id", b"tenant_id", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "completed", b"completed", "cost", b"cost", "failed", b"failed", "finished_at", b"finished_at", "outcome", b"outcome", "replayed", b"replayed", "run_id", b"run_id", "step_id", b"step_id", "tenant_id", b"tenant_id", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["completed", "failed"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

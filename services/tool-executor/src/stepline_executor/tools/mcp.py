@@ -1,5 +1,10 @@
 """MCP tools: mount the tools of configured MCP servers (stdio or streamable HTTP) as
-`<server>.<tool>`, keep one session per server, and restart a server whose session died."""
+`<server>.<tool>` (published under the provider-safe name the registry gives them), keep one
+session per server, and restart a server whose session died.
+
+A call to a server that is down fails at once as not sent; a call whose session dies while it
+runs may have reached the server, so it fails as interrupted (the executor reports a
+non-idempotent tool's call as `OUTCOME_UNKNOWN`)."""
 
 from __future__ import annotations
 
@@ -16,7 +21,15 @@ import anyio
 from mcp import Client, MCPError, StdioServerParameters
 from mcp_types import CONNECTION_CLOSED, CallToolResult, TextContent
 
-from stepline_executor.model import CallContext, ToolError, ToolOutput, ToolSpec
+from stepline_executor.model import (
+    CallContext,
+    CallProgress,
+    ToolError,
+    ToolInterruptedError,
+    ToolNotSentError,
+    ToolOutput,
+    ToolSpec,
+)
 from stepline_executor.tools.base import SchemaArguments
 
 __all__ = ["McpLink", "McpServerConfig", "McpTool"]
@@ -61,6 +74,8 @@ class McpLink:
         self._ready = asyncio.Event()
         self._broken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Why the last connection attempt failed; None while connected or before the first.
+        self._down: str | None = None
         # Incremented on every successful (re)connection; tests wait on it after a crash.
         self.generation = 0
 
@@ -68,6 +83,11 @@ class McpLink:
     def source(self) -> str:
         """Registry source tag of this server's tools."""
         return f"mcp:{self.config.name}"
+
+    @property
+    def connected(self) -> bool:
+        """Whether a live session is up now."""
+        return self._ready.is_set()
 
     def start(self) -> None:
         """Start supervising (connects in the background)."""
@@ -88,31 +108,52 @@ class McpLink:
             return False
         return True
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float) -> CallToolResult:
-        """Call remote tool `name`; a dead session is reported and restarted."""
-        if not await self.wait_ready(min(timeout_s, self.config.connect_timeout_s)):
-            raise ToolError(f"MCP server {self.config.name!r} is not connected", retryable=True)
-        client = self._client
-        assert client is not None
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        timeout_s: float,
+        progress: CallProgress | None = None,
+    ) -> CallToolResult:
+        """Call remote tool `name`; a dead session is reported and restarted.
+
+        Raises `ToolNotSentError` when the server is not connected (at once when the last
+        connection attempt failed: waiting would only burn the call's deadline) and
+        `ToolInterruptedError` when the session died after the request was handed to it.
+        """
+        client = self._client if self._ready.is_set() else None
+        if client is None and self._down is None:
+            # The first connection is still being made: give it its connect time.
+            await self.wait_ready(min(timeout_s, self.config.connect_timeout_s))
+            client = self._client if self._ready.is_set() else None
+        if progress is not None:
+            progress.sent = False
+        if client is None:
+            why = f" ({self._down})" if self._down else ""
+            raise ToolNotSentError(
+                f"MCP server {self.config.name!r} is unreachable{why}; nothing was sent"
+            )
+        if progress is not None:
+            progress.sent = True  # handed to the session: it may reach the server
         try:
             return await client.call_tool(name, arguments, read_timeout_seconds=timeout_s)
         except MCPError as error:
             if error.code == CONNECTION_CLOSED:
                 self._mark_broken()
-                raise ToolError(
+                raise ToolInterruptedError(
                     f"MCP server {self.config.name!r} went away during the call; it is being"
-                    " restarted",
-                    retryable=True,
+                    " restarted"
                 ) from None
             raise ToolError(f"MCP server {self.config.name!r} error: {error}") from None
         except _LINK_ERRORS as error:
             self._mark_broken()
-            raise ToolError(
-                f"MCP server {self.config.name!r} connection failed ({type(error).__name__})",
-                retryable=True,
+            raise ToolInterruptedError(
+                f"MCP server {self.config.name!r} connection failed during the call"
+                f" ({type(error).__name__})"
             ) from None
 
     def _mark_broken(self) -> None:
+        self._down = "its session was lost; reconnecting"
         self._ready.clear()
         self._broken.set()
 
@@ -134,19 +175,22 @@ class McpLink:
                 async with Client(self._target(), read_timeout_seconds=self.config.timeout_s) as c:
                     listing = await asyncio.wait_for(c.list_tools(), self.config.connect_timeout_s)
                     self._client = c
+                    self._down = None
                     self._broken.clear()
                     self.generation += 1
                     self._on_tools(self.config.name, self._mount(listing.tools))
                     self._ready.set()
                     backoff = 0.5
                     log.info("MCP server connected", extra={"mcp_server": self.config.name})
-                    await self._watch(c)
+                    await self._watch(c, frozenset(t.name for t in listing.tools))
+                    self._down = "its session was lost; reconnecting"
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                self._down = _reason(error)
                 log.warning(
                     "MCP server unavailable; retrying",
-                    extra={"mcp_server": self.config.name, "reason": f"{type(error).__name__}"},
+                    extra={"mcp_server": self.config.name, "reason": self._down},
                 )
             finally:
                 self._ready.clear()
@@ -154,18 +198,27 @@ class McpLink:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
-    async def _watch(self, client: Client) -> None:
-        """Return when the session is known broken (a failed call, or a failed ping)."""
+    async def _watch(self, client: Client, mounted: frozenset[str]) -> None:
+        """Return when the session is known broken (a failed call or probe); re-mount changes."""
         while not self._broken.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._broken.wait(), self.config.ping_interval_s)
             if self._broken.is_set():
                 return
             try:
-                await asyncio.wait_for(client.send_ping(), self.config.connect_timeout_s)
+                # Listing the tools is the probe every protocol version answers (ping is gone
+                # from the 2026-07-28 revision); it also sees tools added or removed.
+                listing = await asyncio.wait_for(
+                    client.list_tools(cache_mode="bypass"), self.config.connect_timeout_s
+                )
             except (MCPError, TimeoutError, *_LINK_ERRORS):
                 log.warning("MCP server stopped answering", extra={"mcp_server": self.config.name})
                 return
+            names = frozenset(t.name for t in listing.tools)
+            if names != mounted:
+                mounted = names
+                self._on_tools(self.config.name, self._mount(listing.tools))
+                log.info("MCP server's tools changed", extra={"mcp_server": self.config.name})
 
     def _mount(self, remote: Sequence[Any]) -> list[McpTool]:
         mounted = []
@@ -196,6 +249,17 @@ class McpLink:
         return mounted
 
 
+def _reason(error: BaseException) -> str:
+    """A short, secret-free reason: the innermost exception type of an anyio group."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    cause = error.__cause__ or error.__context__
+    name = type(error).__name__
+    if isinstance(cause, OSError | ConnectionError) and not isinstance(error, OSError):
+        name = f"{name}: {type(cause).__name__}"
+    return f"connection failed: {name}"
+
+
 @dataclass(frozen=True)
 class McpTool:
     """One mounted MCP tool."""
@@ -211,7 +275,7 @@ class McpTool:
 
     async def run(self, parsed: dict[str, Any], context: CallContext) -> ToolOutput:
         """Call the remote tool; structured content is returned as JSON, else the text."""
-        result = await self.link.call(self.remote_name, parsed, context.timeout_s)
+        result = await self.link.call(self.remote_name, parsed, context.timeout_s, context.progress)
         text = "\n".join(b.text for b in result.content if isinstance(b, TextContent))
         if result.is_error:
             raise ToolError(text or f"MCP tool {self.spec.name!r} failed")

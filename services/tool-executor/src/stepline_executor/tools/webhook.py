@@ -8,7 +8,14 @@ from typing import Any
 
 import httpx
 
-from stepline_executor.model import CallContext, ToolError, ToolOutput, ToolSpec
+from stepline_executor.model import (
+    CallContext,
+    ToolError,
+    ToolInterruptedError,
+    ToolNotSentError,
+    ToolOutput,
+    ToolSpec,
+)
 from stepline_executor.tools.base import SchemaArguments
 
 __all__ = ["Webhook"]
@@ -39,16 +46,35 @@ class Webhook:
             "X-Stepline-Run-Id": context.run_id,
             "X-Stepline-Tenant": context.tenant_id,
         }
+        progress = context.progress
+        progress.sent = False
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            # httpcore's trace hook: the first byte of the request is about to leave.
+            if event.endswith("send_request_headers.started"):
+                progress.sent = True
+
         try:
             response = await self.client.post(
-                self.url, json=parsed, headers=headers, follow_redirects=False
+                self.url,
+                json=parsed,
+                headers=headers,
+                follow_redirects=False,
+                extensions={"trace": trace},
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            # No connection, so no request: the receiver cannot have acted on it.
+            raise ToolNotSentError(
+                f"webhook {self.spec.name!r} unreachable ({type(error).__name__}); nothing was sent"
+            ) from None
         except httpx.TimeoutException:
-            raise ToolError(f"webhook {self.spec.name!r} did not answer in time") from None
+            raise ToolInterruptedError(
+                f"webhook {self.spec.name!r} did not answer in time"
+            ) from None
         except httpx.HTTPError as error:
-            raise ToolError(
-                f"webhook {self.spec.name!r} unreachable: {type(error).__name__}",
-                retryable=True,
+            raise ToolInterruptedError(
+                f"webhook {self.spec.name!r} connection failed during the call"
+                f" ({type(error).__name__})"
             ) from None
         if response.is_success:
             content_type = response.headers.get("content-type", "text/plain").split(";")[0]
