@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status \
-        test test-unit demo bench chaos chaos-cluster clean
+        test test-unit demo bench chaos chaos-cluster clean chromium
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -61,7 +61,15 @@ kafka-status: install ## Show whether the local broker is up
 test-unit: install ## Unit tests only (no broker)
 	$(RUN) pytest tests/unit $(PYTEST_ARGS)
 
-test: install lint typecheck proto-check ## Everything CI runs: lint, types, proto drift, all tests on a real broker
+CHROMIUM := /usr/bin/chromium
+chromium: ## Debian's Chromium for the console's browser tests (installed with apt-get when missing)
+	@test -x $(CHROMIUM) || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    chromium fonts-dejavu-core </dev/null; }
+
+test: install chromium lint typecheck proto-check ## Everything CI runs: lint, types, proto drift, all tests on a real broker
 	$(KAFKA) run -- $(RUN) pytest $(PYTEST_ARGS)
 
 demo: install ## Run a support goal end to end: broker, services, live steps, failover, cost table

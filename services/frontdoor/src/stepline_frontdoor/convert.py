@@ -1,0 +1,154 @@
+"""Wire types to read-model facts: the only place the projection touches protobuf."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2, usage_pb2
+from stepline_frontdoor.readmodel import AttemptRow, EventKind, Final, RunFact
+
+__all__ = ["attempt_row", "enum_label", "run_fact"]
+
+
+def _time(stamp: Timestamp, fallback: datetime) -> datetime:
+    if not stamp.seconds and not stamp.nanos:
+        return fallback
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _amount(money: common_pb2.Money) -> Decimal:
+    try:
+        value = Decimal(money.amount or "0")
+    except InvalidOperation:
+        return Decimal(0)
+    return value if value.is_finite() else Decimal(0)
+
+
+def enum_label(name: str, prefix: str) -> str:
+    """`MODEL_ATTEMPT_OUTCOME_RATE_LIMITED` → `rate_limited`."""
+    return name.removeprefix(prefix).lower()
+
+
+def _final(event: runs_pb2.RunEvent, kind: str) -> Final:
+    done = getattr(event, kind)
+    reason = ""
+    if kind == "failed":
+        reason = enum_label(
+            runs_pb2.RunFailureReason.Name(event.failed.reason), "RUN_FAILURE_REASON_"
+        )
+    return Final(
+        steps=done.steps,
+        cost=_amount(done.cost),
+        currency=done.cost.currency,
+        input_tokens=done.usage.input_tokens,
+        output_tokens=done.usage.output_tokens,
+        answer=event.completed.answer if kind == "completed" else "",
+        failure_reason=reason,
+        failure_message=event.failed.message if kind == "failed" else event.cancelled.reason,
+    )
+
+
+def run_fact(event: runs_pb2.RunEvent, received_at: datetime) -> RunFact:
+    """The fact a `RunEvent` states; `received_at` stands in for a missing `occurred_at`."""
+    which = event.WhichOneof("event")
+    if which is None:
+        raise ValueError("RunEvent carries no event")
+    kind = EventKind(which)
+    detail = getattr(event, which)
+    body: dict[str, Any] = MessageToDict(detail, preserving_proto_field_name=True)
+    fields: dict[str, Any] = {}
+    if kind is EventKind.STARTED:
+        s = event.started
+        fields = {
+            "goal": s.goal,
+            "session_id": s.session_id,
+            "parent_run_id": s.parent_run_id,
+            "submitted_by": s.submitted_by,
+            "route": s.route,
+        }
+    elif kind is EventKind.APPROVAL_REQUESTED:
+        a = event.approval_requested
+        fields = {
+            "approval_id": a.approval_id,
+            "step_id": a.step_id,
+            "call_id": a.call_id,
+            "tool": a.tool,
+            "arguments_json": a.arguments_json,
+            "expires_at": _time(a.expires_at, received_at) if a.HasField("expires_at") else None,
+        }
+    elif kind is EventKind.APPROVAL_RESOLVED:
+        r = event.approval_resolved
+        fields = {
+            "approval_id": r.approval_id,
+            "step_id": r.step_id,
+            "call_id": r.call_id,
+            "approved": r.decision == control_pb2.APPROVAL_DECISION_APPROVED,
+            "reason": r.reason,
+            "decided_by": r.decided_by,
+            "timed_out": r.timed_out,
+            "arguments_edited": r.arguments_edited,
+        }
+    elif kind is EventKind.CHILD_RUN_STARTED:
+        fields = {"child_run_id": event.child_run_started.child_run_id}
+    elif kind is EventKind.STEP_COMPLETED:
+        c = event.step_completed
+        fields = {
+            "step_cost": _amount(c.cost),
+            "step_currency": c.cost.currency,
+            "step_input_tokens": c.usage.input_tokens,
+            "step_output_tokens": c.usage.output_tokens,
+        }
+    elif kind in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED):
+        fields = {"final": _final(event, which)}
+    return RunFact(
+        run_id=event.run_id,
+        tenant_id=event.tenant_id,
+        agent=event.agent,
+        sequence=event.sequence,
+        occurred_at=_time(event.occurred_at, received_at),
+        kind=kind,
+        body=body,
+        **fields,
+    )
+
+
+def attempt_row(record: usage_pb2.UsageRecorded, received_at: datetime) -> AttemptRow:
+    """The attempt row of one `UsageRecorded`."""
+    model = record.kind == usage_pb2.USAGE_KIND_MODEL_ATTEMPT
+    if model:
+        outcome = enum_label(
+            model_pb2.ModelAttemptOutcome.Name(record.outcome), "MODEL_ATTEMPT_OUTCOME_"
+        )
+    else:
+        outcome = "succeeded" if record.succeeded else "failed"
+    latency = record.latency.seconds * 1000 + record.latency.nanos / 1e6
+    return AttemptRow(
+        usage_id=record.usage_id,
+        tenant_id=record.tenant_id,
+        run_id=record.run_id,
+        step_id=record.step_id,
+        call_id=record.call_id,
+        kind="model" if model else "tool",
+        agent=record.agent,
+        route=record.route,
+        provider=record.provider,
+        model=record.model,
+        deployment=record.deployment,
+        tool=record.tool,
+        outcome=outcome,
+        succeeded=record.succeeded,
+        status_code=record.status_code,
+        attempt=record.attempt,
+        input_tokens=record.usage.input_tokens,
+        output_tokens=record.usage.output_tokens,
+        cost=_amount(record.cost),
+        currency=record.cost.currency,
+        priced=record.priced,
+        latency_ms=round(latency, 3),
+        occurred_at=_time(record.occurred_at, received_at),
+    )

@@ -1,0 +1,466 @@
+"""Inbound HTTP port: the JSON API, Server-Sent Events and the console's static pages.
+
+Every `/api` call authenticates a bearer key; the tenant is the key's, never the request's. A
+run of another tenant is answered exactly like a run that does not exist (404).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from stepline_client.client import Goal
+from stepline_frontdoor.commands import Cancel, Commands, Decision
+from stepline_frontdoor.live import RunFeed
+from stepline_frontdoor.readmodel import ApprovalStatus, RunStatus
+from stepline_frontdoor.reports import Granularity, provider_health, spend
+from stepline_frontdoor.schemas import (
+    Approval,
+    ApprovalList,
+    Attempt,
+    CancelBody,
+    DecisionBody,
+    Error,
+    ErrorBody,
+    Event,
+    Me,
+    Provider,
+    ProviderList,
+    Run,
+    RunDetail,
+    RunPage,
+    Spend,
+    SpendList,
+    SubmitBody,
+    Submitted,
+)
+from stepline_frontdoor.store import ReadStore, RunFilter
+from stepline_keys import (
+    Authenticator,
+    AuthError,
+    PermissionDeniedError,
+    Principal,
+    Scope,
+    UnauthenticatedError,
+)
+
+__all__ = ["ENDPOINTS", "STATIC", "Api", "ApiError", "Endpoint", "Param", "build_app"]
+
+STATIC = Path(__file__).parent / "static"
+
+B = TypeVar("B", bound=BaseModel)
+Handler = Callable[[Request, Principal], Awaitable[Response]]
+
+_TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A query parameter, as the OpenAPI document lists it."""
+
+    name: str
+    description: str
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One API operation: route, scope, and what the OpenAPI document says of it."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    scope: Scope
+    handler: str  # name of the `Api` method
+    status: int = 200
+    response: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    params: tuple[Param, ...] = ()
+    stream: bool = False
+
+
+def _string(description: str, name: str, **extra: Any) -> Param:
+    return Param(name, description, {"type": "string", **extra})
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/api/me", "getMe", "The key's tenant and scopes", Scope.RUNS_READ,
+             "me", response=Me),
+    Endpoint("GET", "/api/runs", "listRuns", "Runs of the key's tenant, newest first",
+             Scope.RUNS_READ, "list_runs", response=RunPage, params=(
+                 _string("Must be the key's tenant when given", "tenant"),
+                 _string("Agent profile name", "agent"),
+                 _string("Run status", "status", enum=[s.value for s in RunStatus]),
+                 _string("Started at or after (ISO 8601)", "since", format="date-time"),
+                 _string("Runs started by this parent run", "parent"),
+                 Param("limit", "Page size (1–1000, default 50)",
+                       {"type": "integer", "minimum": 1, "maximum": 1000}),
+                 _string("`next_cursor` of the previous page", "cursor"),
+             )),
+    Endpoint("POST", "/api/runs", "submitGoal", "Submit a goal (publishes GoalSubmitted)",
+             Scope.GOALS_SUBMIT, "submit", status=202, response=Submitted, body=SubmitBody),
+    Endpoint("GET", "/api/runs/{run_id}", "getRun",
+             "A run with its timeline, attempts, approvals and child runs", Scope.RUNS_READ,
+             "get_run", response=RunDetail),
+    Endpoint("GET", "/api/runs/{run_id}/events", "watchRun",
+             "The run's timeline as Server-Sent Events (`run-event`), live until it ends",
+             Scope.RUNS_READ, "watch_run", stream=True, params=(
+                 Param("after", "Only events after this sequence (or Last-Event-ID)",
+                       {"type": "integer", "minimum": 0}),
+             )),
+    Endpoint("POST", "/api/runs/{run_id}/cancel", "cancelRun",
+             "Cancel a run (publishes RunCancelRequested)", Scope.GOALS_SUBMIT, "cancel",
+             status=202, body=CancelBody),
+    Endpoint("GET", "/api/approvals", "listApprovals", "Approvals of the key's tenant",
+             Scope.RUNS_READ, "list_approvals", response=ApprovalList, params=(
+                 _string("Approval status (default pending)", "status",
+                         enum=[s.value for s in ApprovalStatus]),
+             )),
+    Endpoint("POST", "/api/runs/{run_id}/approvals/{approval_id}", "decideApproval",
+             "Approve (optionally with edited arguments) or deny a pending tool call",
+             Scope.APPROVALS_DECIDE, "decide", status=202, body=DecisionBody),
+    Endpoint("GET", "/api/costs", "getCosts",
+             "Spend per window, agent, model and tool, from the usage records",
+             Scope.USAGE_READ, "costs", response=SpendList, params=(
+                 _string("Window width", "granularity", enum=[g.value for g in Granularity]),
+                 _string("From (ISO 8601; default: 7 days ago)", "since", format="date-time"),
+             )),
+    Endpoint("GET", "/api/providers", "getProviders",
+             "Per deployment: attempt rate, errors by outcome, latency, circuit state",
+             Scope.USAGE_READ, "providers", response=ProviderList, params=(
+                 Param("minutes", "Window (1–1440, default 15)",
+                       {"type": "integer", "minimum": 1, "maximum": 1440}),
+             )),
+)  # fmt: skip
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = ErrorBody(error=Error(code=code, message=message))
+    return Response(
+        body.model_dump_json(), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _parse_time(raw: str | None, name: str) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise ApiError(400, "invalid_argument", f"`{name}` is not an ISO 8601 time") from error
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _parse_int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ApiError(400, "invalid_argument", f"`{name}` must be an integer") from error
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_argument", f"`{name}` must be within {low}–{high}")
+    return value
+
+
+async def _body(request: Request, model: type[B]) -> B:
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
+        )
+        raise ApiError(400, "invalid_argument", problems) from error
+
+
+class Api:
+    """The API's handlers over the read model, the command port and the key authenticator."""
+
+    def __init__(
+        self,
+        store: ReadStore,
+        commands: Commands,
+        authenticator: Authenticator,
+        feed: RunFeed,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        heartbeat_s: float = 15.0,
+    ) -> None:
+        self._store = store
+        self._commands = commands
+        self._auth = authenticator
+        self._feed = feed
+        self._clock = clock
+        self._heartbeat_s = heartbeat_s
+
+    def authenticate(self, request: Request, scope: Scope) -> Principal:
+        """The caller's principal, holding `scope`; raises `AuthError`."""
+        header = request.headers.get("authorization", "")
+        secret = header[7:].strip() if header[:7].lower() == "bearer " else None
+        principal = self._auth.authenticate(secret)
+        if not principal.has(scope):
+            raise PermissionDeniedError(f"this key lacks the `{scope.value}` scope")
+        return principal
+
+    def route(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        """The Starlette endpoint of `endpoint`: authenticate, call, map errors."""
+        handler: Handler = getattr(self, endpoint.handler)
+
+        async def call(request: Request) -> Response:
+            try:
+                principal = self.authenticate(request, endpoint.scope)
+                return await handler(request, principal)
+            except UnauthenticatedError as error:
+                return _error(401, "unauthenticated", str(error), {"WWW-Authenticate": "Bearer"})
+            except PermissionDeniedError as error:
+                return _error(403, "permission_denied", str(error))
+            except AuthError as error:
+                return _error(403, "permission_denied", str(error))
+            except ApiError as error:
+                return _error(error.status, error.code, error.message)
+
+        return call
+
+    def _run_or_404(self, principal: Principal, run_id: str) -> Run:
+        row = self._store.run(principal.tenant_id, run_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no run {run_id}")
+        return Run.of(row)
+
+    # -- handlers --------------------------------------------------------------------------
+    async def me(self, request: Request, principal: Principal) -> Response:
+        """The key's tenant and scopes."""
+        scopes = sorted(s.value for s in principal.scopes)
+        return _json(Me(key_id=principal.key_id, tenant_id=principal.tenant_id,
+                        label=principal.label, scopes=scopes))  # fmt: skip
+
+    async def list_runs(self, request: Request, principal: Principal) -> Response:
+        """Runs of the key's tenant, filtered and paginated."""
+        q = request.query_params
+        tenant = q.get("tenant") or principal.tenant_id
+        if tenant != principal.tenant_id:
+            raise ApiError(403, "permission_denied", "a key reads its own tenant's runs only")
+        status = q.get("status") or None
+        if status is not None and status not in RunStatus._value2member_map_:
+            raise ApiError(400, "invalid_argument", f"unknown status {status!r}")
+        query = RunFilter(
+            tenant_id=tenant,
+            agent=q.get("agent", ""),
+            status=RunStatus(status) if status else None,
+            since=_parse_time(q.get("since"), "since"),
+            parent_run_id=q.get("parent", ""),
+            limit=_parse_int(q.get("limit"), "limit", 50, 1, 1000),
+            cursor=q.get("cursor", ""),
+        )
+        try:
+            page = self._store.list_runs(query)
+        except ValueError as error:
+            raise ApiError(400, "invalid_argument", str(error)) from error
+        return _json(RunPage(runs=[Run.of(r) for r in page.runs], next_cursor=page.next_cursor))
+
+    async def submit(self, request: Request, principal: Principal) -> Response:
+        """Publish a goal for the key's tenant."""
+        body = await _body(request, SubmitBody)
+        if not principal.may_use_agent(body.agent):
+            raise ApiError(403, "permission_denied", f"this key may not run agent {body.agent!r}")
+        run_id = await self._commands.submit(
+            Goal(
+                body.goal,
+                tenant_id=principal.tenant_id,
+                agent=body.agent,
+                session_id=body.session_id,
+                budget=body.budget,
+                currency=body.currency,
+                metadata=body.metadata,
+                idempotency_key=body.idempotency_key,
+                submitted_by=principal.label or principal.key_id,
+            )
+        )
+        return _json(Submitted(run_id=run_id), 202)
+
+    async def get_run(self, request: Request, principal: Principal) -> Response:
+        """A run with everything the run page shows."""
+        run_id = request.path_params["run_id"]
+        run = self._run_or_404(principal, run_id)
+        tenant = principal.tenant_id
+        children = self._store.list_runs(
+            RunFilter(tenant_id=tenant, parent_run_id=run_id, limit=1000)
+        )
+        detail = RunDetail(
+            run=run,
+            events=[Event.of(e) for e in self._store.events(tenant, run_id)],
+            attempts=[Attempt.of(a) for a in self._store.attempts(tenant, run_id)],
+            approvals=[Approval.of(a) for a in self._store.approvals(tenant, run_id=run_id)],
+            children=[Run.of(r) for r in children.runs],
+        )
+        return _json(detail)
+
+    async def watch_run(self, request: Request, principal: Principal) -> Response:
+        """Server-Sent Events of the run's timeline, live until the run ends."""
+        run_id = request.path_params["run_id"]
+        self._run_or_404(principal, run_id)
+        after = _parse_int(
+            request.query_params.get("after") or request.headers.get("last-event-id"),
+            "after",
+            0,
+            0,
+            2**62,
+        )
+        stream = self._stream(request, principal.tenant_id, run_id, after)
+        return StreamingResponse(
+            stream,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(
+        self, request: Request, tenant: str, run_id: str, after: int
+    ) -> AsyncIterator[str]:
+        last = after
+        yield "retry: 2000\n\n"
+        while True:
+            for event in self._store.events(tenant, run_id, last):
+                last = event.sequence
+                data = Event.of(event).model_dump_json()
+                yield f"id: {event.sequence}\nevent: run-event\ndata: {data}\n\n"
+            run = self._store.run(tenant, run_id)
+            if run is None or run.status in _TERMINAL:
+                yield "event: end\ndata: {}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            changed = await self._feed.wait(run_id, self._heartbeat_s)
+            # Usage arrives without a run event: tell the page to re-read the attempts.
+            yield "event: changed\ndata: {}\n\n" if changed else ": heartbeat\n\n"
+
+    async def cancel(self, request: Request, principal: Principal) -> Response:
+        """Ask the planner to cancel the run."""
+        run_id = request.path_params["run_id"]
+        run = self._run_or_404(principal, run_id)
+        body = await _body(request, CancelBody)
+        if RunStatus(run.status) in _TERMINAL:
+            raise ApiError(409, "failed_precondition", f"run {run_id} has already ended")
+        await self._commands.cancel(
+            Cancel(run_id, principal.tenant_id, body.reason or "cancelled from the console",
+                   principal.label or principal.key_id, body.keep_children)
+        )  # fmt: skip
+        return Response(status_code=202)
+
+    async def list_approvals(self, request: Request, principal: Principal) -> Response:
+        """Approvals of the tenant, pending by default."""
+        raw = request.query_params.get("status") or ApprovalStatus.PENDING.value
+        if raw not in ApprovalStatus._value2member_map_:
+            raise ApiError(400, "invalid_argument", f"unknown approval status {raw!r}")
+        rows = self._store.approvals(principal.tenant_id, status=ApprovalStatus(raw))
+        return _json(ApprovalList(approvals=[Approval.of(a) for a in rows]))
+
+    async def decide(self, request: Request, principal: Principal) -> Response:
+        """Publish the approver's decision, with who decided."""
+        run_id = request.path_params["run_id"]
+        approval_id = request.path_params["approval_id"]
+        self._run_or_404(principal, run_id)
+        body = await _body(request, DecisionBody)
+        found = self._store.approvals(principal.tenant_id, run_id=run_id)
+        approval = next((a for a in found if a.approval_id == approval_id), None)
+        if approval is None:
+            raise ApiError(404, "not_found", f"no approval {approval_id} in run {run_id}")
+        if approval.status is not ApprovalStatus.PENDING:
+            state = approval.status.value
+            raise ApiError(409, "failed_precondition", f"approval {approval_id} is already {state}")
+        if body.edited_arguments is not None and body.decision != "approve":
+            raise ApiError(400, "invalid_argument", "edited_arguments go with an approval only")
+        edited = "" if body.edited_arguments is None else json.dumps(body.edited_arguments)
+        await self._commands.decide(
+            Decision(
+                run_id=run_id,
+                tenant_id=principal.tenant_id,
+                approval_id=approval_id,
+                call_id=approval.call_id,
+                approve=body.decision == "approve",
+                reason=body.reason,
+                decided_by=principal.label or principal.key_id,
+                edited_arguments_json=edited,
+            )
+        )
+        return Response(status_code=202)
+
+    async def costs(self, request: Request, principal: Principal) -> Response:
+        """Spend of the tenant per window."""
+        raw = request.query_params.get("granularity") or Granularity.HOUR.value
+        if raw not in Granularity._value2member_map_:
+            raise ApiError(400, "invalid_argument", f"unknown granularity {raw!r}")
+        since = _parse_time(request.query_params.get("since"), "since")
+        since = since or self._clock() - timedelta(days=7)
+        lines = spend(self._store.attempts_since(principal.tenant_id, since), Granularity(raw))
+        return _json(SpendList(granularity=raw, lines=[Spend.of(s) for s in lines]))
+
+    async def providers(self, request: Request, principal: Principal) -> Response:
+        """Deployment health from the attempts (all tenants' for an admin key)."""
+        minutes = _parse_int(request.query_params.get("minutes"), "minutes", 15, 1, 1440)
+        now = self._clock()
+        window = timedelta(minutes=minutes)
+        tenant = None if principal.has(Scope.ADMIN) else principal.tenant_id
+        health = provider_health(
+            self._store.attempts_since(tenant, now - window), now=now, window=window
+        )
+        return _json(ProviderList(window_minutes=minutes,
+                                  providers=[Provider.of(p) for p in health]))  # fmt: skip
+
+
+def build_app(
+    api: Api,
+    openapi: Callable[[], dict[str, Any]],
+    ready: Callable[[], bool],
+) -> Starlette:
+    """The Starlette application: API routes from `ENDPOINTS`, OpenAPI, health and pages."""
+
+    async def index(_: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def document(_: Request) -> Response:
+        return JSONResponse(openapi())
+
+    async def health(_: Request) -> Response:
+        caught_up = ready()
+        return JSONResponse({"ready": caught_up}, status_code=200 if caught_up else 503)
+
+    async def unknown(_: Request) -> Response:
+        return _error(404, "not_found", "no such API endpoint")
+
+    routes: list[BaseRoute] = [Route(e.path, api.route(e), methods=[e.method]) for e in ENDPOINTS]
+    routes += [
+        Route("/openapi.json", document),
+        Route("/healthz", health),
+        Route("/api/{rest:path}", unknown, methods=["GET", "POST", "PUT", "DELETE"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/", index),
+        # The pages are client-side routes (#/runs, …); any other path is not found.
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,81 @@
+"""An `Authenticator` over a fixed set of keys: the test twin, and a TOML file for local use.
+
+Only the SHA-256 of each secret is kept. The key registry of the keys issue (keys as events on
+`stepline.keys.v1`) replaces the file in production; both satisfy `stepline_keys.Authenticator`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from stepline_keys import Principal, Scope, UnauthenticatedError
+
+__all__ = ["StaticAuthenticator", "fingerprint", "issue", "key_file_entry"]
+
+
+def fingerprint(secret: str) -> str:
+    """The SHA-256 (hex) a key is stored under."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue(prefix: str = "sk-stepline") -> str:
+    """A new random secret."""
+    return f"{prefix}-{secrets.token_urlsafe(24)}"
+
+
+def key_file_entry(secret: str, principal: Principal) -> str:
+    """The TOML `[[keys]]` entry of `principal` under `secret`'s fingerprint."""
+    scopes = ", ".join(f'"{s.value}"' for s in sorted(principal.scopes))
+    return (
+        "[[keys]]\n"
+        f'id = "{principal.key_id}"\n'
+        f'sha256 = "{fingerprint(secret)}"\n'
+        f'tenant = "{principal.tenant_id}"\n'
+        f"scopes = [{scopes}]\n"
+        f'label = "{principal.label}"\n'
+    )
+
+
+class StaticAuthenticator:
+    """Principals by the fingerprint of their secret."""
+
+    def __init__(self, keys: Mapping[str, Principal]) -> None:
+        self._by_fingerprint = dict(keys)
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, Principal]]) -> StaticAuthenticator:
+        """From (secret, principal) pairs."""
+        return cls({fingerprint(secret): principal for secret, principal in pairs})
+
+    @classmethod
+    def from_file(cls, path: Path) -> StaticAuthenticator:
+        """Read `[[keys]]` entries (id, sha256, tenant, scopes, label); a missing file: no keys."""
+        if not path.exists():
+            return cls({})
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        keys = {}
+        for entry in data.get("keys", []):
+            try:
+                scopes = frozenset(Scope(s) for s in entry["scopes"])
+                keys[entry["sha256"]] = Principal(
+                    key_id=entry["id"],
+                    tenant_id=entry["tenant"],
+                    scopes=scopes,
+                    label=entry.get("label", ""),
+                )
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"{path}: bad [[keys]] entry: {error}") from error
+        return cls(keys)
+
+    def authenticate(self, secret: str | None) -> Principal:
+        """The key's principal; `UnauthenticatedError` if missing or unknown."""
+        if not secret:
+            raise UnauthenticatedError("missing API key: send `Authorization: Bearer <key>`")
+        principal = self._by_fingerprint.get(fingerprint(secret))
+        if principal is None:
+            raise UnauthenticatedError("unknown, expired or revoked API key")
+        return principal

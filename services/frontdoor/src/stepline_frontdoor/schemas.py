@@ -1,0 +1,314 @@
+"""The HTTP API's wire types (pydantic): request bodies, responses, and their conversions.
+
+These models are the single source of the OpenAPI components (`openapi.py`), so the document
+and what the handlers return cannot disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stepline_frontdoor.readmodel import ApprovalRow, AttemptRow, EventRow, RunRow
+from stepline_frontdoor.reports import ProviderHealth, SpendLine
+
+__all__ = [
+    "Approval",
+    "ApprovalList",
+    "Attempt",
+    "CancelBody",
+    "DecisionBody",
+    "Error",
+    "ErrorBody",
+    "Event",
+    "Me",
+    "Provider",
+    "ProviderList",
+    "Run",
+    "RunDetail",
+    "RunPage",
+    "Spend",
+    "SpendList",
+    "SubmitBody",
+    "Submitted",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class SubmitBody(_Body):
+    """A goal for an agent; the tenant is the key's."""
+
+    goal: str = Field(min_length=1, max_length=20_000)
+    agent: str = Field(default="support", min_length=1, max_length=200)
+    session_id: str = Field(default="", max_length=200)
+    budget: Decimal | None = Field(default=None, ge=0, description="Spend limit of the run.")
+    currency: str = Field(default="USD", min_length=3, max_length=3)
+    idempotency_key: str = Field(default="", max_length=200)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class CancelBody(_Body):
+    """Why the run is cancelled."""
+
+    reason: str = Field(default="", max_length=2_000)
+    keep_children: bool = False
+
+
+class DecisionBody(_Body):
+    """Approve or deny; an approval may replace the tool call's arguments."""
+
+    decision: Literal["approve", "deny"]
+    reason: str = Field(default="", max_length=2_000)
+    edited_arguments: dict[str, Any] | None = Field(
+        default=None, description="Replacement arguments (approve only)."
+    )
+
+
+class Submitted(BaseModel):
+    """The run a goal became."""
+
+    run_id: str
+
+
+class Run(BaseModel):
+    """One run of the read model."""
+
+    run_id: str
+    tenant_id: str
+    agent: str
+    status: str
+    goal: str
+    session_id: str
+    parent_run_id: str
+    submitted_by: str
+    route: str
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+    steps: int
+    cost: Decimal
+    currency: str
+    input_tokens: int
+    output_tokens: int
+    answer: str
+    failure_reason: str
+    failure_message: str
+    pending_approvals: int
+    last_sequence: int
+
+    @classmethod
+    def of(cls, r: RunRow) -> Run:
+        """From a read-model row."""
+        duration = (r.finished_at - r.started_at).total_seconds() * 1000 if r.finished_at else None
+        return cls(
+            run_id=r.run_id, tenant_id=r.tenant_id, agent=r.agent, status=r.status.value,
+            goal=r.goal, session_id=r.session_id, parent_run_id=r.parent_run_id,
+            submitted_by=r.submitted_by, route=r.route, started_at=r.started_at,
+            updated_at=r.updated_at, finished_at=r.finished_at, duration_ms=duration,
+            steps=r.steps, cost=r.cost, currency=r.currency, input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens, answer=r.answer, failure_reason=r.failure_reason,
+            failure_message=r.failure_message, pending_approvals=r.pending_approvals,
+            last_sequence=r.last_sequence,
+        )  # fmt: skip
+
+
+class RunPage(BaseModel):
+    """A page of runs, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    runs: list[Run]
+    next_cursor: str
+
+
+class Event(BaseModel):
+    """One entry of a run's timeline; `body` is the RunEvent's detail as proto JSON."""
+
+    sequence: int
+    kind: str
+    occurred_at: datetime
+    body: dict[str, Any]
+
+    @classmethod
+    def of(cls, e: EventRow) -> Event:
+        """From a read-model row."""
+        return cls(sequence=e.sequence, kind=e.kind.value, occurred_at=e.occurred_at, body=e.body)
+
+
+class Attempt(BaseModel):
+    """One model attempt (deployment, outcome, latency, tokens, cost) or tool execution."""
+
+    usage_id: str
+    step_id: str
+    call_id: str
+    kind: str
+    route: str
+    provider: str
+    model: str
+    deployment: str
+    tool: str
+    outcome: str
+    succeeded: bool
+    status_code: int
+    attempt: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    currency: str
+    priced: bool
+    latency_ms: float
+    occurred_at: datetime
+
+    @classmethod
+    def of(cls, a: AttemptRow) -> Attempt:
+        """From a read-model row."""
+        return cls(
+            usage_id=a.usage_id, step_id=a.step_id, call_id=a.call_id, kind=a.kind,
+            route=a.route, provider=a.provider, model=a.model, deployment=a.deployment,
+            tool=a.tool, outcome=a.outcome, succeeded=a.succeeded, status_code=a.status_code,
+            attempt=a.attempt, input_tokens=a.input_tokens, output_tokens=a.output_tokens,
+            cost=a.cost, currency=a.currency, priced=a.priced, latency_ms=a.latency_ms,
+            occurred_at=a.occurred_at,
+        )  # fmt: skip
+
+
+class Approval(BaseModel):
+    """A tool call that needs (or needed) a human decision."""
+
+    run_id: str
+    approval_id: str
+    agent: str
+    step_id: str
+    call_id: str
+    tool: str
+    arguments_json: str
+    requested_at: datetime
+    expires_at: datetime | None
+    status: str
+    reason: str
+    decided_by: str
+    timed_out: bool
+    arguments_edited: bool
+    resolved_at: datetime | None
+
+    @classmethod
+    def of(cls, a: ApprovalRow) -> Approval:
+        """From a read-model row."""
+        return cls(
+            run_id=a.run_id, approval_id=a.approval_id, agent=a.agent, step_id=a.step_id,
+            call_id=a.call_id, tool=a.tool, arguments_json=a.arguments_json,
+            requested_at=a.requested_at, expires_at=a.expires_at, status=a.status.value,
+            reason=a.reason, decided_by=a.decided_by, timed_out=a.timed_out,
+            arguments_edited=a.arguments_edited, resolved_at=a.resolved_at,
+        )  # fmt: skip
+
+
+class ApprovalList(BaseModel):
+    """Approvals, oldest first."""
+
+    approvals: list[Approval]
+
+
+class RunDetail(BaseModel):
+    """A run with its timeline, attempts, approvals and child runs."""
+
+    run: Run
+    events: list[Event]
+    attempts: list[Attempt]
+    approvals: list[Approval]
+    children: list[Run]
+
+
+class Spend(BaseModel):
+    """Spend of one window and dimension set."""
+
+    window_start: datetime
+    tenant_id: str
+    agent: str
+    kind: str
+    model: str
+    tool: str
+    cost: Decimal
+    currency: str
+    calls: int
+    failures: int
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, s: SpendLine) -> Spend:
+        """From a report line."""
+        return cls(
+            window_start=s.window_start, tenant_id=s.tenant_id, agent=s.agent, kind=s.kind,
+            model=s.model, tool=s.tool, cost=s.cost, currency=s.currency, calls=s.calls,
+            failures=s.failures, input_tokens=s.input_tokens, output_tokens=s.output_tokens,
+        )  # fmt: skip
+
+
+class SpendList(BaseModel):
+    """Spend lines, oldest window first."""
+
+    granularity: str
+    lines: list[Spend]
+
+
+class Provider(BaseModel):
+    """One deployment's health over the window."""
+
+    deployment: str
+    provider: str
+    model: str
+    attempts: int
+    per_minute: float
+    error_rate: float
+    errors_by_outcome: dict[str, int]
+    latency_p50_ms: float
+    latency_p99_ms: float
+    circuit: str
+    last_outcome: str
+    last_at: datetime
+
+    @classmethod
+    def of(cls, p: ProviderHealth) -> Provider:
+        """From a report line."""
+        return cls(
+            deployment=p.deployment, provider=p.provider, model=p.model, attempts=p.attempts,
+            per_minute=p.per_minute, error_rate=p.error_rate,
+            errors_by_outcome=p.errors_by_outcome, latency_p50_ms=p.latency_p50_ms,
+            latency_p99_ms=p.latency_p99_ms, circuit=p.circuit.value,
+            last_outcome=p.last_outcome, last_at=p.last_at,
+        )  # fmt: skip
+
+
+class ProviderList(BaseModel):
+    """Deployments seen in the window."""
+
+    window_minutes: float
+    providers: list[Provider]
+
+
+class Me(BaseModel):
+    """Who the key is."""
+
+    key_id: str
+    tenant_id: str
+    label: str
+    scopes: list[str]
+
+
+class Error(BaseModel):
+    """What went wrong."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error: Error
