@@ -50,7 +50,9 @@ class Console:
     def __init__(self) -> None:
         self.store = SqliteReadStore(":memory:")
         self.commands = RecordingCommands()
-        api = Api(self.store, self.commands, KEYS, RunFeed(), clock=lambda: T0 + timedelta(minutes=1))
+        api = Api(
+            self.store, self.commands, KEYS, RunFeed(), clock=lambda: T0 + timedelta(minutes=1)
+        )
         self.client = TestClient(build_app(api, document, lambda: True))
 
     def get(self, path: str, key: str | None = READER, **params: Any) -> Any:
@@ -113,11 +115,10 @@ def test_list_filters_and_answers_match_the_openapi_document(console: Console) -
     page = console.get("/api/runs", status="completed").json()
     jsonschema.validate(page, _schema("RunPage"))
     assert [(r["run_id"], r["answer"]) for r in page["runs"]] == [("r2", "42")]
-    assert [r["run_id"] for r in console.get("/api/runs", agent="support").json()["runs"]] == [
-        "r1"
-    ]
+    assert [r["run_id"] for r in console.get("/api/runs", agent="support").json()["runs"]] == ["r1"]
     bad = console.get("/api/runs", status="sleeping")
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_argument"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_argument"
     assert console.get("/api/runs", since="yesterday").status_code == 400
     assert console.get("/api/runs", limit="0").status_code == 400
 
@@ -159,7 +160,8 @@ def test_approve_with_edited_arguments_and_deny_with_a_reason(console: Console) 
     )
     assert done.status_code == 202
     [decision] = console.commands.decisions
-    assert decision.approve and decision.decided_by == "alice"
+    assert decision.approve
+    assert decision.decided_by == "alice"
     assert json.loads(decision.edited_arguments_json) == edited
     assert decision.call_id == "r1:9:1"
 
@@ -207,6 +209,7 @@ def test_the_committed_openapi_document_is_current() -> None:
 
 def test_pages_and_unknown_api_paths(console: Console) -> None:
     page = console.client.get("/")
-    assert page.status_code == 200 and "<title>" in page.text
+    assert page.status_code == 200
+    assert "<title>" in page.text
     assert console.get("/api/nothing").status_code == 404
     assert console.client.get("/openapi.json").json()["openapi"] == "3.1.0"

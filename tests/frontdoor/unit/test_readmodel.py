@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from stepline_frontdoor.convert import run_fact
+from stepline.v1 import model_pb2
+from stepline_frontdoor.convert import attempt_row, run_fact
 from stepline_frontdoor.readmodel import (
     ApprovalRow,
     ApprovalStatus,
@@ -15,8 +16,6 @@ from stepline_frontdoor.readmodel import (
     project,
 )
 from stepline_frontdoor.reports import CircuitState, Granularity, provider_health, spend
-from stepline_frontdoor.convert import attempt_row
-from stepline.v1 import model_pb2
 from tests.frontdoor.factories import T0, RunScript, model_attempt
 
 
@@ -43,7 +42,8 @@ def test_a_started_run_is_running_with_its_goal_and_route() -> None:
     assert (run.goal, run.route, run.tenant_id, run.agent) == (
         "refund order 7", "default", "acme", "support",
     )  # fmt: skip
-    assert p.event is not None and p.event.body["goal"] == "refund order 7"
+    assert p.event is not None
+    assert p.event.body["goal"] == "refund order 7"
 
 
 def test_model_steps_add_up_steps_cost_and_tokens_until_the_final_total_replaces_them() -> None:
@@ -58,14 +58,16 @@ def test_model_steps_add_up_steps_cost_and_tokens_until_the_final_total_replaces
 
 def test_an_approval_pauses_the_run_until_it_is_decided() -> None:
     run, approvals, _ = _fold(RunScript("r1").started().approval("a1"))
-    assert run.status is RunStatus.AWAITING_APPROVAL and run.pending_approvals == 1
+    assert run.status is RunStatus.AWAITING_APPROVAL
+    assert run.pending_approvals == 1
     assert approvals["a1"].status is ApprovalStatus.PENDING
     assert approvals["a1"].arguments_json == '{"to": "ann@example.com"}'
 
     run, approvals, _ = _fold(
         RunScript("r1").started().approval("a1").resolved("a1", approve=False, reason="no")
     )
-    assert run.status is RunStatus.RUNNING and run.pending_approvals == 0
+    assert run.status is RunStatus.RUNNING
+    assert run.pending_approvals == 0
     assert approvals["a1"].status is ApprovalStatus.DENIED
     assert (approvals["a1"].reason, approvals["a1"].decided_by) == ("no", "alice")
 
@@ -74,7 +76,8 @@ def test_one_of_two_parallel_approvals_decided_leaves_the_run_waiting() -> None:
     run, approvals, _ = _fold(
         RunScript("r1").started().approval("a1").approval("a2").resolved("a1", approve=True)
     )
-    assert run.status is RunStatus.AWAITING_APPROVAL and run.pending_approvals == 1
+    assert run.status is RunStatus.AWAITING_APPROVAL
+    assert run.pending_approvals == 1
     assert approvals["a1"].status is ApprovalStatus.APPROVED
 
 
@@ -131,5 +134,6 @@ def test_provider_health_shows_an_open_circuit_error_rates_and_latency() -> None
     assert primary.errors_by_outcome == {"circuit_open": 1, "overloaded": 5}
     assert primary.error_rate == 1.0
     assert primary.latency_p50_ms == 50  # refusals are not latencies
-    assert local.circuit is CircuitState.CLOSED and local.error_rate == 0
+    assert local.circuit is CircuitState.CLOSED
+    assert local.error_rate == 0
     assert local.latency_p99_ms == 200

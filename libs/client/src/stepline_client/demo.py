@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -661,6 +662,22 @@ async def _call_gateway(say: _Out, result: DemoResult, port: int, key: str) -> N
     )
 
 
+def _console(service_env: dict[str, str], state: Path) -> str:
+    """Point the console at a free port with a fresh admin key of the demo tenant; its line."""
+    port = _free_port()
+    keys = state / "frontdoor" / "keys.toml"
+    keys.unlink(missing_ok=True)
+    issue = [sys.executable, "-m", "stepline_frontdoor.keyfile", "issue", "--file", str(keys)]
+    secret = subprocess.run(
+        [*issue, "--tenant", TENANT, "--scope", "admin", "--label", "make demo"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    service_env["STEPLINE_FRONTDOOR_PORT"] = str(port)
+    service_env["STEPLINE_FRONTDOOR_DATA_DIR"] = str(state / "frontdoor")
+    service_env["STEPLINE_FRONTDOOR_KEYS_FILE"] = str(keys)
+    return f"console: http://127.0.0.1:{port}/#/runs (paste the key {secret})"
+
+
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -721,6 +738,7 @@ async def run_demo(
         say(f"send_reply webhook → receiver at 127.0.0.1:{receiver.port}/reply")
         gateway = (_free_port(), f"sk-demo-{secrets.token_hex(16)}")
         service_env = _service_env(env, bootstrap, namespace, state_dir, configs, gateway)
+        console = _console(service_env, state_dir)
         try:
             # Planner last: it reads the tool registry once at start, so the tools must be in.
             first = Supervisor(state_dir, tuple(s for s in SERVICES if s.name != "planner"))
@@ -731,6 +749,7 @@ async def run_demo(
             await asyncio.to_thread(supervisor.up, service_env)
             _check_alive(supervisor)
             say("services up: " + ", ".join(s.name for s in supervisor.status()))
+            say(console)
             await asyncio.wait_for(
                 _drive(settings, supervisor, say, result, receiver, approve), timeout_s
             )

@@ -6,15 +6,18 @@ Only the SHA-256 of each secret is kept. The key registry of the keys issue (key
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import secrets
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from stepline_keys import Principal, Scope, UnauthenticatedError
 
-__all__ = ["StaticAuthenticator", "fingerprint", "issue", "key_file_entry"]
+__all__ = ["StaticAuthenticator", "add_key", "fingerprint", "issue", "key_file_entry", "main"]
 
 
 def fingerprint(secret: str) -> str:
@@ -29,14 +32,15 @@ def issue(prefix: str = "sk-stepline") -> str:
 
 def key_file_entry(secret: str, principal: Principal) -> str:
     """The TOML `[[keys]]` entry of `principal` under `secret`'s fingerprint."""
-    scopes = ", ".join(f'"{s.value}"' for s in sorted(principal.scopes))
+    # JSON strings are valid TOML basic strings: quotes and backslashes stay escaped.
+    scopes = ", ".join(json.dumps(s.value) for s in sorted(principal.scopes))
     return (
         "[[keys]]\n"
-        f'id = "{principal.key_id}"\n'
-        f'sha256 = "{fingerprint(secret)}"\n'
-        f'tenant = "{principal.tenant_id}"\n'
+        f"id = {json.dumps(principal.key_id)}\n"
+        f"sha256 = {json.dumps(fingerprint(secret))}\n"
+        f"tenant = {json.dumps(principal.tenant_id)}\n"
         f"scopes = [{scopes}]\n"
-        f'label = "{principal.label}"\n'
+        f"label = {json.dumps(principal.label)}\n"
     )
 
 
@@ -79,3 +83,36 @@ class StaticAuthenticator:
         if principal is None:
             raise UnauthenticatedError("unknown, expired or revoked API key")
         return principal
+
+
+def add_key(path: Path, principal: Principal) -> str:
+    """Issue a secret for `principal`, append it to the key file; returns the secret."""
+    secret = issue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(key_file_entry(secret, principal) + "\n")
+    path.chmod(0o600)
+    StaticAuthenticator.from_file(path)  # refuse to leave a file the service cannot read
+    return secret
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stepline_frontdoor.keyfile issue --file F --tenant T --scope S…`: print a key."""
+    parser = argparse.ArgumentParser(prog="python -m stepline_frontdoor.keyfile")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("issue", help="add a key to the file and print its secret once")
+    add.add_argument("--file", type=Path, required=True)
+    add.add_argument("--tenant", required=True)
+    add.add_argument("--scope", action="append", choices=[s.value for s in Scope], required=True)
+    add.add_argument("--label", default="")
+    args = parser.parse_args(argv)
+    key_id = f"key-{secrets.token_hex(4)}"
+    principal = Principal(
+        key_id, args.tenant, frozenset(Scope(s) for s in args.scope), label=args.label or key_id
+    )
+    print(add_key(args.file, principal))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
