@@ -72,7 +72,7 @@ class RunScript:
         self._add(
             approval_requested=runs_pb2.ApprovalRequested(
                 approval_id=approval_id,
-                step_id=f"{self.run_id}:9",
+                step_id=f"{self.run_id}:9",  # the planner's ids: "<call_id>/approval"
                 call_id=f"{self.run_id}:9:1",
                 tool=tool,
                 arguments_json='{"to": "ann@example.com"}',

@@ -68,7 +68,7 @@ def console() -> Iterator[Console]:
     c = Console()
     feed(
         c.store,
-        RunScript("r1").started().model_step(1).approval("a1").events
+        RunScript("r1").started().model_step(1).approval("r1:9:1/approval").events
         + RunScript("r2", agent="sales").started().completed(answer="42").events
         + RunScript("g1", tenant_id="globex").started().approval("ga").events,
         [model_attempt("r1", 1), model_attempt("g1", 1, tenant_id="globex")],
@@ -88,7 +88,9 @@ def test_keys_are_required_and_scopes_are_enforced(console: Console) -> None:
     assert missing.json()["error"]["code"] == "unauthenticated"
     assert missing.headers["www-authenticate"] == "Bearer"
     assert console.get("/api/runs", key="sk-wrong").status_code == 401
-    denied = console.post("/api/runs/r1/approvals/a1", {"decision": "approve"}, key=READER)
+    denied = console.post(
+        "/api/runs/r1/approvals/r1:9:1%2Fapproval", {"decision": "approve"}, key=READER
+    )
     assert denied.status_code == 403
     assert "approvals:decide" in denied.json()["error"]["message"]
     assert console.get("/api/costs").status_code == 403
@@ -156,7 +158,8 @@ def test_submit_takes_the_tenant_and_submitter_from_the_key(console: Console) ->
 def test_approve_with_edited_arguments_and_deny_with_a_reason(console: Console) -> None:
     edited = {"to": "bob@example.com", "body": "Refund sent."}
     done = console.post(
-        "/api/runs/r1/approvals/a1", {"decision": "approve", "edited_arguments": edited}
+        "/api/runs/r1/approvals/r1:9:1%2Fapproval",
+        {"decision": "approve", "edited_arguments": edited},
     )
     assert done.status_code == 202
     [decision] = console.commands.decisions
@@ -166,14 +169,16 @@ def test_approve_with_edited_arguments_and_deny_with_a_reason(console: Console) 
     assert decision.call_id == "r1:9:1"
 
     deny_edit = console.post(
-        "/api/runs/r1/approvals/a1", {"decision": "deny", "edited_arguments": edited}
+        "/api/runs/r1/approvals/r1:9:1%2Fapproval", {"decision": "deny", "edited_arguments": edited}
     )
     assert deny_edit.status_code == 400
     assert console.post("/api/runs/r1/approvals/zz", {"decision": "deny"}).status_code == 404
 
-    feed(console.store, RunScript("r1").started().model_step(1).approval("a1")
-         .resolved("a1", approve=False, reason="wrong customer").events)  # fmt: skip
-    again = console.post("/api/runs/r1/approvals/a1", {"decision": "deny", "reason": "late"})
+    feed(console.store, RunScript("r1").started().model_step(1).approval("r1:9:1/approval")
+         .resolved("r1:9:1/approval", approve=False, reason="wrong customer").events)  # fmt: skip
+    again = console.post(
+        "/api/runs/r1/approvals/r1:9:1%2Fapproval", {"decision": "deny", "reason": "late"}
+    )
     assert again.status_code == 409
 
 

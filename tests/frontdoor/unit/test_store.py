@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from stepline_frontdoor.convert import run_fact
+from stepline.v1 import model_pb2, tools_pb2
+from stepline_frontdoor.convert import (
+    MAX_OUTPUT_CHARS,
+    refused_attempts,
+    run_fact,
+    tool_output_row,
+)
 from stepline_frontdoor.readmodel import ApprovalStatus, RunStatus
 from stepline_frontdoor.sqlstore import SqliteReadStore
 from stepline_frontdoor.store import Position, RunFilter
@@ -99,3 +105,57 @@ def test_a_terminal_event_closes_pending_approvals() -> None:
     [approval] = store.approvals("acme")
     assert approval.status is ApprovalStatus.CLOSED
     assert store.approvals("acme", status=ApprovalStatus.PENDING) == []
+
+
+def test_tool_outputs_keep_the_first_report_and_cap_their_size() -> None:
+    store = SqliteReadStore(":memory:")
+    first = tools_pb2.ToolCallResult(
+        run_id="r1", tenant_id="acme", step_id="r1:2", call_id="r1:2:1", tool="crm",
+        completed=tools_pb2.ToolCallCompleted(output='{"rows": 2}'),
+    )  # fmt: skip
+    replayed = tools_pb2.ToolCallResult()
+    replayed.CopyFrom(first)
+    replayed.replayed = True
+    replayed.completed.output = "something else"
+    huge = tools_pb2.ToolCallResult(
+        run_id="r1", tenant_id="acme", step_id="r1:3", call_id="r1:3:1", tool="dump",
+        completed=tools_pb2.ToolCallCompleted(output="x" * (MAX_OUTPUT_CHARS + 10)),
+    )  # fmt: skip
+    failed = tools_pb2.ToolCallResult(
+        run_id="r1", tenant_id="acme", step_id="r1:4", call_id="r1:4:1", tool="pay",
+        failed=tools_pb2.ToolCallFailed(
+            kind=tools_pb2.TOOL_CALL_ERROR_KIND_TIMED_OUT, message="no answer in 30s"
+        ),
+    )  # fmt: skip
+    for offset, result in enumerate([first, replayed, huge, failed]):
+        store.apply_tool_output(tool_output_row(result, T0), Position("results", 0, offset))
+    outputs = {o.call_id: o for o in store.tool_outputs("acme", "r1")}
+    assert outputs["r1:2:1"].output == '{"rows": 2}'
+    assert outputs["r1:3:1"].truncated
+    assert len(outputs["r1:3:1"].output) < MAX_OUTPUT_CHARS + 20
+    assert outputs["r1:4:1"].error == "timed_out: no answer in 30s"
+    assert store.tool_outputs("globex", "r1") == []
+
+
+def test_attempts_a_circuit_breaker_refused_come_from_the_model_result() -> None:
+    store = SqliteReadStore(":memory:")
+    result = model_pb2.ModelCallResult(
+        run_id="r1", tenant_id="acme", step_id="r1:1", call_id="r1:1:1",
+        completed=model_pb2.ModelCallCompleted(attempts=[
+            model_pb2.ModelAttempt(attempt=1, deployment="primary",
+                                   outcome=model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN),
+            model_pb2.ModelAttempt(attempt=2, deployment="local",
+                                   outcome=model_pb2.MODEL_ATTEMPT_OUTCOME_SUCCEEDED),
+        ]),
+    )  # fmt: skip
+    refused = refused_attempts(result, T0)
+    assert [(a.deployment, a.outcome, a.attempt) for a in refused] == [
+        ("primary", "circuit_open", 1)
+    ]
+    assert store.apply_attempts(refused, Position("results", 0, 0))
+    assert not store.apply_attempts(refused, Position("results", 0, 0))  # redelivered
+    feed(store, usage=[model_attempt("r1", 1, attempt=2)])
+    assert [(a.attempt, a.outcome) for a in store.attempts("acme", "r1")] == [
+        (1, "circuit_open"),
+        (2, "succeeded"),
+    ]

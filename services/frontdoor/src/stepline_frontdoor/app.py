@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,8 +36,15 @@ __all__ = ["Frontdoor", "build", "clock", "main", "open_store", "serve"]
 
 log = logging.getLogger(__name__)
 
-# Read: runs and usage; written: goals and control.
-_TOPICS = (Topics.RUNS, Topics.USAGE, Topics.GOALS, Topics.CONTROL)
+# Read: runs, usage, model and tool results; written: goals and control.
+_TOPICS = (
+    Topics.RUNS,
+    Topics.USAGE,
+    Topics.MODEL_RESULTS,
+    Topics.TOOL_RESULTS,
+    Topics.GOALS,
+    Topics.CONTROL,
+)
 
 
 def clock() -> datetime:
@@ -68,9 +75,13 @@ def build(
     store: ReadStore,
     commands: Commands,
     authenticator: Authenticator,
+    partitions: Mapping[str, int],
     now: Callable[[], datetime] = clock,
 ) -> Frontdoor:
-    """Wire the console over the given ports (nothing is started)."""
+    """Wire the console over the given ports (nothing is started).
+
+    `partitions` maps the namespaced topics the projector reads to their partition counts.
+    """
     feed = RunFeed()
     projector = Projector(
         store,
@@ -78,6 +89,9 @@ def build(
         settings.kafka,
         runs_topic=settings.topic(Topics.RUNS),
         usage_topic=settings.topic(Topics.USAGE),
+        tool_results_topic=settings.topic(Topics.TOOL_RESULTS),
+        model_results_topic=settings.topic(Topics.MODEL_RESULTS),
+        partitions=partitions,
         clock=now,
     )
     api = Api(store, commands, authenticator, feed, clock=now)
@@ -93,11 +107,17 @@ async def serve(
     ready: Callable[[str], None] | None = None,
 ) -> None:
     """Project the topics and serve the console until `stop` is set."""
-    await ensure_service_topics(settings, _TOPICS, "frontdoor-admin")
+    partitions = await ensure_service_topics(settings, _TOPICS, "frontdoor-admin")
     keys = authenticator or StaticAuthenticator.from_file(settings.frontdoor_keys_file)
     store = open_store(settings)
     async with Stepline(settings, source="stepline-frontdoor") as client:
-        parts = build(settings, store=store, commands=KafkaCommands(client), authenticator=keys)
+        parts = build(
+            settings,
+            store=store,
+            commands=KafkaCommands(client),
+            authenticator=keys,
+            partitions=partitions,
+        )
         server = uvicorn.Server(
             uvicorn.Config(
                 parts.app,

@@ -9,10 +9,20 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2, usage_pb2
-from stepline_frontdoor.readmodel import AttemptRow, EventKind, Final, RunFact
+from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2, tools_pb2, usage_pb2
+from stepline_frontdoor.readmodel import AttemptRow, EventKind, Final, RunFact, ToolOutputRow
 
-__all__ = ["attempt_row", "enum_label", "run_fact"]
+__all__ = [
+    "MAX_OUTPUT_CHARS",
+    "attempt_row",
+    "enum_label",
+    "refused_attempts",
+    "run_fact",
+    "tool_output_row",
+]
+
+# The console shows outputs truncated anyway; the read model keeps at most this much of each.
+MAX_OUTPUT_CHARS = 65_536
 
 
 def _time(stamp: Timestamp, fallback: datetime) -> datetime:
@@ -152,3 +162,67 @@ def attempt_row(record: usage_pb2.UsageRecorded, received_at: datetime) -> Attem
         latency_ms=round(latency, 3),
         occurred_at=_time(record.occurred_at, received_at),
     )
+
+
+def tool_output_row(result: tools_pb2.ToolCallResult, received_at: datetime) -> ToolOutputRow:
+    """The output row of one `ToolCallResult`."""
+    output, error, truncated = "", "", False
+    if result.WhichOneof("outcome") == "completed":
+        output = result.completed.output
+        truncated = result.completed.output_truncated
+    elif result.WhichOneof("outcome") == "failed":
+        kind = enum_label(
+            tools_pb2.ToolCallErrorKind.Name(result.failed.kind), "TOOL_CALL_ERROR_KIND_"
+        )
+        error = f"{kind}: {result.failed.message}"
+    if len(output) > MAX_OUTPUT_CHARS:
+        output, truncated = output[:MAX_OUTPUT_CHARS] + "…[truncated]", True
+    return ToolOutputRow(
+        call_id=result.call_id,
+        run_id=result.run_id,
+        tenant_id=result.tenant_id,
+        step_id=result.step_id,
+        tool=result.tool,
+        output=output,
+        error=error,
+        truncated=truncated,
+        finished_at=_time(result.finished_at, received_at),
+    )
+
+
+def refused_attempts(result: model_pb2.ModelCallResult, received_at: datetime) -> list[AttemptRow]:
+    """The attempts the router did not send (circuit open): they have no `UsageRecorded`."""
+    which = result.WhichOneof("outcome")
+    if which is None:
+        return []
+    trail = getattr(result, which).attempts
+    return [
+        AttemptRow(
+            # Distinct from the router's usage ids ("<call_id>/attempt/<n>"): never a collision.
+            usage_id=f"{result.call_id}/attempt/{a.attempt}/not-sent",
+            tenant_id=result.tenant_id,
+            run_id=result.run_id,
+            step_id=result.step_id,
+            call_id=result.call_id,
+            kind="model",
+            agent="",
+            route="",
+            provider=a.provider,
+            model=a.model,
+            deployment=a.deployment,
+            tool="",
+            outcome="circuit_open",
+            succeeded=False,
+            status_code=0,
+            attempt=a.attempt,
+            input_tokens=0,
+            output_tokens=0,
+            cost=Decimal(0),
+            currency="",
+            priced=False,
+            latency_ms=0.0,
+            occurred_at=_time(a.started_at, _time(result.finished_at, received_at)),
+        )
+        for a in trail
+        if a.outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN
+    ]

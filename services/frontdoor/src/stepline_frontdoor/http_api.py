@@ -44,6 +44,7 @@ from stepline_frontdoor.schemas import (
     SpendList,
     SubmitBody,
     Submitted,
+    ToolOutput,
 )
 from stepline_frontdoor.store import ReadStore, RunFilter
 from stepline_keys import (
@@ -99,6 +100,16 @@ class Endpoint:
     body: type[BaseModel] | None = None
     params: tuple[Param, ...] = ()
     stream: bool = False
+    # The last path parameter may hold "/" (approval ids are "<call_id>/approval").
+    slashes_in_last: bool = False
+
+    @property
+    def route_path(self) -> str:
+        """The path as Starlette routes it."""
+        if not self.slashes_in_last:
+            return self.path
+        head, _, last = self.path.rpartition("/")
+        return f"{head}/{last[:-1]}:path}}"
 
 
 def _string(description: str, name: str, **extra: Any) -> Param:
@@ -140,7 +151,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              )),
     Endpoint("POST", "/api/runs/{run_id}/approvals/{approval_id}", "decideApproval",
              "Approve (optionally with edited arguments) or deny a pending tool call",
-             Scope.APPROVALS_DECIDE, "decide", status=202, body=DecisionBody),
+             Scope.APPROVALS_DECIDE, "decide", status=202, body=DecisionBody,
+             slashes_in_last=True),
     Endpoint("GET", "/api/costs", "getCosts",
              "Spend per window, agent, model and tool, from the usage records",
              Scope.USAGE_READ, "costs", response=SpendList, params=(
@@ -317,6 +329,7 @@ class Api:
             run=run,
             events=[Event.of(e) for e in self._store.events(tenant, run_id)],
             attempts=[Attempt.of(a) for a in self._store.attempts(tenant, run_id)],
+            tool_outputs=[ToolOutput.of(o) for o in self._store.tool_outputs(tenant, run_id)],
             approvals=[Approval.of(a) for a in self._store.approvals(tenant, run_id=run_id)],
             children=[Run.of(r) for r in children.runs],
         )
@@ -454,7 +467,9 @@ def build_app(
     async def unknown(_: Request) -> Response:
         return _error(404, "not_found", "no such API endpoint")
 
-    routes: list[BaseRoute] = [Route(e.path, api.route(e), methods=[e.method]) for e in ENDPOINTS]
+    routes: list[BaseRoute] = [
+        Route(e.route_path, api.route(e), methods=[e.method]) for e in ENDPOINTS
+    ]
     routes += [
         Route("/openapi.json", document),
         Route("/healthz", health),

@@ -1,6 +1,8 @@
-"""Inbound Kafka port of the read model: runs and usage topics, from the stored positions.
+"""Inbound Kafka port of the read model: runs, usage, model and tool results, from positions.
 
-The projector assigns itself every partition of `stepline.runs.v1` and `stepline.usage.v1`
+The projector assigns itself every partition of `stepline.runs.v1`, `stepline.usage.v1`,
+`stepline.model.results.v1` (for the attempts a circuit breaker refused, which have no usage
+record) and `stepline.tool.results.v1`
 (no consumer group: the read model's own table of next offsets is the position, written in the
 same transaction as the rows), so an empty store starts from the beginning of the topics and a
 restart resumes exactly where it stopped.
@@ -10,15 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stepline.v1 import runs_pb2, usage_pb2
-from stepline_frontdoor.convert import attempt_row, run_fact
+from stepline.v1 import model_pb2, runs_pb2, tools_pb2, usage_pb2
+from stepline_frontdoor.convert import (
+    attempt_row,
+    refused_attempts,
+    run_fact,
+    tool_output_row,
+)
 from stepline_frontdoor.live import RunFeed
-from stepline_frontdoor.readmodel import AttemptRow, RunFact
+from stepline_frontdoor.readmodel import AttemptRow, RunFact, ToolOutputRow
 from stepline_frontdoor.store import Position, ReadStore
 from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
@@ -41,6 +48,9 @@ class Projector:
         *,
         runs_topic: str,
         usage_topic: str,
+        tool_results_topic: str,
+        model_results_topic: str,
+        partitions: Mapping[str, int],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -48,6 +58,9 @@ class Projector:
         self._kafka = kafka
         self._runs_topic = runs_topic
         self._usage_topic = usage_topic
+        self._tool_results_topic = tool_results_topic
+        self._model_results_topic = model_results_topic
+        self._partitions = dict(partitions)
         self._clock = clock
         self._stopping = asyncio.Event()
         self.caught_up = asyncio.Event()
@@ -87,18 +100,16 @@ class Projector:
         return True
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        assigned: list[TopicPartition] = []
-        for topic in (self._runs_topic, self._usage_topic):
-            partitions: set[int] | None = None
-            for _ in range(100):  # topics are created at start; metadata may lag a moment
-                partitions = consumer.partitions_for_topic(topic)
-                if partitions:
-                    break
-                await consumer.topics()  # refreshes the metadata
-                await asyncio.sleep(0.1)
-            if not partitions:
-                raise RuntimeError(f"topic {topic} has no partitions")
-            assigned.extend(TopicPartition(topic, p) for p in sorted(partitions))
+        assigned = [
+            TopicPartition(topic, p)
+            for topic in (
+                self._runs_topic,
+                self._usage_topic,
+                self._tool_results_topic,
+                self._model_results_topic,
+            )
+            for p in range(self._partitions[topic])
+        ]
         consumer.assign(assigned)
         positions = self._store.positions()
         for tp in assigned:
@@ -121,10 +132,18 @@ class Projector:
             projection = self._store.apply_run_event(fact, at)
             if projection is not None and fact is not None:
                 self._feed.changed(fact.run_id)
-        else:
+        elif record.topic == self._usage_topic:
             row = self._decode_usage(record, received)
             if self._store.apply_attempt(row, at) and row is not None and row.run_id:
                 self._feed.changed(row.run_id)
+        elif record.topic == self._model_results_topic:
+            refused = self._decode_model_result(record, received)
+            if self._store.apply_attempts(refused, at) and refused:
+                self._feed.changed(refused[0].run_id)
+        else:
+            output = self._decode_tool_result(record, received)
+            if self._store.apply_tool_output(output, at) and output is not None:
+                self._feed.changed(output.run_id)
 
     def _decode_run(self, record: InboundRecord, received: datetime) -> RunFact | None:
         try:
@@ -138,6 +157,24 @@ class Projector:
         try:
             usage = decode(record, [usage_pb2.UsageRecorded]).message
             return attempt_row(usage, received)
+        except (InvalidRecordError, ValueError) as error:
+            self._skip(record, str(error))
+            return None
+
+    def _decode_model_result(self, record: InboundRecord, received: datetime) -> list[AttemptRow]:
+        try:
+            result = decode(record, [model_pb2.ModelCallResult]).message
+            return refused_attempts(result, received)
+        except (InvalidRecordError, ValueError) as error:
+            self._skip(record, str(error))
+            return []
+
+    def _decode_tool_result(
+        self, record: InboundRecord, received: datetime
+    ) -> ToolOutputRow | None:
+        try:
+            result = decode(record, [tools_pb2.ToolCallResult]).message
+            return tool_output_row(result, received)
         except (InvalidRecordError, ValueError) as error:
             self._skip(record, str(error))
             return None

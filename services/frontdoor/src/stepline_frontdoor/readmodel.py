@@ -25,6 +25,7 @@ __all__ = [
     "RunFact",
     "RunRow",
     "RunStatus",
+    "ToolOutputRow",
     "project",
 ]
 
@@ -211,6 +212,21 @@ class AttemptRow:
     priced: bool
     latency_ms: float
     occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutputRow:
+    """What a tool call returned (or why it failed), as the executor reported it."""
+
+    call_id: str
+    run_id: str
+    tenant_id: str
+    step_id: str
+    tool: str
+    output: str
+    error: str
+    truncated: bool
+    finished_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stepline_frontdoor.readmodel import ApprovalRow, AttemptRow, EventRow, RunRow
+from stepline_frontdoor.readmodel import ApprovalRow, AttemptRow, EventRow, RunRow, ToolOutputRow
 from stepline_frontdoor.reports import ProviderHealth, SpendLine
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SpendList",
     "SubmitBody",
     "Submitted",
+    "ToolOutput",
 ]
 
 
@@ -214,12 +215,33 @@ class ApprovalList(BaseModel):
     approvals: list[Approval]
 
 
+class ToolOutput(BaseModel):
+    """What one tool call returned, or why it failed."""
+
+    call_id: str
+    step_id: str
+    tool: str
+    output: str
+    error: str
+    truncated: bool
+    finished_at: datetime
+
+    @classmethod
+    def of(cls, o: ToolOutputRow) -> ToolOutput:
+        """From a read-model row."""
+        return cls(
+            call_id=o.call_id, step_id=o.step_id, tool=o.tool, output=o.output, error=o.error,
+            truncated=o.truncated, finished_at=o.finished_at,
+        )  # fmt: skip
+
+
 class RunDetail(BaseModel):
-    """A run with its timeline, attempts, approvals and child runs."""
+    """A run with its timeline, attempts, tool outputs, approvals and child runs."""
 
     run: Run
     events: list[Event]
     attempts: list[Attempt]
+    tool_outputs: list[ToolOutput]
     approvals: list[Approval]
     children: list[Run]
 

@@ -33,6 +33,7 @@ from stepline_frontdoor.readmodel import (
     RunFact,
     RunRow,
     RunStatus,
+    ToolOutputRow,
     project,
 )
 from stepline_frontdoor.store import Position, RunFilter, RunPage
@@ -76,6 +77,11 @@ _SCHEMA = [
         occurred_at_us BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS attempts_by_run ON attempts (run_id)",
     "CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (occurred_at_us)",
+    """CREATE TABLE IF NOT EXISTS tool_outputs (
+        call_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, tenant_id TEXT NOT NULL,
+        step_id TEXT NOT NULL, tool TEXT NOT NULL, output TEXT NOT NULL, error TEXT NOT NULL,
+        truncated INTEGER NOT NULL, finished_at_us BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS tool_outputs_by_run ON tool_outputs (run_id)",
     """CREATE TABLE IF NOT EXISTS positions (
         topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
         PRIMARY KEY (topic, kafka_partition))""",
@@ -144,6 +150,14 @@ _INSERT_ATTEMPT = (
 _PENDING_OF = f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE run_id = ? AND approval_id = ?"
 _CLOSE_PENDING = (
     "UPDATE approvals SET status = ?, resolved_at_us = ? WHERE run_id = ? AND status = ?"
+)
+_OUTPUT_COLUMNS = (
+    "call_id, run_id, tenant_id, step_id, tool, output, error, truncated, finished_at_us"
+)
+# A replayed result (the executor re-emits a recorded outcome) is the same call: first wins.
+_INSERT_OUTPUT = (
+    f"INSERT INTO tool_outputs ({_OUTPUT_COLUMNS}) VALUES ({_marks(_OUTPUT_COLUMNS)}) "
+    "ON CONFLICT (call_id) DO NOTHING"
 )
 _ADVANCE = (
     "INSERT INTO positions (topic, kafka_partition, next_offset) VALUES (?, ?, ?) "
@@ -319,13 +333,42 @@ class _SqlReadStore(ABC):
 
     def apply_attempt(self, row: AttemptRow | None, at: Position) -> bool:
         """Insert one attempt unless its usage id is known; advance `at`; True when new."""
+        return self.apply_attempts([] if row is None else [row], at)
+
+    def apply_attempts(self, rows: Sequence[AttemptRow], at: Position) -> bool:
+        """Insert attempts whose usage ids are new; advance `at`; True when any was new."""
+        with self._writing() as conn:
+            inserted = False
+            for row in rows:
+                done = conn.execute(self._sql(_INSERT_ATTEMPT), _attempt_values(row))
+                inserted = bool(done.rowcount) or inserted
+            self._advance(conn, at)
+        return inserted
+
+    def apply_tool_output(self, row: ToolOutputRow | None, at: Position) -> bool:
+        """Keep one tool call's first reported output; advance `at`; True when new."""
         with self._writing() as conn:
             inserted = False
             if row is not None:
-                done = conn.execute(self._sql(_INSERT_ATTEMPT), _attempt_values(row))
-                inserted = bool(done.rowcount)
+                values = (
+                    row.call_id, row.run_id, row.tenant_id, row.step_id, row.tool, row.output,
+                    row.error, int(row.truncated), _us(row.finished_at),
+                )  # fmt: skip
+                inserted = bool(conn.execute(self._sql(_INSERT_OUTPUT), values).rowcount)
             self._advance(conn, at)
         return inserted
+
+    def tool_outputs(self, tenant_id: str, run_id: str) -> list[ToolOutputRow]:
+        """What each tool call of the run returned."""
+        rows = self._all(
+            f"SELECT {_OUTPUT_COLUMNS} FROM tool_outputs WHERE run_id = ? AND tenant_id = ? "
+            "ORDER BY finished_at_us, call_id",
+            (run_id, tenant_id),
+        )
+        return [
+            ToolOutputRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), _time(r[8]))
+            for r in rows
+        ]
 
     def list_runs(self, query: RunFilter) -> RunPage:
         """A page of the tenant's runs matching `query`, newest first."""
@@ -380,7 +423,8 @@ class _SqlReadStore(ABC):
         """Every model attempt and tool execution of the run."""
         rows = self._all(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? AND tenant_id = ? "
-            "ORDER BY occurred_at_us, usage_id",
+            # A call's attempts in their order (a refused one has no time of its own).
+            "ORDER BY call_id, attempt, occurred_at_us",
             (run_id, tenant_id),
         )
         return [_attempt_row(r) for r in rows]

@@ -16,6 +16,7 @@ from stepline_frontdoor.readmodel import (
     RunFact,
     RunRow,
     RunStatus,
+    ToolOutputRow,
 )
 
 __all__ = ["Position", "ReadStore", "RunFilter", "RunPage"]
@@ -64,6 +65,18 @@ class ReadStore(Protocol):
 
     def apply_attempt(self, row: AttemptRow | None, at: Position) -> bool:
         """Insert one attempt unless its usage id is known; advance `at`; True when new."""
+        ...
+
+    def apply_attempts(self, rows: Sequence[AttemptRow], at: Position) -> bool:
+        """Insert attempts whose usage ids are new; advance `at`; True when any was new."""
+        ...
+
+    def apply_tool_output(self, row: ToolOutputRow | None, at: Position) -> bool:
+        """Keep one tool call's first reported output; advance `at`; True when new."""
+        ...
+
+    def tool_outputs(self, tenant_id: str, run_id: str) -> list[ToolOutputRow]:
+        """What each tool call of the run returned."""
         ...
 
     def list_runs(self, query: RunFilter) -> RunPage:

@@ -92,7 +92,8 @@ export function watch(path, onEvent, onState) {
         }
       } catch (error) {
         if (stopped || error.name === "AbortError") return;
-        if (error instanceof ApiError && error.status < 500) { onState(false); return; }
+        // A run just submitted is not in the read model yet (404): keep asking; a refused key stops.
+        if (error instanceof ApiError && (error.status === 401 || error.status === 403)) { onState(false); return; }
       }
       onState(false);
       await new Promise((r) => setTimeout(r, 2000));

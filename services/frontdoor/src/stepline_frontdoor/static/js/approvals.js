@@ -53,7 +53,7 @@ export function approvalCard(me, a, done) {
 export function render({ me, main }) {
   const list = el("div", { "aria-live": "polite" });
   let stopped = false;
-  let shown = "";
+  let shown = null;
   async function load() {
     try {
       const { approvals } = await api.get("/api/approvals", { status: "pending" });
@@ -87,7 +87,7 @@ export function render({ me, main }) {
   main.replaceChildren(el("h1", {}, "Approvals"), list, el("h2", {}, "Recent decisions"), recent);
   load();
   loadRecent();
-  const onChange = () => { shown = ""; load(); loadRecent(); };
+  const onChange = () => { shown = null; load(); loadRecent(); };
   window.addEventListener("approvals-changed", onChange);
   const timer = setInterval(() => { load(); loadRecent(); }, 3000);
   return () => { stopped = true; clearInterval(timer); window.removeEventListener("approvals-changed", onChange); };

@@ -1,6 +1,6 @@
 // The console shell: key entry, who-am-I, hash routes, the pending-approvals count.
 import * as api from "./api.js";
-import { el, say } from "./util.js";
+import { el, fill, say } from "./util.js";
 import * as runs from "./runs.js";
 import * as run from "./run.js";
 import * as approvals from "./approvals.js";
@@ -23,7 +23,7 @@ function signIn(message) {
   } },
     el("label", { for: "key" }, "API key", input),
     el("button", { class: "primary", type: "submit" }, "Use key"));
-  main.replaceChildren(
+  fill(main,
     el("h1", {}, "Sign in"),
     el("p", {}, "Paste an API key. It stays in this tab (sessionStorage) and is sent as a bearer header."),
     message ? el("p", { class: "error", role: "alert" }, message) : null,

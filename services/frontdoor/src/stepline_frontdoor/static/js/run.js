@@ -2,7 +2,7 @@
 // approvals, child runs, the answer and the cost; a cancel button.
 import * as api from "./api.js";
 import { approvalCard } from "./approvals.js";
-import { badge, el, label, money, ms, pretty, say, truncated, when } from "./util.js";
+import { badge, el, fill, label, money, ms, pretty, say, truncated, when } from "./util.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const short = (value, prefix) => String(value || "").replace(prefix, "").toLowerCase();
@@ -61,7 +61,7 @@ function timeline(detail, openIds) {
         const step = steps.get(b.step_id);
         if (!step) break;
         const outcome = short(b.outcome, "STEP_OUTCOME_");
-        step.li.querySelector(".outcome").replaceChildren(" · ", el("span", { class: `badge ${outcome === "succeeded" ? "o-succeeded" : "o-bad"}` }, outcome),
+        fill(step.li.querySelector(".outcome"), " · ", el("span", { class: `badge ${outcome === "succeeded" ? "o-succeeded" : "o-bad"}` }, outcome),
           b.duration ? ` in ${ms(seconds(b.duration))}` : "",
           step.model ? ` · ${num(b.usage?.input_tokens)}→${num(b.usage?.output_tokens)} tokens · ${money(b.cost?.amount, b.cost?.currency)}` : "",
           step.model && b.deployment ? ` · answered by ${b.deployment}` : "");
@@ -112,6 +112,8 @@ export function render({ me, main }, runId) {
   const live = el("span", { class: "live off", "aria-live": "polite" }, "connecting…");
   const body = el("div");
   const openIds = new Set();
+  const parts = { top: el("div"), actions: el("p"), outcome: el("div"), approvals: el("section", { "aria-label": "Pending approvals" }),
+                  timeline: el("div"), approvalsKey: null, canCancel: null };
   let stopped = false;
   let pending = null;
 
@@ -120,7 +122,7 @@ export function render({ me, main }, runId) {
       const detail = await api.get(`/api/runs/${encodeURIComponent(runId)}`);
       if (!stopped) draw(detail);
     } catch (error) {
-      body.replaceChildren(el("p", { class: "error", role: "alert" }, error.status === 404 ? `No run ${runId}.` : error.message));
+      if (!body.querySelector(".summary")) body.replaceChildren(el("p", { class: "error", role: "alert" }, error.status === 404 ? `No run ${runId}.` : error.message));
     }
   }
   function soon() {
@@ -138,22 +140,29 @@ export function render({ me, main }, runId) {
        ["Parent", r.parent_run_id ? el("a", { href: `#/run/${encodeURIComponent(r.parent_run_id)}`, class: "mono" }, r.parent_run_id) : "–"],
       ].map(([k, v]) => el("div", {}, el("span", {}, k), v)));
     const pendingApprovals = detail.approvals.filter((a) => a.status === "pending");
-    body.replaceChildren(
-      el("p", {}, el("strong", {}, "Goal: "), r.goal),
-      summary,
-      canCancel ? el("p", {}, el("button", { type: "button", class: "danger", id: "cancel", onclick: async (e) => {
+    // Sections a person may be typing in or focused on are redrawn only when they change.
+    const approvalsKey = pendingApprovals.map((a) => a.approval_id).join(",");
+    if (approvalsKey !== parts.approvalsKey) {
+      parts.approvalsKey = approvalsKey;
+      fill(parts.approvals, pendingApprovals.length ? [el("h2", {}, "Waiting for approval"),
+        pendingApprovals.map((a) => approvalCard(me, a, soon))] : null);
+    }
+    if (canCancel !== parts.canCancel) {
+      parts.canCancel = canCancel;
+      fill(parts.actions, canCancel ? el("button", { type: "button", class: "danger", id: "cancel", onclick: async (e) => {
         e.target.disabled = true;
         try { await api.post(`/api/runs/${encodeURIComponent(runId)}/cancel`, { reason: "cancelled from the console" }); say("Cancel requested"); }
         catch (error) { say(error.message); e.target.disabled = false; }
-      } }, "Cancel run")) : null,
+      } }, "Cancel run") : null);
+    }
+    fill(parts.top, el("p", {}, el("strong", {}, "Goal: "), r.goal), summary);
+    fill(parts.outcome,
       r.status === "completed" ? el("section", { class: "card", "aria-label": "Answer" }, el("h2", {}, "Answer"), el("pre", { id: "answer" }, r.answer)) : null,
       r.status === "failed" ? el("p", { class: "error" }, `Failed (${label(r.failure_reason)}): ${r.failure_message}`) : null,
-      pendingApprovals.length ? el("section", { "aria-label": "Pending approvals" }, el("h2", {}, "Waiting for approval"),
-        pendingApprovals.map((a) => approvalCard(me, a, soon))) : null,
       detail.children.length ? el("section", {}, el("h2", {}, "Child runs"), el("ul", {}, detail.children.map((c) =>
-        el("li", {}, el("a", { href: `#/run/${encodeURIComponent(c.run_id)}`, class: "mono" }, c.run_id), " ", badge("s", c.status), ` ${c.agent}: ${c.goal}`)))) : null,
-      el("h2", {}, "Timeline"),
-      timeline(detail, openIds));
+        el("li", {}, el("a", { href: `#/run/${encodeURIComponent(c.run_id)}`, class: "mono" }, c.run_id), " ", badge("s", c.status), ` ${c.agent}: ${c.goal}`)))) : null);
+    fill(parts.timeline, el("h2", {}, "Timeline"), timeline(detail, openIds));
+    if (parts.top.parentNode !== body) fill(body, parts.top, parts.actions, parts.outcome, parts.approvals, parts.timeline);
   }
 
   main.replaceChildren(el("h1", {}, "Run ", el("span", { class: "mono" }, runId), " ", live), body);
@@ -163,6 +172,7 @@ export function render({ me, main }, runId) {
     soon();
   }, (on) => {
     if (stopped) return;
+    if (on) soon();
     live.textContent = on ? "● live" : live.textContent === "finished" ? "finished" : "reconnecting…";
     live.className = on ? "live" : "live off";
   });

@@ -1,6 +1,6 @@
 // Runs: a filterable, paginated list; a form to submit a goal.
 import * as api from "./api.js";
-import { badge, el, money, ms, say, when } from "./util.js";
+import { badge, el, fill, money, ms, say, when } from "./util.js";
 
 const STATUSES = ["", "queued", "running", "awaiting_approval", "wrapping_up", "completed", "failed", "cancelled"];
 
@@ -70,7 +70,7 @@ export function render({ me, main }, _path, query) {
   more.addEventListener("click", () => load(true));
 
   const submit = me.scopes.includes("goals:submit") || me.scopes.includes("admin") ? submitForm() : null;
-  main.replaceChildren(
+  fill(main,
     el("h1", {}, "Runs"),
     submit,
     form,
