@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status \
+.PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status openapi \
         test test-unit demo bench chaos chaos-cluster clean chromium
 
 help: ## List the targets
@@ -45,9 +45,13 @@ proto: install ## Regenerate Python code, the descriptor set and proto/asyncapi.
 	$(RUN) python scripts/proto.py generate
 	$(RUN) python scripts/asyncapi.py generate
 
-proto-check: install ## Fail when generated code or proto/asyncapi.yaml drifts; run buf lint
+proto-check: install ## Fail when generated code, proto/asyncapi.yaml or the OpenAPI document drifts; buf lint
 	$(RUN) python scripts/proto.py check
 	$(RUN) python scripts/asyncapi.py check
+	$(RUN) python -m stepline_frontdoor.openapi check
+
+openapi: install ## Regenerate services/frontdoor/openapi.json from the console's HTTP API
+	$(RUN) python -m stepline_frontdoor.openapi generate
 
 kafka-up: install ## Start the local single-node Kafka broker (no-op when it is up)
 	$(KAFKA) up

@@ -205,6 +205,8 @@ def stack_env(
         "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{free_port()}",
         "STEPLINE_EXECUTOR_DATA_DIR": str(state / "tool-executor"),
         "STEPLINE_BILLING_DATA_DIR": str(state / "billing"),
+        "STEPLINE_FRONTDOOR_PORT": "0",
+        "STEPLINE_FRONTDOOR_DATA_DIR": str(state / "frontdoor"),
         "STEPLINE_TOOLS_CONFIG": str(tools),
         "PYTHONUNBUFFERED": "1",
         **{f"STEPLINE_{name.upper()}": str(path) for name, path in configs.items()},

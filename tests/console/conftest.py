@@ -228,9 +228,9 @@ def open_console(stack: Stack, browser: Browser) -> Iterator[Console]:
         context.close()
 
 
-def shoot(page: Page, name: str) -> Path:
-    """Save a full-page screenshot as a test artifact."""
+def shoot(page: Page, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot as a test artifact."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path

@@ -108,6 +108,8 @@ def test_spend_groups_attempts_by_window_agent_and_model() -> None:
         (T0, Decimal("0.003"), 2),
         (T0 + timedelta(hours=1), Decimal("0.004"), 1),
     ]
+    refused = model_attempt("r3", 1, outcome=model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN)
+    assert spend([*rows, attempt_row(refused, T0)], Granularity.HOUR) == hourly
     [daily] = spend(rows, Granularity.DAY)
     assert (daily.cost, daily.calls, daily.model) == (Decimal("0.007"), 3, "stepline-local-1")
 

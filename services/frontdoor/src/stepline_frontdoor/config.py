@@ -36,5 +36,6 @@ class Settings(ServiceSettings):
 
     @property
     def sqlite_path(self) -> Path:
-        """The SQLite read-model file."""
-        return self.frontdoor_data_dir / "runs.sqlite3"
+        """The SQLite read-model file; one per topic namespace, since it follows their offsets."""
+        suffix = f"-{self.topic_namespace}" if self.topic_namespace else ""
+        return self.frontdoor_data_dir / f"runs{suffix}.sqlite3"

@@ -85,6 +85,8 @@ def spend(attempts: Iterable[AttemptRow], granularity: Granularity) -> list[Spen
         lambda: [Decimal(0), 0, 0, 0, 0]
     )
     for a in attempts:
+        if a.outcome == "circuit_open":
+            continue  # refused by the breaker: nothing was sent, nothing spent
         key = (
             window_start(a.occurred_at, granularity),
             a.tenant_id,
