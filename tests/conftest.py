@@ -12,6 +12,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline_runtime.settings import KafkaSettings
 
+pytest_plugins = ["tests.postgres"]
+
 # Services started by tests must not fight over the fixed Prometheus ports of a developer's stack.
 os.environ.setdefault("STEPLINE_METRICS_PORT", "0")
 # …nor over the router's HTTP gateway port: 0 binds a free one.

@@ -1,4 +1,7 @@
-"""Billing fixtures: a throwaway PostgreSQL started by deploy/postgres/pg.sh, fresh databases."""
+"""PostgreSQL fixtures (billing, front door): a throwaway cluster started by deploy/postgres/pg.sh.
+
+Registered for every test by `tests/conftest.py` (`pytest_plugins`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "pg.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "postgres" / "pg.sh"
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +27,7 @@ def postgres_server() -> Iterator[str]:
     )
     if done.returncode != 0:
         pytest.fail(
-            "cannot install or start PostgreSQL for the billing tests (deploy/postgres/pg.sh "
+            "cannot install or start PostgreSQL for the tests (deploy/postgres/pg.sh "
             f"start exited {done.returncode}):\n{done.stderr}",
             pytrace=False,
         )
@@ -39,7 +42,7 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture
 def postgres_dsn(postgres_server: str) -> Iterator[str]:
     """A fresh, empty database on the test cluster (dropped afterwards)."""
-    name = f"billing_{uuid.uuid4().hex[:10]}"
+    name = f"test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:

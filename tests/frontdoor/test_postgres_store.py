@@ -1,0 +1,81 @@
+"""The read model on PostgreSQL runs the same statements as on SQLite and ends in the same rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from stepline.v1 import model_pb2, tools_pb2
+from stepline_frontdoor.convert import refused_attempts, tool_output_row
+from stepline_frontdoor.readmodel import ApprovalStatus, RunRow, RunStatus
+from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
+from stepline_frontdoor.store import Position, ReadStore, RunFilter
+from tests.frontdoor.factories import T0, RunScript, model_attempt
+from tests.frontdoor.feeding import feed
+
+
+@pytest.fixture
+def postgres(postgres_dsn: str) -> Iterator[PostgresReadStore]:
+    store = PostgresReadStore(postgres_dsn)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _load(store: ReadStore) -> None:
+    events = []
+    for i in range(30):
+        script = RunScript(f"r{i:02}", start=T0 + timedelta(minutes=i)).started().model_step(1)
+        script.approval(f"r{i:02}:9:1/approval")
+        if i % 2:
+            script.resolved(f"r{i:02}:9:1/approval", approve=i % 3 == 0, reason="x").completed()
+        events += script.events
+    events += RunScript("g1", tenant_id="globex").started().events
+    usage = [model_attempt(f"r{i:02}", 1, attempt=2) for i in range(30)]
+    # Every record twice: a redelivery folds nothing twice.
+    feed(store, events + events, usage + usage)
+    result = model_pb2.ModelCallResult(
+        run_id="r01", tenant_id="acme", step_id="r01:1", call_id="r01:1:1",
+        completed=model_pb2.ModelCallCompleted(attempts=[model_pb2.ModelAttempt(
+            attempt=1, deployment="primary", outcome=model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN,
+        )]),
+    )  # fmt: skip
+    store.apply_attempts(refused_attempts(result, T0), Position("model", 0, 0))
+    output = tools_pb2.ToolCallResult(
+        run_id="r01", tenant_id="acme", step_id="r01:2", call_id="r01:2:1", tool="crm",
+        completed=tools_pb2.ToolCallCompleted(output="{}"),
+    )  # fmt: skip
+    store.apply_tool_output(tool_output_row(output, T0), Position("tools", 0, 0))
+
+
+def _everything(store: ReadStore) -> object:
+    runs: list[RunRow] = []
+    cursor = ""
+    while True:
+        page = store.list_runs(RunFilter("acme", limit=7, cursor=cursor))
+        runs += page.runs
+        if not (cursor := page.next_cursor):
+            break
+    return (
+        runs,
+        [store.events("acme", r.run_id) for r in runs],
+        [store.attempts("acme", r.run_id) for r in runs],
+        [store.tool_outputs("acme", r.run_id) for r in runs],
+        store.approvals("acme"),
+        store.list_runs(RunFilter("acme", status=RunStatus.COMPLETED, limit=100)).runs,
+        store.approvals("acme", status=ApprovalStatus.PENDING),
+        store.attempts_since(None, T0),
+        store.positions(),
+    )
+
+
+def test_postgres_and_sqlite_end_in_the_same_rows(postgres: PostgresReadStore) -> None:
+    sqlite = SqliteReadStore(":memory:")
+    _load(sqlite)
+    _load(postgres)
+    assert _everything(postgres) == _everything(sqlite)
+    assert len(postgres.list_runs(RunFilter("acme", limit=100)).runs) == 30
+    assert postgres.run("acme", "g1") is None
