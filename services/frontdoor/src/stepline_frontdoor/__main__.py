@@ -1,5 +1,6 @@
 """`python -m stepline_frontdoor`: serve the console until SIGTERM/SIGINT."""
 
-from stepline_frontdoor.app import main
+from stepline_frontdoor.spec import SPEC
+from stepline_runtime.lifecycle import run_service
 
-main()
+run_service(SPEC)

@@ -1,17 +1,16 @@
 """Composition root: the only place that builds settings, the store, Kafka clients and the server.
 
-`build` wires the parts from ports it is given (store, commands, authenticator) and returns them
-unstarted; `serve` opens the real adapters, starts the projector and the HTTP server, and stops
-them on `stop`. A shared service scaffold can call `build` and run the returned parts as is.
+`build` is the service's build function for `stepline_runtime.lifecycle.run_service`: it opens
+the real adapters and yields the running parts (the projector and the HTTP server). `wire`
+assembles the console over whatever ports it is given, so tests can run it on in-memory twins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import signal
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,22 +28,10 @@ from stepline_frontdoor.projector import Projector
 from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
 from stepline_frontdoor.store import ReadStore
 from stepline_keys import Authenticator
-from stepline_runtime.logs import configure_logging
-from stepline_runtime.topics import Topics, ensure_service_topics
+from stepline_runtime.catalog import Topics
+from stepline_runtime.lifecycle import Running, ServiceContext, TaskPart
 
-__all__ = ["Frontdoor", "build", "clock", "main", "open_store", "serve"]
-
-log = logging.getLogger(__name__)
-
-# Read: runs, usage, model and tool results; written: goals and control.
-_TOPICS = (
-    Topics.RUNS,
-    Topics.USAGE,
-    Topics.MODEL_RESULTS,
-    Topics.TOOL_RESULTS,
-    Topics.GOALS,
-    Topics.CONTROL,
-)
+__all__ = ["Frontdoor", "HttpServerPart", "build", "clock", "open_store", "wire"]
 
 
 def clock() -> datetime:
@@ -61,7 +48,7 @@ def open_store(settings: Settings) -> ReadStore:
 
 @dataclass(frozen=True, slots=True)
 class Frontdoor:
-    """The service's running parts: the web app, the projector feeding its read model."""
+    """The console's parts: the web app and the projector feeding its read model."""
 
     app: Starlette
     store: ReadStore
@@ -69,7 +56,7 @@ class Frontdoor:
     feed: RunFeed
 
 
-def build(
+def wire(
     settings: Settings,
     *,
     store: ReadStore,
@@ -78,7 +65,7 @@ def build(
     partitions: Mapping[str, int],
     now: Callable[[], datetime] = clock,
 ) -> Frontdoor:
-    """Wire the console over the given ports (nothing is started).
+    """The console over the given ports (nothing is started).
 
     `partitions` maps the namespaced topics the projector reads to their partition counts.
     """
@@ -99,71 +86,76 @@ def build(
     return Frontdoor(app, store, projector, feed)
 
 
-async def serve(
-    settings: Settings,
-    stop: asyncio.Event,
-    *,
-    authenticator: Authenticator | None = None,
-    ready: Callable[[str], None] | None = None,
-) -> None:
-    """Project the topics and serve the console until `stop` is set."""
-    partitions = await ensure_service_topics(settings, _TOPICS, "frontdoor-admin")
-    keys = authenticator or StaticAuthenticator.from_file(settings.frontdoor_keys_file)
-    store = open_store(settings)
-    async with Stepline(settings, source="stepline-frontdoor") as client:
-        parts = build(
-            settings,
-            store=store,
-            commands=KafkaCommands(client),
-            authenticator=keys,
-            partitions=partitions,
-        )
-        server = uvicorn.Server(
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The service lifecycle owns SIGTERM/SIGINT and stops this part in order.
+        yield
+
+
+class HttpServerPart:
+    """Uvicorn serving an ASGI app, as a lifecycle part; `url` is known once started."""
+
+    name = "http"
+
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self._server = _Server(
             uvicorn.Config(
-                parts.app,
-                host=settings.frontdoor_host,
-                port=settings.frontdoor_port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
+                app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
             )
         )
-        projecting = asyncio.create_task(parts.projector.run(), name="projector")
-        serving = asyncio.create_task(server.serve(), name="http")
-        try:
-            while not server.started:
-                if serving.done() or projecting.done():
-                    break
-                await asyncio.sleep(0.05)
-            if server.started:
-                host, port = server.servers[0].sockets[0].getsockname()[:2]
-                url = f"http://{host}:{port}/"
-                log.info("console serving", extra={"url": url})
-                if ready is not None:
-                    ready(url)
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({stopped, serving, projecting}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-        finally:
-            server.should_exit = True
-            parts.projector.stop()
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        """Bind and start serving; raises when the port cannot be bound."""
+        self._task = asyncio.create_task(self._server.serve(), name="uvicorn")
+        while not self._server.started:
+            if self._task.done():
+                await self._task  # raises what stopped it
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.02)
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}/"
+
+    async def stop(self) -> None:
+        """Finish open requests (SSE streams end with their connection), then close."""
+        self._server.should_exit = True
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await serving
-            await projecting  # raises what ended it, if it failed
-            store.close()
-            log.info("frontdoor stopped")
+                await self._task
+
+    async def wait(self) -> None:
+        """Until the server ends on its own."""
+        assert self._task is not None, "wait() before start()"
+        await asyncio.shield(self._task)
 
 
-async def _main() -> None:
-    settings = Settings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
-
-
-def main() -> None:
-    """Entry point of `python -m stepline_frontdoor`."""
-    asyncio.run(_main())
+@asynccontextmanager
+async def build(
+    context: ServiceContext[Settings], authenticator: Authenticator | None = None
+) -> AsyncIterator[Running]:
+    """The front door's parts: the read-model projector and the HTTP server over it."""
+    settings = context.settings
+    keys = authenticator or StaticAuthenticator.from_file(settings.frontdoor_keys_file)
+    store = open_store(settings)
+    try:
+        async with Stepline(settings, source=context.spec.name) as client:
+            parts = wire(
+                settings,
+                store=store,
+                commands=KafkaCommands(client),
+                authenticator=keys,
+                partitions=context.partitions,
+            )
+            http = HttpServerPart(parts.app, settings.frontdoor_host, settings.frontdoor_port)
+            projector = TaskPart("projector", parts.projector.run, stop=parts.projector.stop)
+            yield Running(
+                [projector, http],
+                {
+                    "url": f"http://{settings.frontdoor_host}:{settings.frontdoor_port}/",
+                    "store": "postgresql" if settings.frontdoor_dsn else "sqlite",
+                },
+            )
+    finally:
+        store.close()

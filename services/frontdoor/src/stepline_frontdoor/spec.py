@@ -1,0 +1,20 @@
+"""The front door's service spec: what it reads and writes, its identity and ports."""
+
+from __future__ import annotations
+
+from stepline_runtime.catalog import Topics
+from stepline_runtime.service import ServiceSpec
+
+__all__ = ["SPEC"]
+
+SPEC = ServiceSpec(
+    name="frontdoor",
+    module="stepline_frontdoor",
+    build="stepline_frontdoor.app:build",
+    settings="stepline_frontdoor.config:Settings",
+    # The read model follows these itself, from its own stored offsets (no group).
+    reads=(Topics.RUNS, Topics.USAGE, Topics.MODEL_RESULTS, Topics.TOOL_RESULTS),
+    writes=(Topics.GOALS, Topics.CONTROL),
+    metrics_port=9106,
+    ports={"http": 8470},
+)
