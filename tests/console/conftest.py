@@ -128,7 +128,7 @@ def _wait_ready(url: str, supervisor: Supervisor, timeout_s: float) -> None:
     raise AssertionError(f"console at {url} not ready in {timeout_s}s")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Every service on the real broker in a fresh namespace, with three console keys."""
     namespace = f"console{uuid.uuid4().hex[:8]}"
@@ -194,7 +194,9 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
                     print(f"--- {status.name} log (tail):\n{log[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API holds an event loop on the main thread while
+# it runs, and the asyncio tests that follow need that thread free again.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium under Playwright (never a Playwright browser download)."""
     if not CHROMIUM.exists():
