@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stepline_client.demo import demo_prices, demo_routes, demo_tools, render_toml
+from stepline_frontdoor.sqlstore import SqliteReadStore
 from stepline_runtime.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +109,12 @@ def test_make_demo_completes_with_a_failover_one_reply_and_a_cost_table(
     assert result["gateway_deployment"] == "local", output
     assert result["gateway_attempts"] >= 2, output
     assert "curl -s http://127.0.0.1:8400/v1/chat/completions" in output
+    # The console was up with a key of the demo tenant, and its read model has the demo's run.
+    assert re.search(r"console: http://127\.0\.0\.1:\d+/#/runs \(paste the key sk-\S+\)", output)
+    [model] = (tmp_path / "state" / "frontdoor").glob("runs-*.sqlite3")
+    store = SqliteReadStore(model)
+    assert store.run("demo", result["run_id"]) is not None, output
+    store.close()
     # Everything the demo started was stopped.
     pids = list((tmp_path / "state" / "run").glob("*.pid"))
     assert pids == []

@@ -98,10 +98,17 @@ class HttpServerPart:
 
     name = "http"
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, grace_s: int = 3) -> None:
         self._server = _Server(
             uvicorn.Config(
-                app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                # An open event stream (a console tab) must not hold a shutdown forever.
+                timeout_graceful_shutdown=grace_s,
             )
         )
         self._task: asyncio.Task[None] | None = None
@@ -119,7 +126,7 @@ class HttpServerPart:
         self.url = f"http://{host}:{port}/"
 
     async def stop(self) -> None:
-        """Finish open requests (SSE streams end with their connection), then close."""
+        """Finish open requests within the grace period (event streams are cut), then close."""
         self._server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
