@@ -130,6 +130,8 @@ class Stack:
             "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{free_port()}",
             "STEPLINE_EXECUTOR_DATA_DIR": str(state_dir / "tool-executor"),
             "STEPLINE_BILLING_DATA_DIR": str(state_dir / "billing"),
+            "STEPLINE_FRONTDOOR_PORT": "0",
+            "STEPLINE_FRONTDOOR_DATA_DIR": str(state_dir / "frontdoor"),
             "PYTHONUNBUFFERED": "1",
         }
         # As `stepline up` does: without a provider key every route is served offline.
