@@ -70,7 +70,7 @@ chromium: ## Debian's Chromium for the console's browser tests (installed with a
 	@test -x $(CHROMIUM) || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	    chromium fonts-dejavu-core </dev/null; }
 
 test: install chromium lint typecheck proto-check ## Everything CI runs: lint, types, proto drift, all tests on a real broker
