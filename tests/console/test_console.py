@@ -129,6 +129,7 @@ def test_costs_and_providers_show_spend_and_the_failing_deployment(
         "stepline-local"
     )
     expect(page.locator("svg.chart rect").first).to_be_attached()
+    expect(page.locator("#budget")).to_contain_text("today $")
     shoot(page, "costs")
     page.get_by_role("link", name="Providers").click()
     primary = page.locator("tr[data-deployment=demo-primary]")

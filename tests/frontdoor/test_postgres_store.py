@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
-from stepline.v1 import model_pb2, tools_pb2
-from stepline_frontdoor.convert import refused_attempts, tool_output_row
+from stepline.v1 import budgets_pb2, common_pb2, model_pb2, tools_pb2
+from stepline_frontdoor.convert import budget_row, refused_attempts, tool_output_row
 from stepline_frontdoor.readmodel import ApprovalStatus, RunRow, RunStatus
 from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
 from stepline_frontdoor.store import Position, ReadStore, RunFilter
@@ -49,6 +50,12 @@ def _load(store: ReadStore) -> None:
         completed=tools_pb2.ToolCallCompleted(output="{}"),
     )  # fmt: skip
     store.apply_tool_output(tool_output_row(output, T0), Position("tools", 0, 0))
+    for offset, version in enumerate((2, 1)):  # a late older state never wins
+        state = budgets_pb2.BudgetState(
+            tenant_id="acme", version=version,
+            monthly=budgets_pb2.BudgetPeriod(spent=common_pb2.Money(amount=f"0.{version}")),
+        )  # fmt: skip
+        store.apply_budget(budget_row(state, T0), Position("budgets", 0, offset))
 
 
 def _everything(store: ReadStore) -> object:
@@ -68,6 +75,7 @@ def _everything(store: ReadStore) -> object:
         store.list_runs(RunFilter("acme", status=RunStatus.COMPLETED, limit=100)).runs,
         store.approvals("acme", status=ApprovalStatus.PENDING),
         store.attempts_since(None, T0),
+        store.budget("acme"),
         store.positions(),
     )
 
@@ -79,3 +87,6 @@ def test_postgres_and_sqlite_end_in_the_same_rows(postgres: PostgresReadStore) -
     assert _everything(postgres) == _everything(sqlite)
     assert len(postgres.list_runs(RunFilter("acme", limit=100)).runs) == 30
     assert postgres.run("acme", "g1") is None
+    budget = postgres.budget("acme")
+    assert budget is not None
+    assert (budget.version, budget.monthly_spent, budget.daily_limit) == (2, Decimal("0.2"), None)

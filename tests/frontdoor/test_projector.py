@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import Message
 
+from stepline.v1 import budgets_pb2, common_pb2
 from stepline_frontdoor.live import RunFeed
 from stepline_frontdoor.projector import Projector
 from stepline_frontdoor.sqlstore import SqliteReadStore
@@ -24,7 +26,7 @@ from tests.frontdoor.factories import RunScript, model_attempt
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 2
-READ = (Topics.RUNS, Topics.USAGE, Topics.TOOL_RESULTS, Topics.MODEL_RESULTS)
+READ = (Topics.RUNS, Topics.USAGE, Topics.TOOL_RESULTS, Topics.MODEL_RESULTS, Topics.BUDGETS)
 
 
 class Namespace:
@@ -70,7 +72,8 @@ async def projecting(
         store, feed, kafka,
         runs_topic=ns.topic(Topics.RUNS), usage_topic=ns.topic(Topics.USAGE),
         tool_results_topic=ns.topic(Topics.TOOL_RESULTS),
-        model_results_topic=ns.topic(Topics.MODEL_RESULTS), partitions=topics,
+        model_results_topic=ns.topic(Topics.MODEL_RESULTS),
+        budgets_topic=ns.topic(Topics.BUDGETS), partitions=topics,
     )  # fmt: skip
     task = asyncio.create_task(projector.run())
     try:
@@ -110,12 +113,25 @@ async def test_catches_up_follows_live_resumes_and_rebuilds_identically(
     kafka: KafkaSettings, ns: Namespace, tmp_path: Path
 ) -> None:
     await _publish_runs(ns, 5)
+    # Budget states: a late older version never replaces a newer one.
+    for version, spent in ((2, "0.30"), (1, "0.10")):
+        await ns.publish(Topics.BUDGETS, "acme", budgets_pb2.BudgetState(
+            tenant_id="acme", version=version, exhausted=False,
+            daily=budgets_pb2.BudgetPeriod(limit=common_pb2.Money(currency="USD", amount="5"),
+                                           spent=common_pb2.Money(currency="USD", amount=spent)),
+        ))  # fmt: skip
     # Bad bytes on a topic the projector reads are skipped, never a stop.
     await ns.publish(Topics.RUNS, "run-bad", RunScript("x").started().events[0], b"\xff\x00junk")
     db = tmp_path / "rm.sqlite3"
     async with projecting(kafka, ns, db) as (store, projector, feed):
         assert len(store.list_runs(RunFilter("acme")).runs) == 5
         assert projector.skipped == 1
+        budget = store.budget("acme")
+        assert budget is not None
+        assert (budget.version, budget.daily_spent, budget.daily_limit) == (
+            2, Decimal("0.30"), Decimal("5"),
+        )  # fmt: skip
+        assert budget.monthly_limit is None
         # Live: a new event wakes whoever watches its run.
         woke = asyncio.create_task(feed.wait("live-1", 20))
         await asyncio.sleep(0.1)

@@ -78,6 +78,7 @@ def wire(
         usage_topic=settings.topic(Topics.USAGE),
         tool_results_topic=settings.topic(Topics.TOOL_RESULTS),
         model_results_topic=settings.topic(Topics.MODEL_RESULTS),
+        budgets_topic=settings.topic(Topics.BUDGETS),
         partitions=partitions,
         clock=now,
     )

@@ -9,12 +9,28 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2, tools_pb2, usage_pb2
-from stepline_frontdoor.readmodel import AttemptRow, EventKind, Final, RunFact, ToolOutputRow
+from stepline.v1 import (
+    budgets_pb2,
+    common_pb2,
+    control_pb2,
+    model_pb2,
+    runs_pb2,
+    tools_pb2,
+    usage_pb2,
+)
+from stepline_frontdoor.readmodel import (
+    AttemptRow,
+    BudgetRow,
+    EventKind,
+    Final,
+    RunFact,
+    ToolOutputRow,
+)
 
 __all__ = [
     "MAX_OUTPUT_CHARS",
     "attempt_row",
+    "budget_row",
     "enum_label",
     "refused_attempts",
     "run_fact",
@@ -226,3 +242,19 @@ def refused_attempts(result: model_pb2.ModelCallResult, received_at: datetime) -
         for a in trail
         if a.outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN
     ]
+
+
+def budget_row(state: budgets_pb2.BudgetState, received_at: datetime) -> BudgetRow:
+    """The tenant's budget a `BudgetState` states (billing adds the run's when it has one)."""
+    daily, monthly = state.daily, state.monthly
+    return BudgetRow(
+        tenant_id=state.tenant_id,
+        daily_limit=_amount(daily.limit) if daily.HasField("limit") else None,
+        daily_spent=_amount(daily.spent),
+        monthly_limit=_amount(monthly.limit) if monthly.HasField("limit") else None,
+        monthly_spent=_amount(monthly.spent),
+        currency=daily.spent.currency or monthly.spent.currency or daily.limit.currency,
+        exhausted=state.exhausted,
+        version=state.version,
+        updated_at=_time(state.updated_at, received_at),
+    )

@@ -29,6 +29,7 @@ from stepline_frontdoor.schemas import (
     Approval,
     ApprovalList,
     Attempt,
+    Budget,
     CancelBody,
     DecisionBody,
     Error,
@@ -432,7 +433,9 @@ class Api:
         since = _parse_time(request.query_params.get("since"), "since")
         since = since or self._clock() - timedelta(days=7)
         lines = spend(self._store.attempts_since(principal.tenant_id, since), Granularity(raw))
-        return _json(SpendList(granularity=raw, lines=[Spend.of(s) for s in lines]))
+        found = self._store.budget(principal.tenant_id)
+        budget = None if found is None else Budget.of(found)
+        return _json(SpendList(granularity=raw, lines=[Spend.of(s) for s in lines], budget=budget))
 
     async def providers(self, request: Request, principal: Principal) -> Response:
         """Deployment health from the attempts (all tenants' for an admin key)."""

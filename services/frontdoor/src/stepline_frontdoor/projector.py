@@ -2,7 +2,7 @@
 
 The projector assigns itself every partition of `stepline.runs.v1`, `stepline.usage.v1`,
 `stepline.model.results.v1` (for the attempts a circuit breaker refused, which have no usage
-record) and `stepline.tool.results.v1`
+record) and `stepline.tool.results.v1` and `stepline.budgets.v1`
 (no consumer group: the read model's own table of next offsets is the position, written in the
 same transaction as the rows), so an empty store starts from the beginning of the topics and a
 restart resumes exactly where it stopped.
@@ -17,15 +17,16 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stepline.v1 import model_pb2, runs_pb2, tools_pb2, usage_pb2
+from stepline.v1 import budgets_pb2, model_pb2, runs_pb2, tools_pb2, usage_pb2
 from stepline_frontdoor.convert import (
     attempt_row,
+    budget_row,
     refused_attempts,
     run_fact,
     tool_output_row,
 )
 from stepline_frontdoor.live import RunFeed
-from stepline_frontdoor.readmodel import AttemptRow, RunFact, ToolOutputRow
+from stepline_frontdoor.readmodel import AttemptRow, BudgetRow, RunFact, ToolOutputRow
 from stepline_frontdoor.store import Position, ReadStore
 from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
@@ -50,6 +51,7 @@ class Projector:
         usage_topic: str,
         tool_results_topic: str,
         model_results_topic: str,
+        budgets_topic: str,
         partitions: Mapping[str, int],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -60,6 +62,7 @@ class Projector:
         self._usage_topic = usage_topic
         self._tool_results_topic = tool_results_topic
         self._model_results_topic = model_results_topic
+        self._budgets_topic = budgets_topic
         self._partitions = dict(partitions)
         self._clock = clock
         self._stopping = asyncio.Event()
@@ -107,6 +110,7 @@ class Projector:
                 self._usage_topic,
                 self._tool_results_topic,
                 self._model_results_topic,
+                self._budgets_topic,
             )
             for p in range(self._partitions[topic])
         ]
@@ -140,6 +144,8 @@ class Projector:
             refused = self._decode_model_result(record, received)
             if self._store.apply_attempts(refused, at) and refused:
                 self._feed.changed(refused[0].run_id)
+        elif record.topic == self._budgets_topic:
+            self._store.apply_budget(self._decode_budget(record, received), at)
         else:
             output = self._decode_tool_result(record, received)
             if self._store.apply_tool_output(output, at) and output is not None:
@@ -168,6 +174,15 @@ class Projector:
         except (InvalidRecordError, ValueError) as error:
             self._skip(record, str(error))
             return []
+
+    def _decode_budget(self, record: InboundRecord, received: datetime) -> BudgetRow | None:
+        if record.value is None:
+            return None  # a tombstone on the compacted topic: nothing to show
+        try:
+            return budget_row(decode(record, [budgets_pb2.BudgetState]).message, received)
+        except (InvalidRecordError, ValueError) as error:
+            self._skip(record, str(error))
+            return None
 
     def _decode_tool_result(
         self, record: InboundRecord, received: datetime

@@ -18,6 +18,7 @@ __all__ = [
     "ApprovalRow",
     "ApprovalStatus",
     "AttemptRow",
+    "BudgetRow",
     "EventKind",
     "EventRow",
     "Final",
@@ -212,6 +213,21 @@ class AttemptRow:
     priced: bool
     latency_ms: float
     occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """A tenant's budget as billing last published it (a limit of None: unlimited)."""
+
+    tenant_id: str
+    daily_limit: Decimal | None
+    daily_spent: Decimal
+    monthly_limit: Decimal | None
+    monthly_spent: Decimal
+    currency: str
+    exhausted: bool
+    version: int
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

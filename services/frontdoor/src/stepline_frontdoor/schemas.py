@@ -12,13 +12,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stepline_frontdoor.readmodel import ApprovalRow, AttemptRow, EventRow, RunRow, ToolOutputRow
+from stepline_frontdoor.readmodel import (
+    ApprovalRow,
+    AttemptRow,
+    BudgetRow,
+    EventRow,
+    RunRow,
+    ToolOutputRow,
+)
 from stepline_frontdoor.reports import ProviderHealth, SpendLine
 
 __all__ = [
     "Approval",
     "ApprovalList",
     "Attempt",
+    "Budget",
     "CancelBody",
     "DecisionBody",
     "Error",
@@ -272,11 +280,33 @@ class Spend(BaseModel):
         )  # fmt: skip
 
 
+class Budget(BaseModel):
+    """The tenant's budget as billing last published it; a null limit is unlimited."""
+
+    daily_limit: Decimal | None
+    daily_spent: Decimal
+    monthly_limit: Decimal | None
+    monthly_spent: Decimal
+    currency: str
+    exhausted: bool
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, b: BudgetRow) -> Budget:
+        """From a read-model row."""
+        return cls(
+            daily_limit=b.daily_limit, daily_spent=b.daily_spent, monthly_limit=b.monthly_limit,
+            monthly_spent=b.monthly_spent, currency=b.currency, exhausted=b.exhausted,
+            updated_at=b.updated_at,
+        )  # fmt: skip
+
+
 class SpendList(BaseModel):
-    """Spend lines, oldest window first."""
+    """Spend lines, oldest window first, and the tenant's budget state."""
 
     granularity: str
     lines: list[Spend]
+    budget: Budget | None
 
 
 class Provider(BaseModel):

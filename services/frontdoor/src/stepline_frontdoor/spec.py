@@ -13,7 +13,7 @@ SPEC = ServiceSpec(
     build="stepline_frontdoor.app:build",
     settings="stepline_frontdoor.config:Settings",
     # The read model follows these itself, from its own stored offsets (no group).
-    reads=(Topics.RUNS, Topics.USAGE, Topics.MODEL_RESULTS, Topics.TOOL_RESULTS),
+    reads=(Topics.RUNS, Topics.USAGE, Topics.MODEL_RESULTS, Topics.TOOL_RESULTS, Topics.BUDGETS),
     writes=(Topics.GOALS, Topics.CONTROL),
     metrics_port=9106,
     ports={"http": 8470},

@@ -27,6 +27,7 @@ from stepline_frontdoor.readmodel import (
     ApprovalRow,
     ApprovalStatus,
     AttemptRow,
+    BudgetRow,
     EventKind,
     EventRow,
     Projection,
@@ -82,6 +83,10 @@ _SCHEMA = [
         step_id TEXT NOT NULL, tool TEXT NOT NULL, output TEXT NOT NULL, error TEXT NOT NULL,
         truncated INTEGER NOT NULL, finished_at_us BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS tool_outputs_by_run ON tool_outputs (run_id)",
+    """CREATE TABLE IF NOT EXISTS budgets (
+        tenant_id TEXT PRIMARY KEY, daily_limit TEXT NULL, daily_spent TEXT NOT NULL,
+        monthly_limit TEXT NULL, monthly_spent TEXT NOT NULL, currency TEXT NOT NULL,
+        exhausted INTEGER NOT NULL, version BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS positions (
         topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
         PRIMARY KEY (topic, kafka_partition))""",
@@ -122,6 +127,14 @@ def _maybe_time(us: int | None) -> datetime | None:
     return None if us is None else _time(us)
 
 
+def _maybe_money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _maybe_decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
 def _marks(columns: str) -> str:
     return ", ".join("?" for _ in columns.split(","))
 
@@ -158,6 +171,14 @@ _OUTPUT_COLUMNS = (
 _INSERT_OUTPUT = (
     f"INSERT INTO tool_outputs ({_OUTPUT_COLUMNS}) VALUES ({_marks(_OUTPUT_COLUMNS)}) "
     "ON CONFLICT (call_id) DO NOTHING"
+)
+_BUDGET_COLUMNS = (
+    "tenant_id, daily_limit, daily_spent, monthly_limit, monthly_spent, currency, exhausted, "
+    "version, updated_at_us"
+)
+# Billing re-publishes as spend arrives; an older version read late never wins.
+_UPSERT_BUDGET = (
+    _upsert("budgets", _BUDGET_COLUMNS, "tenant_id") + " WHERE budgets.version <= excluded.version"
 )
 _ADVANCE = (
     "INSERT INTO positions (topic, kafka_partition, next_offset) VALUES (?, ?, ?) "
@@ -344,6 +365,32 @@ class _SqlReadStore(ABC):
                 inserted = bool(done.rowcount) or inserted
             self._advance(conn, at)
         return inserted
+
+    def apply_budget(self, row: BudgetRow | None, at: Position) -> bool:
+        """Keep the tenant's newest budget state (by version); advance `at`; True when newer."""
+        with self._writing() as conn:
+            changed = False
+            if row is not None:
+                values = (
+                    row.tenant_id, _maybe_money(row.daily_limit), str(row.daily_spent),
+                    _maybe_money(row.monthly_limit), str(row.monthly_spent), row.currency,
+                    int(row.exhausted), row.version, _us(row.updated_at),
+                )  # fmt: skip
+                changed = bool(conn.execute(self._sql(_UPSERT_BUDGET), values).rowcount)
+            self._advance(conn, at)
+        return changed
+
+    def budget(self, tenant_id: str) -> BudgetRow | None:
+        """The tenant's latest budget state, if billing published one."""
+        rows = self._all(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE tenant_id = ?", (tenant_id,))
+        if not rows:
+            return None
+        v = rows[0]
+        return BudgetRow(
+            tenant_id=v[0], daily_limit=_maybe_decimal(v[1]), daily_spent=Decimal(v[2]),
+            monthly_limit=_maybe_decimal(v[3]), monthly_spent=Decimal(v[4]), currency=v[5],
+            exhausted=bool(v[6]), version=int(v[7]), updated_at=_time(v[8]),
+        )  # fmt: skip
 
     def apply_tool_output(self, row: ToolOutputRow | None, at: Position) -> bool:
         """Keep one tool call's first reported output; advance `at`; True when new."""

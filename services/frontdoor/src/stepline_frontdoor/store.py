@@ -11,6 +11,7 @@ from stepline_frontdoor.readmodel import (
     ApprovalRow,
     ApprovalStatus,
     AttemptRow,
+    BudgetRow,
     EventRow,
     Projection,
     RunFact,
@@ -69,6 +70,14 @@ class ReadStore(Protocol):
 
     def apply_attempts(self, rows: Sequence[AttemptRow], at: Position) -> bool:
         """Insert attempts whose usage ids are new; advance `at`; True when any was new."""
+        ...
+
+    def apply_budget(self, row: BudgetRow | None, at: Position) -> bool:
+        """Keep the tenant's newest budget state (by version); advance `at`; True when newer."""
+        ...
+
+    def budget(self, tenant_id: str) -> BudgetRow | None:
+        """The tenant's latest budget state, if billing published one."""
         ...
 
     def apply_tool_output(self, row: ToolOutputRow | None, at: Position) -> bool:

@@ -65,7 +65,7 @@ export function render({ main }, _path, query) {
   async function load() {
     try {
       const since = new Date(Date.now() - Number(days) * 86400000).toISOString();
-      const { lines } = await api.get("/api/costs", { granularity, since });
+      const { lines, budget } = await api.get("/api/costs", { granularity, since });
       if (stopped) return;
       const currency = lines[0]?.currency || "USD";
       const windows = by(lines, (l) => l.window_start).map((w) => {
@@ -73,7 +73,12 @@ export function render({ main }, _path, query) {
         return { ...w, currency, label: dt.toLocaleString(), short: granularity === "hour" ? `${dt.getHours()}h` : `${dt.getMonth() + 1}/${dt.getDate()}` };
       }).sort((a, b) => a.name.localeCompare(b.name));
       const total = lines.reduce((s, l) => s + Number(l.cost), 0);
+      const period = (name, limit, spent, cur) => `${name} ${money(spent, cur)} of ${limit == null ? "no limit" : money(limit, cur)}`;
       out.replaceChildren(
+        budget ? el("p", { class: "card", id: "budget" }, el("strong", {}, "Budget "),
+          period("today", budget.daily_limit, budget.daily_spent, budget.currency), " · ",
+          period("this month", budget.monthly_limit, budget.monthly_spent, budget.currency),
+          budget.exhausted ? el("span", { class: "badge s-failed" }, " exhausted") : "") : el("p", { class: "muted" }, "No budget state from billing yet."),
         el("p", {}, el("strong", {}, "Total "), money(total, currency), ` over ${lines.reduce((s, l) => s + l.calls, 0)} attempts and executions`),
         chart(windows, granularity),
         el("div", { class: "grid2" },
