@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from stepline_runtime.catalog import Topics
 from stepline_runtime.lifecycle import Running, ServiceContext, TaskPart
 
 __all__ = ["Frontdoor", "HttpServerPart", "build", "clock", "open_store", "wire"]
+
+log = logging.getLogger(__name__)
 
 
 def clock() -> datetime:
@@ -145,7 +148,16 @@ async def build(
 ) -> AsyncIterator[Running]:
     """The front door's parts: the read-model projector and the HTTP server over it."""
     settings = context.settings
-    keys = authenticator or StaticAuthenticator.from_file(settings.frontdoor_keys_file)
+    keys = authenticator
+    if keys is None:
+        from_file = StaticAuthenticator.from_file(settings.frontdoor_keys_file)
+        if not from_file:
+            log.warning(
+                "no API keys: the console refuses every request until one is issued with "
+                "`python -m stepline_frontdoor.keyfile issue --file FILE --tenant T --scope admin`",
+                extra={"keys_file": str(settings.frontdoor_keys_file)},
+            )
+        keys = from_file
     store = open_store(settings)
     try:
         async with Stepline(settings, source=context.spec.name) as client:

@@ -75,6 +75,10 @@ class StaticAuthenticator:
                 raise ValueError(f"{path}: bad [[keys]] entry: {error}") from error
         return cls(keys)
 
+    def __len__(self) -> int:
+        """How many keys it knows."""
+        return len(self._by_fingerprint)
+
     def authenticate(self, secret: str | None) -> Principal:
         """The key's principal; `UnauthenticatedError` if missing or unknown."""
         if not secret:
