@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stepline_runtime import tracing
 from stepline_runtime.settings import KafkaSettings
 
 pytest_plugins = ["tests.postgres"]
@@ -18,6 +19,13 @@ pytest_plugins = ["tests.postgres"]
 os.environ.setdefault("STEPLINE_METRICS_PORT", "0")
 # …nor over the router's HTTP gateway port: 0 binds a free one.
 os.environ.setdefault("STEPLINE_HTTP_PORT", "0")
+
+
+@pytest.fixture(autouse=True)
+def _untraced_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Services served in-process configure tracing globally; later tests see it unconfigured."""
+    for name in ("_provider", "_tracer", "_configured"):
+        monkeypatch.setattr(tracing, name, getattr(tracing, name))
 
 
 @pytest.fixture(scope="session")
