@@ -64,7 +64,11 @@ def test_router_gets_exactly_its_topics_group_and_idempotence() -> None:
             ),
             ("Write", "Describe", "Create"),
         ),
-        ((namespaced(Topics.MODEL_REQUESTS, ns),), ("Read", "Describe", "Create")),
+        ((namespaced(Topics.KEY_SPEND, ns),), ("Read", "Write", "Describe", "Create")),
+        (
+            (namespaced(Topics.KEYS, ns), namespaced(Topics.MODEL_REQUESTS, ns)),
+            ("Read", "Describe", "Create"),
+        ),
     ]
     assert found["group"] == [(("prod.model-router",), ("Read", "Describe"))]
     assert found["cluster"] == [(("kafka-cluster",), ("IdempotentWrite",))]

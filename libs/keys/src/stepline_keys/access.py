@@ -44,6 +44,8 @@ class Principal:
     models: frozenset[str] = frozenset()
     agents: frozenset[str] = frozenset()
     label: str = ""
+    # The development key `stepline up` creates: doors accept it only from loopback peers.
+    loopback_only: bool = False
 
     def has(self, scope: Scope) -> bool:
         """True when the key holds `scope` (or `admin`, which holds every scope)."""
@@ -60,6 +62,17 @@ class Principal:
     def may_use_agent(self, agent: str) -> bool:
         """True when the key is not limited to other agents."""
         return not self.agents or agent in self.agents
+
+    def require(self, scope: Scope) -> None:
+        """`PermissionDeniedError` unless the key holds `scope`."""
+        if not self.has(scope):
+            raise PermissionDeniedError(f"this API key lacks the scope {scope.value!r}")
+
+    def tenant_for(self, requested: str) -> str:
+        """The tenant a call acts for: the key's; naming another one is `PermissionDeniedError`."""
+        if requested and requested != self.tenant_id:
+            raise PermissionDeniedError("this API key may not act for the tenant the call names")
+        return self.tenant_id
 
 
 class AuthError(SteplineError):
