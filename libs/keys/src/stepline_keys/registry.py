@@ -51,7 +51,7 @@ class KeyRegistry:
         """A key's state (revoked and expired ones included)."""
         return self._keys.get(key_id)
 
-    def keys(self) -> list[Key]:
+    def all_keys(self) -> list[Key]:
         """Every key, by tenant then id."""
         return sorted(self._keys.values(), key=lambda k: (k.tenant_id, k.key_id))
 
