@@ -174,7 +174,9 @@ async def test_wrong_missing_scope_route_tenant_and_a_revocation_seen_by_two_ins
 ) -> None:
     good = new_key("acme", grant(Scope.MODELS_CALL, routes=frozenset({"default"})))
     reader = new_key("acme", grant(Scope.RUNS_READ))
-    await publish(namespace, good, reader)
+    elsewhere = new_key("acme", Grant(frozenset({Scope.MODELS_CALL}), models=frozenset({"x"})))
+    dear = new_key("acme", Grant(frozenset({Scope.MODELS_CALL}), models=frozenset({"dear"})))
+    await publish(namespace, good, reader, elsewhere, dear)
     clock = Clock()
     async with router_door(namespace, clock) as a, router_door(namespace, clock) as b:
         assert (await a.stub(good.secret).Complete(ask())).completed.content == "ok"
@@ -185,6 +187,8 @@ async def test_wrong_missing_scope_route_tenant_and_a_revocation_seen_by_two_ins
             (reader.secret, ask(), grpc.StatusCode.PERMISSION_DENIED),  # no models:call
             (good.secret, ask("reasoning"), grpc.StatusCode.PERMISSION_DENIED),  # route
             (good.secret, ask(tenant="globex"), grpc.StatusCode.PERMISSION_DENIED),
+            (elsewhere.secret, ask(), grpc.StatusCode.PERMISSION_DENIED),  # deployment
+            (dear.secret, ask(), grpc.StatusCode.OK),
         ):
             assert await code_of(a.stub(secret).Complete(request)) == expected, (secret, request)
         assert not [c for c in a.provider.calls if c.request.route == "reasoning"]

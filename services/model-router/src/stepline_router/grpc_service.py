@@ -167,6 +167,15 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
     ) -> tuple[ModelRequest, Reservation]:
         """Hold the call's worst case in the key's quotas, capping the call at it."""
         worst = self._router.worst_case(core)
+        barred = [d for d in worst.deployments if not principal.may_use_model(d)]
+        if barred:
+            await abort_for(
+                context,
+                PermissionDeniedError(
+                    f"this API key may not use deployment(s) {', '.join(barred)} "
+                    f"of route {core.route!r}"
+                ),
+            )
         if worst.cost is not None:
             # Capped at the held amount, the call can never cost more than the quota holds.
             cap = worst.cost if core.max_cost is None else min(worst.cost, core.max_cost)
