@@ -12,6 +12,7 @@ from stepline_keys import Grant, KeyRegistry, Limits, Scope, UnauthenticatedErro
 from stepline_keys.access import PermissionDeniedError
 from stepline_keys.admin import issue, revoke, rotate, update
 from stepline_keys.convert import ConversionError, event_from_proto, event_to_proto
+from stepline_keys.feeds import InMemoryKeyLog
 from stepline_keys.grpcdoor import bearer, call_metadata, is_loopback_peer
 from stepline_keys.secret import PREFIX, hash_secret, key_id_of, secret_matches
 
@@ -145,3 +146,16 @@ def test_bearer_metadata_and_loopback_peers() -> None:
     assert is_loopback_peer("unix:/tmp/s")
     assert not is_loopback_peer("ipv4:10.0.0.7:5555")
     assert not is_loopback_peer("ipv6:[2001:db8::1]:5555")
+
+
+async def test_in_memory_key_log_reaches_every_registry() -> None:
+    first, second = KeyRegistry(Clock()), KeyRegistry(Clock())
+    log = InMemoryKeyLog(first, second)
+    new = issue("acme", GRANT, actor="ops", now=NOW)
+    await log.publish(new.event)
+    assert second.authenticate(new.secret).key_id == new.key_id
+    await log.publish(revoke(new.key_id, actor="ops", now=NOW))
+    for registry in (first, second):
+        with pytest.raises(UnauthenticatedError):
+            registry.authenticate(new.secret)
+    assert [type(e.change).__name__ for e in log.events] == ["KeyIssued", "KeyRevoked"]
