@@ -163,3 +163,30 @@ async def test_two_instances_overspend_by_at_most_the_other_instances_holds() ->
     total = a.totals.key("key_1", "2026-12-01")[0]
     assert total == 32 * worst
     assert total <= limit + 16 * worst  # limit + the other instance's holds in flight
+
+
+class _FailingLog:
+    """A spend log whose first publish fails."""
+
+    def __init__(self) -> None:
+        self.records: list[SpendRecord] = []
+        self.fail = True
+
+    async def record(self, record: SpendRecord) -> None:
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("broker unavailable")
+        self.records.append(record)
+
+
+async def test_a_lost_spend_publish_is_carried_by_the_next_running_total() -> None:
+    log = _FailingLog()
+    q = KeyQuotas(lambda _: Limits(), log, Clock(), "i1")
+    await (await q.reserve(KEY, cost=Decimal("0.2"), tokens=1)).settle(
+        cost=Decimal("0.2"), tokens=1
+    )
+    assert log.records == []
+    await (await q.reserve(KEY, cost=Decimal("0.1"), tokens=1)).settle(
+        cost=Decimal("0.1"), tokens=1
+    )
+    assert [r.settled for r in log.records] == [Decimal("0.3")]

@@ -11,6 +11,7 @@ Rate windows (rpm, tpm) are per instance: N instances admit up to N × the limit
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from stepline_keys.model import Limits
 from stepline_keys.spend import SpendLog, SpendRecord, SpendTotals
 
 __all__ = ["KeyQuotas", "KeyReservation", "SlidingWindow"]
+
+log = logging.getLogger(__name__)
 
 _WINDOW_S = 60.0
 
@@ -145,8 +148,17 @@ class KeyReservation:
         self.settled = True
         self._entry.tokens = tokens
         record = self._quotas._release(self._principal, self._day, self.cost, cost)
-        if record is not None:
+        if record is None:
+            return
+        try:
             await self._quotas._log.record(record)
+        except Exception as error:
+            # Totals are running sums: the next settlement of this key publishes this one too.
+            # The call itself succeeded; failing it now would only make the caller retry.
+            log.warning(
+                "spend total not published",
+                extra={"key_id": record.key_id, "reason": str(error)},
+            )
 
 
 class KeyQuotas:
