@@ -289,13 +289,14 @@ async def test_fifty_concurrent_calls_against_a_one_cent_limit(
         f"at once, {admitted} in all, spent {spent_one} of {limit}; two instances admitted "
         f"{shared} of 50, spent {spent_two} (bound {bound})"
     )
-    assert first_round == int(limit // worst_case)
+    # All calls that fit in holds are admitted; more only when some settled before the last
+    # arrived (a loaded machine spreads the arrivals over more than the provider's 0.3 s).
+    assert first_round >= int(limit // worst_case)
     assert refusals == ["RESOURCE_EXHAUSTED:key_daily_spend"] * (50 - first_round)
     assert spent_one <= limit
     # Each instance admits up to the limit in holds: the overspend is at most the other
     # instance's holds in flight (RELIABILITY.md).
     assert spent_two <= bound
-    assert shared <= 2 * int(limit // worst_case)
 
 
 # The worst case of `ask()` on "dear": estimated input tokens plus MAX_OUTPUT, at $10/$20.
