@@ -108,7 +108,10 @@ async def publish(settings: ServiceSettings, *keys: NewKey) -> None:
 
 @contextlib.asynccontextmanager
 async def router_door(
-    settings: ServiceSettings, clock: Callable[[], datetime], delay_s: float = 0.0
+    settings: ServiceSettings,
+    clock: Callable[[], datetime],
+    delay_s: float = 0.0,
+    tenant_limits: dict[str, Limits] | None = None,
 ) -> AsyncIterator[Door]:
     """A router instance with the scripted "dear" provider behind a real gRPC server."""
     system = SystemClock()
@@ -128,7 +131,11 @@ async def router_door(
         source="test",
     )
     async with key_services(
-        settings, client_id="router-test", clock=clock, spend_currency="USD"
+        settings,
+        client_id="router-test",
+        clock=clock,
+        spend_currency="USD",
+        tenant_limits=tenant_limits,
     ) as keys:
         assert keys.quotas is not None
         service = RouterService(
@@ -237,6 +244,24 @@ async def test_rpm_exceeded_answers_resource_exhausted_with_retry_after_then_rec
         assert 1 <= int(trailers["retry-after"]) <= 60
         clock.offset = timedelta(seconds=61)
         assert (await stub.Complete(ask())).completed.content == "ok"
+
+
+async def test_a_tenant_limit_spans_the_tenants_keys(namespace: ServiceSettings) -> None:
+    first, second = (
+        new_key("acme", grant(Scope.MODELS_CALL)),
+        new_key("acme", grant(Scope.MODELS_CALL)),
+    )
+    await publish(namespace, first, second)
+    tenant = {"acme": Limits(daily_spend=Decimal("0.002"))}
+    async with router_door(namespace, Clock(), tenant_limits=tenant) as door:
+        await door.stub(first.secret).Complete(ask())
+        await door.stub(second.secret).Complete(ask())  # 0.00085 settled + 0.00105 held fits
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await door.stub(first.secret).Complete(ask())
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(refused.value.trailing_metadata() or ())["x-stepline-limit"] == (
+        "tenant_daily_spend"
+    )
 
 
 async def _spend_round(doors: list[Door], secret: str, calls: int) -> tuple[int, list[str]]:

@@ -10,6 +10,7 @@ import pytest
 
 from stepline_keys import KeyQuotas, Limits, Principal, RateLimitedError, Scope
 from stepline_keys.spend import InMemorySpendLog, SpendRecord
+from stepline_keys.tenants import TenantLimitsError, parse_tenant_limits
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 KEY = Principal("key_1", "acme", frozenset({Scope.MODELS_CALL}))
@@ -190,3 +191,11 @@ async def test_a_lost_spend_publish_is_carried_by_the_next_running_total() -> No
         cost=Decimal("0.1"), tokens=1
     )
     assert [r.settled for r in log.records] == [Decimal("0.3")]
+
+
+def test_tenant_limits_file_parses_and_refuses_mistakes() -> None:
+    limits = parse_tenant_limits('[tenants.acme]\ndaily_spend = "50.00"\nmonthly_spend = 800\n')
+    assert limits == {"acme": Limits(daily_spend=Decimal("50.00"), monthly_spend=Decimal("800"))}
+    for bad in ('[tenants.acme]\ndaily = "1"', '[tenants.acme]\ndaily_spend = "-1"', "x = 1"):
+        with pytest.raises(TenantLimitsError):
+            parse_tenant_limits(bad)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from stepline_keys.feeds import KafkaSpendLog, follow_keys, follow_spend
+from stepline_keys.model import Limits
 from stepline_keys.quotas import KeyQuotas
 from stepline_keys.registry import KeyRegistry
 from stepline_runtime.settings import ServiceSettings
@@ -31,6 +32,7 @@ async def key_services(
     client_id: str,
     clock: Callable[[], datetime],
     spend_currency: str | None = None,
+    tenant_limits: Mapping[str, Limits] | None = None,
 ) -> AsyncIterator[KeyServices]:
     """Follow the keys topic (and, with `spend_currency`, the spend topic) while in the block.
 
@@ -46,7 +48,13 @@ async def key_services(
             await log.start()
             stack.push_async_callback(log.stop)
             # A new id per process: a restart starts a new counter, the old one stays summed.
-            quotas = KeyQuotas(registry.limits, log, clock, f"{client_id}-{uuid.uuid4().hex[:12]}")
+            quotas = KeyQuotas(
+                registry.limits,
+                log,
+                clock,
+                f"{client_id}-{uuid.uuid4().hex[:12]}",
+                tenant_limits,
+            )
             spend = await follow_spend(settings, quotas, client_id=client_id)
             stack.push_async_callback(spend.stop)
         yield KeyServices(registry, quotas)

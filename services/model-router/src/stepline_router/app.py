@@ -13,6 +13,7 @@ import httpx
 
 from stepline_keys import Authenticator, Quotas
 from stepline_keys.service import key_services
+from stepline_keys.tenants import load_tenant_limits
 from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
 from stepline_router.config import Settings
@@ -170,6 +171,7 @@ async def _build(
             client_id=context.spec.name,
             clock=clock.now,
             spend_currency=prices.current().currency,
+            tenant_limits=load_tenant_limits(settings.tenant_limits),
         ) as registry,
     ):
         assert registry.quotas is not None
