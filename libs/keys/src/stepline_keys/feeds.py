@@ -3,6 +3,8 @@ the logs that publish key events and spend records. `InMemoryKeyLog` is the test
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
@@ -34,6 +36,8 @@ __all__ = [
     "follow_keys",
     "follow_spend",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class KeyLog(Protocol):
@@ -121,7 +125,11 @@ class KafkaSpendLog:
         await self._producer.stop()
 
     async def record(self, record: SpendRecord) -> None:
-        """Publish `record`; the next total of the same instance supersedes it."""
+        """Publish `record`; the next total of the same instance supersedes it.
+
+        Returns once the record is queued, not acknowledged: a call does not wait for the
+        broker, and a lost record is carried by the next running total of that key and day.
+        """
         out = encode(
             self._topic,
             record.record_key,
@@ -130,9 +138,15 @@ class KafkaSpendLog:
             source=self._source,
             tenant_id=record.tenant_id,
         )
-        await self._producer.send_and_wait(
+        delivery = await self._producer.send(
             out.topic, out.value, key=out.key, headers=list(out.headers)
         )
+        delivery.add_done_callback(_report_lost_spend)
+
+
+def _report_lost_spend(delivery: asyncio.Future[object]) -> None:
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("spend total not delivered: %s", delivery.exception())
 
 
 def _apply_key(registry: KeyRegistry) -> Callable[[InboundRecord], None]:
