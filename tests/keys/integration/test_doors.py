@@ -24,7 +24,7 @@ from stepline_keys.feeds import KafkaKeyLog
 from stepline_keys.service import KeyServices, key_services
 from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
-from stepline_router.grpc_service import RouterService, serve
+from stepline_router.grpc_service import RouterService, server_for
 from stepline_router.handlers import ModelCallHandler
 from stepline_router.handlers import Topics as OutputTopics
 from stepline_router.providers.scripted import ScriptedProvider
@@ -147,7 +147,8 @@ async def router_door(
             keys.registry,
             keys.quotas,
         )
-        server, _, port = await serve(service, "127.0.0.1:0")
+        server, _, port = await server_for(service, "127.0.0.1:0")
+        await server.start()
         door = Door(keys, provider, port, server)
         try:
             yield door
