@@ -15,13 +15,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stepline.v1 import router_service_pb2, router_service_pb2_grpc
-from stepline_router.clock import Clock
-from stepline_router.convert import (
-    InvalidRequestError,
-    completed_message,
-    failed_message,
-    request_from_proto,
-)
 from stepline_keys import (
     Authenticator,
     AuthError,
@@ -32,6 +25,13 @@ from stepline_keys import (
     Scope,
 )
 from stepline_keys.grpcdoor import RequireKey, abort_for, authorize
+from stepline_router.clock import Clock
+from stepline_router.convert import (
+    InvalidRequestError,
+    completed_message,
+    failed_message,
+    request_from_proto,
+)
 from stepline_router.handlers import ModelCallHandler
 from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router, spent
 from stepline_router.stream import ContentDelta, TextDelta
@@ -167,15 +167,6 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
     ) -> tuple[ModelRequest, Reservation]:
         """Hold the call's worst case in the key's quotas, capping the call at it."""
         worst = self._router.worst_case(core)
-        barred = [d for d in worst.deployments if not principal.may_use_model(d)]
-        if barred:
-            await abort_for(
-                context,
-                PermissionDeniedError(
-                    f"this API key may not use deployment(s) {', '.join(barred)} "
-                    f"of route {core.route!r}"
-                ),
-            )
         if worst.cost is not None:
             # Capped at the held amount, the call can never cost more than the quota holds.
             cap = worst.cost if core.max_cost is None else min(worst.cost, core.max_cost)

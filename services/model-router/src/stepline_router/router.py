@@ -140,8 +140,6 @@ class WorstCase:
     # None: the route is unknown or one of its deployments is unpriced.
     cost: Decimal | None
     tokens: int
-    # Names of the deployments the call may reach.
-    deployments: tuple[str, ...] = ()
 
 
 def spent(outcome: CallOutcome) -> tuple[Decimal, int]:
@@ -263,8 +261,7 @@ class Router:
         outputs = [output_cap(d, needs) for d in route.deployments]
         priced = [c for c in costs if c is not None]
         cost = max(priced) if len(priced) == len(costs) else None
-        names = tuple(d.name for d in route.deployments)
-        return WorstCase(cost, input_tokens + max(outputs), names)
+        return WorstCase(cost, input_tokens + max(outputs))
 
     # Helpers used by _Call; kept here because they touch the router's shared state.
     def _unreachable_route(self, route: Route) -> str | None:
