@@ -159,3 +159,15 @@ async def test_in_memory_key_log_reaches_every_registry() -> None:
         with pytest.raises(UnauthenticatedError):
             registry.authenticate(new.secret)
     assert [type(e.change).__name__ for e in log.events] == ["KeyIssued", "KeyRevoked"]
+
+
+def test_the_loopback_development_key_may_act_for_any_tenant_it_names() -> None:
+    dev = issue(
+        "demo", Grant(frozenset({Scope.ADMIN})), actor="bootstrap", now=NOW, loopback_only=True
+    )
+    principal = KeyRegistry(Clock(), [dev.event]).authenticate(dev.secret)
+    assert principal.tenant_for("") == "demo"
+    assert principal.tenant_for("acme") == "acme"
+    assert principal.may_see("acme")
+    ordinary = KeyRegistry(Clock(), [issue("demo", GRANT, actor="o", now=NOW).event])
+    assert not ordinary.all_keys()[0].principal().may_see("acme")

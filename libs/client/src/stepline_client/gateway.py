@@ -76,9 +76,9 @@ class Gateway(pb_grpc.GatewayServiceServicer):
         self, request: pb.WatchRunRequest, context: _Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
         """Stream the run's events after `after_sequence` until it ends."""
-        principal = await self._run_of_key(request, Scope.RUNS_READ, context)
+        _, tenant_id = await self._run_of_key(request, Scope.RUNS_READ, context)
         async for event in self._client.events(request.run_id):
-            if event.tenant_id != principal.tenant_id:
+            if event.tenant_id != tenant_id:
                 await abort_for(context, _hidden(request.run_id))
             if event.sequence > request.after_sequence:
                 yield pb.WatchRunResponse(event=event)
@@ -95,11 +95,11 @@ class Gateway(pb_grpc.GatewayServiceServicer):
         self, request: pb.CancelRunRequest, context: _Context
     ) -> pb.CancelRunResponse:
         """Ask the planner to cancel the run (a key that may submit goals may cancel runs)."""
-        principal = await self._run_of_key(request, Scope.GOALS_SUBMIT, context)
+        principal, tenant_id = await self._run_of_key(request, Scope.GOALS_SUBMIT, context)
         cancel = request.cancel
         await self._client.cancel(
             request.run_id,
-            principal.tenant_id,
+            tenant_id,
             reason=cancel.reason,
             requested_by=cancel.requested_by or f"key:{principal.key_id}",
             keep_children=cancel.keep_children,
@@ -111,7 +111,7 @@ class Gateway(pb_grpc.GatewayServiceServicer):
     ) -> pb.DecideApprovalResponse:
         """Approve or deny a pending tool call."""
         d = request.decision
-        principal = await self._run_of_key(request, Scope.APPROVALS_DECIDE, context)
+        principal, tenant_id = await self._run_of_key(request, Scope.APPROVALS_DECIDE, context)
         if d.decision == control_pb2.APPROVAL_DECISION_UNSPECIFIED or not d.approval_id:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -119,7 +119,7 @@ class Gateway(pb_grpc.GatewayServiceServicer):
             )
         await self._client.decide(
             request.run_id,
-            principal.tenant_id,
+            tenant_id,
             d.approval_id,
             approve=d.decision == control_pb2.APPROVAL_DECISION_APPROVED,
             reason=d.reason,
@@ -129,8 +129,11 @@ class Gateway(pb_grpc.GatewayServiceServicer):
         )
         return pb.DecideApprovalResponse()
 
-    async def _run_of_key(self, request: _RunRequest, scope: Scope, context: _Context) -> Principal:
-        """The caller's principal, once its key holds `scope` and the run is its tenant's."""
+    async def _run_of_key(
+        self, request: _RunRequest, scope: Scope, context: _Context
+    ) -> tuple[Principal, str]:
+        """The caller's principal and the run's tenant, once its key holds `scope` and may see
+        the run."""
         principal = await authorize(context, self.authenticator, scope)
         if not request.run_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
@@ -139,8 +142,8 @@ class Gateway(pb_grpc.GatewayServiceServicer):
         except AuthError as error:
             await abort_for(context, error)
         async for first in self._client.events(request.run_id, follow=False):
-            if first.tenant_id == principal.tenant_id:
-                return principal
+            if principal.may_see(first.tenant_id):
+                return principal, first.tenant_id
             break
         await abort_for(context, _hidden(request.run_id))
 

@@ -44,7 +44,8 @@ class Principal:
     models: frozenset[str] = frozenset()
     agents: frozenset[str] = frozenset()
     label: str = ""
-    # The development key `stepline up` creates: doors accept it only from loopback peers.
+    # The development key `stepline up` creates: doors accept it only from loopback peers, and
+    # like a local superuser it may act for any tenant a call names (its own by default).
     loopback_only: bool = False
 
     def has(self, scope: Scope) -> bool:
@@ -69,10 +70,17 @@ class Principal:
             raise PermissionDeniedError(f"this API key lacks the scope {scope.value!r}")
 
     def tenant_for(self, requested: str) -> str:
-        """The tenant a call acts for: the key's; naming another one is `PermissionDeniedError`."""
+        """The tenant a call acts for: the key's; naming another one is `PermissionDeniedError`
+        (except for the loopback-only development key)."""
         if requested and requested != self.tenant_id:
+            if self.loopback_only:
+                return requested
             raise PermissionDeniedError("this API key may not act for the tenant the call names")
         return self.tenant_id
+
+    def may_see(self, tenant_id: str) -> bool:
+        """True when an object of `tenant_id` is visible to this key."""
+        return tenant_id == self.tenant_id or self.loopback_only
 
 
 class AuthError(SteplineError):
