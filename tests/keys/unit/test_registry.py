@@ -9,7 +9,7 @@ import pytest
 
 from stepline.v1 import keys_pb2
 from stepline_keys import Grant, KeyRegistry, Limits, Scope, UnauthenticatedError
-from stepline_keys.access import PermissionDeniedError
+from stepline_keys.access import PermissionDeniedError, is_loopback_host, require_origin
 from stepline_keys.admin import issue, revoke, rotate, update
 from stepline_keys.convert import ConversionError, event_from_proto, event_to_proto
 from stepline_keys.feeds import InMemoryKeyLog
@@ -171,3 +171,15 @@ def test_the_loopback_development_key_may_act_for_any_tenant_it_names() -> None:
     assert principal.may_see("acme")
     ordinary = KeyRegistry(Clock(), [issue("demo", GRANT, actor="o", now=NOW).event])
     assert not ordinary.all_keys()[0].principal().may_see("acme")
+
+
+def test_the_development_key_is_refused_from_another_host() -> None:
+    dev = issue(
+        "demo", Grant(frozenset({Scope.ADMIN})), actor="bootstrap", now=NOW, loopback_only=True
+    )
+    principal = KeyRegistry(Clock(), [dev.event]).authenticate(dev.secret)
+    assert require_origin(principal, loopback=is_loopback_host("127.0.0.1")) is principal
+    assert is_loopback_host("::1")
+    for remote in ("10.1.2.3", "example.org", None):
+        with pytest.raises(UnauthenticatedError):
+            require_origin(principal, loopback=is_loopback_host(remote))

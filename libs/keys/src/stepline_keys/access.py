@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -19,6 +20,8 @@ __all__ = [
     "Reservation",
     "Scope",
     "UnauthenticatedError",
+    "is_loopback_host",
+    "require_origin",
 ]
 
 
@@ -126,3 +129,18 @@ class Quotas(Protocol):
     async def reserve(self, principal: Principal, *, cost: Decimal, tokens: int) -> Reservation:
         """Hold one request, `tokens` and the worst-case `cost`; `RateLimitedError` when over."""
         ...
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for a loopback IP address (127.0.0.0/8, ::1); False for names and None."""
+    try:
+        return host is not None and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_origin(principal: Principal, *, loopback: bool) -> Principal:
+    """`principal`, unless it is the loopback-only development key calling from another host."""
+    if principal.loopback_only and not loopback:
+        raise UnauthenticatedError("the bootstrap API key is accepted from this host only")
+    return principal

@@ -9,7 +9,6 @@ yields the principal, checks the scope and the peer (the loopback-only bootstrap
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import Any, NoReturn, TypeAlias
@@ -23,6 +22,8 @@ from stepline_keys.access import (
     RateLimitedError,
     Scope,
     UnauthenticatedError,
+    is_loopback_host,
+    require_origin,
 )
 
 __all__ = [
@@ -65,16 +66,7 @@ def is_loopback_peer(peer: str) -> bool:
     if peer.startswith("unix:"):
         return True
     kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        host = rest.rsplit(":", 1)[0]
-    elif kind == "ipv6":
-        host = rest.rsplit(":", 1)[0].strip("[]")
-    else:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return kind in ("ipv4", "ipv6") and is_loopback_host(rest.rsplit(":", 1)[0])
 
 
 def status_of(error: AuthError) -> grpc.StatusCode:
@@ -101,9 +93,7 @@ async def abort_for(context: _Context, error: AuthError) -> NoReturn:
 
 def _principal(authenticator: Authenticator, metadata: _Metadata, peer: str) -> Principal:
     principal = authenticator.authenticate(bearer(metadata))
-    if principal.loopback_only and not is_loopback_peer(peer):
-        raise UnauthenticatedError("the bootstrap API key is accepted from this host only")
-    return principal
+    return require_origin(principal, loopback=is_loopback_peer(peer))
 
 
 async def authorize(
