@@ -435,7 +435,8 @@ def _short(text: str, width: int) -> str:
 
 
 async def _usage(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    _tenant(args.tenant)
+    if args.tenant:  # else the API key's tenant
+        _tenant(args.tenant)
     async with grpc.aio.insecure_channel(args.billing) as channel:
         stub = billing_service_pb2_grpc.BillingServiceStub(channel)
         try:
