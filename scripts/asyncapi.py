@@ -257,7 +257,7 @@ def build(catalog: Sequence[Topic], descriptor_set: bytes) -> dict[str, Any]:
                 "kafka": {
                     "topic": topic.name,
                     "topicConfiguration": {
-                        "cleanup.policy": [topic.cleanup.value],
+                        "cleanup.policy": topic.cleanup.value.split(","),
                         **(
                             {"retention.ms": int(configs["retention.ms"])}
                             if "retention.ms" in configs

@@ -36,9 +36,10 @@ from typing import Literal
 
 from stepline_localkafka import KafkaSettings, LocalKafkaError
 from stepline_localkafka.broker import java_executable
+from stepline_localkafka.security import KEY_ADMIN_USER
 from stepline_localkafka.tools import TOOL_JVM_OPTS
 from stepline_localkafka.tools import classpath as tools_classpath
-from stepline_runtime.catalog import CATALOG
+from stepline_runtime.catalog import CATALOG, Topics
 from stepline_runtime.service import ServiceSpec, discover
 from stepline_runtime.settings import namespaced
 
@@ -96,8 +97,16 @@ def access(extra: Sequence[ServiceSpec] = ()) -> tuple[Access, ...]:
     return tuple(access_of(spec) for spec in discover(extra))
 
 
-# Every installed service's grants (see `stepline_runtime.service.discover`).
-ACCESS: tuple[Access, ...] = access()
+# Principals that are not services. `stepline keys …` (the key admin) issues and revokes API
+# keys: whoever holds this principal can mint keys, so grant it to administrators only.
+KEY_ADMIN = Access(
+    KEY_ADMIN_USER,
+    reads=frozenset({Topics.KEYS}),
+    writes=frozenset({Topics.KEYS}),
+)
+
+# Every installed service's grants (see `stepline_runtime.service.discover`), then the others.
+ACCESS: tuple[Access, ...] = (*access(), KEY_ADMIN)
 
 
 @dataclass(frozen=True)

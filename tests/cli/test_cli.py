@@ -86,7 +86,11 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             routes=state / "routes.toml",
             pricebook=state / "pricebook.toml",
         )
-        cli = Stack(env, state, f"cli-{uuid.uuid4().hex[:6]}", billing, receiver)
+        tenant = f"cli-{uuid.uuid4().hex[:6]}"
+        # `up` issues its bootstrap key (read by `usage`) for the tenant the tests use.
+        env["STEPLINE_BOOTSTRAP_TENANT"] = tenant
+        env.pop("STEPLINE_API_KEY", None)
+        cli = Stack(env, state, tenant, billing, receiver)
         try:
             up = cli.ok("up")
             assert "kafka:" not in up  # the configured broker, not a local one of its own

@@ -14,12 +14,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from stepline.v1 import common_pb2, control_pb2, gateway_service_pb2, goals_pb2, runs_pb2
 from stepline.v1 import gateway_service_pb2_grpc as pb_grpc
 from stepline_client.gateway import Settings, serve
+from stepline_keys.admin import NewKey
+from stepline_keys.feeds import KafkaKeyLog
 from stepline_runtime.codec import decode, encode
 from stepline_runtime.ids import derive_run_id
 from stepline_runtime.processor import inbound
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 from tests.kafkatools import read_all
+from tests.keys.support import new_key, with_key
 
 pytestmark = pytest.mark.kafka
 
@@ -31,20 +34,33 @@ def _free_port() -> int:
         return port
 
 
+@pytest.fixture(scope="module")
+def acme_key() -> NewKey:
+    """A key of tenant acme with every scope but admin."""
+    return new_key("acme")
+
+
 @pytest.fixture
 async def gateway(
-    kafka: KafkaSettings, admin: AIOKafkaAdminClient, unique: Callable[[str], str]
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    unique: Callable[[str], str],
+    acme_key: NewKey,
 ) -> AsyncIterator[tuple[pb_grpc.GatewayServiceAsyncStub, Settings]]:
-    """A gateway served in-process on a free port, in a fresh topic namespace."""
+    """A gateway served in-process on a free port, in a fresh topic namespace; acme's key."""
     settings = Settings(
         kafka=kafka,
         topic_namespace=unique("gw").replace(".", "-"),
         gateway_address=f"127.0.0.1:{_free_port()}",
     )
     await ensure_topics(admin, CATALOG, partitions=3, namespace=settings.topic_namespace)
+    async with KafkaKeyLog(settings, source="test") as keys:
+        await keys.publish(acme_key.event)
     stop = asyncio.Event()
     server = asyncio.create_task(serve(settings, stop))
-    async with grpc.aio.insecure_channel(settings.gateway_address) as channel:
+    async with grpc.aio.insecure_channel(
+        settings.gateway_address, interceptors=with_key(acme_key.secret)
+    ) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         yield pb_grpc.GatewayServiceStub(channel), settings
     stop.set()
@@ -137,11 +153,14 @@ async def test_another_tenant_cannot_see_the_run_and_bad_requests_are_refused(
 ) -> None:
     stub, settings = gateway
     await _publish_run(producer, settings.topic(Topics.RUNS), "run-private")
-    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
         await stub.GetRun(
             gateway_service_pb2.GetRunRequest(tenant_id="intruder", run_id="run-private")
         )
-    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as absent:
+        await stub.GetRun(gateway_service_pb2.GetRunRequest(run_id="run-nowhere"))
+    assert absent.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as invalid:
         await stub.SubmitGoal(
             gateway_service_pb2.SubmitGoalRequest(
@@ -163,8 +182,10 @@ async def test_another_tenant_cannot_see_the_run_and_bad_requests_are_refused(
 async def test_cancel_and_decide_become_control_commands(
     gateway: tuple[pb_grpc.GatewayServiceAsyncStub, Settings],
     kafka: KafkaSettings,
+    producer: AIOKafkaProducer,
 ) -> None:
     stub, settings = gateway
+    await _publish_run(producer, settings.topic(Topics.RUNS), "run-9")
     await stub.CancelRun(
         gateway_service_pb2.CancelRunRequest(
             tenant_id="acme",

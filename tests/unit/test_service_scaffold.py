@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stepline_client.supervisor import SERVICES
-from stepline_localkafka.security import SERVICE_USERS
+from stepline_localkafka.security import KEY_ADMIN_USER, SERVICE_USERS
 from stepline_runtime import faults, tracing
 from stepline_runtime.catalog import Topics
 from stepline_runtime.lifecycle import (
@@ -101,7 +101,8 @@ def test_discovery_refuses_a_second_service_with_the_same_name_or_port() -> None
 def test_supervisor_sasl_users_and_specs_agree() -> None:
     specs = discover()
     assert specs == SERVICES
-    assert tuple(s.name for s in specs) == SERVICE_USERS
+    # Plus the one principal that is not a service: `stepline keys …`.
+    assert (*(s.name for s in specs), KEY_ADMIN_USER) == SERVICE_USERS
 
 
 def test_specs_import_no_client_library() -> None:

@@ -48,7 +48,7 @@ def test_planner_inputs_and_changelog_are_one_copartitioned_group() -> None:
 
 def test_state_topics_are_compacted() -> None:
     compacted = {t.name for t in CATALOG if t.cleanup is Cleanup.COMPACT}
-    assert compacted == {Topics.BUDGETS, Topics.PLANNER_STATE, Topics.TOOLS}
+    assert compacted == {Topics.BUDGETS, Topics.PLANNER_STATE, Topics.TOOLS, Topics.KEYS}
 
 
 def test_sasl_settings_require_credentials_and_keep_the_password_secret() -> None:

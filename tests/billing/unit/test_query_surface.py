@@ -19,8 +19,11 @@ from stepline_billing.grpc_service import BillingServicer
 from stepline_billing.rollups import Granularity
 from stepline_billing.sqlstore import SqliteLedgerStore
 from stepline_billing.store import InMemoryLedgerStore
+from stepline_keys import Scope
+from stepline_keys.grpcdoor import RequireKey
 from stepline_runtime.jsonlines import record_json
 from tests.billing.factories import NOW, handler, inbound, model_usage, tool_usage
+from tests.keys.support import grant, new_key, registry_with, with_key
 
 
 @pytest.fixture
@@ -30,14 +33,20 @@ async def stub() -> AsyncIterator[billing_service_pb2_grpc.BillingServiceAsyncSt
     for i in range(25):
         await billing.on_usage_recorded(inbound(model_usage(f"m{i}", run=f"r{i % 2}")))
     await billing.on_usage_recorded(inbound(model_usage("u", provider="x", model="nope")))
-    server = grpc.aio.server()
+    key = new_key("acme", grant(Scope.USAGE_READ))
+    registry = registry_with(key)
+    server = grpc.aio.server(interceptors=[RequireKey(registry)])
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-        BillingServicer(store, BudgetConfig(Limits(daily=Decimal("1"))), "USD", lambda: NOW),
+        BillingServicer(
+            store, BudgetConfig(Limits(daily=Decimal("1"))), "USD", lambda: NOW, registry
+        ),
         server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", interceptors=with_key(key.secret)
+    ) as channel:
         yield billing_service_pb2_grpc.BillingServiceStub(channel)
     await server.stop(None)
 
@@ -67,6 +76,12 @@ async def test_grpc_usage_budget_and_ledger_paging(
             billing_service_pb2.ListLedgerRequest(tenant_id="acme", page_token="x")
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The key's tenant is the only one it reads; an empty tenant_id means the key's.
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await stub.GetUsage(billing_service_pb2.GetUsageRequest(tenant_id="globex"))
+    assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    own = await stub.GetUsage(billing_service_pb2.GetUsageRequest())
+    assert own.total_calls == usage.total_calls
 
 
 async def test_cli_tables_csv_and_reconcile(

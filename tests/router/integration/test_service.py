@@ -23,10 +23,12 @@ from stepline.v1 import (
     router_service_pb2_grpc,
     usage_pb2,
 )
+from stepline_keys.feeds import KafkaKeyLog
 from stepline_runtime.codec import encode
-from stepline_runtime.settings import KafkaSettings, namespaced
+from stepline_runtime.settings import KafkaSettings, ServiceSettings, namespaced
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 from tests.kafkatools import read_all
+from tests.keys.support import new_key, with_key
 from tests.router.fakes import closed_port
 from tests.router.support import free_port, spawn
 
@@ -62,8 +64,13 @@ async def test_router_subprocess_answers_on_kafka_and_grpc(
     tmp_path: Path,
 ) -> None:
     namespace = f"t{uuid.uuid4().hex[:10]}"
-    used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ}
+    used = {Topics.MODEL_REQUESTS, Topics.MODEL_RESULTS, Topics.USAGE, Topics.KEYS, Topics.DLQ}
     await ensure_topics(admin, [t for t in CATALOG if t.name in used], 2, 1, namespace)
+    key = new_key("acme")
+    async with KafkaKeyLog(
+        ServiceSettings(kafka=kafka, topic_namespace=namespace), source="test"
+    ) as keys:
+        await keys.publish(key.event)
     request = model_pb2.ModelCallRequested(
         run_id="run-1",
         tenant_id="acme",
@@ -115,7 +122,9 @@ async def test_router_subprocess_answers_on_kafka_and_grpc(
         letters = await read_all(kafka, namespaced(Topics.DLQ, namespace), expect=1, timeout_s=30)
         assert len(letters) == 1
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{grpc_port}", interceptors=with_key(key.secret)
+        ) as channel:
             # The stubs package declares HealthStub without its methods.
             health: Any = health_pb2_grpc.HealthStub(channel)
             status = await health.Check(

@@ -37,7 +37,8 @@ def test_every_catalog_topic_has_a_writer_and_every_principal_has_a_scram_user()
 
 def test_principals_come_from_the_service_specs_and_a_new_spec_gets_its_grants() -> None:
     names = [spec.name for spec in discover()]
-    assert [a.service for a in ACCESS] == names
+    # Services from their specs, then the principals that are not services (the key admin).
+    assert [a.service for a in ACCESS] == [*names, "key-admin"]
     summarizer = ServiceSpec(
         "summarizer",
         "stepline_summarizer",
@@ -64,7 +65,11 @@ def test_router_gets_exactly_its_topics_group_and_idempotence() -> None:
             ),
             ("Write", "Describe", "Create"),
         ),
-        ((namespaced(Topics.MODEL_REQUESTS, ns),), ("Read", "Describe", "Create")),
+        ((namespaced(Topics.KEY_SPEND, ns),), ("Read", "Write", "Describe", "Create")),
+        (
+            (namespaced(Topics.KEYS, ns), namespaced(Topics.MODEL_REQUESTS, ns)),
+            ("Read", "Describe", "Create"),
+        ),
     ]
     assert found["group"] == [(("prod.model-router",), ("Read", "Describe"))]
     assert found["cluster"] == [(("kafka-cluster",), ("IdempotentWrite",))]

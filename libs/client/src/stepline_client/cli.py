@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, model_pb2, runs_pb2
 from stepline.v1.gateway_service_pb2 import RunSummary
-from stepline_client import models_cli
+from stepline_client import keys_cli, models_cli
 from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
 from stepline_client.demo import main as demo
 from stepline_client.events import describe, describe_attempt, is_terminal, money
@@ -130,7 +130,9 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
         return 1
     # Processes being alive is not enough: wait until a goal submitted now would be served.
     kafka = settings.kafka.model_copy(update={"bootstrap": env["STEPLINE_KAFKA_BOOTSTRAP"]})
-    if not asyncio.run(_wait_ready(settings.model_copy(update={"kafka": kafka}), args.timeout)):
+    ready_settings = settings.model_copy(update={"kafka": kafka})
+    asyncio.run(keys_cli.ensure_bootstrap_key(ready_settings, _state_dir(), out))
+    if not asyncio.run(_wait_ready(ready_settings, args.timeout)):
         print(
             f"services did not become ready within {args.timeout:g}s — see the logs in "
             f"{_state_dir() / 'logs'}",
@@ -433,15 +435,19 @@ def _short(text: str, width: int) -> str:
 
 
 async def _usage(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    _tenant(args.tenant)
+    if args.tenant:  # else the API key's tenant
+        _tenant(args.tenant)
     async with grpc.aio.insecure_channel(args.billing) as channel:
         stub = billing_service_pb2_grpc.BillingServiceStub(channel)
         try:
             response = await stub.GetUsage(
                 billing_service_pb2.GetUsageRequest(tenant_id=args.tenant, run_id=args.run or ""),
                 timeout=10,
+                metadata=keys_cli.key_metadata(_state_dir()),
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() in keys_cli.REFUSALS:
+                raise CliError(keys_cli.refusal_text(error)) from error
             raise CliError(
                 f"billing at {args.billing} did not answer ({error.code().name}) — "
                 "run `stepline up` or pass --billing HOST:PORT"
@@ -602,7 +608,7 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("--keep-children", action="store_true")
 
     usage = sub.add_parser("usage", help="usage and cost per window, model and tool")
-    usage.add_argument("--tenant", required=True)
+    usage.add_argument("--tenant", default="", help="default: the API key's tenant")
     usage.add_argument("--run", help="only this run")
     usage.add_argument(
         "--billing",
@@ -618,6 +624,7 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, help="stop after this many records")
     tail.add_argument("--idle-timeout", type=int, help="stop after this many idle seconds")
     models_cli.add_parser(sub)
+    keys_cli.register(sub)
     return root
 
 
@@ -629,6 +636,7 @@ _ASYNC = {
     "usage": _usage,
     "topics": _topics,
     "tail": _tail,
+    "keys": keys_cli.run,
 }
 _RUNS = {"list": _list, "show": _show}
 _SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "models": models_cli.run}

@@ -2,7 +2,9 @@
 
 `python -m stepline_client.gateway` serves SubmitGoal, WatchRun (server stream), GetRun,
 CancelRun and DecideApproval on `STEPLINE_GATEWAY_ADDRESS` (default 127.0.0.1:50063). Every call
-names its tenant; a run of another tenant is reported as not found, never shown.
+proves an API key (`authorization: Bearer sk-stl-…`); the tenant is the key's. A run that is not
+the key's tenant's — another tenant's or none at all, the answer is the same — is
+PERMISSION_DENIED, so a caller never learns whether another tenant's run exists.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
@@ -22,6 +25,9 @@ from stepline.v1 import gateway_service_pb2_grpc as pb_grpc
 from stepline_client.client import Stepline
 from stepline_client.gateway_spec import SPEC
 from stepline_client.summary import summarize
+from stepline_keys import Authenticator, AuthError, PermissionDeniedError, Principal, Scope
+from stepline_keys.grpcdoor import RequireKey, abort_for, authorize
+from stepline_keys.service import key_services
 from stepline_runtime import lifecycle
 from stepline_runtime.lifecycle import GrpcServerPart, Running, ServiceContext
 from stepline_runtime.settings import ServiceSettings
@@ -42,28 +48,38 @@ class Settings(ServiceSettings):
 
 
 class Gateway(pb_grpc.GatewayServiceServicer):
-    """GatewayService over the Stepline client."""
+    """GatewayService over the Stepline client, for the tenant of each call's API key."""
 
-    def __init__(self, client: Stepline) -> None:
+    def __init__(self, client: Stepline, authenticator: Authenticator) -> None:
         self._client = client
+        self.authenticator = authenticator
 
     async def SubmitGoal(  # noqa: N802  (gRPC method name)
         self, request: pb.SubmitGoalRequest, context: _Context
     ) -> pb.SubmitGoalResponse:
         """Publish the goal; the run id is derived from tenant and idempotency key when given."""
+        principal = await authorize(context, self.authenticator, Scope.GOALS_SUBMIT)
         goal = request.goal
-        if not goal.tenant_id or not goal.goal.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "goal and tenant_id are required")
+        try:
+            goal.tenant_id = principal.tenant_for(goal.tenant_id)
+            if goal.agent and not principal.may_use_agent(goal.agent):
+                raise PermissionDeniedError(f"this API key may not run agent {goal.agent!r}")
+        except AuthError as error:
+            await abort_for(context, error)
+        if not goal.goal.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "goal is required")
+        if not goal.submitted_by:
+            goal.submitted_by = f"key:{principal.key_id}"
         return pb.SubmitGoalResponse(run_id=await self._client.submit_message(goal))
 
     async def WatchRun(  # noqa: N802
         self, request: pb.WatchRunRequest, context: _Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
         """Stream the run's events after `after_sequence` until it ends."""
-        await self._require(request.tenant_id, request.run_id, context)
+        _, tenant_id = await self._run_of_key(request, Scope.RUNS_READ, context)
         async for event in self._client.events(request.run_id):
-            if event.tenant_id != request.tenant_id:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id}")
+            if event.tenant_id != tenant_id:
+                await abort_for(context, _hidden(request.run_id))
             if event.sequence > request.after_sequence:
                 yield pb.WatchRunResponse(event=event)
 
@@ -71,23 +87,21 @@ class Gateway(pb_grpc.GatewayServiceServicer):
         self, request: pb.GetRunRequest, context: _Context
     ) -> pb.GetRunResponse:
         """The run's current state, folded from its history."""
-        await self._require(request.tenant_id, request.run_id, context)
+        await self._run_of_key(request, Scope.RUNS_READ, context)
         events = [e async for e in self._client.events(request.run_id, follow=False)]
-        if not events or events[0].tenant_id != request.tenant_id:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id}")
         return pb.GetRunResponse(run=summarize(events))
 
     async def CancelRun(  # noqa: N802
         self, request: pb.CancelRunRequest, context: _Context
     ) -> pb.CancelRunResponse:
-        """Ask the planner to cancel the run (the planner checks the tenant)."""
-        await self._require(request.tenant_id, request.run_id, context)
+        """Ask the planner to cancel the run (a key that may submit goals may cancel runs)."""
+        principal, tenant_id = await self._run_of_key(request, Scope.GOALS_SUBMIT, context)
         cancel = request.cancel
         await self._client.cancel(
             request.run_id,
-            request.tenant_id,
+            tenant_id,
             reason=cancel.reason,
-            requested_by=cancel.requested_by,
+            requested_by=cancel.requested_by or f"key:{principal.key_id}",
             keep_children=cancel.keep_children,
         )
         return pb.CancelRunResponse()
@@ -96,8 +110,8 @@ class Gateway(pb_grpc.GatewayServiceServicer):
         self, request: pb.DecideApprovalRequest, context: _Context
     ) -> pb.DecideApprovalResponse:
         """Approve or deny a pending tool call."""
-        await self._require(request.tenant_id, request.run_id, context)
         d = request.decision
+        principal, tenant_id = await self._run_of_key(request, Scope.APPROVALS_DECIDE, context)
         if d.decision == control_pb2.APPROVAL_DECISION_UNSPECIFIED or not d.approval_id:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -105,31 +119,61 @@ class Gateway(pb_grpc.GatewayServiceServicer):
             )
         await self._client.decide(
             request.run_id,
-            request.tenant_id,
+            tenant_id,
             d.approval_id,
             approve=d.decision == control_pb2.APPROVAL_DECISION_APPROVED,
             reason=d.reason,
             edited_arguments_json=d.edited_arguments_json,
-            decided_by=d.decided_by,
+            decided_by=d.decided_by or f"key:{principal.key_id}",
             call_id=d.call_id,
         )
         return pb.DecideApprovalResponse()
 
-    @staticmethod
-    async def _require(tenant_id: str, run_id: str, context: _Context) -> None:
-        if not tenant_id or not run_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "tenant_id and run_id are required"
-            )
+    async def _run_of_key(
+        self, request: _RunRequest, scope: Scope, context: _Context
+    ) -> tuple[Principal, str]:
+        """The caller's principal and the run's tenant, once its key holds `scope` and may see
+        the run."""
+        principal = await authorize(context, self.authenticator, scope)
+        if not request.run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+        try:
+            principal.tenant_for(request.tenant_id)
+        except AuthError as error:
+            await abort_for(context, error)
+        async for first in self._client.events(request.run_id, follow=False):
+            if principal.may_see(first.tenant_id):
+                return principal, first.tenant_id
+            break
+        await abort_for(context, _hidden(request.run_id))
+
+
+_RunRequest: TypeAlias = (
+    "pb.WatchRunRequest | pb.GetRunRequest | pb.CancelRunRequest | pb.DecideApprovalRequest"
+)
+
+
+def _hidden(run_id: str) -> PermissionDeniedError:
+    # The same answer for another tenant's run and for no run: existence stays private.
+    return PermissionDeniedError(f"run {run_id} is not visible to this API key")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 @asynccontextmanager
 async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
     """The gateway's one part: its gRPC server over a Stepline client."""
     settings = context.settings
-    async with Stepline(settings, source=context.spec.name) as client:
-        server = grpc.aio.server()
-        pb_grpc.add_GatewayServiceServicer_to_server(Gateway(client), server)
+    async with (
+        Stepline(settings, source=context.spec.name) as client,
+        key_services(
+            settings, client_id=context.spec.name, clock=lambda: datetime.now(UTC)
+        ) as keys,
+    ):
+        server = grpc.aio.server(interceptors=[RequireKey(keys.registry)])
+        pb_grpc.add_GatewayServiceServicer_to_server(Gateway(client, keys.registry), server)
         port = server.add_insecure_port(settings.gateway_address)
         yield Running([GrpcServerPart(server)], {"address": settings.gateway_address, "port": port})
 

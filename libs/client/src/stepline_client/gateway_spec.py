@@ -13,7 +13,7 @@ SPEC = ServiceSpec(
     build="stepline_client.gateway:build",
     settings="stepline_client.gateway:Settings",
     # Follows runs with a reader of its own (no group).
-    reads=(Topics.RUNS,),
+    reads=(Topics.RUNS, Topics.KEYS),
     writes=(Topics.GOALS, Topics.CONTROL),
     ports={"grpc": 50063},
 )

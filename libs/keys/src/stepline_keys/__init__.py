@@ -11,10 +11,19 @@ from stepline_keys.access import (
     Scope,
     UnauthenticatedError,
 )
+from stepline_keys.model import Grant, Key, KeyEvent, Limits
+from stepline_keys.quotas import KeyQuotas
+from stepline_keys.registry import KeyRegistry
 
 __all__ = [
     "AuthError",
     "Authenticator",
+    "Grant",
+    "Key",
+    "KeyEvent",
+    "KeyQuotas",
+    "KeyRegistry",
+    "Limits",
     "PermissionDeniedError",
     "Principal",
     "Quotas",

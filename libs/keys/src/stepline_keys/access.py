@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -19,6 +20,8 @@ __all__ = [
     "Reservation",
     "Scope",
     "UnauthenticatedError",
+    "is_loopback_host",
+    "require_origin",
 ]
 
 
@@ -44,6 +47,9 @@ class Principal:
     models: frozenset[str] = frozenset()
     agents: frozenset[str] = frozenset()
     label: str = ""
+    # The development key `stepline up` creates: doors accept it only from loopback peers, and
+    # like a local superuser it may act for any tenant a call names (its own by default).
+    loopback_only: bool = False
 
     def has(self, scope: Scope) -> bool:
         """True when the key holds `scope` (or `admin`, which holds every scope)."""
@@ -60,6 +66,24 @@ class Principal:
     def may_use_agent(self, agent: str) -> bool:
         """True when the key is not limited to other agents."""
         return not self.agents or agent in self.agents
+
+    def require(self, scope: Scope) -> None:
+        """`PermissionDeniedError` unless the key holds `scope`."""
+        if not self.has(scope):
+            raise PermissionDeniedError(f"this API key lacks the scope {scope.value!r}")
+
+    def tenant_for(self, requested: str) -> str:
+        """The tenant a call acts for: the key's; naming another one is `PermissionDeniedError`
+        (except for the loopback-only development key)."""
+        if requested and requested != self.tenant_id:
+            if self.loopback_only:
+                return requested
+            raise PermissionDeniedError("this API key may not act for the tenant the call names")
+        return self.tenant_id
+
+    def may_see(self, tenant_id: str) -> bool:
+        """True when an object of `tenant_id` is visible to this key."""
+        return tenant_id == self.tenant_id or self.loopback_only
 
 
 class AuthError(SteplineError):
@@ -105,3 +129,18 @@ class Quotas(Protocol):
     async def reserve(self, principal: Principal, *, cost: Decimal, tokens: int) -> Reservation:
         """Hold one request, `tokens` and the worst-case `cost`; `RateLimitedError` when over."""
         ...
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for a loopback IP address (127.0.0.0/8, ::1); False for names and None."""
+    try:
+        return host is not None and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_origin(principal: Principal, *, loopback: bool) -> Principal:
+    """`principal`, unless it is the loopback-only development key calling from another host."""
+    if principal.loopback_only and not loopback:
+        raise UnauthenticatedError("the bootstrap API key is accepted from this host only")
+    return principal

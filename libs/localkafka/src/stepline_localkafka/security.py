@@ -17,6 +17,7 @@ from .errors import LocalKafkaError
 
 __all__ = [
     "ADMIN_USER",
+    "KEY_ADMIN_USER",
     "MECHANISM",
     "SECURITY_PROTOCOL",
     "SERVICE_USERS",
@@ -28,7 +29,9 @@ SECURITY_PROTOCOL = "SASL_PLAINTEXT"
 ADMIN_USER = "admin"
 # One SCRAM user per installed Stepline service, named like it (scripts/kafka_acls.py grants
 # each its own topics).
-SERVICE_USERS = service_names()
+# `stepline keys …` writes the keys topic as its own principal, not as a service.
+KEY_ADMIN_USER = "key-admin"
+SERVICE_USERS = (*service_names(), KEY_ADMIN_USER)
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 

@@ -19,6 +19,8 @@ class Cleanup(StrEnum):
 
     DELETE = "delete"
     COMPACT = "compact"
+    # Compacted, and records older than retention.ms are deleted too (windowed counters).
+    COMPACT_DELETE = "compact,delete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class Topics:
     BUDGETS = "stepline.budgets.v1"
     PLANNER_STATE = "stepline.planner.state.v1"
     DLQ = "stepline.dlq.v1"
+    KEYS = "stepline.keys.v1"
+    KEY_SPEND = "stepline.keys.spend.v1"
 
 
 _PLANNER = "planner-inputs"
@@ -124,4 +128,16 @@ CATALOG: tuple[Topic, ...] = (
         copartition_group=_PLANNER,
     ),
     Topic(Topics.DLQ, "original key", ("stepline.v1.DeadLetter",), configs=_retention(30)),
+    # API keys as events (hash only); every front door folds it from the beginning. Compacted:
+    # the latest event per key is its state; the full history stays until compaction.
+    Topic(Topics.KEYS, "key_id", ("stepline.v1.KeyEvent",), Cleanup.COMPACT),
+    # Settled spend per key, UTC day and router instance (running totals); a month's spend is
+    # the sum of its days, so 40 days of records suffice.
+    Topic(
+        Topics.KEY_SPEND,
+        "key_id/day/instance_id",
+        ("stepline.v1.KeySpendRecorded",),
+        Cleanup.COMPACT_DELETE,
+        _retention(40),
+    ),
 )

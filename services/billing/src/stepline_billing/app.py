@@ -14,6 +14,8 @@ from stepline_billing.grpc_service import BillingServicer
 from stepline_billing.handlers import OutputTopics, UsageHandler
 from stepline_billing.sqlstore import PostgresLedgerStore, SqliteLedgerStore
 from stepline_billing.store import LedgerStore
+from stepline_keys.grpcdoor import RequireKey
+from stepline_keys.service import key_services
 from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
 from stepline_runtime.catalog import Topics
@@ -58,15 +60,22 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         )
         subscribe(broker, context.topic(Topics.USAGE), group_id=context.group, processor=processor)
 
-        server = grpc.aio.server()
-        billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-            BillingServicer(store, load_budgets(settings.billing_config), book.currency, clock),
-            server,
-        )
-        port = server.add_insecure_port(settings.billing_grpc_address)
-        yield Running(
-            [BrokerPart(broker), GrpcServerPart(server, grace_s=2)],
-            {"grpc_port": port, "store": "postgresql" if settings.billing_dsn else "sqlite"},
-        )
+        async with key_services(settings, client_id=context.spec.name, clock=clock) as keys:
+            server = grpc.aio.server(interceptors=[RequireKey(keys.registry)])
+            billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
+                BillingServicer(
+                    store,
+                    load_budgets(settings.billing_config),
+                    book.currency,
+                    clock,
+                    keys.registry,
+                ),
+                server,
+            )
+            port = server.add_insecure_port(settings.billing_grpc_address)
+            yield Running(
+                [BrokerPart(broker), GrpcServerPart(server, grace_s=2)],
+                {"grpc_port": port, "store": "postgresql" if settings.billing_dsn else "sqlite"},
+            )
     finally:
         store.close()

@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -21,6 +22,8 @@ from stepline_billing.convert import (
 )
 from stepline_billing.queries import budget, usage_summary
 from stepline_billing.store import Cursor, LedgerQuery, LedgerStore
+from stepline_keys import Authenticator, AuthError, Scope
+from stepline_keys.grpcdoor import abort_for, authorize
 from stepline_vocab import wire
 
 __all__ = ["BillingServicer", "decode_page_token", "encode_page_token"]
@@ -53,7 +56,11 @@ def _range(
 
 
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
-    """Answers from the ledger store (blocking DB calls run in a worker thread)."""
+    """Answers from the ledger store (blocking DB calls run in a worker thread).
+
+    Every call proves an API key with `usage:read`; it reads its own tenant only (an empty
+    `tenant_id` means the key's tenant, another tenant's is PERMISSION_DENIED).
+    """
 
     def __init__(
         self,
@@ -61,11 +68,20 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         budgets: BudgetConfig,
         currency: str,
         clock: Callable[[], datetime],
+        authenticator: Authenticator,
     ) -> None:
         self._store = store
         self._budgets = budgets
         self._currency = currency
         self._clock = clock
+        self.authenticator = authenticator
+
+    async def _tenant(self, requested: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        principal = await authorize(context, self.authenticator, Scope.USAGE_READ)
+        try:
+            return principal.tenant_for(requested)
+        except AuthError as error:
+            await abort_for(context, error)
 
     async def GetUsage(  # noqa: N802 (gRPC method name)
         self,
@@ -75,13 +91,12 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         ],
     ) -> billing_service_pb2.GetUsageResponse:
         """Rollups and totals of a tenant (optionally one run) over a time range."""
-        if not request.tenant_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        tenant_id = await self._tenant(request.tenant_id, context)
         start, end = _range(request)
         summary = await asyncio.to_thread(
             usage_summary,
             self._store,
-            request.tenant_id,
+            tenant_id,
             granularity_from_proto(request.granularity),
             request.run_id,
             start,
@@ -105,10 +120,9 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         ],
     ) -> billing_service_pb2.GetBudgetResponse:
         """The tenant's current budget."""
-        if not request.tenant_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        tenant_id = await self._tenant(request.tenant_id, context)
         state = await asyncio.to_thread(
-            budget, self._store, self._budgets, request.tenant_id, self._clock()
+            budget, self._store, self._budgets, tenant_id, self._clock()
         )
         return billing_service_pb2.GetBudgetResponse(budget=budget_to_proto(state, self._currency))
 
@@ -120,8 +134,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         ],
     ) -> billing_service_pb2.ListLedgerResponse:
         """One page of ledger records, oldest first."""
-        if not request.tenant_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        tenant_id = await self._tenant(request.tenant_id, context)
         if request.page_size < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be >= 0")
         size = min(request.page_size or _DEFAULT_PAGE, _MAX_PAGE)
@@ -132,9 +145,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
             except ValueError as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         start, end = _range(request)
-        query = LedgerQuery(
-            request.tenant_id, request.run_id, start, end, kind_from_proto(request.kind)
-        )
+        query = LedgerQuery(tenant_id, request.run_id, start, end, kind_from_proto(request.kind))
         # One extra row tells whether another page exists.
         rows = await asyncio.to_thread(self._store.entries, query, size + 1, after)
         page, more = rows[:size], len(rows) > size

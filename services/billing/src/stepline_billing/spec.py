@@ -13,6 +13,7 @@ SPEC = ServiceSpec(
     build="stepline_billing.app:build",
     settings="stepline_billing.config:Settings",
     consumes=(Topics.USAGE,),
+    reads=(Topics.KEYS,),
     writes=(Topics.USAGE_ROLLUPS, Topics.BUDGETS, Topics.DLQ),
     metrics_port=9104,
     ports={"grpc": 50062},

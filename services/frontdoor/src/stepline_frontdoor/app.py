@@ -28,11 +28,13 @@ from stepline_frontdoor.openapi import document
 from stepline_frontdoor.projector import Projector
 from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
 from stepline_frontdoor.store import ReadStore
-from stepline_keys import Authenticator
+from stepline_keys import Authenticator, Principal
+from stepline_keys.secret import key_id_of
+from stepline_keys.service import key_services
 from stepline_runtime.catalog import Topics
 from stepline_runtime.lifecycle import Running, ServiceContext, TaskPart
 
-__all__ = ["Frontdoor", "HttpServerPart", "build", "clock", "open_store", "wire"]
+__all__ = ["Frontdoor", "HttpServerPart", "RegistryOrFile", "build", "clock", "open_store", "wire"]
 
 log = logging.getLogger(__name__)
 
@@ -142,25 +144,43 @@ class HttpServerPart:
         await asyncio.shield(self._task)
 
 
+class RegistryOrFile:
+    """Keys of the registry (`sk-stl-…`, from `stepline.keys.v1`) and of the local key file."""
+
+    def __init__(self, registry: Authenticator, file: Authenticator) -> None:
+        self._registry = registry
+        self._file = file
+
+    def authenticate(self, secret: str | None) -> Principal:
+        """The principal of a registry key, else of a key-file key."""
+        if secret and key_id_of(secret):
+            return self._registry.authenticate(secret)
+        return self._file.authenticate(secret)
+
+
 @asynccontextmanager
 async def build(
     context: ServiceContext[Settings], authenticator: Authenticator | None = None
 ) -> AsyncIterator[Running]:
     """The front door's parts: the read-model projector and the HTTP server over it."""
     settings = context.settings
-    keys = authenticator
-    if keys is None:
-        from_file = StaticAuthenticator.from_file(settings.frontdoor_keys_file)
-        if not from_file:
-            log.warning(
-                "no API keys: the console refuses every request until one is issued with "
-                "`python -m stepline_frontdoor.keyfile issue --file FILE --tenant T --scope admin`",
-                extra={"keys_file": str(settings.frontdoor_keys_file)},
-            )
-        keys = from_file
     store = open_store(settings)
     try:
-        async with Stepline(settings, source=context.spec.name) as client:
+        async with (
+            Stepline(settings, source=context.spec.name) as client,
+            key_services(settings, client_id=context.spec.name, clock=clock) as registry,
+        ):
+            keys = authenticator
+            if keys is None:
+                from_file = StaticAuthenticator.from_file(settings.frontdoor_keys_file)
+                if not from_file and not registry.registry.all_keys():
+                    log.warning(
+                        "no API keys: the console refuses every request until one is issued "
+                        "with `stepline keys create` (or in the key file: `python -m "
+                        "stepline_frontdoor.keyfile issue --file FILE --tenant T --scope admin`)",
+                        extra={"keys_file": str(settings.frontdoor_keys_file)},
+                    )
+                keys = RegistryOrFile(registry.registry, from_file)
             parts = wire(
                 settings,
                 store=store,

@@ -56,6 +56,7 @@ from stepline_keys import (
     Scope,
     UnauthenticatedError,
 )
+from stepline_keys.access import is_loopback_host, require_origin
 
 __all__ = ["ENDPOINTS", "STATIC", "Api", "ApiError", "Endpoint", "Param", "build_app"]
 
@@ -237,7 +238,8 @@ class Api:
         """The caller's principal, holding `scope`; raises `AuthError`."""
         header = request.headers.get("authorization", "")
         secret = header[7:].strip() if header[:7].lower() == "bearer " else None
-        principal = self._auth.authenticate(secret)
+        peer = request.client.host if request.client else None
+        principal = require_origin(self._auth.authenticate(secret), loopback=is_loopback_host(peer))
         if not principal.has(scope):
             raise PermissionDeniedError(f"this key lacks the `{scope.value}` scope")
         return principal

@@ -13,7 +13,14 @@ SPEC = ServiceSpec(
     build="stepline_frontdoor.app:build",
     settings="stepline_frontdoor.config:Settings",
     # The read model follows these itself, from its own stored offsets (no group).
-    reads=(Topics.RUNS, Topics.USAGE, Topics.MODEL_RESULTS, Topics.TOOL_RESULTS, Topics.BUDGETS),
+    reads=(
+        Topics.RUNS,
+        Topics.USAGE,
+        Topics.MODEL_RESULTS,
+        Topics.TOOL_RESULTS,
+        Topics.BUDGETS,
+        Topics.KEYS,
+    ),
     writes=(Topics.GOALS, Topics.CONTROL),
     metrics_port=9106,
     ports={"http": 8470},

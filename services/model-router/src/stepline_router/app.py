@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 import httpx
 
 from stepline_keys import Authenticator, Quotas
+from stepline_keys.service import key_services
+from stepline_keys.tenants import load_tenant_limits
 from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
 from stepline_router.config import Settings
@@ -122,8 +124,8 @@ def _gateway(
 
 @asynccontextmanager
 async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
-    """The router's parts: the model-request consumer, its gRPC server, its HTTP gateway (dev
-    key only), config watchers."""
+    """The router's parts: the model-request consumer, its gRPC server and HTTP gateway (both
+    behind the API key registry; HTTP takes the dev key instead when one is set), watchers."""
     async with _build(context, (None, None)) as running:
         yield running
 
@@ -162,9 +164,20 @@ async def _build(
     )
     # aiohttp under the httpx API: several times the throughput of httpx's pool under load.
     transport = FastTransport(limits)
-    async with httpx.AsyncClient(
-        transport=transport, limits=limits, follow_redirects=False
-    ) as client:
+    async with (
+        httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False) as client,
+        key_services(
+            settings,
+            client_id=context.spec.name,
+            clock=clock.now,
+            spend_currency=prices.current().currency,
+            tenant_limits=load_tenant_limits(settings.tenant_limits),
+        ) as registry,
+    ):
+        assert registry.quotas is not None
+        if keys == (None, None) and not settings.dev_api_key:
+            # The key registry guards the HTTP door too, unless a dev key was asked for.
+            keys = (registry.registry, registry.quotas)
         router = Router(
             routes=routes.current,
             prices=prices.current,
@@ -216,7 +229,15 @@ async def _build(
         ]
         info: dict[str, object] = {}
         if settings.grpc_enabled:
-            service = RouterService(router, handler, publisher, clock, lambda: uuid.uuid4().hex)
+            service = RouterService(
+                router,
+                handler,
+                publisher,
+                clock,
+                lambda: uuid.uuid4().hex,
+                registry.registry,
+                registry.quotas,
+            )
             server, _, info["grpc_port"] = await server_for(
                 service, f"{settings.grpc_host}:{settings.grpc_port}"
             )

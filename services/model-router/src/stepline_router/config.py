@@ -27,6 +27,10 @@ class Settings(ServiceSettings):
     secrets_dir: Path | None = Field(
         default=None, description="Directory of secret files named like the credential variable."
     )
+    tenant_limits: Path | None = Field(
+        default=None,
+        description="TOML of tenant spend limits for API-key quotas (STEPLINE_TENANT_LIMITS).",
+    )
     grpc_enabled: bool = True
     # Loopback by default; a deployment that serves other hosts sets STEPLINE_GRPC_HOST.
     grpc_host: str = "127.0.0.1"

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, assert_never
 
 import grpc
@@ -14,6 +15,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stepline.v1 import router_service_pb2, router_service_pb2_grpc
+from stepline_keys import (
+    Authenticator,
+    AuthError,
+    PermissionDeniedError,
+    Principal,
+    Quotas,
+    Reservation,
+    Scope,
+)
+from stepline_keys.grpcdoor import RequireKey, abort_for, authorize
 from stepline_router.clock import Clock
 from stepline_router.convert import (
     InvalidRequestError,
@@ -22,7 +33,7 @@ from stepline_router.convert import (
     request_from_proto,
 )
 from stepline_router.handlers import ModelCallHandler
-from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router
+from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router, spent
 from stepline_router.stream import ContentDelta, TextDelta
 from stepline_router.types import ModelRequest
 from stepline_runtime.atleastonce import Publisher
@@ -37,7 +48,12 @@ SERVICE_NAME = router_service_pb2.DESCRIPTOR.services_by_name["ModelRouterServic
 
 class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
     """`Complete` (unary) and `CompleteStream`: one model answer with failover; usage is
-    published like for Kafka."""
+    published like for Kafka.
+
+    Every call proves an API key with `models:call` and a route the key allows; the tenant is
+    the key's. The key's quotas hold the call's worst case before it runs (the router is capped
+    at that cost) and settle the real cost after.
+    """
 
     def __init__(
         self,
@@ -46,12 +62,16 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         publisher: Publisher,
         clock: Clock,
         new_id: Callable[[], str],
+        authenticator: Authenticator,
+        quotas: Quotas,
     ) -> None:
         self._router = router
         self._handler = handler
         self._publisher = publisher
         self._clock = clock
         self._new_id = new_id
+        self.authenticator = authenticator
+        self._quotas = quotas
 
     async def Complete(  # noqa: N802 - the gRPC method name
         self,
@@ -61,9 +81,15 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         ],
     ) -> router_service_pb2.CompleteResponse:
         """Route one call; INVALID_ARGUMENT for a bad request, UNAVAILABLE if usage is lost."""
-        request_id, core = await self._core_request(request, context)
-        with bind(tenant_id=core.tenant_id, call_id=request_id):
-            outcome = await self._router.complete(core)
+        request_id, core, principal = await self._core_request(request, context)
+        core, held = await self._reserve(principal, core, context)
+        try:
+            with bind(tenant_id=core.tenant_id, call_id=request_id):
+                outcome = await self._router.complete(core)
+        except BaseException:
+            await held.settle(cost=core.max_cost or Decimal(0), tokens=0)
+            raise
+        await _settle(held, outcome)
         await self._record(core, outcome, context)
         return _response(request_id, outcome)
 
@@ -75,8 +101,8 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         ],
     ) -> AsyncIterator[router_service_pb2.CompleteStreamResponse]:
         """Route one call streamed: content deltas as they come, then the outcome (`done`)."""
-        request_id, core = await self._core_request(request.request, context)
-        core = replace(core, stream=True)
+        request_id, core, principal = await self._core_request(request.request, context)
+        core, held = await self._reserve(principal, replace(core, stream=True), context)
         stream = self._router.stream(core)
         outcome: CallOutcome | None = None
         try:
@@ -89,6 +115,7 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
                 # The caller cancelled: stop the provider and bill what it did.
                 outcome = await stream.aclose()
                 await self._publish_quietly(core, outcome)
+            await _settle(held, outcome)
         assert outcome is not None
         await self._record(core, outcome, context)
         yield router_service_pb2.CompleteStreamResponse(done=_response(request_id, outcome))
@@ -97,13 +124,30 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         self,
         request: router_service_pb2.CompleteRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> tuple[str, ModelRequest]:
-        """The request id and core request, or INVALID_ARGUMENT."""
+    ) -> tuple[str, ModelRequest, Principal]:
+        """The request id, core request and caller's principal; or the refusal."""
+        principal = await authorize(context, self.authenticator, Scope.MODELS_CALL)
+        try:
+            tenant_id = principal.tenant_for(request.tenant_id)
+            if not principal.may_use_route(request.route):
+                raise PermissionDeniedError(f"this API key may not use route {request.route!r}")
+            barred = [
+                d
+                for d in self._router.route_deployments(request.route)
+                if not principal.may_use_model(d)
+            ]
+            if barred:
+                raise PermissionDeniedError(
+                    f"this API key may not use deployment(s) {', '.join(barred)} "
+                    f"of route {request.route!r}"
+                )
+        except AuthError as error:
+            await abort_for(context, error)
         request_id = request.request_id or f"grpc:{self._new_id()}"
         try:
-            return request_id, request_from_proto(
+            core = request_from_proto(
                 call_id=request_id,
-                tenant_id=request.tenant_id,
+                tenant_id=tenant_id,
                 route=request.route,
                 messages=request.messages,
                 tools=request.tools,
@@ -113,6 +157,27 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
             )
         except InvalidRequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return request_id, core, principal
+
+    async def _reserve(
+        self,
+        principal: Principal,
+        core: ModelRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[ModelRequest, Reservation]:
+        """Hold the call's worst case in the key's quotas, capping the call at it."""
+        worst = self._router.worst_case(core)
+        if worst.cost is not None:
+            # Capped at the held amount, the call can never cost more than the quota holds.
+            cap = worst.cost if core.max_cost is None else min(worst.cost, core.max_cost)
+            core = replace(core, max_cost=cap)
+        try:
+            held = await self._quotas.reserve(
+                principal, cost=core.max_cost or Decimal(0), tokens=worst.tokens
+            )
+        except AuthError as error:
+            await abort_for(context, error)
+        return core, held
 
     async def _record(
         self,
@@ -151,6 +216,11 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         return min(candidates) if candidates else None
 
 
+async def _settle(held: Reservation, outcome: CallOutcome) -> None:
+    cost, tokens = spent(outcome)
+    await held.settle(cost=cost, tokens=tokens)
+
+
 def _response(request_id: str, outcome: CallOutcome) -> router_service_pb2.CompleteResponse:
     response = router_service_pb2.CompleteResponse(request_id=request_id)
     if isinstance(outcome, CallSucceeded):
@@ -179,7 +249,7 @@ async def server_for(
     service: RouterService, address: str
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A server (bound, not started) with the router and health services, health, the port."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[RequireKey(service.authenticator)])
     router_service_pb2_grpc.add_ModelRouterServiceServicer_to_server(service, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)

@@ -18,6 +18,7 @@ from typing import Any, Protocol, assert_never
 from aiohttp import web
 
 from stepline_keys import PermissionDeniedError, RateLimitedError, UnauthenticatedError
+from stepline_keys.access import is_loopback_host, require_origin
 from stepline_router import anthropic_wire, openai_wire
 from stepline_router.clock import Clock
 from stepline_router.errors import Outcome
@@ -245,7 +246,10 @@ class _Handlers:
         api = _ANTHROPIC if anthropic else _OPENAI
         request_id = "req_" + self._new_id()
         try:
-            principal = self._gateway.authenticate(_secret(request))
+            principal = require_origin(
+                self._gateway.authenticate(_secret(request)),
+                loopback=is_loopback_host(request.remote),
+            )
         except (UnauthenticatedError, PermissionDeniedError) as error:
             return self._error(api, _problem_of_auth(error), request_id)
         entries = self._gateway.models(principal)
@@ -257,7 +261,10 @@ class _Handlers:
     async def _call(self, api: _Api, request: web.Request) -> web.StreamResponse:
         request_id = api.id_prefix + self._new_id()
         try:
-            principal = self._gateway.authenticate(_secret(request))
+            principal = require_origin(
+                self._gateway.authenticate(_secret(request)),
+                loopback=is_loopback_host(request.remote),
+            )
         except (UnauthenticatedError, PermissionDeniedError) as error:
             return self._error(api, _problem_of_auth(error), request_id)
         try:

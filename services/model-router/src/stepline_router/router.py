@@ -34,6 +34,7 @@ from stepline_router.routing import (
     RateWindow,
     Skipped,
     estimated_cost,
+    output_cap,
     plan_route,
 )
 from stepline_router.stream import ContentDelta, StreamFold, TextDelta, is_content
@@ -48,6 +49,8 @@ __all__ = [
     "CallSucceeded",
     "ErrorKind",
     "Router",
+    "WorstCase",
+    "spent",
 ]
 
 # Slack over a provider's own total timeout before the router abandons the attempt itself.
@@ -128,6 +131,26 @@ class CallFailed:
 CallOutcome = CallSucceeded | CallFailed
 # Whether the caller may use a deployment (e.g. its API key's allow-list).
 Allowed = Callable[[Deployment], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class WorstCase:
+    """Upper bounds of one attempt of a request on its route, for quotas reserved up front."""
+
+    # None: the route is unknown or one of its deployments is unpriced.
+    cost: Decimal | None
+    tokens: int
+
+
+def spent(outcome: CallOutcome) -> tuple[Decimal, int]:
+    """The priced cost and the tokens of every attempt of a finished call."""
+    cost = sum((a.cost or Decimal(0) for a in outcome.attempts), Decimal(0))
+    tokens = sum(a.usage.input + a.usage.output for a in outcome.attempts)
+    if isinstance(outcome, CallSucceeded) and not outcome.attempts:
+        usage = outcome.completion.usage
+        tokens = usage.input + usage.output
+    return cost, tokens
+
 
 _FAIL_NOW_KINDS = {
     Outcome.BAD_REQUEST: ErrorKind.INVALID_REQUEST,
@@ -211,6 +234,34 @@ class Router:
             if message is not None:
                 found[route.name] = message
         return found
+
+    def route_deployments(self, route: str) -> tuple[str, ...]:
+        """Names of the deployments a call on `route` may reach (none for an unknown route)."""
+        found = self._routes().routes.get(route)
+        return tuple(d.name for d in found.deployments) if found is not None else ()
+
+    def worst_case(self, request: ModelRequest) -> WorstCase:
+        """The dearest attempt `request` could make on its route: cost and tokens.
+
+        With `max_cost` set to this cost the router never spends more on the whole call, so a
+        quota can hold it before the call and settle the real cost after.
+        """
+        route = self._routes().routes.get(request.route)
+        input_tokens = estimate_input_tokens(request.messages, request.tools)
+        if route is None or not route.deployments:
+            return WorstCase(None, input_tokens)
+        needs = Needs(
+            tools=bool(request.tools),
+            stream=request.stream,
+            input_tokens=input_tokens,
+            max_output_tokens=request.params.max_output_tokens,
+        )
+        book = self._prices()
+        costs = [estimated_cost(d, needs, book.model_price) for d in route.deployments]
+        outputs = [output_cap(d, needs) for d in route.deployments]
+        priced = [c for c in costs if c is not None]
+        cost = max(priced) if len(priced) == len(costs) else None
+        return WorstCase(cost, input_tokens + max(outputs))
 
     # Helpers used by _Call; kept here because they touch the router's shared state.
     def _unreachable_route(self, route: Route) -> str | None:

@@ -17,6 +17,7 @@ __all__ = [
     "RateWindow",
     "Skipped",
     "estimated_cost",
+    "output_cap",
     "plan_route",
 ]
 
@@ -51,7 +52,8 @@ class Plan:
     skipped: tuple[Skipped, ...]
 
 
-def _output_cap(deployment: Deployment, needs: Needs) -> int:
+def output_cap(deployment: Deployment, needs: Needs) -> int:
+    """Most output tokens a request may get from `deployment`."""
     cap = deployment.capabilities.max_output_tokens
     return min(cap, needs.max_output_tokens) if needs.max_output_tokens else cap
 
@@ -61,7 +63,7 @@ def estimated_cost(deployment: Deployment, needs: Needs, price: PriceLookup) -> 
     found = price(deployment.provider, deployment.model)
     if found is None:
         return None
-    return found.worst_case(needs.input_tokens, _output_cap(deployment, needs))
+    return found.worst_case(needs.input_tokens, output_cap(deployment, needs))
 
 
 def _capability_gap(deployment: Deployment, needs: Needs) -> str | None:

@@ -13,7 +13,8 @@ SPEC = ServiceSpec(
     build="stepline_router.app:build",
     settings="stepline_router.config:Settings",
     consumes=(Topics.MODEL_REQUESTS,),
-    writes=(Topics.MODEL_RESULTS, Topics.USAGE, Topics.DLQ),
+    reads=(Topics.KEYS, Topics.KEY_SPEND),
+    writes=(Topics.MODEL_RESULTS, Topics.USAGE, Topics.KEY_SPEND, Topics.DLQ),
     metrics_port=9102,
     ports={"grpc": 50061, "http": 8400},
 )

@@ -34,7 +34,7 @@ class GetUsageRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     GRANULARITY_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    """Required."""
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     run_id: _builtins.str
     """Optional: only this run."""
     granularity: _usage_pb2.RollupGranularity.ValueType
@@ -109,6 +109,7 @@ class GetBudgetRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     def __init__(
         self,
         *,
@@ -158,7 +159,7 @@ class ListLedgerRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    """Required."""
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     run_id: _builtins.str
     """Optional: only this run."""
     kind: _usage_pb2.UsageKind.ValueType

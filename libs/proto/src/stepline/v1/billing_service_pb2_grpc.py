@@ -27,6 +27,7 @@ if _version_not_supported:
 
 class BillingServiceStub:
     """BillingService answers questions about recorded spend. Served by billing from its ledger.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope usage:read.
     """
 
     def __init__(self, channel):
@@ -54,6 +55,7 @@ class BillingServiceStub:
 
 class BillingServiceServicer:
     """BillingService answers questions about recorded spend. Served by billing from its ledger.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope usage:read.
     """
 
     def GetUsage(self, request, context):
@@ -105,6 +107,7 @@ def add_BillingServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class BillingService:
     """BillingService answers questions about recorded spend. Served by billing from its ledger.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope usage:read.
     """
 
     @staticmethod

@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BillingServiceStub:
-    """BillingService answers questions about recorded spend. Served by billing from its ledger."""
+    """BillingService answers questions about recorded spend. Served by billing from its ledger.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope usage:read.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -42,7 +44,9 @@ class BillingServiceStub:
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
-    """BillingService answers questions about recorded spend. Served by billing from its ledger."""
+    """BillingService answers questions about recorded spend. Served by billing from its ledger.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope usage:read.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetUsage: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetUsageRequest, _billing_service_pb2.GetUsageResponse]  # type: ignore[assignment]
@@ -53,7 +57,9 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """ListLedger pages through individual usage records, oldest first."""
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
-    """BillingService answers questions about recorded spend. Served by billing from its ledger."""
+    """BillingService answers questions about recorded spend. Served by billing from its ledger.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope usage:read.
+    """
 
     @_abc_1.abstractmethod
     def GetUsage(

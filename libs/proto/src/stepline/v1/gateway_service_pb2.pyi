@@ -32,7 +32,9 @@ class SubmitGoalRequest(_message.Message):
     GOAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def goal(self) -> _goals_pb2.GoalSubmitted:
-        """run_id may be empty (the gateway assigns one); submitted_at is set by the gateway if unset."""
+        """run_id may be empty (the gateway assigns one); submitted_at is set by the gateway if unset.
+        tenant_id may be empty (the API key's tenant); another tenant is PERMISSION_DENIED.
+        """
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class WatchRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     run_id: _builtins.str
     after_sequence: _builtins.int
     """Stream events with sequence > after_sequence; 0: from the start."""
@@ -127,6 +130,7 @@ class GetRunRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     run_id: _builtins.str
     def __init__(
         self,
@@ -257,6 +261,7 @@ class CancelRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     run_id: _builtins.str
     @_builtins.property
     def cancel(self) -> _control_pb2.RunCancelRequested: ...
@@ -302,6 +307,7 @@ class DecideApprovalRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     run_id: _builtins.str
     @_builtins.property
     def decision(self) -> _control_pb2.ApprovalDecided: ...

@@ -28,6 +28,8 @@ if _version_not_supported:
 class GatewayServiceStub:
     """GatewayService is the gRPC front for callers that do not speak Kafka. It publishes to
     stepline.goals.v1 / stepline.control.v1 and reads stepline.runs.v1; it owns no run state.
+    Every call carries `authorization: Bearer sk-stl-…` metadata; the tenant is the key's. A run of
+    another tenant and a run that does not exist both answer PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -66,6 +68,8 @@ class GatewayServiceStub:
 class GatewayServiceServicer:
     """GatewayService is the gRPC front for callers that do not speak Kafka. It publishes to
     stepline.goals.v1 / stepline.control.v1 and reads stepline.runs.v1; it owns no run state.
+    Every call carries `authorization: Bearer sk-stl-…` metadata; the tenant is the key's. A run of
+    another tenant and a run that does not exist both answer PERMISSION_DENIED.
     """
 
     def SubmitGoal(self, request, context):
@@ -142,6 +146,8 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 class GatewayService:
     """GatewayService is the gRPC front for callers that do not speak Kafka. It publishes to
     stepline.goals.v1 / stepline.control.v1 and reads stepline.runs.v1; it owns no run state.
+    Every call carries `authorization: Bearer sk-stl-…` metadata; the tenant is the key's. A run of
+    another tenant and a run that does not exist both answer PERMISSION_DENIED.
     """
 
     @staticmethod

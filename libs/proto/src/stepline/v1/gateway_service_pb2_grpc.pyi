@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class GatewayServiceStub:
     """GatewayService is the gRPC front for callers that do not speak Kafka. It publishes to
     stepline.goals.v1 / stepline.control.v1 and reads stepline.runs.v1; it owns no run state.
+    Every call carries `authorization: Bearer sk-stl-…` metadata; the tenant is the key's. A run of
+    another tenant and a run that does not exist both answer PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -50,6 +52,8 @@ class GatewayServiceStub:
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the gRPC front for callers that do not speak Kafka. It publishes to
     stepline.goals.v1 / stepline.control.v1 and reads stepline.runs.v1; it owns no run state.
+    Every call carries `authorization: Bearer sk-stl-…` metadata; the tenant is the key's. A run of
+    another tenant and a run that does not exist both answer PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -67,6 +71,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the gRPC front for callers that do not speak Kafka. It publishes to
     stepline.goals.v1 / stepline.control.v1 and reads stepline.runs.v1; it owns no run state.
+    Every call carries `authorization: Bearer sk-stl-…` metadata; the tenant is the key's. A run of
+    another tenant and a run that does not exist both answer PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod

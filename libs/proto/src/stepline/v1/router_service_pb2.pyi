@@ -57,6 +57,7 @@ class CompleteRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """Optional: the calling API key's tenant is used; naming another tenant is PERMISSION_DENIED."""
     route: _builtins.str
     request_id: _builtins.str
     """Caller-chosen id used as call id in usage records; a retry with the same id is billed

@@ -28,6 +28,8 @@ if _version_not_supported:
 class ModelRouterServiceStub:
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
     Served by the model-router next to its Kafka consumer; every attempt still emits UsageRecorded.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope models:call
+    that allows the route; the key's rpm, tpm and spend limits apply (RESOURCE_EXHAUSTED).
     """
 
     def __init__(self, channel):
@@ -51,6 +53,8 @@ class ModelRouterServiceStub:
 class ModelRouterServiceServicer:
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
     Served by the model-router next to its Kafka consumer; every attempt still emits UsageRecorded.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope models:call
+    that allows the route; the key's rpm, tpm and spend limits apply (RESOURCE_EXHAUSTED).
     """
 
     def Complete(self, request, context):
@@ -94,6 +98,8 @@ def add_ModelRouterServiceServicer_to_server(servicer, server):
 class ModelRouterService:
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
     Served by the model-router next to its Kafka consumer; every attempt still emits UsageRecorded.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope models:call
+    that allows the route; the key's rpm, tpm and spend limits apply (RESOURCE_EXHAUSTED).
     """
 
     @staticmethod

@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class ModelRouterServiceStub:
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
     Served by the model-router next to its Kafka consumer; every attempt still emits UsageRecorded.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope models:call
+    that allows the route; the key's rpm, tpm and spend limits apply (RESOURCE_EXHAUSTED).
     """
 
     @_typing.overload
@@ -48,6 +50,8 @@ class ModelRouterServiceStub:
 class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
     Served by the model-router next to its Kafka consumer; every attempt still emits UsageRecorded.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope models:call
+    that allows the route; the key's rpm, tpm and spend limits apply (RESOURCE_EXHAUSTED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,6 +67,8 @@ class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
 class ModelRouterServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelRouterService gives callers one model answer with routing and failover but no agent loop.
     Served by the model-router next to its Kafka consumer; every attempt still emits UsageRecorded.
+    Every call carries `authorization: Bearer sk-stl-…` metadata of a key with scope models:call
+    that allows the route; the key's rpm, tpm and spend limits apply (RESOURCE_EXHAUSTED).
     """
 
     @_abc_1.abstractmethod
