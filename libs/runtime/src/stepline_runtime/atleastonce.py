@@ -1,9 +1,11 @@
 """At-least-once consumption for the FastStream services (router, executor, billing).
 
 FastStream's default ack policy commits before the handler runs, which loses a message when the
-process dies mid-handler. Here the offset is committed only after every output is acknowledged
-by the broker; failures are retried with backoff, and a record that keeps failing, or cannot be
-decoded at all, goes to the dead-letter topic so the partition never stalls.
+process dies mid-handler. Here records are consumed in batches, handled concurrently across keys
+(in order within a key), their outputs handed to the producer without a round trip each, and the
+batch's offsets committed once, only after every output is acknowledged by the broker. Failures
+are retried with backoff by redelivery, and a record that keeps failing, or cannot be decoded at
+all, goes to the dead-letter topic so the partition never stalls.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from aiokafka import TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -71,7 +75,10 @@ def broker_for(kafka: KafkaSettings, client_id: str) -> KafkaBroker:
 
 
 class Publisher(Protocol):
-    """Outbound port: produce records and return once the broker has acknowledged all of them."""
+    """Outbound port: hand records to the producer; their acknowledgement is awaited separately."""
+
+    async def send(self, records: Sequence[OutboundRecord]) -> Awaitable[None]:
+        """Hand `records` to the producer; the result resolves once the broker acked them all."""
 
     async def publish(self, records: Sequence[OutboundRecord]) -> None:
         """Produce `records`; raise if any was not acknowledged."""
@@ -83,8 +90,8 @@ class BrokerPublisher:
     def __init__(self, broker: KafkaBroker) -> None:
         self._broker = broker
 
-    async def publish(self, records: Sequence[OutboundRecord]) -> None:
-        """Send all records concurrently, then wait for every acknowledgement."""
+    async def send(self, records: Sequence[OutboundRecord]) -> Awaitable[None]:
+        """Append every record to the producer's buffers; acknowledgements come in the result."""
         pending = [
             await self._broker.publish(
                 record.value,
@@ -96,26 +103,83 @@ class BrokerPublisher:
             )
             for record in records
         ]
-        await asyncio.gather(*pending)
+        return _all_of(pending)
+
+    async def publish(self, records: Sequence[OutboundRecord]) -> None:
+        """Send all records concurrently, then wait for every acknowledgement."""
+        await (await self.send(records))
+
+
+async def _all_of(pending: Sequence[Awaitable[Any]]) -> None:
+    await asyncio.gather(*pending)
 
 
 class InMemoryPublisher:
-    """`Publisher` twin for unit tests: keeps what was published, can fail on demand."""
+    """`Publisher` twin for unit tests: keeps what was acknowledged, can fail on demand.
+
+    `failures_left` fails the hand-over itself, `ack_failures_left` the acknowledgement.
+    """
 
     def __init__(self) -> None:
         self.records: list[OutboundRecord] = []
         self.failures_left = 0
+        self.ack_failures_left = 0
 
-    async def publish(self, records: Sequence[OutboundRecord]) -> None:
-        """Record `records`, or raise while `failures_left` is positive."""
+    async def send(self, records: Sequence[OutboundRecord]) -> Awaitable[None]:
+        """Accept `records` (or raise); the result keeps them, or fails while asked to."""
         if self.failures_left > 0:
             self.failures_left -= 1
             raise ConnectionError("injected publish failure")
-        self.records.extend(records)
+        failing = self.ack_failures_left > 0
+        if failing:
+            self.ack_failures_left -= 1
+        # Kept at hand-over, in order, as a producer's buffer would; lost if the ack fails.
+        kept = list(records)
+        if not failing:
+            self.records.extend(kept)
+        return _acknowledged(failing)
+
+    async def publish(self, records: Sequence[OutboundRecord]) -> None:
+        """Record `records`, or raise while a failure is pending."""
+        await (await self.send(records))
+
+
+async def _acknowledged(failing: bool) -> None:
+    if failing:
+        raise ConnectionError("injected acknowledgement failure")
+
+
+Coordinates = tuple[str, int, int]
+Rewinds = dict[tuple[str, int], int]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What became of each record of one batch while it is processed."""
+
+    # Outputs handed to the producer, acknowledgement outstanding.
+    sent: list[tuple[InboundRecord, Awaitable[None]]] = field(default_factory=list)
+    # Failed (handler, hand-over or acknowledgement): retried or parked.
+    failed: list[tuple[InboundRecord, Exception]] = field(default_factory=list)
+    # Not attempted, or attempted after a failed record of the same key: delivered again.
+    blocked: list[InboundRecord] = field(default_factory=list)
+    done: list[InboundRecord] = field(default_factory=list)
+
+
+def _coordinates(record: InboundRecord) -> Coordinates:
+    return (record.topic, record.partition, record.offset)
 
 
 class AtLeastOnce:
-    """Runs `handle` for one record, publishes its outputs, dead-letters what cannot succeed."""
+    """Processes batches of records: keys in parallel, each key in order, one commit per batch.
+
+    Each record is handled, its outputs are handed to the producer without waiting, and only
+    when every output of the batch is acknowledged may the batch's offsets be committed. A
+    record that failed is retried by redelivery (with backoff) up to `max_attempts`, then
+    dead-lettered; records after it on its partition are either delivered again (same key, so
+    their order holds) or remembered as done and skipped on the redelivery (other keys), so
+    a failure alone never duplicates an output — only a crash does.
+    """
 
     def __init__(
         self,
@@ -126,6 +190,7 @@ class AtLeastOnce:
         max_attempts: int = 5,
         backoff_s: float = 0.2,
         dead_letter_topic: str = Topics.DLQ,
+        lanes: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._consumer = consumer
@@ -134,64 +199,140 @@ class AtLeastOnce:
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._dead_letter_topic = dead_letter_topic
+        self._lanes = asyncio.Semaphore(max(1, lanes))
         self._clock = clock
-        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._attempts: dict[Coordinates, int] = {}
+        # Records done beyond a rewind point: skipped when delivered again, until committed.
+        self._done: set[Coordinates] = set()
+        self._last_reason = ""
 
     async def __call__(self, record: InboundRecord) -> None:
         """Process `record`; returning means it may be committed, raising means redeliver it."""
-        # One consumer span per delivery; outputs (dead letters too) carry its traceparent.
-        with tracing.handling(record, self._consumer):
-            await self._process(record)
+        if await self.process_batch([record]):
+            raise RedeliverError(self._last_reason)
 
-    async def _process(self, record: InboundRecord) -> None:
-        coordinates = (record.topic, record.partition, record.offset)
+    async def process_batch(self, records: Sequence[InboundRecord]) -> Rewinds:
+        """Process `records`; return, per partition, the offset to deliver again from.
+
+        Offsets of partitions not in the result may be committed up to the batch's end; the
+        caller seeks the others back so that the commit stops at the returned offset.
+        """
+        batch = _Batch()
+        lanes: dict[tuple[str, int, bytes | None], list[InboundRecord]] = {}
+        for record in records:
+            if _coordinates(record) in self._done:
+                batch.done.append(record)
+            else:
+                lanes.setdefault((record.topic, record.partition, record.key), []).append(record)
+        await asyncio.gather(*(self._run_lane(lane, batch) for lane in lanes.values()))
+        acks = await asyncio.gather(*(ack for _, ack in batch.sent), return_exceptions=True)
+        failed_keys: set[tuple[str, int, bytes | None]] = set()
+        for (record, _), ack in zip(batch.sent, acks, strict=True):
+            lane = (record.topic, record.partition, record.key)
+            if isinstance(ack, Exception):
+                batch.failed.append((record, ack))
+                failed_keys.add(lane)
+            elif isinstance(ack, BaseException):
+                raise ack
+            elif lane in failed_keys:
+                # Acked, but after a record of its key whose outputs were not: redo both in order.
+                batch.blocked.append(record)
+            else:
+                self._succeeded(record)
+                batch.done.append(record)
+        return await self._settle(records, batch)
+
+    async def _run_lane(self, lane: list[InboundRecord], batch: _Batch) -> None:
+        async with self._lanes:
+            for index, record in enumerate(lane):
+                with tracing.handling(record, self._consumer):
+                    outcome = await self._start(record)
+                if isinstance(outcome, Exception):
+                    batch.failed.append((record, outcome))
+                    batch.blocked.extend(lane[index + 1 :])
+                    return
+                batch.sent.append((record, outcome))
+
+    async def _start(self, record: InboundRecord) -> Awaitable[None] | Exception:
+        """Handle `record` and hand its outputs (or its dead letter) to the producer."""
         started = time.perf_counter()
         try:
             outputs = tracing.stamp(await self._handle(record))
             faults.record_handled(record.offset)
         except InvalidRecordError as refused:
-            await self._dead_letter(record, refused.cause, refused.reason)
-            return
+            outputs = self._letter(record, refused.cause, refused.reason)
         except Exception as error:
-            await self._retry_or_park(record, coordinates, error)
-            return
+            return error
         finally:
             RECORD_SECONDS.labels(self._consumer, record.topic).observe(
                 time.perf_counter() - started
             )
         try:
-            await self._publisher.publish(outputs)
+            return await self._publisher.send(outputs)
         except Exception as error:
-            await self._retry_or_park(record, coordinates, error)
-            return
-        self._attempts.pop(coordinates, None)
+            return error
+
+    def _succeeded(self, record: InboundRecord) -> None:
+        self._attempts.pop(_coordinates(record), None)
         RECORDS_PROCESSED.labels(self._consumer, record.topic).inc()
 
-    async def _retry_or_park(
-        self, record: InboundRecord, coordinates: tuple[str, int, int], error: Exception
-    ) -> None:
-        attempt = self._attempts.get(coordinates, 0) + 1
-        reason = redact(f"{type(error).__name__}: {error}")
-        if attempt >= self._max_attempts:
-            self._attempts.pop(coordinates, None)
-            log.error("giving up on record after %d attempts", attempt, extra={"reason": reason})
-            await self._dead_letter(record, Cause.HANDLER_FAILED, f"{attempt} attempts: {reason}")
-            return
-        self._attempts[coordinates] = attempt
-        RECORDS_REDELIVERED.labels(self._consumer, record.topic).inc()
-        log.warning(
-            "record failed; it will be redelivered",
-            extra={
-                "attempt": attempt,
-                "topic": record.topic,
-                "offset": record.offset,
-                "reason": reason,
-            },
-        )
-        await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-        raise RedeliverError(reason) from error
+    async def _settle(self, records: Sequence[InboundRecord], batch: _Batch) -> Rewinds:
+        """Retry or park the failed records; work out where each partition resumes."""
+        again = list(batch.blocked)
+        backoff = 0.0
+        for record, error in sorted(batch.failed, key=lambda f: _coordinates(f[0])):
+            attempt = self._attempts.get(_coordinates(record), 0) + 1
+            reason = redact(f"{type(error).__name__}: {error}")
+            if attempt >= self._max_attempts:
+                self._attempts.pop(_coordinates(record), None)
+                log.error(
+                    "giving up on record after %d attempts", attempt, extra={"reason": reason}
+                )
+                with tracing.handling(record, self._consumer):
+                    letter = self._letter(
+                        record, Cause.HANDLER_FAILED, f"{attempt} attempts: {reason}"
+                    )
+                    # If this fails the exception propagates: the batch is redelivered.
+                    await self._publisher.publish(letter)
+                self._succeeded(record)
+                batch.done.append(record)
+                continue
+            self._attempts[_coordinates(record)] = attempt
+            self._last_reason = reason
+            RECORDS_REDELIVERED.labels(self._consumer, record.topic).inc()
+            log.warning(
+                "record failed; it will be redelivered",
+                extra={
+                    "attempt": attempt,
+                    "topic": record.topic,
+                    "offset": record.offset,
+                    "reason": reason,
+                },
+            )
+            backoff = max(backoff, self._backoff_s * 2 ** (attempt - 1))
+            again.append(record)
+        rewinds: Rewinds = {}
+        for record in again:
+            partition = (record.topic, record.partition)
+            rewinds[partition] = min(rewinds.get(partition, record.offset), record.offset)
+        ends: dict[tuple[str, int], int] = {}
+        for record in records:
+            partition = (record.topic, record.partition)
+            ends[partition] = max(ends.get(partition, 0), record.offset + 1)
+        for record in batch.done:
+            rewind = rewinds.get((record.topic, record.partition))
+            if rewind is not None and record.offset > rewind:
+                self._done.add(_coordinates(record))
+        # Forget what the commit now covers.
+        self._done = {
+            c for c in self._done if c[2] >= rewinds.get((c[0], c[1]), ends.get((c[0], c[1]), -1))
+        }
+        if backoff:
+            await asyncio.sleep(backoff)
+        return rewinds
 
-    async def _dead_letter(self, record: InboundRecord, cause: Cause, reason: str) -> None:
+    def _letter(self, record: InboundRecord, cause: Cause, reason: str) -> list[OutboundRecord]:
+        RECORDS_DEAD_LETTERED.labels(self._consumer, record.topic, cause.value).inc()
         letter = dead_letter(
             record,
             cause,
@@ -200,10 +341,7 @@ class AtLeastOnce:
             now=self._clock(),
             topic=self._dead_letter_topic,
         )
-        # If this publish fails the exception propagates: the record is redelivered, not lost.
-        await self._publisher.publish(tracing.stamp([letter]))
-        RECORDS_DEAD_LETTERED.labels(self._consumer, record.topic, cause.value).inc()
-        RECORDS_PROCESSED.labels(self._consumer, record.topic).inc()
+        return tracing.stamp([letter])
 
 
 class RedeliverError(SteplineError, RuntimeError):
@@ -215,22 +353,34 @@ def subscribe(
     *topics: str,
     group_id: str,
     processor: AtLeastOnce,
-    max_workers: int = 1,
+    max_records: int = 200,
+    batch_timeout_ms: int = 25,
 ) -> Any:
-    """Register `processor` on `topics` with commit-after-processing semantics."""
+    """Register `processor` on `topics`: batches, committed once each after all outputs."""
     subscriber = broker.subscriber(
         *topics,
         group_id=group_id,
-        # Commit only after the handler returned; nack (seek back) when it raised.
+        # Commit (all consumed positions) only after the handler returned; nack (seek every
+        # partition back to its first record of the batch) when it raised.
         ack_policy=AckPolicy.NACK_ON_ERROR,
         # Inputs may be produced inside transactions (the planner's): never see aborted ones.
         isolation_level="read_committed",
         auto_offset_reset="earliest",
-        max_workers=max_workers,
+        batch=True,
+        max_records=max_records,
+        # getmany returns as soon as records are there; this bounds an idle poll (FastStream
+        # sleeps as long again after an empty one, so it is kept short for latency).
+        batch_timeout_ms=batch_timeout_ms,
     )
 
     @subscriber
-    async def on_record(message: KafkaMessage) -> None:
-        await processor(inbound(message.raw_message))
+    async def on_batch(message: KafkaMessage) -> None:
+        raw = message.raw_message
+        rewinds = await processor.process_batch(
+            [inbound(r) for r in (raw if isinstance(raw, tuple) else (raw,))]
+        )
+        # A seek moves the consumed position back, so the commit that follows stops there.
+        for (topic, partition), offset in rewinds.items():
+            message.consumer.seek(TopicPartition(topic, partition), offset)
 
-    return on_record
+    return on_batch

@@ -209,8 +209,8 @@ async def _build(
                 handler.on_model_call_requested,
                 publisher,
                 dead_letter_topic=context.topic(Topics.DLQ),
+                lanes=settings.max_workers,
             ),
-            max_workers=settings.max_workers,
         )
         watch_circuits(router.circuit_states)
         parts: list[Part] = [

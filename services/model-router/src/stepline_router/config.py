@@ -48,7 +48,7 @@ class Settings(ServiceSettings):
     max_workers: int = Field(
         default=6,
         ge=1,
-        description="Partitions processed concurrently (one record at a time each).",
+        description="Keys of a batch handled concurrently (each key in order).",
     )
     max_connections: int = Field(default=200, ge=1)
 

@@ -203,18 +203,16 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         broker = broker_for(settings.kafka, context.spec.name)
         publisher = BrokerPublisher(broker)
         requests_topic = context.topic(Topics.TOOL_REQUESTS)
+        # Keys (runs) of a batch run in parallel on this many lanes, each key in order; the
+        # batch is committed once all its outputs are acknowledged.
         processor = AtLeastOnce(
-            context.group, handler, publisher, dead_letter_topic=context.topic(Topics.DLQ)
+            context.group,
+            handler,
+            publisher,
+            dead_letter_topic=context.topic(Topics.DLQ),
+            lanes=settings.executor_workers,
         )
-        # One consumer per worker in the group: partitions run in parallel, each partition in
-        # order (so the offset commit after each record's outputs stays exact).
-        subscribe(
-            broker,
-            requests_topic,
-            group_id=context.group,
-            processor=processor,
-            max_workers=settings.executor_workers,
-        )
+        subscribe(broker, requests_topic, group_id=context.group, processor=processor)
         tools_topic = context.topic(Topics.TOOLS)
         announcer = RegistryAnnouncer(
             toolbox.registry,
