@@ -95,7 +95,9 @@ async def test_a_kill_between_db_commit_and_offset_commit_charges_once(
     )
     _, first_log = await asyncio.to_thread(first.communicate, timeout=120)
     assert first.returncode == -signal.SIGKILL, first_log
-    assert len(_ledger(data)) == KILL_AFTER  # the killed record's commit landed, its ack did not
+    # The killed record's ledger commit landed, its ack did not. Billing writes a whole batch's
+    # rows in one transaction before handling its records, so more rows may be there already.
+    assert KILL_AFTER <= len(_ledger(data)) <= UNIQUE
 
     second = subprocess.Popen(  # noqa: ASYNC220
         command, env=_env(namespace, data), stderr=subprocess.PIPE, text=True

@@ -44,6 +44,7 @@ __all__ = [
     "BrokerPublisher",
     "Handle",
     "InMemoryPublisher",
+    "Prepare",
     "Publisher",
     "RedeliverError",
     "broker_for",
@@ -53,6 +54,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Handle = Callable[[InboundRecord], Awaitable[Sequence[OutboundRecord]]]
+# Batch-wide work before the records of a batch are handled one by one (billing writes the
+# batch's ledger rows in one transaction); the per-record handler must not depend on it.
+Prepare = Callable[[Sequence[InboundRecord]], Awaitable[None]]
 
 
 def broker_for(kafka: KafkaSettings, client_id: str) -> KafkaBroker:
@@ -191,6 +195,7 @@ class AtLeastOnce:
         backoff_s: float = 0.2,
         dead_letter_topic: str = Topics.DLQ,
         lanes: int = 8,
+        prepare: Prepare | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._consumer = consumer
@@ -200,6 +205,7 @@ class AtLeastOnce:
         self._backoff_s = backoff_s
         self._dead_letter_topic = dead_letter_topic
         self._lanes = asyncio.Semaphore(max(1, lanes))
+        self._prepare = prepare
         self._clock = clock
         self._attempts: dict[Coordinates, int] = {}
         # Records done beyond a rewind point: skipped when delivered again, until committed.
@@ -224,6 +230,8 @@ class AtLeastOnce:
                 batch.done.append(record)
             else:
                 lanes.setdefault((record.topic, record.partition, record.key), []).append(record)
+        if self._prepare is not None:
+            await self._prepared([r for lane in lanes.values() for r in lane])
         await asyncio.gather(*(self._run_lane(lane, batch) for lane in lanes.values()))
         acks = await asyncio.gather(*(ack for _, ack in batch.sent), return_exceptions=True)
         failed_keys: set[tuple[str, int, bytes | None]] = set()
@@ -241,6 +249,17 @@ class AtLeastOnce:
                 self._succeeded(record)
                 batch.done.append(record)
         return await self._settle(records, batch)
+
+    async def _prepared(self, records: list[InboundRecord]) -> None:
+        assert self._prepare is not None
+        try:
+            await self._prepare(sorted(records, key=_coordinates))
+        except Exception as error:
+            # Each record's handler still does its own work (and retries it): only slower.
+            log.warning(
+                "batch preparation failed; handling record by record",
+                extra={"reason": redact(f"{type(error).__name__}: {error}")},
+            )
 
     async def _run_lane(self, lane: list[InboundRecord], batch: _Batch) -> None:
         async with self._lanes:

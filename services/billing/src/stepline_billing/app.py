@@ -57,6 +57,7 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
             handler.on_usage_recorded,
             BrokerPublisher(broker),
             dead_letter_topic=context.topic(Topics.DLQ),
+            prepare=handler.prepare_batch,
         )
         subscribe(broker, context.topic(Topics.USAGE), group_id=context.group, processor=processor)
 

@@ -107,8 +107,9 @@ class _SqlLedgerStore(ABC):
         self._conn = conn
 
     @abstractmethod
-    def _transaction(self, tenant_id: str) -> AbstractContextManager[_Connection]:
-        """A write transaction on `tenant_id`'s rows: committed on exit, rolled back on error."""
+    def _transaction(self, tenants: Sequence[str]) -> AbstractContextManager[_Connection]:
+        """A write transaction on these tenants' rows (sorted): committed on exit, rolled back
+        on error."""
 
     @contextmanager
     def _reader(self) -> Iterator[_Connection]:
@@ -134,35 +135,45 @@ class _SqlLedgerStore(ABC):
     # -- LedgerStore ---------------------------------------------------------------------------
     def record(self, entry: LedgerEntry) -> Recorded:
         """Insert `entry` unless its usage id exists; update rollups and run totals; commit."""
+        [recorded] = self.record_many([entry])
+        return recorded
+
+    def record_many(self, entries: Sequence[LedgerEntry]) -> list[Recorded]:
+        """`record` for each entry in order, all in one transaction (one commit, one fsync)."""
+        if not entries:
+            return []
+        with self._lock, self._transaction(sorted({e.usage.tenant_id for e in entries})) as conn:
+            return [self._record_in(conn, entry) for entry in entries]
+
+    def _record_in(self, conn: _Connection, entry: LedgerEntry) -> Recorded:
         usage = entry.usage
-        with self._lock, self._transaction(usage.tenant_id) as conn:
-            values = self._ledger_row(entry)
-            inserted = (
+        values = self._ledger_row(entry)
+        inserted = (
+            self._run(
+                conn,
+                f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
+                f"({', '.join('?' * len(values))}) ON CONFLICT (usage_id) DO NOTHING",
+                values,
+            ).rowcount
+            == 1
+        )
+        if not inserted:
+            # Report the totals the stored row counts towards (it may differ in content).
+            entry = self._entry(
                 self._run(
                     conn,
-                    f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
-                    f"({', '.join('?' * len(values))}) ON CONFLICT (usage_id) DO NOTHING",
-                    values,
-                ).rowcount
-                == 1
+                    f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE usage_id = ?",
+                    (usage.usage_id,),
+                ).fetchone()
             )
-            if not inserted:
-                # Report the totals the stored row counts towards (it may differ in content).
-                entry = self._entry(
-                    self._run(
-                        conn,
-                        f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE usage_id = ?",
-                        (usage.usage_id,),
-                    ).fetchone()
-                )
-            rollups = []
-            for key in keys_for(entry):
-                current = self._rollup(conn, key) or Rollup(key)
-                if inserted:
-                    current = current.add(entry)
-                    self._put_rollup(conn, current)
-                rollups.append(current)
-            run = self._update_run(conn, entry, inserted) if usage.run_id else None
+        rollups = []
+        for key in keys_for(entry):
+            current = self._rollup(conn, key) or Rollup(key)
+            if inserted:
+                current = current.add(entry)
+                self._put_rollup(conn, current)
+            rollups.append(current)
+        run = self._update_run(conn, entry, inserted) if usage.run_id else None
         return Recorded(inserted, tuple(rollups), run)
 
     def spent(self, tenant_id: str, start: datetime, end: datetime) -> Spend:
@@ -409,7 +420,7 @@ class SqliteLedgerStore(_SqlLedgerStore):
         return int(value)
 
     @contextmanager
-    def _transaction(self, tenant_id: str) -> Iterator[_Connection]:
+    def _transaction(self, tenants: Sequence[str]) -> Iterator[_Connection]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
@@ -437,9 +448,11 @@ class PostgresLedgerStore(_SqlLedgerStore):
         return value
 
     @contextmanager
-    def _transaction(self, tenant_id: str) -> Iterator[_Connection]:
+    def _transaction(self, tenants: Sequence[str]) -> Iterator[_Connection]:
         with self._pg.transaction():
             # One writer per tenant at a time, even while a rebalance moves the tenant between
-            # instances: the rollup read-modify-write below must not interleave.
-            self._pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tenant_id,))
+            # instances: the rollup read-modify-write below must not interleave. Locks are
+            # taken in sorted order so two instances' batches cannot deadlock.
+            for tenant_id in tenants:
+                self._pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tenant_id,))
             yield self._pg

@@ -76,6 +76,9 @@ class LedgerStore(Protocol):
     def record(self, entry: LedgerEntry) -> Recorded:
         """Insert `entry` unless its usage id exists; update rollups and run totals; commit."""
 
+    def record_many(self, entries: Sequence[LedgerEntry]) -> list[Recorded]:
+        """`record` for each entry in order, committed together in one transaction."""
+
     def spent(self, tenant_id: str, start: datetime, end: datetime) -> Spend:
         """Spend of `tenant_id` whose day lies in [start, end) (day-aligned bounds)."""
 
@@ -130,31 +133,44 @@ class InMemoryLedgerStore:
 
     def record(self, entry: LedgerEntry) -> Recorded:
         """Insert `entry` unless its usage id exists; update rollups and run totals."""
+        [recorded] = self.record_many([entry])
+        return recorded
+
+    def _record(self, entry: LedgerEntry) -> Recorded:
+        usage = entry.usage
+        inserted = usage.usage_id not in self._entries
+        if inserted:
+            self._entries[usage.usage_id] = entry
+            for key in keys_for(entry):
+                self._rollups[key] = self._rollups.get(key, Rollup(key)).add(entry)
+            if usage.run_id:
+                run_key = (usage.tenant_id, usage.run_id)
+                old = self._runs.get(
+                    run_key, RunTotals(usage.tenant_id, usage.run_id, Decimal(0), 0, 0)
+                )
+                self._runs[run_key] = replace(
+                    old,
+                    spent=old.spent + (entry.cost or Decimal(0)),
+                    recorded_calls=old.recorded_calls + 1,
+                    unpriced_calls=old.unpriced_calls + (0 if entry.priced else 1),
+                )
+        stored = self._entries[usage.usage_id]
+        rollups = tuple(self._rollups[key] for key in keys_for(stored))
+        run = self._runs.get((usage.tenant_id, usage.run_id))
+        return Recorded(inserted, rollups, run)
+
+    def record_many(self, entries: Sequence[LedgerEntry]) -> list[Recorded]:
+        """`record` for each entry in order (all or nothing, like the SQL stores)."""
         with self._lock:
             if self.fail_next_record:
                 self.fail_next_record = False
                 raise ConnectionError("injected database failure")
-            usage = entry.usage
-            inserted = usage.usage_id not in self._entries
-            if inserted:
-                self._entries[usage.usage_id] = entry
-                for key in keys_for(entry):
-                    self._rollups[key] = self._rollups.get(key, Rollup(key)).add(entry)
-                if usage.run_id:
-                    run_key = (usage.tenant_id, usage.run_id)
-                    old = self._runs.get(
-                        run_key, RunTotals(usage.tenant_id, usage.run_id, Decimal(0), 0, 0)
-                    )
-                    self._runs[run_key] = replace(
-                        old,
-                        spent=old.spent + (entry.cost or Decimal(0)),
-                        recorded_calls=old.recorded_calls + 1,
-                        unpriced_calls=old.unpriced_calls + (0 if entry.priced else 1),
-                    )
-            stored = self._entries[usage.usage_id]
-            rollups = tuple(self._rollups[key] for key in keys_for(stored))
-            run = self._runs.get((usage.tenant_id, usage.run_id))
-            return Recorded(inserted, rollups, run)
+            saved = (dict(self._entries), dict(self._rollups), dict(self._runs))
+            try:
+                return [self._record(entry) for entry in entries]
+            except BaseException:
+                self._entries, self._rollups, self._runs = saved
+                raise
 
     def spent(self, tenant_id: str, start: datetime, end: datetime) -> Spend:
         """Spend of `tenant_id` from daily rollups in [start, end)."""
