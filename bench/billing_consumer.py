@@ -32,6 +32,8 @@ from tests.billing.factories import model_usage
 
 __all__ = ["main"]
 
+BILLING_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config" / "billing.toml"
+
 
 async def _committed(admin: AIOKafkaAdminClient, group: str) -> int:
     offsets = await admin.list_consumer_group_offsets(group)
@@ -76,7 +78,7 @@ async def run(records: int, tenants: int) -> float:
             "STEPLINE_METRICS_PORT": "0",
             "STEPLINE_LOG_LEVEL": "WARNING",
             # Found relative to the package otherwise, which another source tree may lack.
-            "STEPLINE_BILLING_CONFIG": str(Path("deploy/config/billing.toml").resolve()),
+            "STEPLINE_BILLING_CONFIG": str(BILLING_CONFIG),
         }
         process = _spawn(env, data / "billing.log")
         group = namespaced(BILLING.name, namespace)
