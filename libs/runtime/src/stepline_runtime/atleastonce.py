@@ -374,22 +374,43 @@ def subscribe(
     processor: AtLeastOnce,
     max_records: int = 200,
     batch_timeout_ms: int = 25,
+    record_workers: int = 0,
 ) -> Any:
-    """Register `processor` on `topics`: batches, committed once each after all outputs."""
+    """Register `processor` on `topics`: batches, committed once each after all outputs.
+
+    `record_workers` > 0 takes one record at a time on that many consumers of the group instead:
+    for handlers whose latency varies by seconds (model calls, tools), where a batch's slowest
+    record would hold back the next fetch for every key (FastStream has no concurrent batch
+    subscriber). Same guarantee: the offset is committed after the record's outputs.
+    """
+    # Commit only after the handler returned; nack (seek back to the first record not done) when
+    # it raised. Inputs may be produced inside transactions (the planner's): read committed only.
+    if record_workers > 0:
+        per_record = broker.subscriber(
+            *topics,
+            group_id=group_id,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_workers=record_workers,
+        )
+
+        @per_record
+        async def on_record(message: KafkaMessage) -> None:
+            await processor(inbound(message.raw_message))
+
+        return on_record
     subscriber = broker.subscriber(
         *topics,
-        group_id=group_id,
-        # Commit (all consumed positions) only after the handler returned; nack (seek every
-        # partition back to its first record of the batch) when it raised.
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        # Inputs may be produced inside transactions (the planner's): never see aborted ones.
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
         batch=True,
         max_records=max_records,
         # getmany returns as soon as records are there; this bounds an idle poll (FastStream
         # sleeps as long again after an empty one, so it is kept short for latency).
         batch_timeout_ms=batch_timeout_ms,
+        group_id=group_id,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
     )
 
     @subscriber

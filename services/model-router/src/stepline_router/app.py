@@ -209,8 +209,10 @@ async def _build(
                 handler.on_model_call_requested,
                 publisher,
                 dead_letter_topic=context.topic(Topics.DLQ),
-                lanes=settings.max_workers,
             ),
+            # One record at a time per consumer: model calls take seconds, and a batch's slowest
+            # call would hold back the next fetch for every run (until lanes adapt, issue 18).
+            record_workers=settings.max_workers,
         )
         watch_circuits(router.circuit_states)
         parts: list[Part] = [

@@ -48,7 +48,7 @@ class Settings(ServiceSettings):
     max_workers: int = Field(
         default=6,
         ge=1,
-        description="Keys of a batch handled concurrently (each key in order).",
+        description="Consumers of model requests in this process, each one record at a time.",
     )
     max_connections: int = Field(default=200, ge=1)
 

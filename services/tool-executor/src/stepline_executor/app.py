@@ -203,16 +203,18 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         broker = broker_for(settings.kafka, context.spec.name)
         publisher = BrokerPublisher(broker)
         requests_topic = context.topic(Topics.TOOL_REQUESTS)
-        # Keys (runs) of a batch run in parallel on this many lanes, each key in order; the
-        # batch is committed once all its outputs are acknowledged.
         processor = AtLeastOnce(
-            context.group,
-            handler,
-            publisher,
-            dead_letter_topic=context.topic(Topics.DLQ),
-            lanes=settings.executor_workers,
+            context.group, handler, publisher, dead_letter_topic=context.topic(Topics.DLQ)
         )
-        subscribe(broker, requests_topic, group_id=context.group, processor=processor)
+        # One record at a time per consumer: a slow tool must not hold back the next fetch for
+        # every run, as a batch's slowest record would (until lanes adapt, issue 18).
+        subscribe(
+            broker,
+            requests_topic,
+            group_id=context.group,
+            processor=processor,
+            record_workers=settings.executor_workers,
+        )
         tools_topic = context.topic(Topics.TOOLS)
         announcer = RegistryAnnouncer(
             toolbox.registry,

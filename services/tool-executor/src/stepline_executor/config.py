@@ -47,7 +47,9 @@ class Settings(ServiceSettings):
         description="Outcome store and the built demo database live here.",
     )
     executor_workers: int = Field(
-        default=4, ge=1, description="Keys (runs) of a batch handled concurrently, each in order."
+        default=4,
+        ge=1,
+        description="Consumers of tool requests in this process, each one record at a time.",
     )
     executor_start_floor_s: float = Field(
         default=DEFAULT_START_FLOOR_S,
