@@ -1,37 +1,22 @@
-"""Follow a compacted topic from its beginning into memory, and keep following it.
+"""Follow one compacted topic from its beginning into memory, and keep following it.
 
-Used for the key registry and the spend totals: read every partition to its current end
-(`start` returns then, so a service never authenticates against half a registry), then poll in
-the background so a new event is seen within a poll (~0.5 s). Records that cannot be applied go
-to the DLQ with the reason; a broker outage never ends the follower.
+Used for the key registry and the spend totals; `start` returns once the topic is read to its
+current end, so a service never authenticates against half a registry. The reading, following,
+dead-lettering and outage handling are `stepline_runtime.follow.CompactedFollower`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
-from stepline_runtime.codec import Cause, InvalidRecordError
-from stepline_runtime.deadletter import dead_letter
-from stepline_runtime.processor import inbound
+from stepline_runtime.follow import CompactedFollower
 from stepline_runtime.records import InboundRecord
 from stepline_runtime.settings import KafkaSettings
-from stepline_runtime.topics import assignable_partitions
 
 __all__ = ["TopicFollower"]
 
-log = logging.getLogger(__name__)
 
-_POLL_MS = 500
-
-
-class TopicFollower:
+class TopicFollower(CompactedFollower):
     """Feeds every record of `topic` (tombstones included) to `apply`, oldest first."""
 
     def __init__(
@@ -43,75 +28,6 @@ class TopicFollower:
         client_id: str,
         dead_letter_topic: str,
     ) -> None:
-        self._topic = topic
-        self._apply = apply
-        self._client_id = client_id
-        self._dead_letter_topic = dead_letter_topic
-        # No consumer group: every instance reads every partition from the beginning.
-        self._consumer = AIOKafkaConsumer(
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            **kafka.client_kwargs(client_id),
-        )
-        self._dead_letters = AIOKafkaProducer(
-            enable_idempotence=True, acks="all", **kafka.client_kwargs(f"{client_id}-dlq")
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Read the topic up to its current end, then keep following in the background."""
-        await self._dead_letters.start()
-        await self._consumer.start()
-        partitions = await assignable_partitions(self._consumer, self._topic)
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
-        end = await self._consumer.end_offsets(partitions)
-        while True:
-            positions = [await self._consumer.position(tp) for tp in partitions]
-            if all(p >= end[tp] for p, tp in zip(positions, partitions, strict=True)):
-                break
-            await self._poll()
-        self._task = asyncio.create_task(self._follow())
-
-    async def stop(self) -> None:
-        """Stop following."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
-        await self._dead_letters.stop()
-
-    async def _follow(self) -> None:
-        while True:
-            try:
-                await self._poll()
-            except KafkaError:
-                # Frozen keys would keep revoked ones valid: keep trying, loudly.
-                log.warning("follower of %s: Kafka unavailable; retrying", self._topic)
-                await asyncio.sleep(1)
-
-    async def _poll(self) -> None:
-        batch = await self._consumer.getmany(timeout_ms=_POLL_MS)
-        for records in batch.values():
-            for raw in records:
-                record = inbound(raw)
-                try:
-                    self._apply(record)
-                except (InvalidRecordError, ValueError) as error:
-                    cause = error.cause if isinstance(error, InvalidRecordError) else Cause.INVALID
-                    await self._park(record, cause, str(error))
-
-    async def _park(self, record: InboundRecord, cause: Cause, reason: str) -> None:
-        letter = dead_letter(
-            record,
-            cause,
-            reason,
-            consumer=self._client_id,
-            now=datetime.now(UTC),
-            topic=self._dead_letter_topic,
-        )
-        await self._dead_letters.send_and_wait(
-            letter.topic, letter.value, key=letter.key, headers=list(letter.headers)
+        super().__init__(
+            kafka, [topic], apply, client_id=client_id, dead_letter_topic=dead_letter_topic
         )
