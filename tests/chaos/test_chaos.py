@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
 import sqlite3
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from scripts.bad_input import ROOT, Stack, read_topic
+from scripts.bad_input import Stack, read_topic
 from stepline.v1 import runs_pb2, usage_pb2
 from stepline_client import Goal, Stepline
 from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
+from tests.webhooks import WebhookReceiver, configure_webhook_agent
 
 pytestmark = pytest.mark.kafka
 
@@ -43,89 +40,6 @@ TENANT = "chaos-tenant"
 # Every service that consumes with a group (the goal gateway only serves calls).
 VICTIMS = tuple(spec.name for spec in discover() if spec.group is not None)
 GOAL = "Search the support tickets for refund problems and post a message about them"
-
-
-class Receiver:
-    """A local webhook endpoint counting deliveries per Idempotency-Key."""
-
-    def __init__(self) -> None:
-        self.seen: Counter[str] = Counter()
-        lock = threading.Lock()
-        seen = self.seen
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                self.rfile.read(length)
-                with lock:
-                    seen[self.headers.get("Idempotency-Key", "")] += 1
-                body = json.dumps({"posted": True}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[Receiver]:
-        """Serve in a thread until the block ends."""
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-def _configure(stack: Stack, receiver_port: int) -> None:
-    """A tools file with a non-idempotent webhook, and an agent that uses it."""
-    tools = (ROOT / "deploy" / "config" / "tools.toml").read_text(encoding="utf-8")
-    # The copy lives elsewhere: make its relative paths absolute.
-    tools = tools.replace('"../', f'"{ROOT / "deploy"}/')
-    tools += f"""
-[[webhooks]]
-name = "post_message"
-description = "Post a message to the team channel about the support tickets."
-url = "http://127.0.0.1:{receiver_port}/post"
-idempotent = false
-timeout_s = 5
-[webhooks.parameters]
-type = "object"
-additionalProperties = false
-required = ["message"]
-[webhooks.parameters.properties.message]
-type = "string"
-minLength = 1
-
-[tenants.{TENANT}]
-tools = ["*"]
-http_hosts = []
-"""
-    path = stack.state_dir / "tools.toml"
-    path.write_text(tools, encoding="utf-8")
-    stack.env["STEPLINE_TOOLS_CONFIG"] = str(path)
-    agents = stack.state_dir / "agents.toml"
-    agents.write_text(
-        agents.read_text(encoding="utf-8")
-        + """
-[agents.chaos]
-system_prompt = "Search the tickets, then post one message about what you found."
-route = "local"
-tools = ["search_documents", "post_message"]
-max_steps = 8
-run_deadline_s = 120
-model_step_deadline_s = 30
-tool_step_deadline_s = 30
-""",
-        encoding="utf-8",
-    )
 
 
 async def _chaos(stack: Stack, stop: asyncio.Event, rng: random.Random) -> list[str]:
@@ -181,8 +95,15 @@ async def test_runs_survive_services_killed_and_restarted(
 ) -> None:
     rng = random.Random(20261124)
     stack = Stack(tmp_path / "stack", f"t{uuid.uuid4().hex[:10]}")  # never a reused topic
-    receiver = Receiver()
-    _configure(stack, receiver.port)
+    receiver = WebhookReceiver()
+    configure_webhook_agent(
+        stack,
+        receiver.port,
+        tenant=TENANT,
+        agent="chaos",
+        webhook_timeout_s=5,
+        tool_step_deadline_s=30,
+    )
     with receiver.serving(), stack.running():
         async with Stepline(stack.settings, source="chaos-test") as client:
             stop = asyncio.Event()

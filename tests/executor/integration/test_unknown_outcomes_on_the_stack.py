@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,6 +27,7 @@ from stepline_client import Goal, Stepline
 from stepline_executor.registry_topic import read_registered_names
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
+from tests.webhooks import WebhookReceiver, configure_webhook_agent
 
 pytestmark = pytest.mark.kafka
 
@@ -40,91 +37,14 @@ GOAL = "Search the support tickets for refund problems and post a message about 
 HOLD_S = 6.0  # longer than the tool step deadline below
 
 
-class HoldingReceiver:
-    """A webhook endpoint that holds every POST for `HOLD_S` (or until released)."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.arrived = threading.Event()
-        self.release = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                outer.keys.append(self.headers.get("Idempotency-Key", ""))
-                outer.arrived.set()
-                outer.release.wait(HOLD_S)
-                body = json.dumps({"posted": True}).encode()
-                with contextlib.suppress(OSError):  # the caller may be gone
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[HoldingReceiver]:
-        """Serve in a thread until the block ends."""
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.release.set()
-            self.server.shutdown()
-            self.server.server_close()
-
-
 def _configure(stack: Stack, port: int) -> None:
-    tools = (ROOT / "deploy" / "config" / "tools.toml").read_text(encoding="utf-8")
-    tools = tools.replace('"../', f'"{ROOT / "deploy"}/')
-    tools += f"""
-[[webhooks]]
-name = "post_message"
-description = "Post a message to the team channel about the support tickets."
-url = "http://127.0.0.1:{port}/post"
-idempotent = false
-timeout_s = 30
-[webhooks.parameters]
-type = "object"
-additionalProperties = false
-required = ["message"]
-[webhooks.parameters.properties.message]
-type = "string"
-minLength = 1
-
-[tenants.{TENANT}]
-tools = ["*"]
-http_hosts = []
-"""
-    (stack.state_dir / "tools.toml").write_text(tools, encoding="utf-8")
-    stack.env["STEPLINE_TOOLS_CONFIG"] = str(stack.state_dir / "tools.toml")
+    configure_webhook_agent(
+        stack, port, tenant=TENANT, agent="poster", webhook_timeout_s=30, tool_step_deadline_s=3
+    )
     book = stack.state_dir / "pricebook.toml"
     shipped = (ROOT / "deploy" / "config" / "pricebook.toml").read_text(encoding="utf-8")
     book.write_text(f'{shipped}\n[[tools]]\nname = "post_message"\nper_call = "{PRICE}"\n')
     stack.env["STEPLINE_PRICEBOOK"] = str(book)
-    agents = stack.state_dir / "agents.toml"
-    agents.write_text(
-        agents.read_text(encoding="utf-8")
-        + """
-[agents.poster]
-system_prompt = "Search the tickets, then post one message about what you found."
-route = "local"
-tools = ["search_documents", "post_message"]
-max_steps = 8
-run_deadline_s = 120
-model_step_deadline_s = 30
-tool_step_deadline_s = 3
-""",
-        encoding="utf-8",
-    )
 
 
 def _ledger_cost(stack: Stack, run_id: str) -> Decimal:
@@ -174,7 +94,7 @@ async def test_lost_non_idempotent_calls_are_unknown_and_runs_cost_what_the_ledg
     kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     stack = Stack(tmp_path / "stack", f"t{uuid.uuid4().hex[:10]}")
-    receiver = HoldingReceiver()
+    receiver = WebhookReceiver(hold_s=HOLD_S)
     _configure(stack, receiver.port)
     with receiver.serving(), stack.running():
         await _tools_known(kafka, stack)
