@@ -24,8 +24,15 @@ $(UV):
 	@$(PYTHON) -m venv $(TOOLS)
 	@$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# Where `make install` puts the `stepline` launcher: a directory every login shell has on PATH.
+BIN_DIR ?= $(shell [ -w /usr/local/bin ] && echo /usr/local/bin || echo $(HOME)/.local/bin)
+
 .venv/.installed: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml
 	$(UV) sync --frozen --all-packages
+	@mkdir -p $(BIN_DIR)
+	@printf '#!/bin/sh\n# Installed by `make install` in %s: runs its stepline CLI.\nexec "%s/.venv/bin/stepline" "$$@"\n' \
+	  "$(CURDIR)" "$(CURDIR)" > $(BIN_DIR)/stepline && chmod +x $(BIN_DIR)/stepline
+	@echo "stepline is on PATH: $(BIN_DIR)/stepline runs this checkout's CLI"
 	@touch $@
 
 install: .venv/.installed ## Install uv, Python 3.11 packages (one lock file) and dev tools

@@ -55,10 +55,10 @@ def _state_dir() -> Path:
     configured = os.environ.get("STEPLINE_STATE_DIR")
     if configured:
         return Path(configured)
-    for parent in [Path.cwd(), *Path.cwd().parents]:
-        if (parent / "deploy" / "kafka" / "pom.xml").is_file():
-            return parent / ".local" / "stepline"
-    return Path.home() / ".local" / "state" / "stepline"
+    try:
+        return find_repo_root() / ".local" / "stepline"
+    except LocalKafkaError:
+        return Path.home() / ".local" / "state" / "stepline"
 
 
 def _print_event(

@@ -33,11 +33,18 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
 
 def find_repo_root(start: Path | None = None) -> Path:
-    """Walk up from ``start`` (default: cwd) to the directory holding deploy/kafka/pom.xml."""
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / POM_RELATIVE).is_file():
-            return candidate
+    """Walk up from ``start`` to the directory holding deploy/kafka/pom.xml.
+
+    Without ``start``: from the cwd, then from this package's own place, so the `stepline`
+    launcher `make install` puts on PATH works from any directory of a fresh login shell.
+    """
+    starts = [start] if start is not None else [Path.cwd(), Path(__file__).parent]
+    here = starts[0].resolve()
+    for begin in starts:
+        resolved = begin.resolve()
+        for candidate in (resolved, *resolved.parents):
+            if (candidate / POM_RELATIVE).is_file():
+                return candidate
     raise LocalKafkaError(
         f"cannot find {POM_RELATIVE} in {here} or any parent directory; run this from inside "
         "the Stepline repository or pass --deploy-dir and --state-dir"
