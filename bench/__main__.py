@@ -9,6 +9,7 @@ from bench.raw_kafka import main as raw_kafka
 from bench.report import main as report
 from bench.router import main as router
 from bench.scaleout import main as scaleout
+from bench.stack import main as stack
 from bench.steps import main as steps
 
 if __name__ == "__main__":
@@ -16,5 +17,6 @@ if __name__ == "__main__":
     asyncio.run(router())
     asyncio.run(gateway())
     asyncio.run(steps())  # reads raw_kafka.json for the four-round-trip ratio
+    asyncio.run(stack())  # reads raw_kafka.json for the Kafka ceiling
     asyncio.run(scaleout())
     report()

@@ -273,6 +273,80 @@ def _scaleout(data: dict[str, Any], results: Path) -> list[str]:
 INSTANCE_TICKS = (1, 2, 4)
 
 
+def _stack(data: dict[str, Any], results: Path) -> list[str]:
+    levels = data["levels"]
+    rows = [
+        [
+            f"{lv['concurrent_runs']:,}",
+            f"{lv['completed_runs']} / {lv['runs']}",
+            f"{lv['steps_per_s']:,}",
+            f"{lv['step_latency_ms']['model']['p50']} / {lv['step_latency_ms']['model']['p99']} ms",
+            f"{lv['step_latency_ms']['tool']['p50']} / {lv['step_latency_ms']['tool']['p99']} ms",
+            f"{lv['run_latency_ms']['p50']:,.0f} / {lv['run_latency_ms']['p99']:,.0f} ms",
+            ", ".join(f"{k} {v}" for k, v in lv["cpu_ms_per_step"].items()),
+            lv["log_entries_per_step"],
+            lv.get("share_of_kafka_ceiling", "n/a"),
+        ]
+        for lv in levels
+    ]
+    lines = [
+        "## Full stack (`bench/stack.py`)",
+        "",
+        f"Services: {', '.join(data['services'])}; {data['partitions']} partitions; "
+        "each run: model → two tools in parallel → model (route `local`).",
+        "",
+        *_table(
+            [
+                "concurrent runs",
+                "completed",
+                "steps/s",
+                "model step p50 / p99",
+                "tool step p50 / p99",
+                "run p50 / p99",
+                "CPU ms per step",
+                "log entries/step",
+                "share of Kafka ceiling",
+            ],
+            rows,
+        ),
+        "",
+        "![full stack](stack.png)",
+    ]
+    concurrency = [lv["concurrent_runs"] for lv in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(concurrency, [lv["steps_per_s"] for lv in levels], marker="o", label="steps/s")
+    left.set_xscale("log")
+    left.set_xlabel("concurrent runs")
+    left.set_ylabel("steps per second")
+    left.set_title("Full-stack throughput")
+    left.grid(True, which="both", alpha=0.3)
+    for kind in ("model", "tool"):
+        right.plot(
+            concurrency,
+            [lv["step_latency_ms"][kind]["p50"] for lv in levels],
+            marker="o",
+            label=f"{kind} step p50",
+        )
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("concurrent runs")
+    right.set_ylabel("ms")
+    right.set_title("Step latency")
+    right.legend()
+    right.grid(True, which="both", alpha=0.3)
+    _save(fig, results / "stack.png")
+    return lines
+
+
+_SECTIONS: dict[str, Any] = {
+    "raw_kafka": lambda data, results: _raw(data),
+    "router": _router,
+    "steps": _steps,
+    "stack": _stack,
+    "scaleout": _scaleout,
+}
+
+
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -284,20 +358,13 @@ def render(results: Path = RESULTS) -> Path:
     sections: list[str] = ["# Stepline benchmark summary", ""]
     machine: dict[str, Any] | None = None
     missing = []
-    for name in ("raw_kafka", "router", "steps", "scaleout"):
+    for name, section in _SECTIONS.items():
         data = _load(results, name)
         if data is None:
             missing.append(name)
             continue
         machine = machine or data.get("machine")
-        if name == "raw_kafka":
-            body = _raw(data)
-        elif name == "router":
-            body = _router(data, results)
-        elif name == "steps":
-            body = _steps(data, results)
-        else:
-            body = _scaleout(data, results)
+        body = section(data, results)
         sections += [*body, "", f"_measured {data.get('at', '?')}_", ""]
     if machine:
         described = ", ".join(f"{k}: {v}" for k, v in machine.items())

@@ -23,16 +23,15 @@ import asyncio
 import json
 import statistics
 import tempfile
-import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.apps.stack import (
+    ClosedLoop,
+    CpuMeter,
     Namespace,
     RunWatcher,
-    Service,
     broker_process,
     machine,
     percentile,
@@ -55,60 +54,10 @@ LEVELS = [(1, 20), (10, 60), (100, 300), (1_000, 1_000)]
 WARMUP_RUNS = 20
 
 
-class _Level:
-    """The closed loop of one concurrency level."""
-
-    def __init__(self, ns: Namespace, watcher: RunWatcher, concurrency: int, total: int) -> None:
-        self.ns = ns
-        self.watcher = watcher
-        self.concurrency = concurrency
-        self.total = total
-        self.submitted: dict[str, float] = {}
-        self.ended: asyncio.Queue[str] = asyncio.Queue()
-
-    async def _submit(self) -> None:
-        run_id = f"r{uuid.uuid4().hex[:16]}"
-        goal = goals_pb2.GoalSubmitted(
-            run_id=run_id, tenant_id="bench", agent="bench", goal="benchmark goal"
-        )
-        self.submitted[run_id] = time.perf_counter()
-        await self.ns.send(Topics.GOALS, run_id, goal)
-
-    async def run(self, timeout_s: float) -> float:
-        """Run the loop; the wall time from the first goal to the last end."""
-        self.watcher.on_end = lambda run_id: self.ended.put_nowait(run_id)
-        started = time.perf_counter()
-        deadline = started + timeout_s
-        for _ in range(min(self.concurrency, self.total)):
-            await self._submit()
-        await self.ns.producer.flush()
-        done = 0
-        while done < self.total:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TimeoutError(f"{self.total - done} runs still in flight")
-            run_id = await asyncio.wait_for(self.ended.get(), remaining)
-            if run_id not in self.submitted:
-                continue
-            done += 1
-            if len(self.submitted) < self.total:
-                await self._submit()
-                if self.ended.empty():
-                    await self.ns.producer.flush()
-        self.watcher.on_end = None
-        return max(self.watcher.ended[r][1] for r in self.submitted) - started
-
-
-def _usage(services: list[Service], before: dict[str, float], wall: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for service in services:
-        cpu = service.cpu_s() - before[service.name]
-        out[service.name] = {
-            "cpu_s": round(cpu, 2),
-            "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
-            "peak_rss_mib": round(service.peak_rss_mb(), 1),
-        }
-    return out
+def _goal(run_id: str) -> goals_pb2.GoalSubmitted:
+    return goals_pb2.GoalSubmitted(
+        run_id=run_id, tenant_id="bench", agent="bench", goal="benchmark goal"
+    )
 
 
 def _raw_round_trip_ms() -> float | None:
@@ -152,23 +101,15 @@ async def _measure(ns: Namespace, watcher: RunWatcher, workdir: Path) -> dict[st
     services = [planner, responder]
     broker = broker_process()
     # Warm-up: process start, topic metadata, partition assignment, producers per task.
-    await _Level(ns, watcher, WARMUP_RUNS, WARMUP_RUNS).run(timeout_s=180)
+    await ClosedLoop(ns, watcher, WARMUP_RUNS, WARMUP_RUNS, _goal).run(timeout_s=180)
     levels: list[dict[str, Any]] = []
     per_level_steps: list[list[runs_pb2.StepCompleted]] = []
     for concurrency, total in LEVELS:
-        before = {s.name: s.cpu_s() for s in services}
-        broker_before = broker.cpu_times() if broker else None
-        level = _Level(ns, watcher, concurrency, total)
+        meter = CpuMeter(services, broker)
+        meter.start()
+        level = ClosedLoop(ns, watcher, concurrency, total, _goal)
         wall = await level.run(timeout_s=240)
-        usage = _usage(services, before, wall)
-        if broker is not None and broker_before is not None:
-            after = broker.cpu_times()
-            cpu = after.user + after.system - broker_before.user - broker_before.system
-            usage["kafka_broker"] = {
-                "cpu_s": round(cpu, 2),
-                "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
-                "rss_mib": round(broker.memory_info().rss / 2**20, 1),
-            }
+        usage = meter.usage(wall)
         steps = [s for r in level.submitted for s in watcher.steps.get(r, [])]
         outcomes = [watcher.ended[r][0] for r in level.submitted]
         run_ms = [(watcher.ended[r][1] - t) * 1000 for r, t in level.submitted.items()]

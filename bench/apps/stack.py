@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -19,13 +19,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import Message
 
-from stepline.v1 import common_pb2, runs_pb2, tools_pb2
+from stepline.v1 import common_pb2, goals_pb2, runs_pb2, tools_pb2
 from stepline_runtime.codec import encode
 from stepline_runtime.settings import KafkaSettings, namespaced
-from stepline_runtime.topics import CATALOG, ensure_topics
+from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 
 __all__ = [
     "ROOT",
+    "ClosedLoop",
+    "CpuMeter",
     "Namespace",
     "RunWatcher",
     "Service",
@@ -176,8 +178,11 @@ class Service:
 class Namespace:
     """A fresh topic namespace (`b<random>`) with its topics, a producer and service spawning."""
 
-    def __init__(self, kafka: KafkaSettings, workdir: Path, partitions: int) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, workdir: Path, partitions: int, agents: str = AGENTS
+    ) -> None:
         self.kafka = kafka
+        self.agents = agents
         self.ns = f"b{uuid.uuid4().hex[:10]}"
         self.workdir = workdir
         self.partitions = partitions
@@ -210,7 +215,7 @@ class Namespace:
         finally:
             await admin.close()
         await self.producer.start()
-        (self.workdir / "agents.toml").write_text(AGENTS)
+        (self.workdir / "agents.toml").write_text(self.agents)
         (self.workdir / "routes.toml").write_text(ROUTES)
 
     async def stop(self) -> None:
@@ -245,12 +250,14 @@ class Namespace:
             "STEPLINE_LOG_LEVEL": "INFO",
         }
 
-    def spawn(self, name: str, module: str, *args: str) -> Service:
+    def spawn(
+        self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> Service:
         """Start `python -m module args…` in this namespace, logging to workdir/<name>.log."""
         service = Service(
             name,
             [sys.executable, "-m", module, *args],
-            self.env(),
+            {**self.env(), **(env or {})},
             self.workdir / f"{name}.log",
         )
         self.services.append(service)
@@ -347,3 +354,91 @@ class RunWatcher:
             self.ended[event.run_id] = (kind, now)
             if self.on_end is not None:
                 self.on_end(event.run_id)
+
+
+class ClosedLoop:
+    """One concurrency level: `concurrency` runs kept in flight until `total` have ended."""
+
+    def __init__(
+        self,
+        ns: Namespace,
+        watcher: RunWatcher,
+        concurrency: int,
+        total: int,
+        goal: Callable[[str], goals_pb2.GoalSubmitted],
+    ) -> None:
+        self.ns = ns
+        self.watcher = watcher
+        self.concurrency = concurrency
+        self.total = total
+        self.goal = goal
+        self.submitted: dict[str, float] = {}
+        self.ended: asyncio.Queue[str] = asyncio.Queue()
+
+    async def _submit(self) -> None:
+        run_id = f"r{uuid.uuid4().hex[:16]}"
+        self.submitted[run_id] = time.perf_counter()
+        await self.ns.send(Topics.GOALS, run_id, self.goal(run_id))
+
+    async def run(self, timeout_s: float) -> float:
+        """Run the loop; the wall time from the first goal to the last end."""
+        self.watcher.on_end = lambda run_id: self.ended.put_nowait(run_id)
+        started = time.perf_counter()
+        deadline = started + timeout_s
+        for _ in range(min(self.concurrency, self.total)):
+            await self._submit()
+        await self.ns.producer.flush()
+        done = 0
+        while done < self.total:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.total - done} runs still in flight")
+            run_id = await asyncio.wait_for(self.ended.get(), remaining)
+            if run_id not in self.submitted:
+                continue
+            done += 1
+            if len(self.submitted) < self.total:
+                await self._submit()
+                if self.ended.empty():
+                    await self.ns.producer.flush()
+        self.watcher.on_end = None
+        return max(self.watcher.ended[r][1] for r in self.submitted) - started
+
+
+class CpuMeter:
+    """CPU seconds of the benchmark's processes (and the local broker) over one level."""
+
+    def __init__(self, services: Sequence[Service], broker: psutil.Process | None) -> None:
+        self.services = list(services)
+        self.broker = broker
+        self._before: dict[str, float] = {}
+
+    def _broker_cpu_s(self) -> float:
+        assert self.broker is not None
+        times = self.broker.cpu_times()
+        return float(times.user + times.system)
+
+    def start(self) -> None:
+        """Take the starting snapshot."""
+        self._before = {s.name: s.cpu_s() for s in self.services}
+        if self.broker is not None:
+            self._before["kafka_broker"] = self._broker_cpu_s()
+
+    def usage(self, wall_s: float) -> dict[str, dict[str, float]]:
+        """Per process since `start`: CPU seconds, % of one core and peak (or current) RSS."""
+        out: dict[str, dict[str, float]] = {}
+        for service in self.services:
+            cpu = service.cpu_s() - self._before[service.name]
+            out[service.name] = {
+                "cpu_s": round(cpu, 2),
+                "cpu_percent_of_one_core": round(100 * cpu / wall_s, 1),
+                "peak_rss_mib": round(service.peak_rss_mb(), 1),
+            }
+        if self.broker is not None:
+            cpu = self._broker_cpu_s() - self._before["kafka_broker"]
+            out["kafka_broker"] = {
+                "cpu_s": round(cpu, 2),
+                "cpu_percent_of_one_core": round(100 * cpu / wall_s, 1),
+                "rss_mib": round(self.broker.memory_info().rss / 2**20, 1),
+            }
+        return out
