@@ -25,7 +25,9 @@ from stepline_router.handlers import ModelCallHandler
 from stepline_router.handlers import Topics as OutputTopics
 from stepline_router.http_api import GatewayPart, build_app
 from stepline_router.providers.anthropic import AnthropicProvider
+from stepline_router.providers.azure import AzureOpenAIProvider
 from stepline_router.providers.base import Provider
+from stepline_router.providers.gemini import GeminiProvider
 from stepline_router.providers.local import LocalProvider
 from stepline_router.providers.openai import OpenAIProvider
 from stepline_router.providers.transport import FastTransport
@@ -59,7 +61,14 @@ log = logging.getLogger(__name__)
 # Provider kinds a routes file may name. `openai_compatible` is the same wire format for
 # vLLM, Ollama, llama.cpp server, OpenRouter…, sending `max_tokens` where OpenAI wants
 # `max_completion_tokens`.
-PROVIDER_NAMES = ("openai", "openai_compatible", "anthropic", "local")
+PROVIDER_NAMES = (
+    "openai",
+    "openai_compatible",
+    "anthropic",
+    "local",
+    "gemini",
+    "azure_openai",
+)
 
 
 def build_providers(client: httpx.AsyncClient, clock: SystemClock) -> Mapping[str, Provider]:
@@ -69,6 +78,8 @@ def build_providers(client: httpx.AsyncClient, clock: SystemClock) -> Mapping[st
         "openai_compatible": OpenAIProvider(client, clock.now),
         "anthropic": AnthropicProvider(client, clock.now),
         "local": LocalProvider(),
+        "gemini": GeminiProvider(client, clock.now),
+        "azure_openai": AzureOpenAIProvider(client, clock.now),
     }
 
 

@@ -62,6 +62,8 @@ class Finished:
     """The model said why it stopped; the stream is complete when the provider ends it."""
 
     reason: FinishReason
+    # The model that answered, when the stream names it.
+    model: str = ""
 
 
 Delta = Opened | TextDelta | ToolCallDelta | UsageDelta | Finished
@@ -90,6 +92,7 @@ class StreamFold:
     finish: FinishReason | None = None
     usage: Usage = field(default_factory=Usage)
     content_seen: bool = False
+    model: str = ""
 
     def add(self, delta: Delta) -> None:
         """Fold one delta in."""
@@ -107,8 +110,9 @@ class StreamFold:
                 self.content_seen = True
             case UsageDelta(usage=usage):
                 self.usage = usage
-            case Finished(reason=reason):
+            case Finished(reason=reason, model=model):
                 self.finish = reason
+                self.model = model or self.model
             case _:
                 assert_never(delta)
 
@@ -121,7 +125,9 @@ class StreamFold:
         """The finished answer."""
         calls = self._calls()
         finish = self.finish or (FinishReason.TOOL_CALLS if calls else FinishReason.STOP)
-        return Completion("".join(self.text), calls, finish, self.usage, self.status_code)
+        return Completion(
+            "".join(self.text), calls, finish, self.usage, self.status_code, model=self.model
+        )
 
     def incomplete(self, reason: str) -> Completion:
         """The partial answer of a stream that broke after output was handed on."""
@@ -133,6 +139,7 @@ class StreamFold:
             self.status_code,
             incomplete=True,
             incomplete_reason=reason,
+            model=self.model,
         )
 
     def _calls(self) -> tuple[ToolCall, ...]:
@@ -151,5 +158,5 @@ def completion_deltas(completion: Completion) -> list[Delta]:
         out.append(ToolCallDelta(index, call.call_id, call.name))
         out.append(ToolCallDelta(index, arguments=call.arguments_json))
     out.append(UsageDelta(completion.usage))
-    out.append(Finished(completion.finish_reason))
+    out.append(Finished(completion.finish_reason, completion.model))
     return out

@@ -116,3 +116,5 @@ class Completion:
     status_code: int = 0
     incomplete: bool = False
     incomplete_reason: str = ""
+    # The model that answered, as the provider names it (a dated snapshot); "" when unsaid.
+    model: str = ""

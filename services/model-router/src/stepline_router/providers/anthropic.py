@@ -170,7 +170,14 @@ def parse_anthropic_message(data: Any, status: int = 200) -> Completion:
             elif block["type"] == "tool_use":
                 calls.append(ToolCall(block["id"], block["name"], json.dumps(block["input"])))
         finish = _FINISH.get(data.get("stop_reason") or "end_turn", FinishReason.STOP)
-        return Completion("".join(text), tuple(calls), finish, _usage(data.get("usage")), status)
+        return Completion(
+            "".join(text),
+            tuple(calls),
+            finish,
+            _usage(data.get("usage")),
+            status,
+            model=str(data.get("model") or ""),
+        )
     except (KeyError, TypeError, AttributeError) as error:
         raise ProviderError(
             Outcome.MALFORMED_RESPONSE,
@@ -189,6 +196,7 @@ class _EventParser:
         self._usage = Usage()
         # Content block index → tool call number (callers see 0, 1, … in order).
         self._calls: dict[int, int] = {}
+        self._model = ""
 
     @property
     def ended(self) -> bool:
@@ -217,7 +225,9 @@ class _EventParser:
         if kind == "error":
             raise stream_error(data.get("error") or {}, status)
         if kind == "message_start":
-            self._usage = _usage((data.get("message") or {}).get("usage"))
+            message = data.get("message") or {}
+            self._model = str(message.get("model") or "")
+            self._usage = _usage(message.get("usage"))
             return [UsageDelta(self._usage)]
         if kind == "content_block_start":
             block = data.get("content_block") or {}
@@ -241,7 +251,7 @@ class _EventParser:
             self._usage = _usage(data.get("usage"), self._usage)
             out.append(UsageDelta(self._usage))
             if reason:
-                out.append(Finished(_FINISH.get(reason, FinishReason.STOP)))
+                out.append(Finished(_FINISH.get(reason, FinishReason.STOP), self._model))
             return out
         if kind == "message_stop":
             self.done = True

@@ -18,6 +18,7 @@ from stepline_runtime.logs import redact
 
 __all__ = [
     "ChunkParser",
+    "ErrorMapper",
     "error_from_response",
     "httpx_timeout",
     "iter_sse",
@@ -131,6 +132,8 @@ def json_or_malformed(text: str, status: int, what: str) -> Any:
 
 
 NowFn = Callable[[], datetime]
+# How an adapter turns a non-2xx answer into a classified error (its provider's error body).
+ErrorMapper = Callable[[int, Mapping[str, str], bytes, datetime], ProviderError]
 
 
 async def post_json(
@@ -140,6 +143,8 @@ async def post_json(
     body: Mapping[str, Any],
     limits: AttemptLimits,
     now: datetime,
+    *,
+    errors: ErrorMapper = error_from_response,
 ) -> tuple[Any, int]:
     """POST a JSON request within the attempt's limits; the decoded body and its status."""
     try:
@@ -152,7 +157,7 @@ async def post_json(
     except httpx.HTTPError as error:
         raise transport_error(error) from error
     if not response.is_success:
-        raise error_from_response(response.status_code, response.headers, response.content, now)
+        raise errors(response.status_code, response.headers, response.content, now)
     return json_or_malformed(response.text, response.status_code, "response body"), (
         response.status_code
     )
@@ -189,6 +194,8 @@ async def sse_deltas(
     limits: AttemptLimits,
     now: NowFn,
     parser: ChunkParser,
+    *,
+    errors: ErrorMapper = error_from_response,
 ) -> AsyncIterator[Delta]:
     """POST a streaming request and yield its deltas; the one SSE loop every adapter shares.
 
@@ -203,7 +210,7 @@ async def sse_deltas(
             status = response.status_code
             if not response.is_success:
                 raw = await response.aread()
-                raise error_from_response(status, response.headers, raw, now())
+                raise errors(status, response.headers, raw, now())
             yield Opened(status)
             async for event, data in iter_sse(response):
                 for delta in parser.feed(event, data, status):

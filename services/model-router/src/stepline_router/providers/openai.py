@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -11,7 +11,10 @@ import httpx
 from stepline_router.errors import Outcome, ProviderError
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.providers.http import (
+    ChunkParser,
+    ErrorMapper,
     NowFn,
+    error_from_response,
     json_or_malformed,
     post_json,
     sse_deltas,
@@ -36,7 +39,14 @@ from stepline_router.types import (
     Usage,
 )
 
-__all__ = ["OpenAIProvider", "openai_body", "parse_openai_completion"]
+__all__ = [
+    "ChatChunkParser",
+    "ChunkCheck",
+    "OpenAIProvider",
+    "openai_body",
+    "openai_usage",
+    "parse_openai_completion",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -124,7 +134,8 @@ def openai_body(
     return body
 
 
-def _usage(data: Any) -> Usage:
+def openai_usage(data: Any) -> Usage:
+    """Token counts of a Chat Completions `usage` object (cached and reasoning included)."""
     if not isinstance(data, dict):
         return Usage()
     prompt = data.get("prompt_tokens_details") or {}
@@ -150,7 +161,14 @@ def parse_openai_completion(data: Any, status: int = 200) -> Completion:
         finish = _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP)
         if message.get("refusal"):
             content, finish = str(message["refusal"]), FinishReason.CONTENT_FILTER
-        return Completion(str(content), calls, finish, _usage(data.get("usage")), status)
+        return Completion(
+            str(content),
+            calls,
+            finish,
+            openai_usage(data.get("usage")),
+            status,
+            model=str(data.get("model") or ""),
+        )
     except (KeyError, IndexError, TypeError, AttributeError) as error:
         raise ProviderError(
             Outcome.MALFORMED_RESPONSE,
@@ -159,15 +177,20 @@ def parse_openai_completion(data: Any, status: int = 200) -> Completion:
         ) from error
 
 
-class _ChunkParser:
+# A look at each decoded stream chunk before it is parsed (a provider's own refusals).
+ChunkCheck = Callable[[dict[str, Any], int], None]
+
+
+class ChatChunkParser:
     """Chat Completions chunks → deltas; the stream ends at `[DONE]`."""
 
     end_marker = "[DONE]"
 
-    def __init__(self) -> None:
+    def __init__(self, check: ChunkCheck | None = None) -> None:
         self.done = False
         self.finished = False
         self._calls: dict[int, int] = {}
+        self._check = check
 
     @property
     def ended(self) -> bool:
@@ -189,6 +212,8 @@ class _ChunkParser:
             )
         if "error" in chunk:
             raise stream_error(chunk["error"], status)
+        if self._check is not None:
+            self._check(chunk, status)
         out: list[Delta] = []
         try:
             for choice in chunk.get("choices") or ():
@@ -211,7 +236,8 @@ class _ChunkParser:
                     )
                 if choice.get("finish_reason"):
                     self.finished = True
-                    out.append(Finished(_FINISH.get(choice["finish_reason"], FinishReason.STOP)))
+                    reason = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
+                    out.append(Finished(reason, str(chunk.get("model") or "")))
                 elif delta.get("refusal"):
                     out.append(Finished(FinishReason.CONTENT_FILTER))
         except (AttributeError, TypeError, ValueError) as error:
@@ -221,7 +247,7 @@ class _ChunkParser:
                 status_code=status,
             ) from error
         if chunk.get("usage"):
-            out.append(UsageDelta(_usage(chunk["usage"])))
+            out.append(UsageDelta(openai_usage(chunk["usage"])))
         return out
 
 
@@ -239,13 +265,31 @@ class OpenAIProvider:
         # OpenAI itself wants `max_completion_tokens`; most compatible servers `max_tokens`.
         self._max_tokens_field = max_tokens_field
 
-    def _request(
-        self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
-    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+    # What a non-2xx answer means; a provider with its own error details maps them itself.
+    errors: ErrorMapper = staticmethod(error_from_response)
+
+    def endpoint(
+        self, deployment: Deployment, credential: str | None
+    ) -> tuple[str, dict[str, str]]:
+        """The Chat Completions URL of `deployment` and its headers (credential included)."""
         url = f"{deployment.base_url or DEFAULT_BASE_URL}/chat/completions"
         headers = {"content-type": "application/json", **deployment.headers}
         if credential:
             headers["authorization"] = f"Bearer {credential}"
+        return url, headers
+
+    def parse(self, data: Any, status: int) -> Completion:
+        """The answer of a non-streamed response body."""
+        return parse_openai_completion(data, status)
+
+    def chunk_parser(self) -> ChunkParser:
+        """A fresh parser for one streamed response."""
+        return ChatChunkParser()
+
+    def _request(
+        self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        url, headers = self.endpoint(deployment, credential)
         body = openai_body(
             deployment, replace(request, stream=stream), max_tokens_field=self._max_tokens_field
         )
@@ -260,8 +304,10 @@ class OpenAIProvider:
     ) -> Completion:
         """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
         url, headers, body = self._request(deployment, request, credential, stream=False)
-        data, status = await post_json(self._client, url, headers, body, limits, self._now())
-        return parse_openai_completion(data, status)
+        data, status = await post_json(
+            self._client, url, headers, body, limits, self._now(), errors=self.errors
+        )
+        return self.parse(data, status)
 
     async def stream(
         self,
@@ -272,6 +318,8 @@ class OpenAIProvider:
     ) -> AsyncGenerator[Delta, None]:
         """One streamed attempt against `deployment`."""
         url, headers, body = self._request(deployment, request, credential, stream=True)
-        parser = _ChunkParser()
-        async for delta in sse_deltas(self._client, url, headers, body, limits, self._now, parser):
+        parser = self.chunk_parser()
+        async for delta in sse_deltas(
+            self._client, url, headers, body, limits, self._now, parser, errors=self.errors
+        ):
             yield delta
