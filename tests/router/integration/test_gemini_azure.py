@@ -147,9 +147,11 @@ async def test_gemini_tools_usage_and_catalog_price(
     assert completion.model == GEMINI
     # priced from the catalog (google), equal to the package's own figure
     entry = BOOK.model_entry("gemini", GEMINI)
-    assert entry is not None and entry.source.value == "catalog"
+    assert entry is not None
+    assert entry.source.value == "catalog"
     cost = outcome.attempts[0].cost
-    assert cost is not None and cost == entry.price.cost(usage)
+    assert cost is not None
+    assert cost == entry.price.cost(usage)
     theirs = genai_prices.calc_price(
         genai_prices.Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=80),
         model_ref=GEMINI,
@@ -187,7 +189,8 @@ async def test_gemini_tools_usage_and_catalog_price(
         ),
     )
     again = await router.complete(follow)
-    assert isinstance(again, CallSucceeded) and again.completion.content == "done"
+    assert isinstance(again, CallSucceeded)
+    assert again.completion.content == "done"
     replayed = primary.received[1].body["contents"][3]["parts"][0]
     assert replayed["thoughtSignature"] == "c2lnLTE="
     assert "id" not in replayed["functionCall"]
@@ -291,9 +294,11 @@ async def test_gemini_safety_is_a_refusal_not_retried(
     )
     assert isinstance(outcome, CallFailed)
     assert outcome.kind is ErrorKind.CONTENT_REFUSED
-    assert "SAFETY" in outcome.message and "HARM_CATEGORY_DANGEROUS_CONTENT" in outcome.message
+    assert "SAFETY" in outcome.message
+    assert "HARM_CATEGORY_DANGEROUS_CONTENT" in outcome.message
     assert outcome.attempts[0].usage.input == 40  # the refused attempt is still billed
-    assert fallback.received == [] and len(primary.received) == 1
+    assert fallback.received == []
+    assert len(primary.received) == 1
 
 
 async def test_gemini_stream_cut_malformed_and_in_band_error(
@@ -393,9 +398,12 @@ async def test_azure_content_filter_is_refused_with_its_reason(
     primary.queue(azure_content_filter_error({"violence": "high", "jailbreak": "medium"}))
     prompt = await _router(config, client).complete(request())
     assert isinstance(prompt, CallFailed)
-    assert prompt.kind is ErrorKind.CONTENT_REFUSED and not prompt.retryable
-    assert "violence (high)" in prompt.message and "jailbreak (medium)" in prompt.message
-    assert len(primary.received) == 1 and fallback.received == []
+    assert prompt.kind is ErrorKind.CONTENT_REFUSED
+    assert not prompt.retryable
+    assert "violence (high)" in prompt.message
+    assert "jailbreak (medium)" in prompt.message
+    assert len(primary.received) == 1
+    assert fallback.received == []
 
     primary.queue(
         Reply(

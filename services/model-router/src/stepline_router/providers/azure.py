@@ -57,9 +57,7 @@ def azure_url(deployment: Deployment) -> str:
     if _DEPLOYMENTS not in f"{path}/":
         path = f"{path}{_DEPLOYMENTS}{deployment.model}"
     extra = "".join(f"&{k}={v}" for k, v in query.items())
-    return (
-        f"{parts.scheme}://{parts.netloc}{path}/chat/completions?api-version={version}{extra}"
-    )
+    return f"{parts.scheme}://{parts.netloc}{path}/chat/completions?api-version={version}{extra}"
 
 
 def filtered_categories(results: Any) -> str:
@@ -124,7 +122,9 @@ class AzureOpenAIProvider(OpenAIProvider):
         # Reasoning deployments take only `max_completion_tokens`; every GA version has it.
         super().__init__(client, now, max_tokens_field="max_completion_tokens")
 
-    def endpoint(self, deployment: Deployment, credential: str | None) -> tuple[str, dict[str, str]]:
+    def endpoint(
+        self, deployment: Deployment, credential: str | None
+    ) -> tuple[str, dict[str, str]]:
         """The deployment URL with its api-version; `api-key` (or an Entra bearer token)."""
         headers = {"content-type": "application/json", **deployment.headers}
         if credential:
