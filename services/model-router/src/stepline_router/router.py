@@ -14,6 +14,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from opentelemetry.trace import Tracer
+
 from stepline_pricebook import PriceBook
 from stepline_router.backoff import full_jitter
 from stepline_router.breaker import BreakerPolicy, CircuitBreaker
@@ -38,6 +40,7 @@ from stepline_router.routing import (
     plan_route,
 )
 from stepline_router.stream import ContentDelta, StreamFold, TextDelta, is_content
+from stepline_router.telemetry import AttemptSpan, default_tracer, record_attempt
 from stepline_router.tokens import estimate_input_tokens
 from stepline_router.types import Completion, Message, ModelRequest, Role, ToolChoice, Usage
 
@@ -171,6 +174,7 @@ class Router:
         credentials: Credentials,
         clock: Clock,
         random: Callable[[], float],
+        tracer: Tracer | None = None,
     ) -> None:
         self._routes = routes
         self._prices = prices
@@ -178,6 +182,8 @@ class Router:
         self._credentials = credentials
         self._clock = clock
         self._random = random
+        # Each attempt sent is a span with the GenAI semantic-convention attributes.
+        self._tracer = tracer or default_tracer()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, RateWindow] = {}
         self.latency = LatencyEwma()
@@ -732,6 +738,7 @@ class _Call:
                 status_code=answer.status_code,
                 usage=answer.usage,
                 error=answer.incomplete_reason,
+                answer=answer,
             )
             if answer.incomplete:
                 breaker.on_failure(now)
@@ -773,6 +780,7 @@ class _Call:
         usage: Usage | None = None,
         error: str = "",
         retry_after_s: float | None = None,
+        answer: Completion | None = None,
     ) -> None:
         usage = usage or Usage()
         cost = self.book.model_cost(
@@ -799,6 +807,28 @@ class _Call:
                 sent=sent,
             )
         )
+        if sent:
+            attempt = self.attempts[-1]
+            record_attempt(
+                self.r._tracer,
+                self.request,
+                AttemptSpan(
+                    route=self.request.route,
+                    deployment=deployment.name,
+                    provider=deployment.provider,
+                    model=deployment.model,
+                    base_url=deployment.base_url,
+                    number=attempt.number,
+                    outcome=outcome,
+                    started_at=attempt.started_at,
+                    latency_s=latency_s,
+                    status_code=status_code,
+                    usage=usage,
+                    cost=cost,
+                    error=error,
+                    answer=answer,
+                ),
+            )
 
 
 def _stream_timeout(
