@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stepline_pricebook import ModelEntry, ModelPrice, PriceBook, PriceBookError, default_path
-from stepline_routes import RoutesError, load_routes
+from stepline_routes import PRESETS, RoutesError, load_routes
 from stepline_routes import default_path as default_routes_path
 
 __all__ = ["ModelsError", "RouteTarget", "add_parser", "read_route", "run"]
@@ -49,10 +49,18 @@ def add_parser(sub: Any) -> None:
     models.add_argument("--json", action="store_true", help="one JSON document for machines")
     models.add_argument("--pricebook", type=Path, help="default: STEPLINE_PRICEBOOK or the repo's")
     models.add_argument("--routes", type=Path, help="default: STEPLINE_ROUTES or the repo's")
+    models.add_argument(
+        "--presets",
+        action="store_true",
+        help="the OpenAI-compatible services a deployment can name as its provider",
+    )
 
 
 def run(args: argparse.Namespace, _settings: object, out: TextIO) -> int:
     """Print the catalog listing or a route's reach; 2 with a message on a usage error."""
+    if args.presets:
+        _print_presets(out, as_json=args.json)
+        return 0
     try:
         book = PriceBook.load(args.pricebook or default_path())
         if args.route:
@@ -232,3 +240,41 @@ def _print_table(
     for row in rows:
         if route and not row["priced"]:
             print(f"{row['deployment']}: {row['notes'][0]}", file=out)
+
+
+def _preset_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "provider": preset.name,
+            "base_url": preset.base_url,
+            "credential_env": preset.key_env or None,
+            "max_tokens_field": preset.max_tokens_field,
+            "stream_usage": preset.stream_usage,
+            "renamed": dict(preset.renamed),
+            "notes": preset.notes,
+        }
+        for preset in PRESETS.values()
+    ]
+
+
+def _print_presets(out: TextIO, *, as_json: bool) -> None:
+    """The presets table: `provider = "NAME"` in a deployment needs no base_url or key name."""
+    rows = _preset_rows()
+    if as_json:
+        json.dump({"presets": rows}, out, indent=1)
+        out.write("\n")
+        return
+    print(
+        f'{len(rows)} OpenAI-compatible presets: a deployment with provider = "NAME" gets '
+        "this base URL and key variable unless it sets its own",
+        file=out,
+    )
+    lines = [["PROVIDER", "BASE URL", "KEY", "NOTES"]]
+    for row in rows:
+        lines.append(
+            [row["provider"], row["base_url"], row["credential_env"] or "-", row["notes"] or "-"]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(3)]
+    for line in lines:
+        cells = [c.ljust(w) for c, w in zip(line[:3], widths, strict=True)]
+        print("  ".join([*cells, line[3]]).rstrip(), file=out)

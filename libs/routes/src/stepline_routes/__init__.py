@@ -16,11 +16,14 @@ from stepline_routes.config import (
     parse_routes,
 )
 from stepline_routes.economics import RouteEconomics, route_economics, routes_economics
+from stepline_routes.presets import PRESETS, Preset
 
 __all__ = [
+    "PRESETS",
     "BreakerPolicy",
     "Capabilities",
     "Deployment",
+    "Preset",
     "RateLimits",
     "RetryPolicy",
     "Route",

@@ -11,12 +11,13 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from stepline_routes.presets import PRESETS
 from stepline_vocab import ConfigurationError
 
 __all__ = [
@@ -204,7 +205,8 @@ def parse_routes(
     retry = _retry(defaults, RetryPolicy(), f"{origin}: [defaults]")
     deployments: dict[str, Deployment] = {}
     for name, entry in _table(data, "deployments", origin).items():
-        deployments[name] = _deployment(name, entry, providers, f"{origin}: [deployments.{name}]")
+        where = f"{origin}: [deployments.{name}]"
+        deployments[name] = _with_preset(_deployment(name, entry, providers, where))
     routes: dict[str, Route] = {}
     for name, entry in _table(data, "routes", origin).items():
         where = f"{origin}: [routes.{name}]"
@@ -311,6 +313,18 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
         ),
         weight=weight,
         headers=dict(headers),
+    )
+
+
+def _with_preset(deployment: Deployment) -> Deployment:
+    """A preset's base URL and key variable where the deployment named a preset and set none."""
+    preset = PRESETS.get(deployment.provider)
+    if preset is None:
+        return deployment
+    return replace(
+        deployment,
+        base_url=deployment.base_url or preset.base_url,
+        credential_env=deployment.credential_env or preset.key_env,
     )
 
 

@@ -35,6 +35,7 @@ from stepline_router.reload import ConfigFile
 from stepline_router.router import CallOutcome, Router
 from stepline_router.routes import RoutesConfig, parse_routes
 from stepline_router.types import ModelRequest
+from stepline_routes import PRESETS
 from stepline_runtime.atleastonce import (
     AtLeastOnce,
     BrokerPublisher,
@@ -68,6 +69,8 @@ PROVIDER_NAMES = (
     "local",
     "gemini",
     "azure_openai",
+    # OpenAI-compatible services by name, with their base URL, key variable and quirks.
+    *PRESETS,
 )
 
 
@@ -80,6 +83,16 @@ def build_providers(client: httpx.AsyncClient, clock: SystemClock) -> Mapping[st
         "local": LocalProvider(),
         "gemini": GeminiProvider(client, clock.now),
         "azure_openai": AzureOpenAIProvider(client, clock.now),
+        **{
+            name: OpenAIProvider(
+                client,
+                clock.now,
+                max_tokens_field=preset.max_tokens_field,
+                stream_usage=preset.stream_usage,
+                renamed=preset.renamed,
+            )
+            for name, preset in PRESETS.items()
+        },
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -140,10 +140,12 @@ def openai_usage(data: Any) -> Usage:
         return Usage()
     prompt = data.get("prompt_tokens_details") or {}
     completion = data.get("completion_tokens_details") or {}
+    # DeepSeek reports cache hits as `prompt_cache_hit_tokens` instead.
+    cached = prompt.get("cached_tokens") or data.get("prompt_cache_hit_tokens")
     return Usage(
         input=int(data.get("prompt_tokens") or 0),
         output=int(data.get("completion_tokens") or 0),
-        cached_input=int(prompt.get("cached_tokens") or 0),
+        cached_input=int(cached or 0),
         reasoning=int(completion.get("reasoning_tokens") or 0),
     )
 
@@ -258,12 +260,22 @@ class OpenAIProvider:
     continues_answers = False
 
     def __init__(
-        self, client: httpx.AsyncClient, now: NowFn, *, max_tokens_field: str = "max_tokens"
+        self,
+        client: httpx.AsyncClient,
+        now: NowFn,
+        *,
+        max_tokens_field: str = "max_tokens",
+        stream_usage: bool = True,
+        renamed: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
         self._now = now
         # OpenAI itself wants `max_completion_tokens`; most compatible servers `max_tokens`.
         self._max_tokens_field = max_tokens_field
+        # Quirks of compatible services (see stepline_routes.presets): whether to ask for
+        # usage on streams, and request fields they spell differently.
+        self._stream_usage = stream_usage
+        self._renamed = dict(renamed or {})
 
     # What a non-2xx answer means; a provider with its own error details maps them itself.
     errors: ErrorMapper = staticmethod(error_from_response)
@@ -293,6 +305,11 @@ class OpenAIProvider:
         body = openai_body(
             deployment, replace(request, stream=stream), max_tokens_field=self._max_tokens_field
         )
+        if not self._stream_usage:
+            body.pop("stream_options", None)
+        for ours, theirs in self._renamed.items():
+            if ours in body:
+                body[theirs] = body.pop(ours)
         return url, headers, body
 
     async def complete(
