@@ -465,3 +465,71 @@ async def test_azure_429_5xx_cut_and_context_length(
     moved = await _router(config, client).complete(request())
     assert isinstance(moved, CallSucceeded)
     assert [a.outcome for a in moved.attempts] == [Outcome.CONTEXT_TOO_LONG, Outcome.SUCCEEDED]
+
+
+async def test_one_route_fails_over_openai_anthropic_gemini_to_azure_with_tools(
+    client: httpx.AsyncClient,
+) -> None:
+    servers = [await FakeProvider().start() for _ in range(4)]
+    try:
+        openai, anthropic, gemini, azure = servers
+        openai.default = lambda _: openai_error(500, "boom", "server_error")
+        anthropic.default = lambda _: Reply(
+            529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        )
+        # a wait longer than the route's max_retry_after_s: fail over at once
+        gemini.default = lambda _: gemini_error(
+            429, "RESOURCE_EXHAUSTED", "quota", retry_delay="90s"
+        )
+        azure.queue(
+            Reply(body=azure_completion(None, [("call_9", "get_weather", '{"city": "Rome"}')]))
+        )
+        kinds = [
+            ("openai", "gpt-4o-mini"),
+            ("anthropic", "claude-haiku-4-5"),
+            ("gemini", GEMINI),
+            ("azure_openai", "gpt-4o-mini"),
+        ]
+        body = (
+            "[defaults]\nbackoff_base_s = 0.01\nbackoff_cap_s = 0.02\nretries_per_deployment = 0\n"
+        )
+        for (provider, model), server in zip(kinds, servers, strict=True):
+            body += (
+                f'[deployments.{provider}]\nprovider = "{provider}"\nmodel = "{model}"\n'
+                f'base_url = "{server.url}"\ncredential_env = "KEY"\n'
+            )
+        names = ", ".join(f'"{p}"' for p, _ in kinds)
+        body += f"[routes.default]\ndeployments = [{names}]\n"
+        config = parse_routes(
+            body, known_providers=("openai", "anthropic", "gemini", "azure_openai")
+        )
+        req = replace(request(tools=(weather_tool(),)), messages=_tool_transcript())
+        outcome = await _router(config, client).complete(req)
+        assert isinstance(outcome, CallSucceeded)
+        assert outcome.deployment.name == "azure_openai"
+        assert [a.outcome for a in outcome.attempts] == [
+            Outcome.SERVER_ERROR,
+            Outcome.OVERLOADED,
+            Outcome.RATE_LIMITED,
+            Outcome.SUCCEEDED,
+        ]
+        assert outcome.completion.tool_calls[0].name == "get_weather"
+        # every attempt priced from the catalog: failed ones at zero tokens, the answer in full
+        for attempt in outcome.attempts:
+            assert attempt.cost is not None
+        entry = BOOK.model_entry("azure_openai", "gpt-4o-mini")
+        assert entry is not None
+        assert outcome.attempts[-1].cost == entry.price.cost(outcome.completion.usage)
+        # the same conversation reached each provider in its own wire format
+        assert openai.received[0].body["messages"][3]["tool_call_id"] == "call_b"
+        results = [b for m in anthropic.received[0].body["messages"] for b in m["content"]]
+        assert {b.get("tool_use_id") for b in results if b["type"] == "tool_result"} == {
+            "call_a",
+            "call_b",
+        }
+        parts = gemini.received[0].body["contents"][2]["parts"]
+        assert [p["functionResponse"]["name"] for p in parts] == ["get_weather", "get_time"]
+        assert azure.received[0].body["messages"][2]["tool_calls"][1]["id"] == "call_b"
+    finally:
+        for server in servers:
+            await server.stop()
