@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from google.genai import types as gtypes
 
@@ -137,3 +138,21 @@ def test_azure_errors_other_than_the_filter_keep_the_openai_mapping() -> None:
     refused = azure_error(400, {}, filtered, NOW)
     assert refused.outcome is Outcome.CONTENT_REFUSED
     assert disposition(refused.outcome).value == "fail_now"
+
+
+async def test_azure_sends_the_output_cap_its_api_version_knows() -> None:
+    from stepline_router.clock import SystemClock
+    from stepline_router.providers.azure import AzureOpenAIProvider
+
+    async with httpx.AsyncClient() as http:
+        provider = AzureOpenAIProvider(http, SystemClock().now)
+        capped = request(params=Params(max_output_tokens=50))
+        for version, field in (
+            ("2024-10-21", "max_completion_tokens"),
+            ("2024-06-01", "max_tokens"),
+        ):
+            deployment = Deployment(
+                "a", "azure_openai", "gpt-4o", base_url=f"https://r.example?api-version={version}"
+            )
+            _, _, body = provider._request(deployment, capped, "k", stream=False)
+            assert body[field] == 50

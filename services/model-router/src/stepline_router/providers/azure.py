@@ -34,13 +34,20 @@ from stepline_router.providers.http import (
 )
 from stepline_router.providers.openai import ChatChunkParser, OpenAIProvider
 from stepline_router.routes import Deployment
-from stepline_router.types import Completion, FinishReason
+from stepline_router.types import Completion, FinishReason, ModelRequest
 
 __all__ = ["API_VERSION", "AzureOpenAIProvider", "azure_error", "azure_url", "filtered_categories"]
 
 # The latest generally available data-plane API version when this was written.
 API_VERSION = "2024-10-21"
+# The first version that knows `max_completion_tokens` (older ones refuse it: send `max_tokens`).
+_COMPLETION_TOKENS_SINCE = "2024-09-01-preview"
 _DEPLOYMENTS = "/openai/deployments/"
+
+
+def _api_version(deployment: Deployment) -> str:
+    query = dict(parse_qsl(urlsplit(deployment.base_url).query))
+    return query.get("api-version", API_VERSION)
 
 
 def azure_url(deployment: Deployment) -> str:
@@ -133,6 +140,14 @@ class AzureOpenAIProvider(OpenAIProvider):
             else:
                 headers["api-key"] = credential
         return azure_url(deployment), headers
+
+    def _request(
+        self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        url, headers, body = super()._request(deployment, request, credential, stream)
+        if "max_completion_tokens" in body and _api_version(deployment) < _COMPLETION_TOKENS_SINCE:
+            body["max_tokens"] = body.pop("max_completion_tokens")
+        return url, headers, body
 
     def parse(self, data: Any, status: int) -> Completion:
         """The answer; an answer the content filter stopped is a CONTENT_REFUSED failure."""
