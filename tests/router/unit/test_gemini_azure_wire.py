@@ -10,11 +10,13 @@ import httpx
 import pytest
 from google.genai import types as gtypes
 
-from stepline_router.errors import Outcome, disposition
-from stepline_router.providers.azure import azure_error, azure_url
-from stepline_router.providers.gemini import gemini_body, gemini_error
+from stepline_router.clock import SystemClock
+from stepline_router.errors import Outcome, ProviderError, disposition
+from stepline_router.providers.azure import AzureOpenAIProvider, azure_error, azure_url
+from stepline_router.providers.gemini import gemini_body, gemini_error, parse_gemini_response
 from stepline_router.routes import Deployment
-from stepline_router.types import Params, ResponseFormat, ToolChoice
+from stepline_router.types import FinishReason, Params, ResponseFormat, ToolChoice
+from tests.router.cloud_fakes import gemini_response
 from tests.router.support import request, weather_tool
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -141,9 +143,6 @@ def test_azure_errors_other_than_the_filter_keep_the_openai_mapping() -> None:
 
 
 async def test_azure_sends_the_output_cap_its_api_version_knows() -> None:
-    from stepline_router.clock import SystemClock
-    from stepline_router.providers.azure import AzureOpenAIProvider
-
     async with httpx.AsyncClient() as http:
         provider = AzureOpenAIProvider(http, SystemClock().now)
         capped = request(params=Params(max_output_tokens=50))
@@ -156,3 +155,32 @@ async def test_azure_sends_the_output_cap_its_api_version_knows() -> None:
             )
             _, _, body = provider._request(deployment, capped, "k", stream=False)
             assert body[field] == 50
+
+
+def test_gemini_answers_map_to_completions_or_classified_failures() -> None:
+    thinking = gemini_response("four", thoughts=9, finish="MAX_TOKENS")
+    gtypes.GenerateContentResponse.model_validate(thinking)
+    completion, _ = parse_gemini_response(thinking)
+    assert completion.content == "four"  # the thought summary is not the answer
+    assert completion.finish_reason is FinishReason.LENGTH
+    assert completion.usage.reasoning == 9
+    named = gemini_response(None, [("f", {"a": 1})], call_ids=["fc-7"], signature="c2ln")
+    completion, signatures = parse_gemini_response(named)
+    assert completion.tool_calls[0].call_id == "fc-7"  # Gemini's own id is kept
+    assert signatures == {"fc-7": "c2ln"}
+    blocked = {
+        "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+    }
+    gtypes.GenerateContentResponse.model_validate(blocked)
+    with pytest.raises(ProviderError) as refused:
+        parse_gemini_response(blocked)
+    assert refused.value.outcome is Outcome.CONTENT_REFUSED
+    assert "PROHIBITED_CONTENT" in refused.value.message
+    assert refused.value.usage.input == 8
+    with pytest.raises(ProviderError) as botched:
+        parse_gemini_response(gemini_response(None, finish="MALFORMED_FUNCTION_CALL"))
+    assert botched.value.outcome is Outcome.MALFORMED_RESPONSE
+    with pytest.raises(ProviderError) as shapeless:
+        parse_gemini_response({"candidates": "nope"})
+    assert shapeless.value.outcome is Outcome.MALFORMED_RESPONSE
