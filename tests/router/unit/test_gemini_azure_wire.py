@@ -184,3 +184,11 @@ def test_gemini_answers_map_to_completions_or_classified_failures() -> None:
     with pytest.raises(ProviderError) as shapeless:
         parse_gemini_response({"candidates": "nope"})
     assert shapeless.value.outcome is Outcome.MALFORMED_RESPONSE
+
+
+def test_a_google_key_echoed_in_an_error_is_redacted() -> None:
+    key = "AIzaSyA-0123456789abcdefghijklmnopqrstu"
+    body = _body(400, "INVALID_ARGUMENT", f"API key {key} not valid. Please pass a valid API key.")
+    error = gemini_error(400, {}, body, NOW)
+    assert key not in error.message
+    assert "***" in error.message

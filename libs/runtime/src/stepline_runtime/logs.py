@@ -37,6 +37,8 @@ _SECRET_PATTERNS = (
         r"(\"?\s*[:=]\s*\"?)(Bearer\s+)?[^\s\",']+"
     ),
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    # Google API keys (Gemini) have a fixed shape: echoed bare in an error, still redacted.
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"),
 )
 
 
