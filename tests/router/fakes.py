@@ -32,7 +32,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     # Server-sent events (already formatted "event: x\ndata: y"), sent chunked.
     events: list[str] | None = None
-    # With `events`: abort the connection after this many events (no terminating chunk).
+    # Binary stream frames (AWS event stream), sent chunked like `events`.
+    frames: list[bytes] | None = None
+    # With `events` or `frames`: abort the connection after this many events (no terminating chunk).
     cut_after: int | None = None
     # Send headers and part of a Content-Length body, then reset the connection.
     reset_mid_body: bool = False
@@ -54,6 +56,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: Any
+    # The body as received (what a request signature covers).
+    raw: bytes = b""
 
 
 class FakeProvider:
@@ -63,6 +67,8 @@ class FakeProvider:
         self.replies: deque[Reply] = deque()
         self.default = default or (lambda _: Reply(500, {"error": {"message": "no reply"}}))
         self.received: list[Received] = []
+        # Checked before any reply: an answer here (e.g. a failed signature) replaces it.
+        self.guard: Callable[[Received], Reply | None] = lambda _: None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -113,9 +119,11 @@ class FakeProvider:
             headers[name.strip().lower()] = value.strip()
         raw = await reader.readexactly(int(headers.get("content-length", "0")))
         body = json.loads(raw) if raw else None
-        request = Received(method, path, headers, body)
+        request = Received(method, path, headers, body, raw)
         self.received.append(request)
-        reply = self.replies.popleft() if self.replies else self.default(request)
+        reply = self.guard(request)
+        if reply is None:
+            reply = self.replies.popleft() if self.replies else self.default(request)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         return await self._send(reply, writer)
@@ -123,11 +131,16 @@ class FakeProvider:
     async def _send(self, reply: Reply, writer: asyncio.StreamWriter) -> bool:
         head = [f"HTTP/1.1 {reply.status} X"]
         extra = {k.lower(): v for k, v in reply.headers.items()}
+        chunks, kind = None, "text/event-stream"
         if reply.events is not None:
-            head += ["content-type: text/event-stream", "transfer-encoding: chunked"]
+            chunks = [(event + "\n\n").encode() for event in reply.events]
+        elif reply.frames is not None:
+            chunks, kind = reply.frames, "application/vnd.amazon.eventstream"
+        if chunks is not None:
+            head += [f"content-type: {kind}", "transfer-encoding: chunked"]
             head += [f"{k}: {v}" for k, v in extra.items()]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-            for i, event in enumerate(reply.events):
+            for i, data in enumerate(chunks):
                 if reply.hang_after is not None and i == reply.hang_after:
                     await writer.drain()
                     await asyncio.sleep(reply.hang_s)
@@ -135,7 +148,6 @@ class FakeProvider:
                     await writer.drain()
                     writer.transport.abort()
                     return False
-                data = (event + "\n\n").encode()
                 writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 await writer.drain()
             if reply.cut_after is not None:

@@ -17,7 +17,15 @@ __all__ = ["BOOK", "PROVIDERS", "ROOT", "free_port", "request", "routes", "spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROVIDERS = ("openai", "openai_compatible", "anthropic", "local", "scripted")
+PROVIDERS = (
+    "openai",
+    "openai_compatible",
+    "anthropic",
+    "local",
+    "scripted",
+    "bedrock",
+    "openai_responses",
+)
 
 BOOK = PriceBook.parse(
     """

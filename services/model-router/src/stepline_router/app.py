@@ -17,7 +17,7 @@ from stepline_keys.tenants import load_tenant_limits
 from stepline_pricebook import PriceBook
 from stepline_router.clock import SystemClock
 from stepline_router.config import Settings
-from stepline_router.credentials import EnvCredentials
+from stepline_router.credentials import Credentials, EnvCredentials
 from stepline_router.devkey import DevKeyAuthenticator, UnmeteredQuotas
 from stepline_router.gateway import Gateway
 from stepline_router.grpc_service import RouterService, server_for
@@ -27,9 +27,11 @@ from stepline_router.http_api import GatewayPart, build_app
 from stepline_router.providers.anthropic import AnthropicProvider
 from stepline_router.providers.azure import AzureOpenAIProvider
 from stepline_router.providers.base import Provider
+from stepline_router.providers.bedrock import BedrockProvider
 from stepline_router.providers.gemini import GeminiProvider
 from stepline_router.providers.local import LocalProvider
 from stepline_router.providers.openai import OpenAIProvider
+from stepline_router.providers.responses import ResponsesProvider
 from stepline_router.providers.transport import FastTransport
 from stepline_router.reload import ConfigFile
 from stepline_router.router import CallOutcome, Router
@@ -69,13 +71,22 @@ PROVIDER_NAMES = (
     "local",
     "gemini",
     "azure_openai",
+    "bedrock",
+    "openai_responses",
     # OpenAI-compatible services by name, with their base URL, key variable and quirks.
     *PRESETS,
 )
 
 
-def build_providers(client: httpx.AsyncClient, clock: SystemClock) -> Mapping[str, Provider]:
-    """Every provider adapter, sharing one HTTP connection pool."""
+def build_providers(
+    client: httpx.AsyncClient, clock: SystemClock, credentials: Credentials | None = None
+) -> Mapping[str, Provider]:
+    """Every provider adapter, sharing one HTTP connection pool.
+
+    `credentials` is for adapters that read more than the deployment's one credential (AWS
+    key id, session token and region beside the secret); the environment by default.
+    """
+    credentials = credentials or EnvCredentials(os.environ)
     return {
         "openai": OpenAIProvider(client, clock.now, max_tokens_field="max_completion_tokens"),
         "openai_compatible": OpenAIProvider(client, clock.now),
@@ -83,6 +94,8 @@ def build_providers(client: httpx.AsyncClient, clock: SystemClock) -> Mapping[st
         "local": LocalProvider(),
         "gemini": GeminiProvider(client, clock.now),
         "azure_openai": AzureOpenAIProvider(client, clock.now),
+        "bedrock": BedrockProvider(client, clock.now, credentials),
+        "openai_responses": ResponsesProvider(client, clock.now),
         **{
             name: OpenAIProvider(
                 client,
@@ -202,11 +215,12 @@ async def _build(
         if keys == (None, None) and not settings.dev_api_key:
             # The key registry guards the HTTP door too, unless a dev key was asked for.
             keys = (registry.registry, registry.quotas)
+        credentials = EnvCredentials(os.environ, settings.secrets_dir)
         router = Router(
             routes=routes.current,
             prices=prices.current,
-            providers=build_providers(client, clock),
-            credentials=EnvCredentials(os.environ, settings.secrets_dir),
+            providers=build_providers(client, clock, credentials),
+            credentials=credentials,
             clock=clock,
             random=random.SystemRandom().random,
         )

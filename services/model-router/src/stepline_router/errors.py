@@ -105,7 +105,8 @@ def classify_status(status: int, error_type: str = "", message: str = "") -> Out
     text = f"{error_type} {message}".lower()
     if error_type in ("overloaded_error", "overloaded"):
         return Outcome.OVERLOADED
-    if status == 429 or error_type == "rate_limit_error":
+    # Anthropic's error type; OpenAI's code (in 200 streams the status cannot say it).
+    if status == 429 or error_type in ("rate_limit_error", "rate_limit_exceeded"):
         return Outcome.RATE_LIMITED
     if status in (503, 529):
         return Outcome.OVERLOADED

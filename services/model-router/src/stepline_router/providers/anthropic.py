@@ -18,6 +18,7 @@ from stepline_router.providers.http import (
     sse_deltas,
     stream_error,
 )
+from stepline_router.providers.turns import block_turns
 from stepline_router.routes import Deployment
 from stepline_router.stream import (
     Delta,
@@ -86,30 +87,13 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     return blocks
 
 
-def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    """User/assistant turns; tool results ride in user turns; same-role neighbours merge."""
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role is Role.SYSTEM:
-            continue
-        role = "assistant" if message.role is Role.ASSISTANT else "user"
-        blocks = _blocks(message)
-        if not blocks:
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
-
-
 def anthropic_body(deployment: Deployment, request: ModelRequest) -> dict[str, Any]:
     """The Messages API request body for `request` on `deployment`."""
     params = request.params
     body: dict[str, Any] = {
         "model": deployment.model,
         "max_tokens": params.max_output_tokens or deployment.capabilities.max_output_tokens,
-        "messages": _messages(request.messages),
+        "messages": block_turns(request.messages, _blocks),
     }
     system = "\n\n".join(m.content for m in request.messages if m.role is Role.SYSTEM)
     if system:

@@ -17,8 +17,10 @@ from stepline_router.stream import Delta, Opened
 from stepline_runtime.logs import redact
 
 __all__ = [
+    "Body",
     "ChunkParser",
     "ErrorMapper",
+    "FramesFn",
     "error_from_response",
     "httpx_timeout",
     "iter_sse",
@@ -134,13 +136,21 @@ def json_or_malformed(text: str, status: int, what: str) -> Any:
 NowFn = Callable[[], datetime]
 # How an adapter turns a non-2xx answer into a classified error (its provider's error body).
 ErrorMapper = Callable[[int, Mapping[str, str], bytes, datetime], ProviderError]
+# A JSON body, or its exact bytes (a signed request must send the bytes it signed).
+Body = Mapping[str, Any] | bytes
+# A provider's stream framing: a 2xx streamed response → (event name, data) pairs.
+FramesFn = Callable[[httpx.Response], AsyncIterator[tuple[str, str]]]
+
+
+def _content(body: Body) -> dict[str, Any]:
+    return {"content": body} if isinstance(body, bytes) else {"json": dict(body)}
 
 
 async def post_json(
     client: httpx.AsyncClient,
     url: str,
     headers: Mapping[str, str],
-    body: Mapping[str, Any],
+    body: Body,
     limits: AttemptLimits,
     now: datetime,
     *,
@@ -150,7 +160,7 @@ async def post_json(
     try:
         async with asyncio.timeout(limits.total_s):
             response = await client.post(
-                url, json=body, headers=dict(headers), timeout=httpx_timeout(limits)
+                url, **_content(body), headers=dict(headers), timeout=httpx_timeout(limits)
             )
     except TimeoutError as error:
         raise ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s") from error
@@ -190,29 +200,32 @@ async def sse_deltas(
     client: httpx.AsyncClient,
     url: str,
     headers: Mapping[str, str],
-    body: Mapping[str, Any],
+    body: Body,
     limits: AttemptLimits,
     now: NowFn,
     parser: ChunkParser,
     *,
     errors: ErrorMapper = error_from_response,
+    frames: FramesFn = iter_sse,
 ) -> AsyncIterator[Delta]:
-    """POST a streaming request and yield its deltas; the one SSE loop every adapter shares.
+    """POST a streaming request and yield its deltas; the one stream loop every adapter shares.
 
+    Server-sent events unless `frames` reads another framing (AWS event streams); `errors`
+    classifies a non-2xx answer in the provider's own taxonomy.
     Ends only after `parser` saw the provider's end of stream; anything else (non-2xx, a cut
     connection, a malformed or error event, an early end) raises a classified `ProviderError`.
     """
     status = 0
     try:
         async with client.stream(
-            "POST", url, json=dict(body), headers=dict(headers), timeout=httpx_timeout(limits)
+            "POST", url, **_content(body), headers=dict(headers), timeout=httpx_timeout(limits)
         ) as response:
             status = response.status_code
             if not response.is_success:
                 raw = await response.aread()
                 raise errors(status, response.headers, raw, now())
             yield Opened(status)
-            async for event, data in iter_sse(response):
+            async for event, data in frames(response):
                 for delta in parser.feed(event, data, status):
                     yield delta
                 if parser.ended:
