@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-from stepline_pricebook import PriceBook
-from stepline_router.routes import RoutesConfig, parse_routes
-from stepline_router.types import Message, ModelRequest, Params, Role, ToolSpec
+import httpx
 
-__all__ = ["BOOK", "PROVIDERS", "ROOT", "free_port", "request", "routes", "spawn", "weather_tool"]
+from stepline_pricebook import PriceBook
+from stepline_router.app import build_providers
+from stepline_router.clock import SystemClock
+from stepline_router.credentials import Credentials
+from stepline_router.router import Router
+from stepline_router.routes import RoutesConfig, parse_routes
+from stepline_router.types import Message, ModelRequest, Params, Role, ToolCall, ToolSpec
+
+__all__ = [
+    "BOOK",
+    "PROVIDERS",
+    "ROOT",
+    "TOOL_TRANSCRIPT",
+    "free_port",
+    "http_router",
+    "request",
+    "routes",
+    "shipped_book",
+    "spawn",
+    "weather_tool",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +81,39 @@ input_per_mtok = "0.10"
 output_per_mtok = "0.40"
 """
 )
+
+
+def shipped_book() -> PriceBook:
+    """The shipped price book (its local layer over the catalog) resolved for a fixed day."""
+    return PriceBook.load(ROOT / "deploy" / "config" / "pricebook.toml", as_of=date(2026, 12, 1))
+
+
+# A conversation that used a tool: each wire format must carry the call and its result.
+TOOL_TRANSCRIPT = (
+    Message(Role.SYSTEM, "be brief"),
+    Message(Role.USER, "weather in Oslo?"),
+    Message(Role.ASSISTANT, "checking", (ToolCall("call_1", "get_weather", '{"city":"Oslo"}'),)),
+    Message(Role.TOOL, "sunny", tool_call_id="call_1"),
+    Message(Role.USER, "and Rome?"),
+)
+
+
+def http_router(
+    config: RoutesConfig,
+    client: httpx.AsyncClient,
+    credentials: Credentials,
+    prices: PriceBook = BOOK,
+) -> Router:
+    """A router over every real HTTP adapter, with seeded jitter."""
+    clock = SystemClock()
+    return Router(
+        routes=lambda: config,
+        prices=lambda: prices,
+        providers=build_providers(client, clock, credentials),
+        credentials=credentials,
+        clock=clock,
+        random=random.Random(7).random,
+    )
 
 
 def routes(body: str, *, defaults: str = "", breaker: str = "") -> RoutesConfig:

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import date
 
 import httpx
 import pytest
 from genai_prices import Usage as CatalogUsage
 from genai_prices import calc_price
 
-from stepline_pricebook import PriceBook
-from stepline_router.app import build_providers
-from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
 from stepline_router.router import CallFailed, CallSucceeded, Router
@@ -35,7 +29,7 @@ from tests.router.bedrock_fakes import (
     sigv4_guard,
 )
 from tests.router.fakes import FakeProvider, Reply
-from tests.router.support import request, routes, weather_tool
+from tests.router.support import http_router, request, routes, shipped_book, weather_tool
 
 MODEL = "amazon.nova-lite-v1:0"
 API_KEY = "bedrock-api-key-0123456789"
@@ -48,24 +42,15 @@ CREDENTIALS = StaticCredentials(
         "AWS_BEARER_TOKEN_BEDROCK": API_KEY,
     }
 )
-# The shipped catalog, as the router prices with it (bedrock → the catalog's `aws`).
-CATALOG_BOOK = PriceBook.parse(
-    'version = "t"\ncurrency = "USD"\n[catalog]\npackage = "genai-prices"\n'
-    'provider_ids = { bedrock = "aws", openai_responses = "openai" }\n',
-    as_of=date(2026, 12, 1),
-)
+BOOK = shipped_book()
 
 
 @pytest.fixture
-async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
-    """Two Bedrock servers (primary, fallback) that check every request's signature."""
-    a, b = await FakeProvider().start(), await FakeProvider().start()
-    a.guard, b.guard = sigv4_guard(a.url), sigv4_guard(b.url)
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
+def signed(servers: tuple[FakeProvider, FakeProvider]) -> tuple[FakeProvider, FakeProvider]:
+    """The two servers, each checking every request's SigV4 signature as Bedrock does."""
+    for server in servers:
+        server.guard = sigv4_guard(server.url)
+    return servers
 
 
 def _config(
@@ -83,15 +68,7 @@ def _config(
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
-    clock = SystemClock()
-    return Router(
-        routes=lambda: config,
-        prices=lambda: CATALOG_BOOK,
-        providers=build_providers(client, clock, CREDENTIALS),
-        credentials=CREDENTIALS,
-        clock=clock,
-        random=random.Random(7).random,
-    )
+    return http_router(config, client, CREDENTIALS, BOOK)
 
 
 def _catalog_cost(input_tokens: int, output: int, read: int = 0, write: int = 0) -> object:
@@ -105,9 +82,9 @@ def _catalog_cost(input_tokens: int, output: int, read: int = 0, write: int = 0)
 
 
 async def test_converse_signed_tools_cache_usage_and_catalog_price(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.queue(
         Reply(
             body=converse_output(
@@ -138,9 +115,9 @@ async def test_converse_signed_tools_cache_usage_and_catalog_price(
 
 
 async def test_a_bad_signature_is_refused_and_fails_over(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     # The primary holds another secret for the key id: the signature cannot match.
     primary.guard = sigv4_guard(primary.url, secret="another-secret-entirely")
     fallback.queue(Reply(body=converse_output("from fallback")))
@@ -155,9 +132,9 @@ async def test_a_bad_signature_is_refused_and_fails_over(
 
 
 async def test_throttling_with_retry_after_retries_the_same_deployment(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.queue(
         bedrock_exception(429, "ThrottlingException", "Too many requests", {"retry-after": "0.2"}),
         Reply(body=converse_output("after the wait")),
@@ -187,7 +164,7 @@ async def test_throttling_with_retry_after_retries_the_same_deployment(
     ],
 )
 async def test_exceptions_retry_or_fail_over(
-    servers: tuple[FakeProvider, FakeProvider],
+    signed: tuple[FakeProvider, FakeProvider],
     client: httpx.AsyncClient,
     status: int,
     kind: str,
@@ -195,7 +172,7 @@ async def test_exceptions_retry_or_fail_over(
     outcome: Outcome,
     primary_attempts: int,
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.default = lambda _: bedrock_exception(status, kind, message)
     fallback.queue(Reply(body=converse_output("from fallback")))
     result = await _router(_config(primary.url, fallback.url), client).complete(request())
@@ -207,9 +184,9 @@ async def test_exceptions_retry_or_fail_over(
 
 
 async def test_a_validation_error_fails_now(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.queue(bedrock_exception(400, "ValidationException", "messages.0: content is empty"))
     outcome = await _router(_config(primary.url, fallback.url), client).complete(request())
     assert isinstance(outcome, CallFailed)
@@ -219,9 +196,9 @@ async def test_a_validation_error_fails_now(
 
 
 async def test_guardrail_stop_is_a_content_filter_answer_not_retried(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.queue(Reply(body=converse_output("Sorry, I can't help.", stop="guardrail_intervened")))
     outcome = await _router(_config(primary.url, fallback.url), client).complete(request())
     assert isinstance(outcome, CallSucceeded)
@@ -231,9 +208,9 @@ async def test_guardrail_stop_is_a_content_filter_answer_not_retried(
 
 
 async def test_converse_stream_text_tool_use_and_cache_usage(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     frames = converse_frames(
         ["Let me ", "check. "],
         ("tu_2", "get_weather", ['{"city"', ': "Oslo"}']),
@@ -256,9 +233,9 @@ async def test_converse_stream_text_tool_use_and_cache_usage(
 
 
 async def test_stream_cut_before_output_fails_over_and_after_a_tool_call_is_incomplete(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     config = _config(primary.url, fallback.url)
     primary.queue(Reply(frames=converse_frames(["Hel", "lo"]), cut_after=1))
     fallback.queue(Reply(frames=converse_frames(["whole"])))
@@ -276,9 +253,9 @@ async def test_stream_cut_before_output_fails_over_and_after_a_tool_call_is_inco
 
 
 async def test_a_corrupt_frame_is_malformed_and_retried(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     frames = converse_frames(["fine"])
     broken = bytearray(frames[1])
     broken[-6] ^= 0xFF  # a payload byte: the message CRC no longer matches
@@ -302,13 +279,13 @@ async def test_a_corrupt_frame_is_malformed_and_retried(
     ],
 )
 async def test_stream_exception_events_are_classified(
-    servers: tuple[FakeProvider, FakeProvider],
+    signed: tuple[FakeProvider, FakeProvider],
     client: httpx.AsyncClient,
     kind: str,
     message: str,
     outcome: Outcome,
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     frames = converse_frames(["x"])
     primary.default = lambda _: Reply(frames=[frames[0], exception_frame(kind, message)])
     fallback.queue(Reply(frames=converse_frames(["from fallback"])))
@@ -322,9 +299,9 @@ async def test_stream_exception_events_are_classified(
 
 
 async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.guard = lambda _: None
     primary.queue(Reply(body=converse_output("keyed")))
     config = _config(primary.url, fallback.url, credential="AWS_BEARER_TOKEN_BEDROCK")
@@ -335,9 +312,9 @@ async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(
 
 
 async def test_a_tool_transcript_is_sent_as_tool_use_and_tool_result_blocks(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     primary.queue(Reply(body=converse_output("Rome is sunny too")))
     req = replace(
         request(tools=(weather_tool(),)),
@@ -364,11 +341,11 @@ async def test_a_tool_transcript_is_sent_as_tool_use_and_tool_result_blocks(
 
 
 async def test_no_secret_reaches_the_logs_even_at_debug(
-    servers: tuple[FakeProvider, FakeProvider],
+    signed: tuple[FakeProvider, FakeProvider],
     client: httpx.AsyncClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     caplog.set_level(logging.DEBUG)
     primary.queue(bedrock_exception(400, "ValidationException", "bad input"))
     outcome = await _router(_config(primary.url, fallback.url), client).complete(request())
@@ -380,9 +357,9 @@ async def test_no_secret_reaches_the_logs_even_at_debug(
 
 
 async def test_an_inference_profile_arn_is_signed_as_sent(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     arn = "arn:aws:bedrock:eu-central-1:123456789012:inference-profile/eu.amazon.nova-lite-v1:0"
     primary.queue(Reply(body=converse_output("via the profile")))
     outcome = await _router(_config(primary.url, fallback.url, model=arn), client).complete(
@@ -394,9 +371,9 @@ async def test_an_inference_profile_arn_is_signed_as_sent(
 
 
 async def test_malformed_json_and_a_stalled_stream(
-    servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
+    signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
-    primary, fallback = servers
+    primary, fallback = signed
     config = _config(primary.url, fallback.url)
     primary.queue(Reply(raw=b'{"output": {"mess'), Reply(body=converse_output("fine")))
     outcome = await _router(config, client).complete(request())

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import date
 from typing import Any
 
 import httpx
@@ -14,12 +12,9 @@ import pytest
 from genai_prices import Usage as CatalogUsage
 from genai_prices import calc_price
 
-from stepline_pricebook import PriceBook
-from stepline_router.app import build_providers
-from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
-from stepline_router.router import CallSucceeded, Router
+from stepline_router.router import CallSucceeded
 from stepline_router.types import FinishReason, Message, Role, ToolCall
 from tests.router.bedrock_fakes import (
     KEY_ID,
@@ -39,13 +34,9 @@ from tests.router.fakes import (
     openai_error,
 )
 from tests.router.responses_fakes import response_body
-from tests.router.support import request, routes, weather_tool
+from tests.router.support import http_router, request, routes, shipped_book, weather_tool
 
-BOOK = PriceBook.parse(
-    'version = "t"\ncurrency = "USD"\n[catalog]\npackage = "genai-prices"\n'
-    'provider_ids = { bedrock = "aws", openai_responses = "openai" }\n',
-    as_of=date(2026, 12, 1),
-)
+BOOK = shipped_book()
 CREDENTIALS = StaticCredentials(
     {
         "OPENAI_API_KEY": "sk-openai",
@@ -149,15 +140,7 @@ async def test_the_conversation_fails_over_across_wire_formats(
         )
     body += f"[routes.default]\ndeployments = {json.dumps([f'hop{i}' for i in range(len(HOPS))])}\n"
     config = routes(body, defaults="retries_per_deployment = 0")
-    clock = SystemClock()
-    router = Router(
-        routes=lambda: config,
-        prices=lambda: BOOK,
-        providers=build_providers(client, clock, CREDENTIALS),
-        credentials=CREDENTIALS,
-        clock=clock,
-        random=random.Random(7).random,
-    )
+    router = http_router(config, client, CREDENTIALS, BOOK)
     req = replace(
         request(tools=(weather_tool(),)),
         messages=(

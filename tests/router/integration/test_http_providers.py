@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -12,7 +10,6 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from stepline_router.app import build_providers
 from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
@@ -30,20 +27,9 @@ from tests.router.fakes import (
     openai_completion,
     openai_error,
 )
-from tests.router.support import BOOK, request, routes, weather_tool
+from tests.router.support import http_router, request, routes, weather_tool
 
 SECRET = "sk-test-0123456789abcdef"
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
-    """Two fake provider servers (primary, fallback)."""
-    a, b = await FakeProvider().start(), await FakeProvider().start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 def _config(primary: str, fallback: str, kind: str = "openai", **extra: str) -> RoutesConfig:
@@ -60,15 +46,7 @@ def _config(primary: str, fallback: str, kind: str = "openai", **extra: str) -> 
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
-    clock = SystemClock()
-    return Router(
-        routes=lambda: config,
-        prices=lambda: BOOK,
-        providers=build_providers(client, clock),
-        credentials=StaticCredentials({"KEY": SECRET}),
-        clock=clock,
-        random=random.Random(7).random,
-    )
+    return http_router(config, client, StaticCredentials({"KEY": SECRET}))
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

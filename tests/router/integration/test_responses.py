@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import date
 
 import httpx
 import pytest
 from genai_prices import Usage as CatalogUsage
 from genai_prices import calc_price
 
-from stepline_pricebook import PriceBook
-from stepline_router.app import build_providers
-from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
 from stepline_router.router import CallFailed, CallSucceeded, Router
@@ -28,26 +22,11 @@ from tests.router.responses_fakes import (
     response_events,
     response_failed,
 )
-from tests.router.support import request, routes, weather_tool
+from tests.router.support import http_router, request, routes, shipped_book, weather_tool
 
 SECRET = "sk-test-responses-0123456789"
 MODEL = "o4-mini"
-CATALOG_BOOK = PriceBook.parse(
-    'version = "t"\ncurrency = "USD"\n[catalog]\npackage = "genai-prices"\n'
-    'provider_ids = { openai_responses = "openai" }\n',
-    as_of=date(2026, 12, 1),
-)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
-    """Two Responses API servers (primary, fallback)."""
-    a, b = await FakeProvider().start(), await FakeProvider().start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
+BOOK = shipped_book()
 
 
 def _config(primary: str, fallback: str) -> RoutesConfig:
@@ -63,16 +42,7 @@ def _config(primary: str, fallback: str) -> RoutesConfig:
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
-    clock = SystemClock()
-    credentials = StaticCredentials({"KEY": SECRET})
-    return Router(
-        routes=lambda: config,
-        prices=lambda: CATALOG_BOOK,
-        providers=build_providers(client, clock, credentials),
-        credentials=credentials,
-        clock=clock,
-        random=random.Random(7).random,
-    )
+    return http_router(config, client, StaticCredentials({"KEY": SECRET}), BOOK)
 
 
 def _catalog_cost(input_tokens: int, output: int, cached: int, written: int = 0) -> object:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import replace
+from typing import Any, get_args
 
+import pytest
 from anthropic.types import Message as AnthropicMessage
 from anthropic.types import RawMessageStreamEvent
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
@@ -13,33 +15,42 @@ from openai.types.chat.completion_create_params import (
     CompletionCreateParamsNonStreaming,
     CompletionCreateParamsStreaming,
 )
-from pydantic import TypeAdapter
+from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses.response_create_params import (
+    ResponseCreateParamsNonStreaming,
+    ResponseCreateParamsStreaming,
+)
+from pydantic import BaseModel, TypeAdapter
 
 from stepline_router.providers.anthropic import anthropic_body
 from stepline_router.providers.openai import openai_body
+from stepline_router.providers.responses import parse_response, responses_body
 from stepline_router.routes import Deployment
-from stepline_router.types import Message, Params, Role, ToolCall, ToolChoice
+from stepline_router.types import FinishReason, Params, ResponseFormat, ToolCall, ToolChoice
 from tests.router.fakes import (
     anthropic_events,
     anthropic_message,
     openai_chunks,
     openai_completion,
 )
-from tests.router.support import request, weather_tool
-
-TRANSCRIPT = (
-    Message(Role.SYSTEM, "be brief"),
-    Message(Role.USER, "weather in Oslo?"),
-    Message(Role.ASSISTANT, "checking", (ToolCall("call_1", "get_weather", '{"city":"Oslo"}'),)),
-    Message(Role.TOOL, "sunny", tool_call_id="call_1"),
-    Message(Role.USER, "and Rome?"),
+from tests.router.responses_fakes import (
+    response_body,
+    response_error_event,
+    response_events,
+    response_failed,
 )
+from tests.router.support import TOOL_TRANSCRIPT, request, weather_tool
+
+TRANSCRIPT = TOOL_TRANSCRIPT
 
 
 def _strict(adapter: TypeAdapter[Any], body: dict[str, Any]) -> None:
-    """Validate, and make sure no key we send is unknown to the SDK type."""
+    """Validate, and make sure no key we send (nor one of a message's) is unknown to the SDK."""
     validated = adapter.validate_python(body)
     assert set(body) <= set(validated)
+    for key in ("messages", "input"):
+        for sent, checked in zip(body.get(key, ()), validated.get(key, ()), strict=True):
+            assert set(sent) <= set(checked), sent
 
 
 def test_openai_request_bodies_match_the_sdk_params() -> None:
@@ -96,3 +107,67 @@ def test_fake_anthropic_server_speaks_the_real_format() -> None:
         name, data = event.split("\n", 1)
         if name != "event: ping":
             adapter.validate_python(json.loads(data.removeprefix("data: ")))
+
+
+# Built once: the Responses request TypedDicts are large.
+RESPONSES: TypeAdapter[Any] = TypeAdapter(ResponseCreateParamsNonStreaming)
+RESPONSES_STREAMING: TypeAdapter[Any] = TypeAdapter(ResponseCreateParamsStreaming)
+RESPONSES_DEPLOYMENT = Deployment("d", "openai_responses", "o4-mini")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        Params(max_output_tokens=50, temperature=0.2, top_p=0.9, reasoning_effort="low"),
+        Params(tool_choice=ToolChoice.REQUIRED, tool_name="get_weather"),
+        Params(tool_choice=ToolChoice.NONE),
+        Params(response_format=ResponseFormat("json_schema", {"type": "object"}, "answer")),
+        Params(response_format=ResponseFormat("json_object")),
+    ],
+)
+def test_responses_request_bodies_match_the_sdk_params(params: Params) -> None:
+    req = replace(request(tools=(weather_tool(),), params=params), messages=TOOL_TRANSCRIPT)
+    _strict(RESPONSES, responses_body(RESPONSES_DEPLOYMENT, req))
+    streaming = responses_body(RESPONSES_DEPLOYMENT, replace(req, stream=True))
+    _strict(RESPONSES_STREAMING, streaming)
+    assert [item.get("type") for item in streaming["input"]] == [
+        "message",
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+
+
+def test_fake_responses_server_answers_are_sdk_responses() -> None:
+    bodies = [
+        response_body("hi", [("c", "get_weather", "{}")], cached=3, reasoning=2),
+        response_body("partial", status="incomplete", incomplete="max_output_tokens"),
+        response_body("no", refusal=True),
+    ]
+    for body in bodies:
+        Response.model_validate(body)
+    # And what the SDK itself would serialise parses the same.
+    sdk = Response.model_validate(bodies[0]).model_dump(mode="json")
+    completion = parse_response(sdk)
+    assert completion.tool_calls == (ToolCall("c", "get_weather", "{}"),)
+    assert (completion.usage.cached_input, completion.usage.reasoning) == (3, 2)
+    assert parse_response(bodies[2]).finish_reason is FinishReason.CONTENT_FILTER
+
+
+def _event_types() -> dict[str, type[BaseModel]]:
+    """Each stream event class of the SDK by its `type` (the union's discriminator)."""
+    union = get_args(ResponseStreamEvent)[0]
+    return {get_args(c.model_fields["type"].annotation)[0]: c for c in get_args(union)}
+
+
+def test_fake_responses_server_events_are_sdk_stream_events() -> None:
+    classes = _event_types()
+    events = response_events(["a", "b"], ("c", "get_weather", ['{"ci', 'ty": 1}']), cached=1)
+    events += response_events(["x"], status="incomplete", incomplete="content_filter")
+    events += [response_failed("server_error", "boom"), response_error_event("e", "boom")]
+    for event in events:
+        name, data = event.split("\n", 1)
+        payload = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {payload['type']}"
+        classes[payload["type"]].model_validate(payload)

@@ -20,11 +20,8 @@ from stepline_router.errors import Outcome
 from stepline_router.providers.bedrock import bedrock_error, converse_body, converse_path
 from stepline_router.routes import Deployment
 from stepline_router.types import (
-    Message,
     Params,
     ResponseFormat,
-    Role,
-    ToolCall,
     ToolChoice,
 )
 from tests.router.bedrock_fakes import (
@@ -34,17 +31,10 @@ from tests.router.bedrock_fakes import (
     exception_frame,
     frame,
 )
-from tests.router.support import request, weather_tool
+from tests.router.support import TOOL_TRANSCRIPT, request, weather_tool
 
 SERVICE = botocore.session.get_session().get_service_model("bedrock-runtime")
 DEPLOYMENT = Deployment("d", "bedrock", "amazon.nova-lite-v1:0")
-TRANSCRIPT = (
-    Message(Role.SYSTEM, "be brief"),
-    Message(Role.USER, "weather in Oslo?"),
-    Message(Role.ASSISTANT, "checking", (ToolCall("tu_1", "get_weather", '{"city":"Oslo"}'),)),
-    Message(Role.TOOL, "sunny", tool_call_id="tu_1"),
-    Message(Role.USER, "and Rome?"),
-)
 
 
 def _operation(name: str) -> OperationModel:
@@ -74,7 +64,7 @@ def _valid(operation: str, body: dict[str, Any]) -> None:
     ],
 )
 def test_converse_bodies_match_the_service_model(params: Params) -> None:
-    req = replace(request(tools=(weather_tool(),), params=params), messages=TRANSCRIPT)
+    req = replace(request(tools=(weather_tool(),), params=params), messages=TOOL_TRANSCRIPT)
     _valid("Converse", converse_body(DEPLOYMENT, req))
     _valid("ConverseStream", converse_body(DEPLOYMENT, replace(req, stream=True)))
 
