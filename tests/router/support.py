@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from stepline_pricebook import PriceBook
-from stepline_router.app import build_providers
+from stepline_router.app import PROVIDER_NAMES, build_providers
 from stepline_router.clock import SystemClock
 from stepline_router.credentials import Credentials
 from stepline_router.router import Router
@@ -37,15 +37,8 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROVIDERS = (
-    "openai",
-    "openai_compatible",
-    "anthropic",
-    "local",
-    "scripted",
-    "bedrock",
-    "openai_responses",
-)
+# Every adapter of the router, and the scripted twin of the unit tests.
+PROVIDERS = (*PROVIDER_NAMES, "scripted")
 
 BOOK = PriceBook.parse(
     """

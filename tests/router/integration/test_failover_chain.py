@@ -1,4 +1,4 @@
-"""One tool-calling conversation failing over across wire formats, each answer at catalog price."""
+"""One tool-calling conversation failing over across five wire formats, billed at catalog price."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.router.bedrock_fakes import (
     converse_output,
     sigv4_guard,
 )
+from tests.router.cloud_fakes import gemini_error, gemini_response
 from tests.router.fakes import (
     FakeProvider,
     Received,
@@ -41,6 +42,7 @@ CREDENTIALS = StaticCredentials(
     {
         "OPENAI_API_KEY": "sk-openai",
         "ANTHROPIC_API_KEY": "sk-ant",
+        "GEMINI_API_KEY": "AIza-test",
         "AWS_ACCESS_KEY_ID": KEY_ID,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": REGION,
@@ -83,6 +85,15 @@ HOPS = (
         lambda body: body["messages"][-1]["content"][0],
     ),
     Hop(
+        "gemini",
+        "gemini-2.5-flash",
+        "google",
+        "GEMINI_API_KEY",
+        lambda _: gemini_error(503, "UNAVAILABLE", "The model is overloaded."),
+        Reply(body=gemini_response(None, [(CALL.name, {"city": "Oslo"})], call_ids=[CALL.call_id])),
+        lambda body: body["contents"][-1]["parts"][0],
+    ),
+    Hop(
         "bedrock",
         "amazon.nova-lite-v1:0",
         "aws",
@@ -104,6 +115,7 @@ HOPS = (
 NATIVE_RESULTS = (
     {"role": "tool", "tool_call_id": "call_0", "content": "rain"},
     {"type": "tool_result", "tool_use_id": "call_0", "content": "rain"},
+    {"functionResponse": {"name": "get_weather", "response": {"output": "rain"}}},
     {"toolResult": {"toolUseId": "call_0", "content": [{"text": "rain"}]}},
     {"type": "function_call_output", "call_id": "call_0", "output": "rain"},
 )
@@ -154,7 +166,7 @@ async def test_the_conversation_fails_over_across_wire_formats(
     assert isinstance(outcome, CallSucceeded)
     assert outcome.deployment.name == f"hop{winner}"
     failed = [a.outcome for a in outcome.attempts[:-1]]
-    assert failed == [Outcome.OVERLOADED, Outcome.OVERLOADED, Outcome.OVERLOADED][:winner]
+    assert failed == [Outcome.OVERLOADED] * winner
     completion = outcome.completion
     assert completion.finish_reason is FinishReason.TOOL_CALLS
     assert [(c.call_id, c.name, json.loads(c.arguments_json)) for c in completion.tool_calls] == [
