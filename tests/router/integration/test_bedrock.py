@@ -136,7 +136,12 @@ async def test_throttling_with_retry_after_retries_the_same_deployment(
 ) -> None:
     primary, fallback = signed
     primary.queue(
-        bedrock_exception(429, "ThrottlingException", "Too many requests", {"retry-after": "0.2"}),
+        bedrock_exception(
+            429,
+            "ThrottlingException",
+            "Too many requests",
+            {"retry-after": "0.2", "x-amzn-RequestId": "a1b2c3"},
+        ),
         Reply(body=converse_output("after the wait")),
     )
     outcome = await _router(_config(primary.url, fallback.url), client).complete(request())
@@ -144,6 +149,7 @@ async def test_throttling_with_retry_after_retries_the_same_deployment(
     assert outcome.deployment.name == "primary"
     assert outcome.attempts[0].outcome is Outcome.RATE_LIMITED
     assert outcome.attempts[0].retry_after_s == pytest.approx(0.2)
+    assert outcome.attempts[0].error.endswith("(request a1b2c3)")
     assert fallback.received == []
 
 

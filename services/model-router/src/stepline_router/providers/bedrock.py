@@ -132,9 +132,12 @@ def bedrock_error(
         message = str(data.get("message") or data.get("Message") or "")
     elif not data:
         message = body.decode("utf-8", errors="replace")
+    # AWS support asks for the request id; it is no secret.
+    request_id = {k.lower(): v for k, v in headers.items()}.get("x-amzn-requestid")
+    suffix = f" (request {request_id})" if request_id else ""
     return ProviderError(
         _outcome(kind, status, message),
-        safe_text(f"HTTP {status} {kind}: {message}".replace("  ", " ")),
+        safe_text(f"HTTP {status} {kind}: {message}".replace("  ", " ") + suffix),
         status_code=status,
         retry_after_s=retry_after_seconds(headers, now),
     )
