@@ -42,6 +42,8 @@ CREDENTIALS = StaticCredentials(
         "AWS_BEARER_TOKEN_BEDROCK": API_KEY,
     }
 )
+# An API key alone: no key id, no region (the endpoint is given).
+KEY_ONLY = StaticCredentials({"AWS_BEARER_TOKEN_BEDROCK": API_KEY})
 BOOK = shipped_book()
 
 
@@ -311,7 +313,7 @@ async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(
     primary.guard = lambda _: None
     primary.queue(Reply(body=converse_output("keyed")))
     config = _config(primary.url, fallback.url, credential="AWS_BEARER_TOKEN_BEDROCK")
-    outcome = await _router(config, client).complete(request())
+    outcome = await http_router(config, client, KEY_ONLY, BOOK).complete(request())
     assert isinstance(outcome, CallSucceeded)
     assert primary.received[0].headers["authorization"] == f"Bearer {API_KEY}"
     assert "x-amz-date" not in primary.received[0].headers

@@ -410,15 +410,18 @@ class BedrockProvider:
                 Outcome.AUTH_FAILED,
                 f"{deployment.name}: set credential_env (AWS_SECRET_ACCESS_KEY or an API key)",
             )
-        prefix = env.removesuffix(_SECRET_SUFFIX) if env.endswith(_SECRET_SUFFIX) else "AWS_"
-        region = self._region(deployment, prefix)
+        sigv4 = env.endswith(_SECRET_SUFFIX)
+        prefix = env.removesuffix(_SECRET_SUFFIX) if sigv4 else "AWS_"
+        # A region names the default endpoint and scopes a signature; an API key sent to a
+        # given base_url needs neither.
+        region = self._region(deployment, prefix) if sigv4 or not deployment.base_url else ""
         base = deployment.base_url or f"https://bedrock-runtime.{region}.amazonaws.com"
         url = base + converse_path(deployment.model, stream)
         body = json.dumps(converse_body(deployment, replace(request, stream=stream))).encode()
         headers = {"content-type": "application/json", **deployment.headers}
         if stream:
             headers["accept"] = "application/vnd.amazon.eventstream"
-        if not env.endswith(_SECRET_SUFFIX):
+        if not sigv4:
             headers["authorization"] = f"Bearer {credential}"
             return url, headers, body
         key_id = self._credentials.get(f"{prefix}ACCESS_KEY_ID")
