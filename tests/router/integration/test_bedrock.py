@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import replace
+from typing import Any
 
+import botocore.session
 import httpx
 import pytest
+from botocore.config import Config as BotocoreConfig
+from botocore.exceptions import ClientError
 from genai_prices import Usage as CatalogUsage
 from genai_prices import calc_price
 
@@ -393,3 +398,42 @@ async def test_malformed_json_and_a_stalled_stream(
     assert isinstance(stalled, CallSucceeded)
     assert stalled.completion.content == "on time"
     assert stalled.attempts[0].outcome is Outcome.TIMED_OUT
+
+
+async def test_botocores_own_client_talks_to_the_test_server(
+    signed: tuple[FakeProvider, FakeProvider],
+) -> None:
+    """The fake is faithful: AWS's own client signs for it and parses its answers and frames."""
+    primary, _ = signed
+    primary.queue(
+        Reply(body=converse_output("hi", [("tu_1", "get_weather", {"city": "Oslo"})])),
+        Reply(frames=converse_frames(["a", "b"], ("tu_2", "get_weather", ['{"city"', ": 1}"]))),
+        bedrock_exception(429, "ThrottlingException", "slow down"),
+    )
+
+    def call() -> tuple[Any, list[Any], str]:
+        client = botocore.session.get_session().create_client(
+            "bedrock-runtime",
+            region_name=REGION,
+            endpoint_url=primary.url,
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=SECRET_KEY,
+            aws_session_token=SESSION_TOKEN,
+            config=BotocoreConfig(retries={"total_max_attempts": 1}),
+        )
+        messages = [{"role": "user", "content": [{"text": "hi"}]}]
+        answer = client.converse(modelId=MODEL, messages=messages)
+        events = list(client.converse_stream(modelId=MODEL, messages=messages)["stream"])
+        try:
+            client.converse(modelId=MODEL, messages=messages)
+        except ClientError as error:
+            return answer, events, str(error.response["Error"]["Code"])
+        raise AssertionError("the throttling answer was not an error to botocore")
+
+    answer, events, code = await asyncio.to_thread(call)
+    assert answer["output"]["message"]["content"][1]["toolUse"]["input"] == {"city": "Oslo"}
+    assert answer["usage"]["inputTokens"] == 20
+    assert [next(iter(e)) for e in events][-2:] == ["messageStop", "metadata"]
+    assert code == "ThrottlingException"
+    # Every request botocore signed passed the server's signature check.
+    assert [model_of(r) for r in primary.received] == [MODEL] * 3
