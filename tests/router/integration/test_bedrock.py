@@ -412,7 +412,8 @@ async def test_botocores_own_client_talks_to_the_test_server(
     )
 
     def call() -> tuple[Any, list[Any], str]:
-        client = botocore.session.get_session().create_client(
+        # Typed stubs know no service methods: botocore generates them at run time.
+        client: Any = botocore.session.get_session().create_client(
             "bedrock-runtime",
             region_name=REGION,
             endpoint_url=primary.url,
