@@ -9,6 +9,7 @@ import httpx
 import pytest
 from genai_prices import Usage as CatalogUsage
 from genai_prices import calc_price
+from openai import AsyncOpenAI, BadRequestError
 
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
@@ -287,3 +288,32 @@ async def test_failed_and_error_events_are_classified(
     assert isinstance(result, CallSucceeded)
     assert result.completion.content == "from fallback"
     assert result.attempts[0].outcome is outcome
+
+
+async def test_the_openai_sdk_talks_to_the_test_server(
+    servers: tuple[FakeProvider, FakeProvider],
+) -> None:
+    """The fake is faithful: the official client parses its response, its events, its errors."""
+    primary, _ = servers
+    call = ("call_1", "get_weather", ['{"city"', ': "Oslo"}'])
+    primary.queue(
+        Reply(body=response_body("hi", cached=3, reasoning=2)),
+        Reply(events=response_events(["a", "b"], call, cached=4)),
+        openai_error(400, "too long", "invalid_request_error", "context_length_exceeded"),
+    )
+    sdk = AsyncOpenAI(base_url=primary.url, api_key=SECRET, max_retries=0)
+    answer = await sdk.responses.create(model=MODEL, input="hi")
+    assert answer.output_text == "hi"
+    assert answer.usage is not None
+    assert answer.usage.input_tokens_details.cached_tokens == 3
+    stream = await sdk.responses.create(model=MODEL, input="hi", stream=True)
+    kinds = [event.type async for event in stream]
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.completed"
+    assert "response.function_call_arguments.delta" in kinds
+    with pytest.raises(BadRequestError) as refused:
+        await sdk.responses.create(model=MODEL, input="hi")
+    assert refused.value.code == "context_length_exceeded"
+    await sdk.close()
+    # The SDK posts where the adapter posts.
+    assert [r.path for r in primary.received] == ["/responses"] * 3
