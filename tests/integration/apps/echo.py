@@ -1,7 +1,7 @@
 """An at-least-once echo consumer run as a real subprocess by the batch crash test.
 
 Every input is copied to the output topic under its key (value unchanged) after a short delay,
-through `stepline_runtime.atleastonce` exactly as the services use it.
+through `stepline_runtime.keyed` exactly as the services use it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 import signal
 from collections.abc import Sequence
 
-from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
+from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for
+from stepline_runtime.keyed import KeyedConsumer
 from stepline_runtime.logs import configure_logging
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
@@ -33,19 +34,22 @@ async def main() -> None:
         await asyncio.sleep(delay_s)
         return [OutboundRecord(args.output, record.key, record.value)]
 
-    broker = broker_for(KafkaSettings(), "test-echo")
-    subscribe(
-        broker,
-        args.input,
+    kafka = KafkaSettings()
+    broker = broker_for(kafka, "test-echo")
+    consumer = KeyedConsumer(
+        kafka,
+        [args.input],
         group_id=args.group,
         processor=AtLeastOnce(args.group, echo, BrokerPublisher(broker)),
-        max_records=50,
+        max_in_flight=50,
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with broker:
         await broker.start()
+        await consumer.start()
         await stop.wait()
+        await consumer.stop()
 
 
 if __name__ == "__main__":
