@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for
-from stepline_runtime.keyed import KeyedConsumer
+from stepline_runtime.keyed import KeyedConsumer, decode_done
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
@@ -335,3 +335,45 @@ async def test_a_rebalance_drains_the_records_in_flight_and_redoes_nothing(
     # No crash, so no record was handled twice: revoked partitions finished and committed first.
     assert handled["second"], "the second instance never got a partition"
     assert sorted(handled["first"] + handled["second"]) == list(range(total))
+
+
+async def test_after_a_crash_records_done_behind_a_stuck_one_are_not_done_again(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    source, sink, group = unique("skip-in"), unique("skip-out"), unique("skip-group")
+    await create_topics(admin, source, sink, partitions=1)
+    await producer.send(source, b"stuck", key=b"stuck")
+    await _produce(producer, source, 30)
+    log = tmp_path / "echo.log"
+    args = [
+        sys.executable,
+        "-m",
+        "tests.integration.apps.echo",
+        *("--group", group, "--input", source, "--output", sink),
+    ]
+    process = _spawn([*args, "--hold-key", "stuck"], log)
+    try:
+        await read_all(kafka, sink, expect=30, timeout_s=60)
+        await asyncio.sleep(1.0)  # a few commit intervals: the done records are in the metadata
+        [meta] = (await admin.list_consumer_group_offsets(group)).values()
+        assert meta.offset == 0, "the stuck record holds the position"
+        assert decode_done(0, meta.metadata) == set(range(1, 31)), meta.metadata
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    process = _spawn(args, log)
+    try:
+        assert await _wait_committed(admin, group, source, 31, timeout_s=60) == 31
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    outputs = [r.value for r in await read_all(kafka, sink, expect=31, timeout_s=30)]
+    # The stuck record was redelivered; the thirty done behind it were skipped, not redone.
+    assert sorted(outputs) == sorted([b"stuck", *(b"%d" % seq for seq in range(30))])

@@ -26,11 +26,14 @@ async def main() -> None:
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--delay-ms", type=int, default=2)
+    parser.add_argument("--hold-key", default="", help="records of this key never finish")
     args = parser.parse_args()
     configure_logging("echo", os.environ.get("LOG_LEVEL", "INFO"))
     delay_s = args.delay_ms / 1000
 
     async def echo(record: InboundRecord) -> Sequence[OutboundRecord]:
+        if args.hold_key and record.key == args.hold_key.encode():
+            await asyncio.Event().wait()
         await asyncio.sleep(delay_s)
         return [OutboundRecord(args.output, record.key, record.value)]
 
@@ -48,7 +51,11 @@ async def main() -> None:
     async with broker:
         await broker.start()
         await consumer.start()
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        consuming = asyncio.ensure_future(consumer.wait())
+        await asyncio.wait({stopped, consuming}, return_when=asyncio.FIRST_COMPLETED)
+        if consuming.done():
+            consuming.result()  # a consumer that ended on its own is a bug: show it
         await consumer.stop()
 
 

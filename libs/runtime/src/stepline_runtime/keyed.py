@@ -12,7 +12,9 @@ other keys' work (the pattern of Confluent's Parallel Consumer, key ordering).
 When partitions are revoked (rebalance or stop), their records in flight are given
 `drain_timeout_s` to finish and what is done is committed before the partitions go, so a
 rebalance does not redo finished work; a record still running then is redelivered to the next
-owner, as after a crash.
+owner, as after a crash. Records done beyond the committed position (behind a slow one) are
+listed in the commit's metadata, so whoever takes the partition after a crash skips them rather
+than doing them again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from stepline_runtime.atleastonce import AtLeastOnce
@@ -34,12 +37,37 @@ from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord
 from stepline_runtime.settings import KafkaSettings
 
-__all__ = ["KeyedConsumer", "Progress"]
+__all__ = ["KeyedConsumer", "Progress", "decode_done", "encode_done"]
 
 log = logging.getLogger(__name__)
 
 # Back-off when even the dead letter of a record could not be published (broker down).
 _STUCK_BACKOFF_S = 1.0
+# Commit metadata listing done offsets above the position; the broker's default limit on
+# metadata (offset.metadata.max.bytes) is 4,096 bytes. What does not fit is redone after a crash.
+_DONE_PREFIX = "done:"
+_MAX_METADATA = 3_000
+
+
+def encode_done(position: int, done: Collection[int]) -> str:
+    """Commit metadata naming `done` offsets (all above `position`), as many as fit."""
+    text = _DONE_PREFIX
+    for offset in sorted(done):
+        piece = f"{offset - position},"
+        if len(text) + len(piece) > _MAX_METADATA:
+            break
+        text += piece
+    return text.rstrip(",") if done else ""
+
+
+def decode_done(position: int, metadata: str) -> set[int]:
+    """The done offsets that `encode_done` wrote (empty for any other metadata)."""
+    if not metadata.startswith(_DONE_PREFIX):
+        return set()
+    try:
+        return {position + int(d) for d in metadata[len(_DONE_PREFIX) :].split(",") if d}
+    except ValueError:
+        return set()
 
 
 @dataclass(slots=True)
@@ -49,7 +77,12 @@ class Progress:
     pending: dict[int, bool] = field(default_factory=dict)
     # The next offset to commit (one past the last done record of the done prefix).
     position: int | None = None
-    committed: int | None = None
+    committed: tuple[int, str] | None = None
+    # Offsets a previous owner finished beyond its committed position: not done again.
+    skip: set[int] = field(default_factory=set)
+    # The next offset expected from the fetcher: anything below was started already (a fetch
+    # from before the seek on assignment).
+    next_offset: int | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # Leaving (revoked or stopping): records fetched for it are no longer started.
     leaving: bool = False
@@ -70,11 +103,19 @@ class Progress:
             del self.pending[first]
             self.position = first + 1
 
-    def to_commit(self) -> int | None:
-        """The offset to commit, when it moved since the last commit."""
-        if self.position is None or self.position == self.committed:
+    def to_commit(self) -> tuple[int, str] | None:
+        """The offset and metadata to commit, when they changed since the last commit.
+
+        The offset is the first record not done; the metadata lists the done ones above it.
+        """
+        position = self.position
+        if self.pending:
+            position = next(iter(self.pending))
+        if position is None:
             return None
-        return self.position
+        done = [offset for offset, finished in self.pending.items() if finished]
+        commit = (position, encode_done(position, done))
+        return None if commit == self.committed else commit
 
 
 class KeyedConsumer:
@@ -185,7 +226,15 @@ class KeyedConsumer:
 
     def _start(self, tp: TopicPartition, record: InboundRecord) -> None:
         progress = self._partitions[tp]
+        if progress.next_offset is not None and record.offset < progress.next_offset:
+            return
+        progress.next_offset = record.offset + 1
         progress.started(record.offset)
+        if record.offset in progress.skip:
+            # Done by the partition's previous owner, which died before its position got here.
+            progress.skip.discard(record.offset)
+            progress.finished(record.offset)
+            return
         # A record without a key has no order to keep (Kafka spreads them over partitions).
         lane = (tp, record.key) if record.key is not None else None
         previous = self._tails.get(lane) if lane is not None else None
@@ -257,8 +306,42 @@ class KeyedConsumer:
         """Track newly assigned partitions, after the caller's listener restored its state."""
         if self._listener is not None:
             await self._listener.on_partitions_assigned(set(partitions))
-        for tp in partitions:
-            self._partitions.setdefault(tp, Progress())
+        fresh = [tp for tp in partitions if tp not in self._partitions]
+        committed = await self._committed(fresh)
+        assert self._consumer is not None
+        for tp in fresh:
+            self._partitions[tp] = progress = Progress()
+            # The fetcher may have run while the offsets were read, and records of a partition
+            # not tracked yet are dropped: fetch from the committed position again.
+            if tp in committed:
+                position, metadata = committed[tp]
+                progress.skip = decode_done(position, metadata)
+                progress.committed = (position, metadata)
+                self._consumer.seek(tp, position)
+            else:
+                await self._consumer.seek_to_beginning(tp)
+
+    async def _committed(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, str]]:
+        """The committed offset and metadata of `partitions` (empty when they cannot be read)."""
+        if not partitions:
+            return {}
+        admin = AIOKafkaAdminClient(
+            **self._kafka.client_kwargs(f"{self._processor.consumer}-offsets")
+        )
+        try:
+            await admin.start()
+            found = await admin.list_consumer_group_offsets(self._group_id, partitions=partitions)
+        except KafkaError as error:
+            # Only an optimisation is lost: records done beyond the position are done again.
+            log.warning("committed offsets unreadable", extra={"reason": redact(str(error))})
+            return {}
+        finally:
+            await admin.close()
+        return {
+            tp: (meta.offset, meta.metadata or "") for tp, meta in found.items() if meta.offset >= 0
+        }
 
     async def _release(self, partitions: Collection[TopicPartition]) -> None:
         """Drain and commit `partitions`, then stop tracking them."""
