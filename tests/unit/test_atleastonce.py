@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import pytest
 
 from stepline.v1 import dead_letter_pb2
-from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher, RedeliverError
+from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher
 from stepline_runtime.codec import Cause, InvalidRecordError
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.topics import Topics
@@ -30,7 +29,7 @@ def _letters(publisher: InMemoryPublisher) -> list[dead_letter_pb2.DeadLetter]:
 
 async def test_outputs_are_published_before_returning() -> None:
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", echo, publisher, backoff_s=0)(RECORD)
+    await AtLeastOnce("svc", echo, publisher, backoff_s=0).process(RECORD)
     assert publisher.records == [OutboundRecord(topic="out", key=b"k", value=b"v")]
 
 
@@ -39,7 +38,7 @@ async def test_refused_record_goes_to_the_dead_letter_topic_and_is_acked() -> No
         raise InvalidRecordError(Cause.INVALID, "goal text is empty")
 
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", refuse, publisher, backoff_s=0)(RECORD)
+    await AtLeastOnce("svc", refuse, publisher, backoff_s=0).process(RECORD)
 
     [letter] = _letters(publisher)
     assert letter.reason == "goal text is empty"
@@ -47,17 +46,19 @@ async def test_refused_record_goes_to_the_dead_letter_topic_and_is_acked() -> No
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("in", 1, 5)
 
 
-async def test_publish_failure_asks_for_redelivery_then_succeeds() -> None:
+async def test_a_publish_failure_is_retried_in_place_then_succeeds() -> None:
     publisher = InMemoryPublisher()
     publisher.failures_left = 1
-    processor = AtLeastOnce("svc", echo, publisher, backoff_s=0)
-
-    with pytest.raises(RedeliverError):
-        await processor(RECORD)
-    assert publisher.records == []
-
-    await processor(RECORD)  # the redelivery
+    await AtLeastOnce("svc", echo, publisher, backoff_s=0).process(RECORD)
     assert [r.topic for r in publisher.records] == ["out"]
+
+
+async def test_an_unacknowledged_output_is_handled_again_before_returning() -> None:
+    publisher = InMemoryPublisher()
+    publisher.ack_failures_left = 1
+    await AtLeastOnce("svc", echo, publisher, backoff_s=0).process(RECORD)
+    # The first hand-over was lost with its acknowledgement; the retry's output is kept.
+    assert [(r.topic, r.value) for r in publisher.records] == [("out", b"v")]
 
 
 async def test_a_record_that_keeps_failing_is_parked_after_max_attempts() -> None:
@@ -69,11 +70,7 @@ async def test_a_record_that_keeps_failing_is_parked_after_max_attempts() -> Non
         raise KeyError("api_key=sk-secretsecret123")
 
     publisher = InMemoryPublisher()
-    processor = AtLeastOnce("svc", broken, publisher, max_attempts=3, backoff_s=0)
-    for _ in range(2):
-        with pytest.raises(RedeliverError):
-            await processor(RECORD)
-    await processor(RECORD)  # third attempt: parked, acked
+    await AtLeastOnce("svc", broken, publisher, max_attempts=3, backoff_s=0).process(RECORD)
 
     assert calls == 3
     [letter] = _letters(publisher)
@@ -82,72 +79,25 @@ async def test_a_record_that_keeps_failing_is_parked_after_max_attempts() -> Non
     assert "secretsecret" not in letter.reason
 
 
-def _batch(*keys: bytes, partition: int = 0) -> list[InboundRecord]:
-    return [
-        InboundRecord(topic="in", partition=partition, offset=i, key=k, value=b"%d" % i)
-        for i, k in enumerate(keys)
-    ]
-
-
-async def test_records_of_one_key_keep_their_order_while_keys_run_in_parallel() -> None:
-    events: list[str] = []
-    release = asyncio.Event()
-
-    async def slow_a(record: InboundRecord) -> Sequence[OutboundRecord]:
-        events.append(f"start {record.key!r} {record.offset}")
-        if record.key == b"a" and record.offset == 0:
-            # Key b must run while key a's first record is still in its handler.
-            await release.wait()
-        if record.key == b"b":
-            release.set()
-        events.append(f"end {record.key!r} {record.offset}")
-        return [OutboundRecord(topic="out", key=record.key, value=record.value)]
+async def test_a_dead_letter_that_cannot_be_published_raises() -> None:
+    async def broken(record: InboundRecord) -> Sequence[OutboundRecord]:
+        raise RuntimeError("handler bug")
 
     publisher = InMemoryPublisher()
-    rewinds = await AtLeastOnce("svc", slow_a, publisher, backoff_s=0).process_batch(
-        _batch(b"a", b"a", b"b", b"a")
-    )
-
-    assert rewinds == {}
-    assert [r.value for r in publisher.records if r.key == b"a"] == [b"0", b"1", b"3"]
-    assert events.index("end b'a' 0") < events.index("start b'a' 1")
-    assert events.index("start b'b' 2") < events.index("end b'a' 0")
+    publisher.failures_left = 1  # the dead letter's own hand-over fails
+    with pytest.raises(ConnectionError):
+        await AtLeastOnce("svc", broken, publisher, max_attempts=1, backoff_s=0).process(RECORD)
+    assert publisher.records == []
 
 
-async def test_a_batch_whose_outputs_are_not_acknowledged_is_not_committed() -> None:
-    publisher = InMemoryPublisher()
-    publisher.ack_failures_left = 1
-    processor = AtLeastOnce("svc", echo, publisher, backoff_s=0)
+async def test_prepare_sees_the_fetch_in_offset_order_and_its_failure_is_not_fatal() -> None:
+    seen: list[list[int]] = []
 
-    # The first record's outputs were handed over but never acknowledged: resume there.
-    assert await processor.process_batch(_batch(b"a", b"a", b"b")) == {("in", 0): 0}
-    # Record 1 shares the key of the unacknowledged record: handled again after it, in order.
-    # Record 2 (another key) was acknowledged: skipped on the redelivery, not duplicated.
-    assert await processor.process_batch(_batch(b"a", b"a", b"b")) == {}
-    assert [(r.key, r.value) for r in publisher.records] == [
-        (b"a", b"1"),
-        (b"b", b"2"),
-        (b"a", b"0"),
-        (b"a", b"1"),
-    ]
+    async def prepare(records: Sequence[InboundRecord]) -> None:
+        seen.append([r.offset for r in records])
+        raise OSError("database away")
 
-
-async def test_a_failed_record_rewinds_only_its_partition() -> None:
-    async def fail_first_of_a(record: InboundRecord) -> Sequence[OutboundRecord]:
-        if record.key == b"a" and record.partition == 0 and calls.setdefault(record.offset, 0) < 1:
-            calls[record.offset] += 1
-            raise TimeoutError("provider slow")
-        return [OutboundRecord(topic="out", key=record.key, value=record.value)]
-
-    calls: dict[int, int] = {}
-    publisher = InMemoryPublisher()
-    processor = AtLeastOnce("svc", fail_first_of_a, publisher, backoff_s=0)
-    batch = _batch(b"b", b"a", b"b", partition=0) + _batch(b"c", b"c", partition=1)
-
-    assert await processor.process_batch(batch) == {("in", 0): 1}
-    # The redelivery starts at the failed record: record 2 (key b) is not produced twice.
-    assert await processor.process_batch(batch[1:3]) == {}
-    produced = [(r.key, r.value) for r in publisher.records]
-    assert sorted(produced) == sorted(
-        [(b"b", b"0"), (b"b", b"2"), (b"c", b"0"), (b"c", b"1"), (b"a", b"1")]
-    )
+    processor = AtLeastOnce("svc", echo, InMemoryPublisher(), prepare=prepare)
+    batch = [InboundRecord(topic="in", partition=0, offset=o, key=b"k", value=b"") for o in (3, 1)]
+    await processor.prepare(batch)
+    assert seen == [[1, 3]]

@@ -23,7 +23,6 @@ from stepline_pricebook import PriceBookError
 from stepline_router.convert import InvalidRequestError
 from stepline_router.errors import ProviderError as RouterProviderError
 from stepline_routes import RoutesError
-from stepline_runtime.atleastonce import RedeliverError
 from stepline_runtime.codec import InvalidRecordError
 from stepline_runtime.topics import TopicMismatchError
 from stepline_vocab import (
@@ -119,7 +118,6 @@ def test_a_dispatch_that_forgets_an_event_type_does_not_type_check(tmp_path: Pat
         (BrokerUnavailableError, SteplineError),
         (RunTimeoutError, SteplineError),
         (LocalKafkaError, SteplineError),
-        (RedeliverError, SteplineError),
     ],
     ids=lambda x: x.__name__,
 )

@@ -43,7 +43,9 @@ async def test_a_batch_is_one_transaction_and_a_repeated_usage_id_is_charged_onc
     # The emitter retried call-0 and call-3: four of the eight records repeat two usage ids.
     records = [inbound(m, offset) for offset, m in enumerate([*messages, messages[0], messages[3]])]
 
-    assert await processor.process_batch(records) == {}
+    await processor.prepare(records)
+    for record in records:
+        await processor.process(record)
 
     assert store.transactions == 1
     assert len(store.sequence()) == 6
@@ -66,7 +68,9 @@ async def test_a_failed_batch_transaction_falls_back_to_record_by_record() -> No
     store.fail_next_record = True  # the batch transaction fails; each record then writes its row
 
     records = [inbound(model_usage(f"call-{i}"), i) for i in range(3)]
-    assert await processor.process_batch(records) == {}
+    await processor.prepare(records)
+    for record in records:
+        await processor.process(record)
     assert len(store.sequence()) == 3
 
 

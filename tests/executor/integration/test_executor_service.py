@@ -47,7 +47,6 @@ class Service:
             "STEPLINE_TOOLS_CONFIG": str(config),
             "STEPLINE_EXECUTOR_DATA_DIR": str(data_dir),
             "STEPLINE_PARTITIONS": "2",
-            "STEPLINE_EXECUTOR_WORKERS": "1",
             "STEPLINE_LOG_FORMAT": "text",
         }
         self.log = log

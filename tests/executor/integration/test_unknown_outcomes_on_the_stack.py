@@ -128,10 +128,12 @@ async def test_lost_non_idempotent_calls_are_unknown_and_runs_cost_what_the_ledg
             assert step.tool_error_kind == tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN, step
             if run_id == killed:
                 # The planner gave up first; the restarted executor's late answer was counted.
+                # (Other results the crash made the executor send again are ignored, uncounted.)
                 late = [
                     e.duplicate_result_ignored
                     for e in events
                     if e.WhichOneof("event") == "duplicate_result_ignored"
+                    and e.duplicate_result_ignored.call_id == step.call_id
                 ]
                 assert [Decimal(d.cost.amount) for d in late] == [PRICE], late
             ledger = await _settled_ledger(stack, run_id, _cost(final))

@@ -46,7 +46,7 @@ async def test_endpoint_serves_the_families_recorded_by_a_consumer() -> None:
 
     processor = AtLeastOnce(consumer, handle, InMemoryPublisher(), backoff_s=0)
     for offset, value in enumerate([b"ok", b"ok", b"bad"]):
-        await processor(InboundRecord("stepline.model.requests.v1", 0, offset, b"k", value))
+        await processor.process(InboundRecord("stepline.model.requests.v1", 0, offset, b"k", value))
     metrics.watch_circuits(lambda: {"primary": "open", "backup": "closed"})
     metrics.record_cost("acme", "model_attempt", "openai", "gpt-x", "USD", Decimal("0.25"))
     metrics.record_cost("acme", "model_attempt", "openai", "gpt-y", "USD", None)

@@ -52,7 +52,7 @@ def _assert_child(traceparent: str) -> str:
 @pytest.mark.usefixtures("traced")
 async def test_at_least_once_outputs_continue_the_inbound_trace_with_a_new_span() -> None:
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", copy_inbound, publisher)(_record())
+    await AtLeastOnce("svc", copy_inbound, publisher).process(_record())
     spans = {_assert_child(_traceparent(r)) for r in publisher.records}
     # Both outputs were produced inside one consumer span.
     assert len(spans) == 1
@@ -62,8 +62,8 @@ async def test_at_least_once_outputs_continue_the_inbound_trace_with_a_new_span(
 async def test_each_delivery_gets_its_own_span() -> None:
     publisher = InMemoryPublisher()
     processor = AtLeastOnce("svc", copy_inbound, publisher)
-    await processor(_record())
-    await processor(_record())
+    await processor.process(_record())
+    await processor.process(_record())
     spans = {_traceparent(r).split("-")[2] for r in publisher.records}
     assert len(spans) == 2
 
@@ -74,7 +74,7 @@ async def test_dead_letters_stay_in_the_trace() -> None:
         raise InvalidRecordError(Cause.INVALID, "no")
 
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", refuse, publisher)(_record())
+    await AtLeastOnce("svc", refuse, publisher).process(_record())
     assert [r.topic for r in publisher.records] == ["stepline.dlq.v1"]
     _assert_child(_traceparent(publisher.records[0]))
 
@@ -87,14 +87,14 @@ async def test_a_record_of_another_trace_keeps_it() -> None:
         return [OutboundRecord("out", b"k", b"v", ((HeaderName.TRACEPARENT, other.encode()),))]
 
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", forward, publisher)(_record())
+    await AtLeastOnce("svc", forward, publisher).process(_record())
     assert _traceparent(publisher.records[0]) == other
 
 
 @pytest.mark.usefixtures("traced")
 async def test_a_record_without_trace_starts_a_new_one() -> None:
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", copy_inbound, publisher)(_record(traceparent=""))
+    await AtLeastOnce("svc", copy_inbound, publisher).process(_record(traceparent=""))
     trace_ids = {tracing.trace_id_of(_traceparent(r)) for r in publisher.records}
     assert len(trace_ids) == 1
     assert trace_ids != {TRACE_ID}
@@ -103,14 +103,14 @@ async def test_a_record_without_trace_starts_a_new_one() -> None:
 
 async def test_without_configuration_untraced_records_stay_untraced() -> None:
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", copy_inbound, publisher)(_record(traceparent=""))
+    await AtLeastOnce("svc", copy_inbound, publisher).process(_record(traceparent=""))
     assert all(not r.headers for r in publisher.records[1:])
     assert all(k != HeaderName.TRACEPARENT for r in publisher.records for k, _ in r.headers)
 
 
 async def test_without_configuration_traced_records_still_propagate() -> None:
     publisher = InMemoryPublisher()
-    await AtLeastOnce("svc", copy_inbound, publisher)(_record())
+    await AtLeastOnce("svc", copy_inbound, publisher).process(_record())
     for record in publisher.records:
         _assert_child(_traceparent(record))
 

@@ -24,6 +24,7 @@ __all__ = [
     "PROVIDER_ATTEMPTS",
     "PROVIDER_ATTEMPT_SECONDS",
     "RECORDS_DEAD_LETTERED",
+    "RECORDS_IN_FLIGHT",
     "RECORDS_PROCESSED",
     "RECORDS_REDELIVERED",
     "RECORD_SECONDS",
@@ -60,6 +61,11 @@ RECORDS_REDELIVERED = Counter(
     "stepline_records_redelivered",
     "Failed attempts that asked for the record again (at-least-once consumers).",
     ["consumer", "topic"],
+)
+RECORDS_IN_FLIGHT = Gauge(
+    "stepline_records_in_flight",
+    "Input records started and not done yet (key-ordered consumers), per consumer.",
+    ["consumer"],
 )
 RECORD_SECONDS = Histogram(
     "stepline_record_handle_seconds",

@@ -109,6 +109,14 @@ class ServiceSettings(BaseSettings):
         pattern=r"^[a-zA-Z0-9_\-]*$",
         description="Prefix for every topic and consumer group (e.g. `staging`); empty: none.",
     )
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Input records an at-least-once service (router, executor, billing) handles at once;"
+            " records of one key still run one after another, in order."
+        ),
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     # Prometheus `/metrics`; 0.0.0.0 lets others scrape. The port defaults to the service

@@ -17,8 +17,9 @@ from stepline_billing.store import LedgerStore
 from stepline_keys.grpcdoor import RequireKey
 from stepline_keys.service import key_services
 from stepline_pricebook import PriceBook
-from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
+from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for
 from stepline_runtime.catalog import Topics
+from stepline_runtime.keyed import KeyedConsumer
 from stepline_runtime.lifecycle import BrokerPart, GrpcServerPart, Running, ServiceContext
 
 __all__ = ["build", "clock", "open_store"]
@@ -59,7 +60,13 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
             dead_letter_topic=context.topic(Topics.DLQ),
             prepare=handler.prepare_batch,
         )
-        subscribe(broker, context.topic(Topics.USAGE), group_id=context.group, processor=processor)
+        consumer = KeyedConsumer(
+            settings.kafka,
+            [context.topic(Topics.USAGE)],
+            group_id=context.group,
+            processor=processor,
+            max_in_flight=settings.max_in_flight,
+        )
 
         async with key_services(settings, client_id=context.spec.name, clock=clock) as keys:
             server = grpc.aio.server(interceptors=[RequireKey(keys.registry)])
@@ -75,7 +82,7 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
             )
             port = server.add_insecure_port(settings.billing_grpc_address)
             yield Running(
-                [BrokerPart(broker), GrpcServerPart(server, grace_s=2)],
+                [BrokerPart(broker), consumer, GrpcServerPart(server, grace_s=2)],
                 {"grpc_port": port, "store": "postgresql" if settings.billing_dsn else "sqlite"},
             )
     finally:

@@ -43,9 +43,9 @@ from stepline_runtime.atleastonce import (
     BrokerPublisher,
     Publisher,
     broker_for,
-    subscribe,
 )
 from stepline_runtime.catalog import Topics
+from stepline_runtime.keyed import KeyedConsumer
 from stepline_runtime.lifecycle import (
     BrokerPart,
     Build,
@@ -238,9 +238,9 @@ async def _build(
             clock,
             source=name,
         )
-        subscribe(
-            broker,
-            context.topic(Topics.MODEL_REQUESTS),
+        consumer = KeyedConsumer(
+            settings.kafka,
+            [context.topic(Topics.MODEL_REQUESTS)],
             group_id=context.group,
             processor=AtLeastOnce(
                 name,
@@ -248,13 +248,12 @@ async def _build(
                 publisher,
                 dead_letter_topic=context.topic(Topics.DLQ),
             ),
-            # One record at a time per consumer: model calls take seconds, and a batch's slowest
-            # call would hold back the next fetch for every run (until lanes adapt, issue 18).
-            record_workers=settings.max_workers,
+            max_in_flight=settings.max_in_flight,
         )
         watch_circuits(router.circuit_states)
         parts: list[Part] = [
             BrokerPart(broker),
+            consumer,
             # A reload bug is logged; the router keeps serving its last good config.
             TaskPart(
                 "routes-watch",

@@ -45,11 +45,6 @@ class Settings(ServiceSettings):
     )
     dev_tenant: str = "dev"
     reload_interval_s: float = Field(default=2.0, gt=0)
-    max_workers: int = Field(
-        default=6,
-        ge=1,
-        description="Consumers of model requests in this process, each one record at a time.",
-    )
     max_connections: int = Field(default=200, ge=1)
 
     def routes_path(self) -> Path:

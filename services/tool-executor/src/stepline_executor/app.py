@@ -29,8 +29,9 @@ from stepline_executor.tools.search import SearchDocuments
 from stepline_executor.tools.sql import SavedQuery, SqlQuery, build_database
 from stepline_executor.tools.webhook import Webhook
 from stepline_pricebook import PriceBook
-from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for, subscribe
+from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for
 from stepline_runtime.catalog import Topics
+from stepline_runtime.keyed import KeyedConsumer
 from stepline_runtime.lifecycle import BrokerPart, Part, Running, ServiceContext, TaskPart
 
 __all__ = ["Toolbox", "build", "build_toolbox"]
@@ -206,14 +207,13 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         processor = AtLeastOnce(
             context.group, handler, publisher, dead_letter_topic=context.topic(Topics.DLQ)
         )
-        # One record at a time per consumer: a slow tool must not hold back the next fetch for
-        # every run, as a batch's slowest record would (until lanes adapt, issue 18).
-        subscribe(
-            broker,
-            requests_topic,
+        # Key-ordered lanes: a slow tool holds back only its own run; per-tool limits still hold.
+        consumer = KeyedConsumer(
+            settings.kafka,
+            [requests_topic],
             group_id=context.group,
             processor=processor,
-            record_workers=settings.executor_workers,
+            max_in_flight=settings.max_in_flight,
         )
         tools_topic = context.topic(Topics.TOOLS)
         announcer = RegistryAnnouncer(
@@ -226,6 +226,7 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         )
         parts: list[Part] = [
             BrokerPart(broker),
+            consumer,
             _Announce(announcer),
         ]
         if settings.executor_cancel_listener:

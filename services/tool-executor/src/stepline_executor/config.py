@@ -46,11 +46,6 @@ class Settings(ServiceSettings):
         default=Path(".local/tool-executor"),
         description="Outcome store and the built demo database live here.",
     )
-    executor_workers: int = Field(
-        default=4,
-        ge=1,
-        description="Consumers of tool requests in this process, each one record at a time.",
-    )
     executor_start_floor_s: float = Field(
         default=DEFAULT_START_FLOOR_S,
         ge=0,
