@@ -144,6 +144,7 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             ("viewer", "acme", frozenset({Scope.RUNS_READ})),
             ("gina", "globex", frozenset({Scope.RUNS_READ, Scope.APPROVALS_DECIDE})),
             ("bulk", "bulk", frozenset({Scope.RUNS_READ})),
+            ("root", "acme", frozenset({Scope.ADMIN})),
         ]
     }  # fmt: skip
     port = _free_port()

@@ -35,9 +35,14 @@ from stepline_frontdoor.schemas import (
     Error,
     ErrorBody,
     Event,
+    KeyInfo,
+    KeyList,
     Me,
+    NewKey,
+    NewKeyBody,
     Provider,
     ProviderList,
+    RevokeKeyBody,
     Run,
     RunDetail,
     RunPage,
@@ -51,19 +56,32 @@ from stepline_frontdoor.store import ReadStore, RunFilter
 from stepline_keys import (
     Authenticator,
     AuthError,
+    Grant,
     PermissionDeniedError,
     Principal,
     Scope,
     UnauthenticatedError,
 )
 from stepline_keys.access import is_loopback_host, require_origin
+from stepline_keys.manage import KeyAdmin, KeyAdminError, RevokedKeyError, parse_scopes
 
-__all__ = ["ENDPOINTS", "STATIC", "Api", "ApiError", "Endpoint", "Param", "build_app"]
+__all__ = [
+    "ENDPOINTS",
+    "STATIC",
+    "Api",
+    "ApiError",
+    "Endpoint",
+    "LastUsed",
+    "Param",
+    "build_app",
+]
 
 STATIC = Path(__file__).parent / "static"
 
 B = TypeVar("B", bound=BaseModel)
 Handler = Callable[[Request, Principal], Awaitable[Response]]
+# When a key id was last accepted (None: not seen), for the Keys page.
+LastUsed = Callable[[str], datetime | None]
 
 _TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
 
@@ -167,6 +185,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                  Param("minutes", "Window (1–1440, default 15)",
                        {"type": "integer", "minimum": 1, "maximum": 1440}),
              )),
+    Endpoint("GET", "/api/keys", "listKeys",
+             "API keys the admin key may manage (its tenant's), never their secrets",
+             Scope.ADMIN, "list_keys", response=KeyList, params=(
+                 Param("all", "Revoked and expired keys too", {"type": "boolean"}),
+             )),
+    Endpoint("POST", "/api/keys", "createKey",
+             "Issue a key (publishes KeyIssued); the secret is in this answer only",
+             Scope.ADMIN, "create_key", status=201, response=NewKey, body=NewKeyBody),
+    Endpoint("POST", "/api/keys/{key_id}/revoke", "revokeKey",
+             "Revoke a key (publishes KeyRevoked); every door refuses it within seconds",
+             Scope.ADMIN, "revoke_key", response=KeyInfo, body=RevokeKeyBody),
 )  # fmt: skip
 
 
@@ -224,9 +253,13 @@ class Api:
         authenticator: Authenticator,
         feed: RunFeed,
         *,
+        keys: KeyAdmin,
+        last_used: LastUsed = lambda _: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         heartbeat_s: float = 15.0,
     ) -> None:
+        self._keys = keys
+        self._last_used = last_used
         self._store = store
         self._commands = commands
         self._auth = authenticator
@@ -450,6 +483,57 @@ class Api:
         )
         return _json(ProviderList(window_minutes=minutes,
                                   providers=[Provider.of(p) for p in health]))  # fmt: skip
+
+    # -- keys ------------------------------------------------------------------------------
+    def _key_info(self, key_id: str) -> KeyInfo:
+        key = self._keys.registry.get(key_id)
+        assert key is not None, "a key the registry just folded"
+        return KeyInfo.of(key, self._clock(), self._last_used(key_id))
+
+    async def list_keys(self, request: Request, principal: Principal) -> Response:
+        """Keys of the admin key's tenant (every tenant's for the local development key)."""
+        include = request.query_params.get("all", "").lower() in ("1", "true", "yes")
+        tenant = None if principal.loopback_only else principal.tenant_id
+        keys = self._keys.listing(tenant=tenant, include_inactive=include)
+        now = self._clock()
+        return _json(KeyList(keys=[KeyInfo.of(k, now, self._last_used(k.key_id)) for k in keys]))
+
+    async def create_key(self, request: Request, principal: Principal) -> Response:
+        """Issue a key; the answer carries its secret, which is never shown again."""
+        body = await _body(request, NewKeyBody)
+        tenant = principal.tenant_for(body.tenant)
+        expires = None
+        if body.expires_in_days is not None:
+            expires = self._clock() + timedelta(days=body.expires_in_days)
+        try:
+            grant = Grant(
+                parse_scopes(body.scopes),
+                agents=frozenset(a.strip() for a in body.agents if a.strip()),
+                expires_at=expires,
+                label=body.label,
+            )
+            new = await self._keys.create(tenant, grant, actor=principal.label or principal.key_id)
+        except KeyAdminError as error:
+            raise ApiError(400, "invalid_argument", str(error)) from error
+        return _json(NewKey(key=self._key_info(new.key_id), secret=new.secret), 201)
+
+    async def revoke_key(self, request: Request, principal: Principal) -> Response:
+        """Revoke a key of the admin key's tenant."""
+        key_id = request.path_params["key_id"]
+        key = self._keys.registry.get(key_id)
+        # Another tenant's key is answered like a missing one.
+        if key is None or not principal.may_see(key.tenant_id):
+            raise ApiError(404, "not_found", f"no key {key_id}")
+        body = await _body(request, RevokeKeyBody)
+        try:
+            await self._keys.revoke(
+                key_id,
+                actor=principal.label or principal.key_id,
+                reason=body.reason or "revoked from the console",
+            )
+        except RevokedKeyError as error:
+            raise ApiError(409, "failed_precondition", str(error)) from error
+        return _json(self._key_info(key_id))
 
 
 def build_app(

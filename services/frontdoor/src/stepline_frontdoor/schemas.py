@@ -21,6 +21,9 @@ from stepline_frontdoor.readmodel import (
     ToolOutputRow,
 )
 from stepline_frontdoor.reports import ProviderHealth, SpendLine
+from stepline_keys import Key
+from stepline_keys.manage import status_of
+from stepline_keys.secret import PREFIX
 
 __all__ = [
     "Approval",
@@ -32,9 +35,14 @@ __all__ = [
     "Error",
     "ErrorBody",
     "Event",
+    "KeyInfo",
+    "KeyList",
     "Me",
+    "NewKey",
+    "NewKeyBody",
     "Provider",
     "ProviderList",
+    "RevokeKeyBody",
     "Run",
     "RunDetail",
     "RunPage",
@@ -351,6 +359,67 @@ class Me(BaseModel):
     tenant_id: str
     label: str
     scopes: list[str]
+
+
+class NewKeyBody(_Body):
+    """A key to issue; its tenant is the admin key's unless the caller may act for others."""
+
+    tenant: str = Field(default="", max_length=200, description="Empty: the admin key's tenant.")
+    scopes: list[str] = Field(min_length=1, max_length=10)
+    label: str = Field(default="", max_length=200)
+    agents: list[str] = Field(default_factory=list, description="Only these agents (empty: any).")
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class RevokeKeyBody(_Body):
+    """Why the key is revoked."""
+
+    reason: str = Field(default="", max_length=2_000)
+
+
+class KeyInfo(BaseModel):
+    """A key without its secret: id (the secret's public prefix), tenant, grant and history."""
+
+    key_id: str
+    prefix: str = Field(description="How the key's secret begins (the rest is never shown).")
+    tenant_id: str
+    label: str
+    scopes: list[str]
+    agents: list[str]
+    status: Literal["active", "revoked", "expired"]
+    issued_at: datetime
+    issued_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str
+    last_used_at: datetime | None = Field(
+        description="Last accepted by this front door since it started (null: not seen)."
+    )
+
+    @classmethod
+    def of(cls, key: Key, now: datetime, last_used_at: datetime | None) -> KeyInfo:
+        """From the registry's state of a key (its hash stays behind)."""
+        g = key.grant
+        return cls(
+            key_id=key.key_id, prefix=f"{PREFIX}{key.key_id}_", tenant_id=key.tenant_id,
+            label=g.label, scopes=sorted(s.value for s in g.scopes), agents=sorted(g.agents),
+            status=status_of(key, now).value, issued_at=key.issued_at, issued_by=key.issued_by,
+            expires_at=g.expires_at, revoked_at=key.revoked_at, revoked_by=key.revoked_by,
+            last_used_at=last_used_at,
+        )  # fmt: skip
+
+
+class KeyList(BaseModel):
+    """Keys the admin key may manage, by tenant then id."""
+
+    keys: list[KeyInfo]
+
+
+class NewKey(BaseModel):
+    """A key just issued: its secret is in this answer and never again."""
+
+    key: KeyInfo
+    secret: str
 
 
 class Error(BaseModel):
