@@ -22,7 +22,7 @@ from stepline_frontdoor.sqlstore import SqliteReadStore
 from stepline_keys import KeyRegistry, Principal, Scope
 from stepline_keys.feeds import InMemoryKeyLog
 from stepline_keys.manage import KeyAdmin
-from tests.frontdoor.factories import T0, RunScript, model_attempt
+from tests.frontdoor.factories import T0, RunScript, model_attempt, usage_rollup
 from tests.frontdoor.feeding import feed
 
 READER = "sk-acme-reader"
@@ -86,6 +86,12 @@ def console() -> Iterator[Console]:
         + RunScript("r2", agent="sales").started().completed(answer="42").events
         + RunScript("g1", tenant_id="globex").started().approval("ga").events,
         [model_attempt("r1", 1), model_attempt("g1", 1, tenant_id="globex")],
+        [
+            usage_rollup(calls=1, cost="0.0005"),
+            usage_rollup(tool="send_reply", cost="0.01"),
+            usage_rollup(hourly=False, calls=1, cost="0.0005"),
+            usage_rollup("globex", cost="9"),
+        ],
     )
     with c.client:
         yield c
@@ -152,7 +158,17 @@ def test_list_filters_and_answers_match_the_openapi_document(console: Console) -
 
     costs = console.get("/api/costs", key=APPROVER, since=T0.isoformat()).json()
     jsonschema.validate(costs, _schema("SpendList"))
-    assert [(s["tenant_id"], s["cost"]) for s in costs["lines"]] == [("acme", "0.0005")]
+    # Billing's hourly rollups of acme only (globex's stay hidden), and agents from the usage.
+    lines = costs["lines"]
+    assert [(s["tenant_id"], s["kind"], s["model"], s["tool"], s["cost"]) for s in lines] == [
+        ("acme", "model", "stepline-local-1", "", "0.0005"),
+        ("acme", "tool", "", "send_reply", "0.01"),
+    ]  # fmt: skip
+    assert [(a["agent"], a["cost"], a["calls"]) for a in costs["agents"]] == [
+        ("support", "0.0005", 1)
+    ]
+    daily = console.get("/api/costs", key=APPROVER, granularity="day", since=T0.isoformat())
+    assert [s["cost"] for s in daily.json()["lines"]] == ["0.0005"]
     health = console.get("/api/providers", key=APPROVER).json()
     jsonschema.validate(health, _schema("ProviderList"))
     assert [p["deployment"] for p in health["providers"]] == ["local"]

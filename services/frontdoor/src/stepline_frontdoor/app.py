@@ -94,6 +94,7 @@ def wire(
         tool_results_topic=settings.topic(Topics.TOOL_RESULTS),
         model_results_topic=settings.topic(Topics.MODEL_RESULTS),
         budgets_topic=settings.topic(Topics.BUDGETS),
+        rollups_topic=settings.topic(Topics.USAGE_ROLLUPS),
         partitions=partitions,
         clock=now,
     )

@@ -23,6 +23,7 @@ from stepline_frontdoor.readmodel import (
     BudgetRow,
     EventKind,
     Final,
+    RollupRow,
     RunFact,
     ToolOutputRow,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "budget_row",
     "enum_label",
     "refused_attempts",
+    "rollup_row",
     "run_fact",
     "tool_output_row",
 ]
@@ -177,6 +179,37 @@ def attempt_row(record: usage_pb2.UsageRecorded, received_at: datetime) -> Attem
         priced=record.priced,
         latency_ms=round(latency, 3),
         occurred_at=_time(record.occurred_at, received_at),
+    )
+
+
+_GRANULARITY = {
+    usage_pb2.ROLLUP_GRANULARITY_HOURLY: "hour",
+    usage_pb2.ROLLUP_GRANULARITY_DAILY: "day",
+}
+
+
+def rollup_row(rollup: usage_pb2.UsageRollup, received_at: datetime) -> RollupRow:
+    """The row of one billing `UsageRollup`; ValueError for one of no known granularity."""
+    granularity = _GRANULARITY.get(rollup.granularity)
+    if granularity is None or not rollup.rollup_id or not rollup.tenant_id:
+        raise ValueError("a usage rollup needs an id, a tenant and an hourly or daily window")
+    return RollupRow(
+        rollup_id=rollup.rollup_id,
+        tenant_id=rollup.tenant_id,
+        granularity=granularity,
+        window_start=_time(rollup.window_start, received_at),
+        kind="model" if rollup.kind == usage_pb2.USAGE_KIND_MODEL_ATTEMPT else "tool",
+        provider=rollup.provider,
+        model=rollup.model,
+        tool=rollup.tool,
+        cost=_amount(rollup.cost),
+        currency=rollup.cost.currency,
+        calls=rollup.calls,
+        failures=rollup.failures,
+        unpriced_calls=rollup.unpriced_calls,
+        input_tokens=rollup.usage.input_tokens,
+        output_tokens=rollup.usage.output_tokens,
+        computed_at=_time(rollup.computed_at, received_at),
     )
 
 

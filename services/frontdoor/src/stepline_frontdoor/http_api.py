@@ -24,8 +24,9 @@ from stepline_client.client import Goal
 from stepline_frontdoor.commands import Cancel, Commands, Decision
 from stepline_frontdoor.live import RunFeed
 from stepline_frontdoor.readmodel import ApprovalStatus, RunStatus
-from stepline_frontdoor.reports import Granularity, provider_health, spend
+from stepline_frontdoor.reports import Granularity, agent_spend, provider_health, window_start
 from stepline_frontdoor.schemas import (
+    AgentCost,
     Approval,
     ApprovalList,
     Attempt,
@@ -174,7 +175,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              Scope.APPROVALS_DECIDE, "decide", status=202, body=DecisionBody,
              slashes_in_last=True),
     Endpoint("GET", "/api/costs", "getCosts",
-             "Spend per window, agent, model and tool, from the usage records",
+             "Spend per window, model and tool (billing's rollups) and agent, and the budget",
              Scope.USAGE_READ, "costs", response=SpendList, params=(
                  _string("Window width", "granularity", enum=[g.value for g in Granularity]),
                  _string("From (ISO 8601; default: 7 days ago)", "since", format="date-time"),
@@ -461,16 +462,26 @@ class Api:
         return Response(status_code=202)
 
     async def costs(self, request: Request, principal: Principal) -> Response:
-        """Spend of the tenant per window."""
+        """Spend of the key's tenant per window (every tenant's for the local development key)."""
         raw = request.query_params.get("granularity") or Granularity.HOUR.value
         if raw not in Granularity._value2member_map_:
             raise ApiError(400, "invalid_argument", f"unknown granularity {raw!r}")
+        granularity = Granularity(raw)
         since = _parse_time(request.query_params.get("since"), "since")
-        since = since or self._clock() - timedelta(days=7)
-        lines = spend(self._store.attempts_since(principal.tenant_id, since), Granularity(raw))
+        # Whole windows: the rollup that holds `since` counts, as its agent lines do.
+        since = window_start(since or self._clock() - timedelta(days=7), granularity)
+        tenant = None if principal.loopback_only else principal.tenant_id
+        rollups = self._store.rollups(tenant, raw, since)
+        agents = agent_spend(self._store.attempts_since(tenant, since), granularity)
         found = self._store.budget(principal.tenant_id)
-        budget = None if found is None else Budget.of(found)
-        return _json(SpendList(granularity=raw, lines=[Spend.of(s) for s in lines], budget=budget))
+        return _json(
+            SpendList(
+                granularity=raw,
+                lines=[Spend.of(r) for r in rollups],
+                agents=[AgentCost.of(a) for a in agents],
+                budget=None if found is None else Budget.of(found),
+            )
+        )
 
     async def providers(self, request: Request, principal: Principal) -> Response:
         """Deployment health from the attempts (all tenants' for an admin key)."""

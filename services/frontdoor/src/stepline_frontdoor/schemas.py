@@ -17,15 +17,17 @@ from stepline_frontdoor.readmodel import (
     AttemptRow,
     BudgetRow,
     EventRow,
+    RollupRow,
     RunRow,
     ToolOutputRow,
 )
-from stepline_frontdoor.reports import ProviderHealth, SpendLine
+from stepline_frontdoor.reports import AgentSpend, ProviderHealth
 from stepline_keys import Key
 from stepline_keys.manage import status_of
 from stepline_keys.secret import PREFIX
 
 __all__ = [
+    "AgentCost",
     "Approval",
     "ApprovalList",
     "Attempt",
@@ -263,14 +265,40 @@ class RunDetail(BaseModel):
 
 
 class Spend(BaseModel):
-    """Spend of one window and dimension set."""
+    """Billing's rollup of one window, tenant and model deployment or tool."""
+
+    window_start: datetime
+    tenant_id: str
+    kind: Literal["model", "tool"]
+    provider: str
+    model: str
+    tool: str
+    cost: Decimal = Field(description="Priced calls only; unpriced ones are counted apart.")
+    currency: str
+    calls: int
+    failures: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, r: RollupRow) -> Spend:
+        """From billing's rollup as the read model keeps it."""
+        return cls(
+            window_start=r.window_start, tenant_id=r.tenant_id,
+            kind="model" if r.kind == "model" else "tool", provider=r.provider, model=r.model,
+            tool=r.tool, cost=r.cost, currency=r.currency, calls=r.calls, failures=r.failures,
+            unpriced_calls=r.unpriced_calls, input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+        )  # fmt: skip
+
+
+class AgentCost(BaseModel):
+    """Spend of one agent in one window, summed from the usage records."""
 
     window_start: datetime
     tenant_id: str
     agent: str
-    kind: str
-    model: str
-    tool: str
     cost: Decimal
     currency: str
     calls: int
@@ -279,12 +307,12 @@ class Spend(BaseModel):
     output_tokens: int
 
     @classmethod
-    def of(cls, s: SpendLine) -> Spend:
+    def of(cls, s: AgentSpend) -> AgentCost:
         """From a report line."""
         return cls(
-            window_start=s.window_start, tenant_id=s.tenant_id, agent=s.agent, kind=s.kind,
-            model=s.model, tool=s.tool, cost=s.cost, currency=s.currency, calls=s.calls,
-            failures=s.failures, input_tokens=s.input_tokens, output_tokens=s.output_tokens,
+            window_start=s.window_start, tenant_id=s.tenant_id, agent=s.agent, cost=s.cost,
+            currency=s.currency, calls=s.calls, failures=s.failures,
+            input_tokens=s.input_tokens, output_tokens=s.output_tokens,
         )  # fmt: skip
 
 
@@ -310,10 +338,15 @@ class Budget(BaseModel):
 
 
 class SpendList(BaseModel):
-    """Spend lines, oldest window first, and the tenant's budget state."""
+    """Spend, oldest window first, and the tenant's budget state.
+
+    `lines` are billing's rollups (per tenant, model and tool: the ledger's own figures);
+    `agents` sums the same usage records per agent, a dimension billing does not keep.
+    """
 
     granularity: str
     lines: list[Spend]
+    agents: list[AgentCost]
     budget: Budget | None
 
 

@@ -19,6 +19,7 @@ SPEC = ServiceSpec(
         Topics.USAGE,
         Topics.MODEL_RESULTS,
         Topics.TOOL_RESULTS,
+        Topics.USAGE_ROLLUPS,
         Topics.BUDGETS,
         Topics.KEYS,
     ),
