@@ -137,7 +137,7 @@ def model_attempt(
     """One model attempt's UsageRecorded."""
     step = f"{run_id}:{n}"
     return usage_pb2.UsageRecorded(
-        usage_id=f"{step}:1/{attempt}",
+        usage_id=f"{step}:1/attempt/{attempt}",  # the router's scheme: "<call_id>/attempt/<n>"
         tenant_id=tenant_id,
         run_id=run_id,
         step_id=step,

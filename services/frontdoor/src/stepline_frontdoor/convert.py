@@ -240,15 +240,20 @@ def tool_output_row(result: tools_pb2.ToolCallResult, received_at: datetime) -> 
 
 
 def refused_attempts(result: model_pb2.ModelCallResult, received_at: datetime) -> list[AttemptRow]:
-    """The attempts the router did not send (circuit open): they have no `UsageRecorded`."""
+    """The attempts the router did not send (circuit open), as the model result lists them.
+
+    The router also records each as a `UsageRecorded` (outcome circuit_open, nothing spent);
+    the row carries that record's usage id, so whichever of the two arrives first is kept and
+    the other is the same attempt, not a second one.
+    """
     which = result.WhichOneof("outcome")
     if which is None:
         return []
     trail = getattr(result, which).attempts
     return [
         AttemptRow(
-            # Distinct from the router's usage ids ("<call_id>/attempt/<n>"): never a collision.
-            usage_id=f"{result.call_id}/attempt/{a.attempt}/not-sent",
+            # The router's usage id of the attempt ("<call_id>/attempt/<n>"): one row per attempt.
+            usage_id=f"{result.call_id}/attempt/{a.attempt}",
             tenant_id=result.tenant_id,
             run_id=result.run_id,
             step_id=result.step_id,
