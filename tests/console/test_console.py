@@ -19,7 +19,7 @@ from stepline_keys.secret import key_id_of
 from stepline_runtime.codec import encode
 from stepline_runtime.settings import namespaced
 from stepline_runtime.topics import Topics
-from tests.console.conftest import ARTIFACTS, Console, Stack, shoot
+from tests.console.conftest import Console, Stack, shoot
 from tests.frontdoor.factories import T0, RunScript
 
 pytestmark = pytest.mark.kafka
@@ -209,7 +209,10 @@ async def _publish_runs(stack: Stack, tenant: str, count: int) -> None:
         await producer.stop()
 
 
-def test_a_thousand_runs_render_in_the_list(stack: Stack, open_console: Console) -> None:
+def test_a_thousand_runs_are_listed_paginated_and_keyboard_navigable(
+    stack: Stack, open_console: Console
+) -> None:
+    # How fast they draw is a benchmark figure (bench/console.py, `make bench`), not a bound here.
     # Playwright's sync API keeps an event loop on this thread: publish from another one.
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _publish_runs(stack, "bulk", 1000)).result()
@@ -219,22 +222,24 @@ def test_a_thousand_runs_render_in_the_list(stack: Stack, open_console: Console)
             assert time.monotonic() < deadline, "the read model did not reach 1,000 runs"
             time.sleep(0.5)
     page = open_console("bulk")
-    timings = []
-    for _ in range(3):
-        page.goto(f"{stack.url}#/providers")
-        page.get_by_role("heading", name="Providers").wait_for()
-        started = page.evaluate("performance.now()")
-        page.goto(f"{stack.url}#/runs/?limit=1000")
-        expect(page.get_by_text(re.compile("^1000 runs shown"))).to_be_visible()
-        # Until the rows are laid out and painted: the next animation frame.
-        painted = page.evaluate(
-            "new Promise((r) => requestAnimationFrame(() => r(performance.now())))"
-        )
-        timings.append(painted - started)
-    assert page.locator("table[aria-label=Runs] tbody tr").count() == 1000
+    rows = page.locator("table[aria-label=Runs] tbody tr")
+    page.goto(f"{stack.url}#/runs/?limit=1000")
+    expect(page.get_by_text(re.compile("^1000 runs shown"))).to_be_visible()
+    assert rows.count() == 1000
+    assert rows.first.locator("a").inner_text() == "bulk-0999"  # newest first
     shoot(page, "runs-1000", full_page=False)
-    best = min(timings)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "runs-1000.json").write_text(json.dumps({"ms": timings, "best_ms": best}))
-    print(f"\n1,000 runs: fetched, rendered and painted in {best:.0f} ms (runs {timings})")
-    assert best < 5_000  # a sanity bound; the figure itself is printed and kept
+
+    # Paginated: 200 a page, the next page appended after the first.
+    page.goto(f"{stack.url}#/runs/?limit=200")
+    expect(page.get_by_text(re.compile("^200 runs shown, more available"))).to_be_visible()
+    page.get_by_role("button", name="Next page").click()
+    expect(page.get_by_text(re.compile("^400 runs shown, more available"))).to_be_visible()
+    assert rows.nth(399).locator("a").inner_text() == "bulk-0600"
+
+    # Keyboard: Tab moves from one run's link to the next, Enter opens that run.
+    rows.first.locator("a").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "bulk-0998"
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile("#/run/bulk-0998$"))
+    expect(page.get_by_role("heading", name=re.compile("Run bulk-0998"))).to_be_visible()
