@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status openapi \
+.PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status openapi console-screenshot \
         test test-unit demo bench chaos chaos-cluster clean chromium
 
 help: ## List the targets
@@ -85,6 +85,9 @@ test: install chromium lint typecheck proto-check ## Everything CI runs: lint, t
 
 demo: install ## Run a support goal end to end: broker, services, live steps, failover, cost table
 	$(RUN) python -m stepline_client.demo
+
+console-screenshot: install chromium ## docs/console-run.png: make demo's run followed live in the console (needs a broker)
+	$(RUN) python scripts/console_screenshot.py
 
 bench: install ## Benchmarks on a local broker; figures printed and written to bench/results/
 	$(UV) sync --frozen --all-packages --group bench

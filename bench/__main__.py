@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bench.console import main as console
 from bench.gateway import main as gateway
 from bench.raw_kafka import main as raw_kafka
 from bench.report import main as report
@@ -19,4 +20,5 @@ if __name__ == "__main__":
     asyncio.run(steps())  # reads raw_kafka.json for the four-round-trip ratio
     asyncio.run(stack())  # reads raw_kafka.json for the Kafka ceiling
     asyncio.run(scaleout())
+    asyncio.run(console())
     report()

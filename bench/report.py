@@ -338,12 +338,40 @@ def _stack(data: dict[str, Any], results: Path) -> list[str]:
     return lines
 
 
+def _console(data: dict[str, Any]) -> list[str]:
+    names = {
+        "page": "the console's runs page",
+        "api_fetch": "API fetch + JSON only",
+        "bare_list": "the same JSON as a bare list",
+    }
+    return [
+        "## Console: 1,000 runs drawn in headless Chromium (`bench/console.py`)",
+        "",
+        *_table(
+            ["", "p50", "p90", "best"],
+            [
+                [
+                    label,
+                    f"{data[k]['p50_ms']} ms",
+                    f"{data[k]['p90_ms']} ms",
+                    f"{data[k]['best_ms']} ms",
+                ]
+                for k, label in names.items()
+            ],
+        ),
+        "",
+        f"The page costs {data['page_minus_api_fetch_p50_ms']} ms over the API fetch alone "
+        f"(p50), {data['page_over_bare_list_p50']}× a bare list of the same runs.",
+    ]
+
+
 _SECTIONS: dict[str, Any] = {
     "raw_kafka": lambda data, results: _raw(data),
     "router": _router,
     "steps": _steps,
     "stack": _stack,
     "scaleout": _scaleout,
+    "console": lambda data, results: _console(data),
 }
 
 

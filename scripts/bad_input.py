@@ -127,7 +127,7 @@ class Stack:
             "STEPLINE_GRPC_PORT": str(free_port()),
             "STEPLINE_HTTP_PORT": "0",
             "STEPLINE_BILLING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{free_port()}",
+            "STEPLINE_FRONTDOOR_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "STEPLINE_EXECUTOR_DATA_DIR": str(state_dir / "tool-executor"),
             "STEPLINE_BILLING_DATA_DIR": str(state_dir / "billing"),
             "STEPLINE_FRONTDOOR_PORT": "0",

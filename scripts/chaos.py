@@ -71,7 +71,7 @@ __all__ = ["ChaosResult", "FlakyProvider", "Receiver", "main", "run_chaos"]
 
 TENANT = "chaos-tenant"
 AGENT = "chaos"
-# Every service that consumes with a group (the goal gateway only serves calls).
+# Every service that consumes with a group (the front door reads without one and serves calls).
 VICTIMS = tuple(spec.name for spec in discover() if spec.group is not None)
 GOAL = "Search the support tickets for refund problems and post a message about them"
 TERMINAL = ("completed", "failed", "cancelled")

@@ -37,7 +37,7 @@ WAVES = 8
 KILLS = 6
 KILL_EVERY_S = 4.0
 TENANT = "chaos-tenant"
-# Every service that consumes with a group (the goal gateway only serves calls).
+# Every service that consumes with a group (the front door reads without one and serves calls).
 VICTIMS = tuple(spec.name for spec in discover() if spec.group is not None)
 GOAL = "Search the support tickets for refund problems and post a message about them"
 

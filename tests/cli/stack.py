@@ -202,7 +202,7 @@ def stack_env(
         "STEPLINE_METRICS_PORT": "0",
         "STEPLINE_GRPC_PORT": str(free_port()),
         "STEPLINE_BILLING_GRPC_ADDRESS": billing,
-        "STEPLINE_GATEWAY_ADDRESS": f"127.0.0.1:{free_port()}",
+        "STEPLINE_FRONTDOOR_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
         "STEPLINE_EXECUTOR_DATA_DIR": str(state / "tool-executor"),
         "STEPLINE_BILLING_DATA_DIR": str(state / "billing"),
         "STEPLINE_FRONTDOOR_PORT": "0",

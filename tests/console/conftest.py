@@ -144,6 +144,7 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             ("viewer", "acme", frozenset({Scope.RUNS_READ})),
             ("gina", "globex", frozenset({Scope.RUNS_READ, Scope.APPROVALS_DECIDE})),
             ("bulk", "bulk", frozenset({Scope.RUNS_READ})),
+            ("root", "acme", frozenset({Scope.ADMIN})),
         ]
     }  # fmt: skip
     port = _free_port()
@@ -170,7 +171,7 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "STEPLINE_BILLING_DATA_DIR": str(state / "billing"),
             "STEPLINE_GRPC_ENABLED": "false",
             "STEPLINE_BILLING_GRPC_ADDRESS": "127.0.0.1:0",
-            "STEPLINE_GATEWAY_ADDRESS": "127.0.0.1:0",
+            "STEPLINE_FRONTDOOR_GRPC_ADDRESS": "127.0.0.1:0",
             "STEPLINE_METRICS_PORT": "0",
             "STEPLINE_FRONTDOOR_PORT": str(port),
             "STEPLINE_FRONTDOOR_DATA_DIR": str(state / "frontdoor"),

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2, usage_pb2
 
-__all__ = ["T0", "RunScript", "model_attempt"]
+__all__ = ["T0", "RunScript", "model_attempt", "usage_rollup"]
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -137,7 +137,7 @@ def model_attempt(
     """One model attempt's UsageRecorded."""
     step = f"{run_id}:{n}"
     return usage_pb2.UsageRecorded(
-        usage_id=f"{step}:1/{attempt}",
+        usage_id=f"{step}:1/attempt/{attempt}",  # the router's scheme: "<call_id>/attempt/<n>"
         tenant_id=tenant_id,
         run_id=run_id,
         step_id=step,
@@ -156,4 +156,40 @@ def model_attempt(
         attempt=attempt,
         route="default",
         agent="support",
+    )
+
+
+def usage_rollup(
+    tenant_id: str = "acme",
+    *,
+    model: str = "stepline-local-1",
+    tool: str = "",
+    cost: str = "0.0005",
+    calls: int = 1,
+    at: datetime = T0,
+    hourly: bool = True,
+) -> usage_pb2.UsageRollup:
+    """One of billing's UsageRollups (a model's, or a tool's when `tool` is given)."""
+    width = timedelta(hours=1) if hourly else timedelta(days=1)
+    start = at.replace(minute=0, second=0, microsecond=0)
+    if not hourly:
+        start = start.replace(hour=0)
+    kind = usage_pb2.USAGE_KIND_TOOL_EXECUTION if tool else usage_pb2.USAGE_KIND_MODEL_ATTEMPT
+    granularity = "hourly" if hourly else "daily"
+    return usage_pb2.UsageRollup(
+        rollup_id=f"{tenant_id}/{granularity}/{start:%Y-%m-%dT%H:%MZ}/{kind}/local/{model}/{tool}",
+        tenant_id=tenant_id,
+        window_start=_stamp(start),
+        window_end=_stamp(start + width),
+        granularity=(
+            usage_pb2.ROLLUP_GRANULARITY_HOURLY if hourly else usage_pb2.ROLLUP_GRANULARITY_DAILY
+        ),
+        kind=kind,
+        provider="" if tool else "local",
+        model="" if tool else model,
+        tool=tool,
+        usage=common_pb2.TokenUsage(input_tokens=100 * calls, output_tokens=20 * calls),
+        cost=common_pb2.Money(currency="USD", amount=cost),
+        calls=calls,
+        computed_at=_stamp(at),
     )

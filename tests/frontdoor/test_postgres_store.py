@@ -13,7 +13,7 @@ from stepline_frontdoor.convert import budget_row, refused_attempts, tool_output
 from stepline_frontdoor.readmodel import ApprovalStatus, RunRow, RunStatus
 from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
 from stepline_frontdoor.store import Position, ReadStore, RunFilter
-from tests.frontdoor.factories import T0, RunScript, model_attempt
+from tests.frontdoor.factories import T0, RunScript, model_attempt, usage_rollup
 from tests.frontdoor.feeding import feed
 
 
@@ -36,8 +36,15 @@ def _load(store: ReadStore) -> None:
         events += script.events
     events += RunScript("g1", tenant_id="globex").started().events
     usage = [model_attempt(f"r{i:02}", 1, attempt=2) for i in range(30)]
+    # Billing's rollups, a late smaller state among them: the fullest one is kept.
+    rollups = [
+        usage_rollup(calls=2, cost="0.001"),
+        usage_rollup(calls=1, cost="0.0005"),
+        usage_rollup(tool="crm", cost="0.01"),
+        usage_rollup("globex", hourly=False),
+    ]
     # Every record twice: a redelivery folds nothing twice.
-    feed(store, events + events, usage + usage)
+    feed(store, events + events, usage + usage, rollups + rollups)
     result = model_pb2.ModelCallResult(
         run_id="r01", tenant_id="acme", step_id="r01:1", call_id="r01:1:1",
         completed=model_pb2.ModelCallCompleted(attempts=[model_pb2.ModelAttempt(
@@ -76,6 +83,8 @@ def _everything(store: ReadStore) -> object:
         store.approvals("acme", status=ApprovalStatus.PENDING),
         store.attempts_since(None, T0),
         store.budget("acme"),
+        store.rollups(None, "hour", T0),
+        store.rollups(None, "day", T0.replace(hour=0)),
         store.positions(),
     )
 
@@ -90,3 +99,9 @@ def test_postgres_and_sqlite_end_in_the_same_rows(postgres: PostgresReadStore) -
     budget = postgres.budget("acme")
     assert budget is not None
     assert (budget.version, budget.monthly_spent, budget.daily_limit) == (2, Decimal("0.2"), None)
+    hourly = postgres.rollups("acme", "hour", T0)
+    assert [(r.kind, r.calls, r.cost) for r in hourly] == [
+        ("model", 2, Decimal("0.001")),
+        ("tool", 1, Decimal("0.01")),
+    ]
+    assert [r.tenant_id for r in postgres.rollups(None, "day", T0.replace(hour=0))] == ["globex"]

@@ -21,12 +21,19 @@ from stepline_frontdoor.store import RunFilter
 from stepline_runtime.codec import encode
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
-from tests.frontdoor.factories import RunScript, model_attempt
+from tests.frontdoor.factories import T0, RunScript, model_attempt, usage_rollup
 
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 2
-READ = (Topics.RUNS, Topics.USAGE, Topics.TOOL_RESULTS, Topics.MODEL_RESULTS, Topics.BUDGETS)
+READ = (
+    Topics.RUNS,
+    Topics.USAGE,
+    Topics.TOOL_RESULTS,
+    Topics.MODEL_RESULTS,
+    Topics.BUDGETS,
+    Topics.USAGE_ROLLUPS,
+)
 
 
 class Namespace:
@@ -73,7 +80,8 @@ async def projecting(
         runs_topic=ns.topic(Topics.RUNS), usage_topic=ns.topic(Topics.USAGE),
         tool_results_topic=ns.topic(Topics.TOOL_RESULTS),
         model_results_topic=ns.topic(Topics.MODEL_RESULTS),
-        budgets_topic=ns.topic(Topics.BUDGETS), partitions=topics,
+        budgets_topic=ns.topic(Topics.BUDGETS), rollups_topic=ns.topic(Topics.USAGE_ROLLUPS),
+        partitions=topics,
     )  # fmt: skip
     task = asyncio.create_task(projector.run())
     try:
@@ -120,6 +128,9 @@ async def test_catches_up_follows_live_resumes_and_rebuilds_identically(
             daily=budgets_pb2.BudgetPeriod(limit=common_pb2.Money(currency="USD", amount="5"),
                                            spent=common_pb2.Money(currency="USD", amount=spent)),
         ))  # fmt: skip
+    # Billing's rollups: the state with more calls wins, whatever order they are read in.
+    for calls, cost in ((3, "0.0015"), (2, "0.0010")):
+        await ns.publish(Topics.USAGE_ROLLUPS, "acme", usage_rollup(calls=calls, cost=cost))
     # Bad bytes on a topic the projector reads are skipped, never a stop.
     await ns.publish(Topics.RUNS, "run-bad", RunScript("x").started().events[0], b"\xff\x00junk")
     db = tmp_path / "rm.sqlite3"
@@ -132,6 +143,12 @@ async def test_catches_up_follows_live_resumes_and_rebuilds_identically(
             2, Decimal("0.30"), Decimal("5"),
         )  # fmt: skip
         assert budget.monthly_limit is None
+        [rollup] = store.rollups("acme", "hour", T0)
+        assert (rollup.calls, rollup.cost, rollup.model) == (
+            3,
+            Decimal("0.0015"),
+            "stepline-local-1",
+        )
         # Live: a new event wakes whoever watches its run.
         woke = asyncio.create_task(feed.wait("live-1", 20))
         await asyncio.sleep(0.1)

@@ -85,7 +85,7 @@ def test_discovery_finds_every_installed_service_once() -> None:
     specs = discover()
     assert [s.name for s in specs] == sorted(points)
     assert service_names() == tuple(sorted(points))
-    assert {"planner", "model-router", "tool-executor", "billing", "gateway"} <= set(points)
+    assert {"planner", "model-router", "tool-executor", "billing", "frontdoor"} <= set(points)
     # Planner is the only exactly-once service; every at-least-once consumer has a group.
     assert [s.name for s in specs if s.transactional] == ["planner"]
 

@@ -11,14 +11,18 @@ import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
+from stepline_frontdoor.app import RegistryOrFile
 from stepline_frontdoor.commands import RecordingCommands
 from stepline_frontdoor.http_api import Api, build_app
 from stepline_frontdoor.keyfile import StaticAuthenticator
+from stepline_frontdoor.keyuse import LastUse
 from stepline_frontdoor.live import RunFeed
 from stepline_frontdoor.openapi import COMMITTED, document, render
 from stepline_frontdoor.sqlstore import SqliteReadStore
-from stepline_keys import Principal, Scope
-from tests.frontdoor.factories import T0, RunScript, model_attempt
+from stepline_keys import KeyRegistry, Principal, Scope
+from stepline_keys.feeds import InMemoryKeyLog
+from stepline_keys.manage import KeyAdmin
+from tests.frontdoor.factories import T0, RunScript, model_attempt, usage_rollup
 from tests.frontdoor.feeding import feed
 
 READER = "sk-acme-reader"
@@ -50,8 +54,18 @@ class Console:
     def __init__(self) -> None:
         self.store = SqliteReadStore(":memory:")
         self.commands = RecordingCommands()
+        clock = lambda: T0 + timedelta(minutes=1)  # noqa: E731
+        self.registry = KeyRegistry(clock)
+        self.key_log = InMemoryKeyLog()
+        keys = LastUse(RegistryOrFile(self.registry, KEYS), clock)
         api = Api(
-            self.store, self.commands, KEYS, RunFeed(), clock=lambda: T0 + timedelta(minutes=1)
+            self.store,
+            self.commands,
+            keys,
+            RunFeed(),
+            keys=KeyAdmin(self.registry, self.key_log, clock),
+            last_used=keys.last_used,
+            clock=clock,
         )
         self.client = TestClient(build_app(api, document, lambda: True))
 
@@ -72,6 +86,12 @@ def console() -> Iterator[Console]:
         + RunScript("r2", agent="sales").started().completed(answer="42").events
         + RunScript("g1", tenant_id="globex").started().approval("ga").events,
         [model_attempt("r1", 1), model_attempt("g1", 1, tenant_id="globex")],
+        [
+            usage_rollup(calls=1, cost="0.0005"),
+            usage_rollup(tool="send_reply", cost="0.01"),
+            usage_rollup(hourly=False, calls=1, cost="0.0005"),
+            usage_rollup("globex", cost="9"),
+        ],
     )
     with c.client:
         yield c
@@ -138,7 +158,17 @@ def test_list_filters_and_answers_match_the_openapi_document(console: Console) -
 
     costs = console.get("/api/costs", key=APPROVER, since=T0.isoformat()).json()
     jsonschema.validate(costs, _schema("SpendList"))
-    assert [(s["tenant_id"], s["cost"]) for s in costs["lines"]] == [("acme", "0.0005")]
+    # Billing's hourly rollups of acme only (globex's stay hidden), and agents from the usage.
+    lines = costs["lines"]
+    assert [(s["tenant_id"], s["kind"], s["model"], s["tool"], s["cost"]) for s in lines] == [
+        ("acme", "model", "stepline-local-1", "", "0.0005"),
+        ("acme", "tool", "", "send_reply", "0.01"),
+    ]  # fmt: skip
+    assert [(a["agent"], a["cost"], a["calls"]) for a in costs["agents"]] == [
+        ("support", "0.0005", 1)
+    ]
+    daily = console.get("/api/costs", key=APPROVER, granularity="day", since=T0.isoformat())
+    assert [s["cost"] for s in daily.json()["lines"]] == ["0.0005"]
     health = console.get("/api/providers", key=APPROVER).json()
     jsonschema.validate(health, _schema("ProviderList"))
     assert [p["deployment"] for p in health["providers"]] == ["local"]
@@ -218,3 +248,49 @@ def test_pages_and_unknown_api_paths(console: Console) -> None:
     assert "<title>" in page.text
     assert console.get("/api/nothing").status_code == 404
     assert console.client.get("/openapi.json").json()["openapi"] == "3.1.0"
+
+
+def test_an_admin_key_lists_creates_and_revokes_keys_of_its_tenant(console: Console) -> None:
+    assert console.get("/api/keys", key=APPROVER).status_code == 403  # no admin scope
+    assert console.get("/api/keys", key=GLOBEX).json() == {"keys": []}
+    created = console.post("/api/keys", {"scopes": ["runs:read"], "label": "ci"}, key=GLOBEX)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    jsonschema.validate(body, _schema("NewKey"))
+    secret, key = body["secret"], body["key"]
+    assert secret.startswith(key["prefix"])
+    assert key["prefix"] == f"sk-stl-{key['key_id']}_"
+    assert (key["tenant_id"], key["scopes"], key["status"], key["issued_by"]) == (
+        "globex", ["runs:read"], "active", "root",
+    )  # fmt: skip
+    assert [e.key_id for e in console.key_log.events] == [key["key_id"]]
+
+    # The new key works at once, reads its tenant, and its use is noted.
+    assert [r["run_id"] for r in console.get("/api/runs", key=secret).json()["runs"]] == ["g1"]
+    listed = console.get("/api/keys", key=GLOBEX).json()["keys"]
+    jsonschema.validate({"keys": listed}, _schema("KeyList"))
+    assert [k["key_id"] for k in listed] == [key["key_id"]]
+    assert listed[0]["last_used_at"] is not None
+    assert secret not in json.dumps(listed)  # never shown again
+
+    # Another tenant's admin neither sees nor revokes it; its own admin revokes it.
+    assert console.post(f"/api/keys/{key['key_id']}/revoke", {}, key=APPROVER).status_code == 403
+    revoked = console.post(f"/api/keys/{key['key_id']}/revoke", {"reason": "leaked"}, key=GLOBEX)
+    assert revoked.status_code == 200
+    assert revoked.json()["status"] == "revoked"
+    assert console.get("/api/runs", key=secret).status_code == 401
+    again = console.post(f"/api/keys/{key['key_id']}/revoke", {}, key=GLOBEX)
+    assert again.status_code == 409
+    assert console.get("/api/keys", key=GLOBEX).json() == {"keys": []}
+    assert len(console.get("/api/keys", key=GLOBEX, all="true").json()["keys"]) == 1
+
+
+def test_key_requests_are_checked(console: Console) -> None:
+    bad_scope = console.post("/api/keys", {"scopes": ["root"]}, key=GLOBEX)
+    assert bad_scope.status_code == 400
+    assert "root" in bad_scope.json()["error"]["message"]
+    assert console.post("/api/keys", {"scopes": []}, key=GLOBEX).status_code == 400
+    other = console.post("/api/keys", {"scopes": ["runs:read"], "tenant": "acme"}, key=GLOBEX)
+    assert other.status_code == 403
+    assert console.post("/api/keys/key_0000000000000000/revoke", {}, key=GLOBEX).status_code == 404
+    assert console.key_log.events == []

@@ -15,7 +15,7 @@ from stepline_frontdoor.readmodel import (
     RunStatus,
     project,
 )
-from stepline_frontdoor.reports import CircuitState, Granularity, provider_health, spend
+from stepline_frontdoor.reports import CircuitState, Granularity, agent_spend, provider_health
 from tests.frontdoor.factories import T0, RunScript, model_attempt
 
 
@@ -97,21 +97,21 @@ def test_an_event_already_folded_changes_nothing() -> None:
     assert again == Projection(run=None)
 
 
-def test_spend_groups_attempts_by_window_agent_and_model() -> None:
+def test_agent_spend_groups_attempts_by_window_and_agent() -> None:
     rows = [
         attempt_row(model_attempt("r1", 1, at=T0, cost="0.001"), T0),
         attempt_row(model_attempt("r1", 2, at=T0 + timedelta(minutes=5), cost="0.002"), T0),
         attempt_row(model_attempt("r2", 1, at=T0 + timedelta(hours=1), cost="0.004"), T0),
     ]
-    hourly = spend(rows, Granularity.HOUR)
+    hourly = agent_spend(rows, Granularity.HOUR)
     assert [(s.window_start, s.cost, s.calls) for s in hourly] == [
         (T0, Decimal("0.003"), 2),
         (T0 + timedelta(hours=1), Decimal("0.004"), 1),
     ]
     refused = model_attempt("r3", 1, outcome=model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN)
-    assert spend([*rows, attempt_row(refused, T0)], Granularity.HOUR) == hourly
-    [daily] = spend(rows, Granularity.DAY)
-    assert (daily.cost, daily.calls, daily.model) == (Decimal("0.007"), 3, "stepline-local-1")
+    assert agent_spend([*rows, attempt_row(refused, T0)], Granularity.HOUR) == hourly
+    [daily] = agent_spend(rows, Granularity.DAY)
+    assert (daily.cost, daily.calls, daily.tenant_id) == (Decimal("0.007"), 3, "acme")
 
 
 def test_provider_health_shows_an_open_circuit_error_rates_and_latency() -> None:

@@ -154,7 +154,11 @@ def test_attempts_a_circuit_breaker_refused_come_from_the_model_result() -> None
     ]
     assert store.apply_attempts(refused, Position("results", 0, 0))
     assert not store.apply_attempts(refused, Position("results", 0, 0))  # redelivered
-    feed(store, usage=[model_attempt("r1", 1, attempt=2)])
+    # The router records the refusal too: whichever arrives first is kept, the other is the same.
+    circuit_open = model_pb2.MODEL_ATTEMPT_OUTCOME_CIRCUIT_OPEN
+    feed(store, usage=[model_attempt("r1", 1, attempt=1, deployment="primary",
+                                     outcome=circuit_open, cost="0"),
+                       model_attempt("r1", 1, attempt=2)])  # fmt: skip
     assert [(a.attempt, a.outcome) for a in store.attempts("acme", "r1")] == [
         (1, "circuit_open"),
         (2, "succeeded"),

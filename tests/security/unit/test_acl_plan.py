@@ -84,11 +84,12 @@ def test_planner_transactional_ids_are_a_namespaced_prefix_of_the_processor_ids(
     # TransactionalProcessor uses f"{app_id}-{partition}" with app_id = the namespaced group.
     assert f"{namespaced(PLANNER.name, 'staging')}-3".startswith(txn.names[0])
     assert txn.names == ("staging.planner-",)
-    # Reads and writes its own changelog; the gateway never touches it.
+    # Reads and writes its own changelog; the front door never touches it.
     state = namespaced(Topics.PLANNER_STATE, "staging")
     assert any(state in b.names and "Read" in b.operations for b in planner)
-    gateway = [b for b in bindings(ACCESS, "staging") if b.principal == "User:gateway"]
-    assert all(state not in b.names for b in gateway)
+    frontdoor = [b for b in bindings(ACCESS, "staging") if b.principal == "User:frontdoor"]
+    assert frontdoor
+    assert all(state not in b.names for b in frontdoor)
 
 
 def test_unknown_topic_is_rejected() -> None:

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TERMINAL", "Goal", "Stepline", "is_terminal"]
 
-# Imported on first use, so `stepline_client.gateway_spec` (read by every tool that lists the
-# services) does not pull in the Kafka client.
+# Imported on first use, so importing a light module of the package (the CLI's helpers) does not
+# pull in the Kafka client.
 _HOMES = {
     "Goal": "stepline_client.client",
     "Stepline": "stepline_client.client",

@@ -614,7 +614,7 @@ def _service_env(
         # The demo talks Kafka only; gRPC fronts on fixed ports would collide with a dev stack.
         "STEPLINE_GRPC_ENABLED": "false",
         "STEPLINE_BILLING_GRPC_ADDRESS": "127.0.0.1:0",
-        "STEPLINE_GATEWAY_ADDRESS": "127.0.0.1:0",
+        "STEPLINE_FRONTDOOR_GRPC_ADDRESS": "127.0.0.1:0",
         # The router's HTTP gateway, called at the end with the OpenAI SDK and this run's key.
         "STEPLINE_HTTP_PORT": str(port),
         "STEPLINE_DEV_API_KEY": key,

@@ -18,11 +18,19 @@ from typing import TextIO
 
 import grpc
 
-from stepline_keys import Grant, Key, KeyEvent, KeyRegistry, Limits, Scope, UnauthenticatedError
-from stepline_keys.admin import NewKey, issue, revoke, rotate
+from stepline_keys import Grant, KeyEvent, KeyRegistry, Limits, Scope, UnauthenticatedError
+from stepline_keys.admin import NewKey, issue
 from stepline_keys.credentials import KEY_FILE_NAME, load_api_key, write_key_file
 from stepline_keys.feeds import KafkaKeyLog, follow_keys
 from stepline_keys.grpcdoor import call_metadata
+from stepline_keys.manage import (
+    KeyAdmin,
+    KeyAdminError,
+    UnknownKeyError,
+    keys_of,
+    parse_scopes,
+    status_of,
+)
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import Topics, ensure_service_topics
 
@@ -124,15 +132,10 @@ def _amount(text: str | None, flag: str) -> Decimal | None:
 
 
 def _scopes(text: str) -> frozenset[Scope]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    known = ", ".join(s.value for s in Scope)
     try:
-        scopes = frozenset(Scope(n) for n in names)
-    except ValueError as error:
-        raise KeysCliError(f"--scopes {text!r}: each scope must be one of {known}") from error
-    if not scopes:
-        raise KeysCliError(f"--scopes needs at least one of {known}")
-    return scopes
+        return parse_scopes(text.split(","))
+    except KeyAdminError as error:
+        raise KeysCliError(f"--scopes {text!r}: {error}") from error
 
 
 def _names(text: str | None) -> frozenset[str]:
@@ -162,16 +165,12 @@ async def _create(args: argparse.Namespace, settings: ServiceSettings, out: Text
         label=args.label or "",
     )
     await ensure_service_topics(settings, {Topics.KEYS}, "stepline-cli-keys")
-    new = issue(args.tenant, grant, actor=_actor(), now=_now())
-    await _publish(settings, new.event)
+    async with KafkaKeyLog(settings, source="stepline-cli") as log:
+        new = await KeyAdmin(KeyRegistry(_now), log, _now).create(
+            args.tenant, grant, actor=_actor()
+        )
     _print_new(new, args.tenant, out)
     return 0
-
-
-def _status(key: Key, now: datetime) -> str:
-    if key.revoked_at is not None:
-        return "revoked"
-    return "active" if key.active(now) else "expired"
 
 
 def _limits(limits: Limits) -> str:
@@ -191,15 +190,14 @@ async def _list(args: argparse.Namespace, settings: ServiceSettings, out: TextIO
         (
             k.key_id,
             k.tenant_id,
-            _status(k, now),
+            status_of(k, now).value,
             ",".join(sorted(s.value for s in k.grant.scopes)),
             _limits(k.grant.limits),
             k.grant.expires_at.strftime("%Y-%m-%d") if k.grant.expires_at else "-",
             k.grant.label or "-",
             f"{k.issued_by} {k.issued_at:%Y-%m-%d %H:%M}",
         )
-        for k in registry.all_keys()
-        if (args.tenant is None or k.tenant_id == args.tenant) and (args.all or k.active(now))
+        for k in keys_of(registry, now, tenant=args.tenant, include_inactive=args.all)
     ]
     header = ("key", "tenant", "status", "scopes", "limits", "expires", "label", "issued")
     widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=False)]
@@ -208,27 +206,20 @@ async def _list(args: argparse.Namespace, settings: ServiceSettings, out: TextIO
     return 0
 
 
-async def _known(settings: ServiceSettings, key_id: str) -> Key:
-    key = (await _registry(settings)).get(key_id)
-    if key is None:
-        raise KeysCliError(f"no key {key_id}; `stepline keys list --all` shows every key")
-    if key.revoked_at is not None:
-        raise KeysCliError(f"key {key_id} was revoked on {key.revoked_at:%Y-%m-%d %H:%M}")
-    return key
-
-
 async def _revoke(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    key = await _known(settings, args.key_id)
-    await _publish(settings, revoke(key.key_id, actor=_actor(), now=_now(), reason=args.reason))
+    registry = await _registry(settings)
+    async with KafkaKeyLog(settings, source="stepline-cli") as log:
+        key = await KeyAdmin(registry, log, _now).revoke(
+            args.key_id, actor=_actor(), reason=args.reason
+        )
     print(f"revoked {key.key_id} (tenant {key.tenant_id})", file=out)
     return 0
 
 
 async def _rotate(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    key = await _known(settings, args.key_id)
-    fresh, revoked = rotate(key, actor=_actor(), now=_now())
-    # The new key first: callers never face a moment with neither key valid.
-    await _publish(settings, fresh.event, revoked)
+    registry = await _registry(settings)
+    async with KafkaKeyLog(settings, source="stepline-cli") as log:
+        fresh, key = await KeyAdmin(registry, log, _now).rotate(args.key_id, actor=_actor())
     _print_new(fresh, key.tenant_id, out)
     print(f"revoked {key.key_id}", file=out)
     return 0
@@ -269,6 +260,9 @@ async def run(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) 
     """Run one `stepline keys` action."""
     try:
         return await _ACTIONS[args.keys](args, settings, out)
-    except KeysCliError as error:
+    except UnknownKeyError as error:
+        print(f"stepline: {error}; `stepline keys list --all` shows every key", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeysCliError, KeyAdminError) as error:
         print(f"stepline: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,8 +1,9 @@
-"""Composition root: the only place that builds settings, the store, Kafka clients and the server.
+"""Composition root: the only place that builds settings, the store, Kafka clients and servers.
 
 `build` is the service's build function for `stepline_runtime.lifecycle.run_service`: it opens
-the real adapters and yields the running parts (the projector and the HTTP server). `wire`
-assembles the console over whatever ports it is given, so tests can run it on in-memory twins.
+the real adapters and yields the running parts (the projector, the HTTP server of the console
+and its JSON API, and the gRPC server of `GatewayService`). `wire` assembles the console over
+whatever ports it is given, so tests can run it on in-memory twins.
 """
 
 from __future__ import annotations
@@ -15,24 +16,31 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import grpc
 import uvicorn
 from starlette.applications import Starlette
 
+from stepline.v1 import gateway_service_pb2_grpc
 from stepline_client.client import Stepline
 from stepline_frontdoor.commands import Commands, KafkaCommands
 from stepline_frontdoor.config import Settings
-from stepline_frontdoor.http_api import Api, build_app
+from stepline_frontdoor.grpc_service import Gateway
+from stepline_frontdoor.http_api import Api, LastUsed, build_app
 from stepline_frontdoor.keyfile import StaticAuthenticator
+from stepline_frontdoor.keyuse import LastUse
 from stepline_frontdoor.live import RunFeed
 from stepline_frontdoor.openapi import document
 from stepline_frontdoor.projector import Projector
 from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
 from stepline_frontdoor.store import ReadStore
 from stepline_keys import Authenticator, Principal
+from stepline_keys.feeds import KafkaKeyLog
+from stepline_keys.grpcdoor import RequireKey
+from stepline_keys.manage import KeyAdmin
 from stepline_keys.secret import key_id_of
 from stepline_keys.service import key_services
 from stepline_runtime.catalog import Topics
-from stepline_runtime.lifecycle import Running, ServiceContext, TaskPart
+from stepline_runtime.lifecycle import GrpcServerPart, Running, ServiceContext, TaskPart
 
 __all__ = ["Frontdoor", "HttpServerPart", "RegistryOrFile", "build", "clock", "open_store", "wire"]
 
@@ -67,7 +75,9 @@ def wire(
     store: ReadStore,
     commands: Commands,
     authenticator: Authenticator,
+    keys: KeyAdmin,
     partitions: Mapping[str, int],
+    last_used: LastUsed = lambda _: None,
     now: Callable[[], datetime] = clock,
 ) -> Frontdoor:
     """The console over the given ports (nothing is started).
@@ -84,10 +94,11 @@ def wire(
         tool_results_topic=settings.topic(Topics.TOOL_RESULTS),
         model_results_topic=settings.topic(Topics.MODEL_RESULTS),
         budgets_topic=settings.topic(Topics.BUDGETS),
+        rollups_topic=settings.topic(Topics.USAGE_ROLLUPS),
         partitions=partitions,
         clock=now,
     )
-    api = Api(store, commands, authenticator, feed, clock=now)
+    api = Api(store, commands, authenticator, feed, keys=keys, last_used=last_used, clock=now)
     app = build_app(api, document, projector.caught_up.is_set)
     return Frontdoor(app, store, projector, feed)
 
@@ -162,16 +173,18 @@ class RegistryOrFile:
 async def build(
     context: ServiceContext[Settings], authenticator: Authenticator | None = None
 ) -> AsyncIterator[Running]:
-    """The front door's parts: the read-model projector and the HTTP server over it."""
+    """The front door's parts: the read-model projector, the HTTP server over it (console and
+    JSON API) and the gRPC server of `GatewayService`, all on the same keys."""
     settings = context.settings
     store = open_store(settings)
     try:
         async with (
             Stepline(settings, source=context.spec.name) as client,
             key_services(settings, client_id=context.spec.name, clock=clock) as registry,
+            KafkaKeyLog(settings, source=context.spec.name) as key_log,
         ):
-            keys = authenticator
-            if keys is None:
+            chosen = authenticator
+            if chosen is None:
                 from_file = StaticAuthenticator.from_file(settings.frontdoor_keys_file)
                 if not from_file and not registry.registry.all_keys():
                     log.warning(
@@ -180,20 +193,29 @@ async def build(
                         "stepline_frontdoor.keyfile issue --file FILE --tenant T --scope admin`)",
                         extra={"keys_file": str(settings.frontdoor_keys_file)},
                     )
-                keys = RegistryOrFile(registry.registry, from_file)
+                chosen = RegistryOrFile(registry.registry, from_file)
+            keys = LastUse(chosen, clock)
             parts = wire(
                 settings,
                 store=store,
                 commands=KafkaCommands(client),
                 authenticator=keys,
+                keys=KeyAdmin(registry.registry, key_log, clock),
                 partitions=context.partitions,
+                last_used=keys.last_used,
             )
             http = HttpServerPart(parts.app, settings.frontdoor_host, settings.frontdoor_port)
+            server = grpc.aio.server(interceptors=[RequireKey(keys)])
+            gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
+                Gateway(client, keys), server
+            )
+            grpc_port = server.add_insecure_port(settings.frontdoor_grpc_address)
             projector = TaskPart("projector", parts.projector.run, stop=parts.projector.stop)
             yield Running(
-                [projector, http],
+                [projector, http, GrpcServerPart(server, grace_s=2)],
                 {
                     "url": f"http://{settings.frontdoor_host}:{settings.frontdoor_port}/",
+                    "grpc_port": grpc_port,
                     "store": "postgresql" if settings.frontdoor_dsn else "sqlite",
                 },
             )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from stepline_frontdoor.spec import SPEC
 from stepline_runtime.settings import ServiceSettings
 
 __all__ = ["Settings"]
@@ -21,6 +22,10 @@ class Settings(ServiceSettings):
         default="127.0.0.1", description="Interface the console listens on (loopback by default)."
     )
     frontdoor_port: int = Field(default=8470, ge=0, le=65535, description="0 picks a free port.")
+    frontdoor_grpc_address: str = Field(
+        default=f"127.0.0.1:{SPEC.ports['grpc']}",
+        description="host:port of the gRPC GatewayService (port 0 picks a free one).",
+    )
     frontdoor_data_dir: Path = Field(
         default=_REPO_ROOT / ".local" / "frontdoor",
         description="Folder of the SQLite read model (runs.sqlite3) when no DSN is set.",
@@ -31,7 +36,7 @@ class Settings(ServiceSettings):
     )
     frontdoor_keys_file: Path = Field(
         default=_REPO_ROOT / ".local" / "frontdoor" / "keys.toml",
-        description="API keys (SHA-256 of each secret, tenant, scopes) until the key registry.",
+        description="Local API keys (SHA-256 of each secret, tenant, scopes) beside the registry.",
     )
 
     @property

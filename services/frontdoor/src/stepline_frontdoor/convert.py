@@ -23,6 +23,7 @@ from stepline_frontdoor.readmodel import (
     BudgetRow,
     EventKind,
     Final,
+    RollupRow,
     RunFact,
     ToolOutputRow,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "budget_row",
     "enum_label",
     "refused_attempts",
+    "rollup_row",
     "run_fact",
     "tool_output_row",
 ]
@@ -180,6 +182,37 @@ def attempt_row(record: usage_pb2.UsageRecorded, received_at: datetime) -> Attem
     )
 
 
+_GRANULARITY = {
+    usage_pb2.ROLLUP_GRANULARITY_HOURLY: "hour",
+    usage_pb2.ROLLUP_GRANULARITY_DAILY: "day",
+}
+
+
+def rollup_row(rollup: usage_pb2.UsageRollup, received_at: datetime) -> RollupRow:
+    """The row of one billing `UsageRollup`; ValueError for one of no known granularity."""
+    granularity = _GRANULARITY.get(rollup.granularity)
+    if granularity is None or not rollup.rollup_id or not rollup.tenant_id:
+        raise ValueError("a usage rollup needs an id, a tenant and an hourly or daily window")
+    return RollupRow(
+        rollup_id=rollup.rollup_id,
+        tenant_id=rollup.tenant_id,
+        granularity=granularity,
+        window_start=_time(rollup.window_start, received_at),
+        kind="model" if rollup.kind == usage_pb2.USAGE_KIND_MODEL_ATTEMPT else "tool",
+        provider=rollup.provider,
+        model=rollup.model,
+        tool=rollup.tool,
+        cost=_amount(rollup.cost),
+        currency=rollup.cost.currency,
+        calls=rollup.calls,
+        failures=rollup.failures,
+        unpriced_calls=rollup.unpriced_calls,
+        input_tokens=rollup.usage.input_tokens,
+        output_tokens=rollup.usage.output_tokens,
+        computed_at=_time(rollup.computed_at, received_at),
+    )
+
+
 def tool_output_row(result: tools_pb2.ToolCallResult, received_at: datetime) -> ToolOutputRow:
     """The output row of one `ToolCallResult`."""
     output, error, truncated = "", "", False
@@ -207,15 +240,20 @@ def tool_output_row(result: tools_pb2.ToolCallResult, received_at: datetime) -> 
 
 
 def refused_attempts(result: model_pb2.ModelCallResult, received_at: datetime) -> list[AttemptRow]:
-    """The attempts the router did not send (circuit open): they have no `UsageRecorded`."""
+    """The attempts the router did not send (circuit open), as the model result lists them.
+
+    The router also records each as a `UsageRecorded` (outcome circuit_open, nothing spent);
+    the row carries that record's usage id, so whichever of the two arrives first is kept and
+    the other is the same attempt, not a second one.
+    """
     which = result.WhichOneof("outcome")
     if which is None:
         return []
     trail = getattr(result, which).attempts
     return [
         AttemptRow(
-            # Distinct from the router's usage ids ("<call_id>/attempt/<n>"): never a collision.
-            usage_id=f"{result.call_id}/attempt/{a.attempt}/not-sent",
+            # The router's usage id of the attempt ("<call_id>/attempt/<n>"): one row per attempt.
+            usage_id=f"{result.call_id}/attempt/{a.attempt}",
             tenant_id=result.tenant_id,
             run_id=result.run_id,
             step_id=result.step_id,

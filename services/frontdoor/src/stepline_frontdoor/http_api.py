@@ -24,8 +24,9 @@ from stepline_client.client import Goal
 from stepline_frontdoor.commands import Cancel, Commands, Decision
 from stepline_frontdoor.live import RunFeed
 from stepline_frontdoor.readmodel import ApprovalStatus, RunStatus
-from stepline_frontdoor.reports import Granularity, provider_health, spend
+from stepline_frontdoor.reports import Granularity, agent_spend, provider_health, window_start
 from stepline_frontdoor.schemas import (
+    AgentCost,
     Approval,
     ApprovalList,
     Attempt,
@@ -35,9 +36,14 @@ from stepline_frontdoor.schemas import (
     Error,
     ErrorBody,
     Event,
+    KeyInfo,
+    KeyList,
     Me,
+    NewKey,
+    NewKeyBody,
     Provider,
     ProviderList,
+    RevokeKeyBody,
     Run,
     RunDetail,
     RunPage,
@@ -51,19 +57,32 @@ from stepline_frontdoor.store import ReadStore, RunFilter
 from stepline_keys import (
     Authenticator,
     AuthError,
+    Grant,
     PermissionDeniedError,
     Principal,
     Scope,
     UnauthenticatedError,
 )
 from stepline_keys.access import is_loopback_host, require_origin
+from stepline_keys.manage import KeyAdmin, KeyAdminError, RevokedKeyError, parse_scopes
 
-__all__ = ["ENDPOINTS", "STATIC", "Api", "ApiError", "Endpoint", "Param", "build_app"]
+__all__ = [
+    "ENDPOINTS",
+    "STATIC",
+    "Api",
+    "ApiError",
+    "Endpoint",
+    "LastUsed",
+    "Param",
+    "build_app",
+]
 
 STATIC = Path(__file__).parent / "static"
 
 B = TypeVar("B", bound=BaseModel)
 Handler = Callable[[Request, Principal], Awaitable[Response]]
+# When a key id was last accepted (None: not seen), for the Keys page.
+LastUsed = Callable[[str], datetime | None]
 
 _TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
 
@@ -156,7 +175,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              Scope.APPROVALS_DECIDE, "decide", status=202, body=DecisionBody,
              slashes_in_last=True),
     Endpoint("GET", "/api/costs", "getCosts",
-             "Spend per window, agent, model and tool, from the usage records",
+             "Spend per window, model and tool (billing's rollups) and agent, and the budget",
              Scope.USAGE_READ, "costs", response=SpendList, params=(
                  _string("Window width", "granularity", enum=[g.value for g in Granularity]),
                  _string("From (ISO 8601; default: 7 days ago)", "since", format="date-time"),
@@ -167,6 +186,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                  Param("minutes", "Window (1–1440, default 15)",
                        {"type": "integer", "minimum": 1, "maximum": 1440}),
              )),
+    Endpoint("GET", "/api/keys", "listKeys",
+             "API keys the admin key may manage (its tenant's), never their secrets",
+             Scope.ADMIN, "list_keys", response=KeyList, params=(
+                 Param("all", "Revoked and expired keys too", {"type": "boolean"}),
+             )),
+    Endpoint("POST", "/api/keys", "createKey",
+             "Issue a key (publishes KeyIssued); the secret is in this answer only",
+             Scope.ADMIN, "create_key", status=201, response=NewKey, body=NewKeyBody),
+    Endpoint("POST", "/api/keys/{key_id}/revoke", "revokeKey",
+             "Revoke a key (publishes KeyRevoked); every door refuses it within seconds",
+             Scope.ADMIN, "revoke_key", response=KeyInfo, body=RevokeKeyBody),
 )  # fmt: skip
 
 
@@ -224,9 +254,13 @@ class Api:
         authenticator: Authenticator,
         feed: RunFeed,
         *,
+        keys: KeyAdmin,
+        last_used: LastUsed = lambda _: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         heartbeat_s: float = 15.0,
     ) -> None:
+        self._keys = keys
+        self._last_used = last_used
         self._store = store
         self._commands = commands
         self._auth = authenticator
@@ -428,16 +462,26 @@ class Api:
         return Response(status_code=202)
 
     async def costs(self, request: Request, principal: Principal) -> Response:
-        """Spend of the tenant per window."""
+        """Spend of the key's tenant per window (every tenant's for the local development key)."""
         raw = request.query_params.get("granularity") or Granularity.HOUR.value
         if raw not in Granularity._value2member_map_:
             raise ApiError(400, "invalid_argument", f"unknown granularity {raw!r}")
+        granularity = Granularity(raw)
         since = _parse_time(request.query_params.get("since"), "since")
-        since = since or self._clock() - timedelta(days=7)
-        lines = spend(self._store.attempts_since(principal.tenant_id, since), Granularity(raw))
+        # Whole windows: the rollup that holds `since` counts, as its agent lines do.
+        since = window_start(since or self._clock() - timedelta(days=7), granularity)
+        tenant = None if principal.loopback_only else principal.tenant_id
+        rollups = self._store.rollups(tenant, raw, since)
+        agents = agent_spend(self._store.attempts_since(tenant, since), granularity)
         found = self._store.budget(principal.tenant_id)
-        budget = None if found is None else Budget.of(found)
-        return _json(SpendList(granularity=raw, lines=[Spend.of(s) for s in lines], budget=budget))
+        return _json(
+            SpendList(
+                granularity=raw,
+                lines=[Spend.of(r) for r in rollups],
+                agents=[AgentCost.of(a) for a in agents],
+                budget=None if found is None else Budget.of(found),
+            )
+        )
 
     async def providers(self, request: Request, principal: Principal) -> Response:
         """Deployment health from the attempts (all tenants' for an admin key)."""
@@ -450,6 +494,57 @@ class Api:
         )
         return _json(ProviderList(window_minutes=minutes,
                                   providers=[Provider.of(p) for p in health]))  # fmt: skip
+
+    # -- keys ------------------------------------------------------------------------------
+    def _key_info(self, key_id: str) -> KeyInfo:
+        key = self._keys.registry.get(key_id)
+        assert key is not None, "a key the registry just folded"
+        return KeyInfo.of(key, self._clock(), self._last_used(key_id))
+
+    async def list_keys(self, request: Request, principal: Principal) -> Response:
+        """Keys of the admin key's tenant (every tenant's for the local development key)."""
+        include = request.query_params.get("all", "").lower() in ("1", "true", "yes")
+        tenant = None if principal.loopback_only else principal.tenant_id
+        keys = self._keys.listing(tenant=tenant, include_inactive=include)
+        now = self._clock()
+        return _json(KeyList(keys=[KeyInfo.of(k, now, self._last_used(k.key_id)) for k in keys]))
+
+    async def create_key(self, request: Request, principal: Principal) -> Response:
+        """Issue a key; the answer carries its secret, which is never shown again."""
+        body = await _body(request, NewKeyBody)
+        tenant = principal.tenant_for(body.tenant)
+        expires = None
+        if body.expires_in_days is not None:
+            expires = self._clock() + timedelta(days=body.expires_in_days)
+        try:
+            grant = Grant(
+                parse_scopes(body.scopes),
+                agents=frozenset(a.strip() for a in body.agents if a.strip()),
+                expires_at=expires,
+                label=body.label,
+            )
+            new = await self._keys.create(tenant, grant, actor=principal.label or principal.key_id)
+        except KeyAdminError as error:
+            raise ApiError(400, "invalid_argument", str(error)) from error
+        return _json(NewKey(key=self._key_info(new.key_id), secret=new.secret), 201)
+
+    async def revoke_key(self, request: Request, principal: Principal) -> Response:
+        """Revoke a key of the admin key's tenant."""
+        key_id = request.path_params["key_id"]
+        key = self._keys.registry.get(key_id)
+        # Another tenant's key is answered like a missing one.
+        if key is None or not principal.may_see(key.tenant_id):
+            raise ApiError(404, "not_found", f"no key {key_id}")
+        body = await _body(request, RevokeKeyBody)
+        try:
+            await self._keys.revoke(
+                key_id,
+                actor=principal.label or principal.key_id,
+                reason=body.reason or "revoked from the console",
+            )
+        except RevokedKeyError as error:
+            raise ApiError(409, "failed_precondition", str(error)) from error
+        return _json(self._key_info(key_id))
 
 
 def build_app(

@@ -2,7 +2,8 @@
 
 The projector assigns itself every partition of `stepline.runs.v1`, `stepline.usage.v1`,
 `stepline.model.results.v1` (for the attempts a circuit breaker refused, which have no usage
-record) and `stepline.tool.results.v1` and `stepline.budgets.v1`
+record), `stepline.tool.results.v1`, and billing's `stepline.usage.rollups.v1` and
+`stepline.budgets.v1`
 (no consumer group: the read model's own table of next offsets is the position, written in the
 same transaction as the rows), so an empty store starts from the beginning of the topics and a
 restart resumes exactly where it stopped.
@@ -22,11 +23,12 @@ from stepline_frontdoor.convert import (
     attempt_row,
     budget_row,
     refused_attempts,
+    rollup_row,
     run_fact,
     tool_output_row,
 )
 from stepline_frontdoor.live import RunFeed
-from stepline_frontdoor.readmodel import AttemptRow, BudgetRow, RunFact, ToolOutputRow
+from stepline_frontdoor.readmodel import AttemptRow, BudgetRow, RollupRow, RunFact, ToolOutputRow
 from stepline_frontdoor.store import Position, ReadStore
 from stepline_runtime.codec import InvalidRecordError, decode
 from stepline_runtime.processor import inbound
@@ -52,6 +54,7 @@ class Projector:
         tool_results_topic: str,
         model_results_topic: str,
         budgets_topic: str,
+        rollups_topic: str,
         partitions: Mapping[str, int],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -63,6 +66,7 @@ class Projector:
         self._tool_results_topic = tool_results_topic
         self._model_results_topic = model_results_topic
         self._budgets_topic = budgets_topic
+        self._rollups_topic = rollups_topic
         self._partitions = dict(partitions)
         self._clock = clock
         self._stopping = asyncio.Event()
@@ -111,6 +115,7 @@ class Projector:
                 self._tool_results_topic,
                 self._model_results_topic,
                 self._budgets_topic,
+                self._rollups_topic,
             )
             for p in range(self._partitions[topic])
         ]
@@ -146,6 +151,8 @@ class Projector:
                 self._feed.changed(refused[0].run_id)
         elif record.topic == self._budgets_topic:
             self._store.apply_budget(self._decode_budget(record, received), at)
+        elif record.topic == self._rollups_topic:
+            self._store.apply_rollup(self._decode_rollup(record, received), at)
         else:
             output = self._decode_tool_result(record, received)
             if self._store.apply_tool_output(output, at) and output is not None:
@@ -180,6 +187,13 @@ class Projector:
             return None  # a tombstone on the compacted topic: nothing to show
         try:
             return budget_row(decode(record, [budgets_pb2.BudgetState]).message, received)
+        except (InvalidRecordError, ValueError) as error:
+            self._skip(record, str(error))
+            return None
+
+    def _decode_rollup(self, record: InboundRecord, received: datetime) -> RollupRow | None:
+        try:
+            return rollup_row(decode(record, [usage_pb2.UsageRollup]).message, received)
         except (InvalidRecordError, ValueError) as error:
             self._skip(record, str(error))
             return None

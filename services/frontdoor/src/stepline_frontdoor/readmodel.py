@@ -23,6 +23,7 @@ __all__ = [
     "EventRow",
     "Final",
     "Projection",
+    "RollupRow",
     "RunFact",
     "RunRow",
     "RunStatus",
@@ -228,6 +229,28 @@ class BudgetRow:
     exhausted: bool
     version: int
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRow:
+    """One of billing's rollups: a tenant's spend in one hour or day for one model or tool."""
+
+    rollup_id: str
+    tenant_id: str
+    granularity: str  # "hour" or "day"
+    window_start: datetime
+    kind: str  # "model" or "tool"
+    provider: str
+    model: str
+    tool: str
+    cost: Decimal
+    currency: str
+    calls: int
+    failures: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+    computed_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

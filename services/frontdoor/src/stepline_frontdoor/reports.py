@@ -1,4 +1,9 @@
-"""Costs and provider health from attempt rows: pure aggregation, no I/O."""
+"""Spend per agent and provider health from attempt rows: pure aggregation, no I/O.
+
+Spend per tenant, model and tool comes from billing's own rollups (the read model keeps them as
+billing publishes them); agents are not a billing dimension, so their spend is summed here from
+the same usage records.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,12 @@ from enum import StrEnum
 from stepline_frontdoor.readmodel import AttemptRow
 
 __all__ = [
+    "AgentSpend",
     "CircuitState",
     "Granularity",
     "ProviderHealth",
-    "SpendLine",
+    "agent_spend",
     "provider_health",
-    "spend",
     "window_start",
 ]
 
@@ -30,15 +35,12 @@ class Granularity(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class SpendLine:
-    """Spend of one window and dimension set (agent; model attempts or a tool)."""
+class AgentSpend:
+    """Spend of one agent of one tenant in one window (model attempts and tool executions)."""
 
     window_start: datetime
     tenant_id: str
     agent: str
-    kind: str
-    model: str
-    tool: str
     cost: Decimal
     currency: str
     calls: int
@@ -79,23 +81,15 @@ def window_start(moment: datetime, granularity: Granularity) -> datetime:
     return hour if granularity is Granularity.HOUR else hour.replace(hour=0)
 
 
-def spend(attempts: Iterable[AttemptRow], granularity: Granularity) -> list[SpendLine]:
-    """Spend per window, tenant, agent and model (or tool), oldest window first."""
-    totals: dict[tuple[datetime, str, str, str, str, str, str], list[int | Decimal]] = defaultdict(
+def agent_spend(attempts: Iterable[AttemptRow], granularity: Granularity) -> list[AgentSpend]:
+    """Spend per window, tenant and agent, oldest window first."""
+    totals: dict[tuple[datetime, str, str, str], list[int | Decimal]] = defaultdict(
         lambda: [Decimal(0), 0, 0, 0, 0]
     )
     for a in attempts:
         if a.outcome == "circuit_open":
             continue  # refused by the breaker: nothing was sent, nothing spent
-        key = (
-            window_start(a.occurred_at, granularity),
-            a.tenant_id,
-            a.agent,
-            a.kind,
-            a.model if a.kind == "model" else "",
-            a.tool,
-            a.currency,
-        )
+        key = (window_start(a.occurred_at, granularity), a.tenant_id, a.agent, a.currency)
         t = totals[key]
         t[0] += a.cost
         t[1] += 1
@@ -103,14 +97,11 @@ def spend(attempts: Iterable[AttemptRow], granularity: Granularity) -> list[Spen
         t[3] += a.input_tokens
         t[4] += a.output_tokens
     return [
-        SpendLine(
+        AgentSpend(
             window_start=k[0],
             tenant_id=k[1],
             agent=k[2],
-            kind=k[3],
-            model=k[4],
-            tool=k[5],
-            currency=k[6],
+            currency=k[3],
             cost=Decimal(v[0]),
             calls=int(v[1]),
             failures=int(v[2]),

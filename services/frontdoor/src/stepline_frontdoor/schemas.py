@@ -17,12 +17,17 @@ from stepline_frontdoor.readmodel import (
     AttemptRow,
     BudgetRow,
     EventRow,
+    RollupRow,
     RunRow,
     ToolOutputRow,
 )
-from stepline_frontdoor.reports import ProviderHealth, SpendLine
+from stepline_frontdoor.reports import AgentSpend, ProviderHealth
+from stepline_keys import Key
+from stepline_keys.manage import status_of
+from stepline_keys.secret import PREFIX
 
 __all__ = [
+    "AgentCost",
     "Approval",
     "ApprovalList",
     "Attempt",
@@ -32,9 +37,14 @@ __all__ = [
     "Error",
     "ErrorBody",
     "Event",
+    "KeyInfo",
+    "KeyList",
     "Me",
+    "NewKey",
+    "NewKeyBody",
     "Provider",
     "ProviderList",
+    "RevokeKeyBody",
     "Run",
     "RunDetail",
     "RunPage",
@@ -255,14 +265,40 @@ class RunDetail(BaseModel):
 
 
 class Spend(BaseModel):
-    """Spend of one window and dimension set."""
+    """Billing's rollup of one window, tenant and model deployment or tool."""
+
+    window_start: datetime
+    tenant_id: str
+    kind: Literal["model", "tool"]
+    provider: str
+    model: str
+    tool: str
+    cost: Decimal = Field(description="Priced calls only; unpriced ones are counted apart.")
+    currency: str
+    calls: int
+    failures: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, r: RollupRow) -> Spend:
+        """From billing's rollup as the read model keeps it."""
+        return cls(
+            window_start=r.window_start, tenant_id=r.tenant_id,
+            kind="model" if r.kind == "model" else "tool", provider=r.provider, model=r.model,
+            tool=r.tool, cost=r.cost, currency=r.currency, calls=r.calls, failures=r.failures,
+            unpriced_calls=r.unpriced_calls, input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+        )  # fmt: skip
+
+
+class AgentCost(BaseModel):
+    """Spend of one agent in one window, summed from the usage records."""
 
     window_start: datetime
     tenant_id: str
     agent: str
-    kind: str
-    model: str
-    tool: str
     cost: Decimal
     currency: str
     calls: int
@@ -271,12 +307,12 @@ class Spend(BaseModel):
     output_tokens: int
 
     @classmethod
-    def of(cls, s: SpendLine) -> Spend:
+    def of(cls, s: AgentSpend) -> AgentCost:
         """From a report line."""
         return cls(
-            window_start=s.window_start, tenant_id=s.tenant_id, agent=s.agent, kind=s.kind,
-            model=s.model, tool=s.tool, cost=s.cost, currency=s.currency, calls=s.calls,
-            failures=s.failures, input_tokens=s.input_tokens, output_tokens=s.output_tokens,
+            window_start=s.window_start, tenant_id=s.tenant_id, agent=s.agent, cost=s.cost,
+            currency=s.currency, calls=s.calls, failures=s.failures,
+            input_tokens=s.input_tokens, output_tokens=s.output_tokens,
         )  # fmt: skip
 
 
@@ -302,10 +338,15 @@ class Budget(BaseModel):
 
 
 class SpendList(BaseModel):
-    """Spend lines, oldest window first, and the tenant's budget state."""
+    """Spend, oldest window first, and the tenant's budget state.
+
+    `lines` are billing's rollups (per tenant, model and tool: the ledger's own figures);
+    `agents` sums the same usage records per agent, a dimension billing does not keep.
+    """
 
     granularity: str
     lines: list[Spend]
+    agents: list[AgentCost]
     budget: Budget | None
 
 
@@ -351,6 +392,67 @@ class Me(BaseModel):
     tenant_id: str
     label: str
     scopes: list[str]
+
+
+class NewKeyBody(_Body):
+    """A key to issue; its tenant is the admin key's unless the caller may act for others."""
+
+    tenant: str = Field(default="", max_length=200, description="Empty: the admin key's tenant.")
+    scopes: list[str] = Field(min_length=1, max_length=10)
+    label: str = Field(default="", max_length=200)
+    agents: list[str] = Field(default_factory=list, description="Only these agents (empty: any).")
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class RevokeKeyBody(_Body):
+    """Why the key is revoked."""
+
+    reason: str = Field(default="", max_length=2_000)
+
+
+class KeyInfo(BaseModel):
+    """A key without its secret: id (the secret's public prefix), tenant, grant and history."""
+
+    key_id: str
+    prefix: str = Field(description="How the key's secret begins (the rest is never shown).")
+    tenant_id: str
+    label: str
+    scopes: list[str]
+    agents: list[str]
+    status: Literal["active", "revoked", "expired"]
+    issued_at: datetime
+    issued_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str
+    last_used_at: datetime | None = Field(
+        description="Last accepted by this front door since it started (null: not seen)."
+    )
+
+    @classmethod
+    def of(cls, key: Key, now: datetime, last_used_at: datetime | None) -> KeyInfo:
+        """From the registry's state of a key (its hash stays behind)."""
+        g = key.grant
+        return cls(
+            key_id=key.key_id, prefix=f"{PREFIX}{key.key_id}_", tenant_id=key.tenant_id,
+            label=g.label, scopes=sorted(s.value for s in g.scopes), agents=sorted(g.agents),
+            status=status_of(key, now).value, issued_at=key.issued_at, issued_by=key.issued_by,
+            expires_at=g.expires_at, revoked_at=key.revoked_at, revoked_by=key.revoked_by,
+            last_used_at=last_used_at,
+        )  # fmt: skip
+
+
+class KeyList(BaseModel):
+    """Keys the admin key may manage, by tenant then id."""
+
+    keys: list[KeyInfo]
+
+
+class NewKey(BaseModel):
+    """A key just issued: its secret is in this answer and never again."""
+
+    key: KeyInfo
+    secret: str
 
 
 class Error(BaseModel):

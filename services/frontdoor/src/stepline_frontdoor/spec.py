@@ -1,4 +1,5 @@
-"""The front door's service spec: what it reads and writes, its identity and ports."""
+"""The front door's service spec: what it reads and writes, its identity and ports (the console
+and JSON API over HTTP, `GatewayService` over gRPC)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ SPEC = ServiceSpec(
         Topics.USAGE,
         Topics.MODEL_RESULTS,
         Topics.TOOL_RESULTS,
+        Topics.USAGE_ROLLUPS,
         Topics.BUDGETS,
         Topics.KEYS,
     ),
-    writes=(Topics.GOALS, Topics.CONTROL),
+    # Goals and control from the console, the JSON API and gRPC; key events from the Keys page.
+    writes=(Topics.GOALS, Topics.CONTROL, Topics.KEYS),
     metrics_port=9106,
-    ports={"http": 8470},
+    ports={"http": 8470, "grpc": 50063},
 )

@@ -31,6 +31,7 @@ from stepline_frontdoor.readmodel import (
     EventKind,
     EventRow,
     Projection,
+    RollupRow,
     RunFact,
     RunRow,
     RunStatus,
@@ -87,6 +88,14 @@ _SCHEMA = [
         tenant_id TEXT PRIMARY KEY, daily_limit TEXT NULL, daily_spent TEXT NOT NULL,
         monthly_limit TEXT NULL, monthly_spent TEXT NOT NULL, currency TEXT NOT NULL,
         exhausted INTEGER NOT NULL, version BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS rollups (
+        rollup_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, granularity TEXT NOT NULL,
+        window_start_us BIGINT NOT NULL, kind TEXT NOT NULL, provider TEXT NOT NULL,
+        model TEXT NOT NULL, tool TEXT NOT NULL, cost TEXT NOT NULL, currency TEXT NOT NULL,
+        calls BIGINT NOT NULL, failures BIGINT NOT NULL, unpriced_calls BIGINT NOT NULL,
+        input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL,
+        computed_at_us BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS rollups_by_window ON rollups (granularity, window_start_us)",
     """CREATE TABLE IF NOT EXISTS positions (
         topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
         PRIMARY KEY (topic, kafka_partition))""",
@@ -180,6 +189,15 @@ _BUDGET_COLUMNS = (
 _UPSERT_BUDGET = (
     _upsert("budgets", _BUDGET_COLUMNS, "tenant_id") + " WHERE budgets.version <= excluded.version"
 )
+_ROLLUP_COLUMNS = (
+    "rollup_id, tenant_id, granularity, window_start_us, kind, provider, model, tool, cost, "
+    "currency, calls, failures, unpriced_calls, input_tokens, output_tokens, computed_at_us"
+)
+# Billing re-publishes a rollup as each usage record lands: a window only grows, so the state
+# with the most calls is the newest, and an older one read late (or replayed) never wins.
+_UPSERT_ROLLUP = (
+    _upsert("rollups", _ROLLUP_COLUMNS, "rollup_id") + " WHERE rollups.calls < excluded.calls"
+)
 _ADVANCE = (
     "INSERT INTO positions (topic, kafka_partition, next_offset) VALUES (?, ?, ?) "
     "ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = excluded.next_offset"
@@ -240,6 +258,15 @@ def _attempt_row(v: Sequence[Any]) -> AttemptRow:
         outcome=v[12], succeeded=bool(v[13]), status_code=v[14], attempt=v[15],
         input_tokens=v[16], output_tokens=v[17], cost=Decimal(v[18]), currency=v[19],
         priced=bool(v[20]), latency_ms=float(v[21]), occurred_at=_time(v[22]),
+    )  # fmt: skip
+
+
+def _rollup_row(v: Sequence[Any]) -> RollupRow:
+    return RollupRow(
+        rollup_id=v[0], tenant_id=v[1], granularity=v[2], window_start=_time(v[3]), kind=v[4],
+        provider=v[5], model=v[6], tool=v[7], cost=Decimal(v[8]), currency=v[9],
+        calls=int(v[10]), failures=int(v[11]), unpriced_calls=int(v[12]),
+        input_tokens=int(v[13]), output_tokens=int(v[14]), computed_at=_time(v[15]),
     )  # fmt: skip
 
 
@@ -391,6 +418,34 @@ class _SqlReadStore(ABC):
             monthly_limit=_maybe_decimal(v[3]), monthly_spent=Decimal(v[4]), currency=v[5],
             exhausted=bool(v[6]), version=int(v[7]), updated_at=_time(v[8]),
         )  # fmt: skip
+
+    def apply_rollup(self, row: RollupRow | None, at: Position) -> bool:
+        """Keep the fullest state of one billing rollup; advance `at`; True when it grew."""
+        with self._writing() as conn:
+            changed = False
+            if row is not None:
+                values = (
+                    row.rollup_id, row.tenant_id, row.granularity, _us(row.window_start),
+                    row.kind, row.provider, row.model, row.tool, str(row.cost), row.currency,
+                    row.calls, row.failures, row.unpriced_calls, row.input_tokens,
+                    row.output_tokens, _us(row.computed_at),
+                )  # fmt: skip
+                changed = bool(conn.execute(self._sql(_UPSERT_ROLLUP), values).rowcount)
+            self._advance(conn, at)
+        return changed
+
+    def rollups(self, tenant_id: str | None, granularity: str, since: datetime) -> list[RollupRow]:
+        """Billing's rollups of one tenant (None: all) and width from `since`, oldest first."""
+        where, params = ["granularity = ?", "window_start_us >= ?"], [granularity, _us(since)]
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            params.append(tenant_id)
+        rows = self._all(
+            f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE {' AND '.join(where)} "
+            "ORDER BY window_start_us, rollup_id",
+            params,
+        )
+        return [_rollup_row(v) for v in rows]
 
     def apply_tool_output(self, row: ToolOutputRow | None, at: Position) -> bool:
         """Keep one tool call's first reported output; advance `at`; True when new."""

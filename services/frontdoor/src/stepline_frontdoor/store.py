@@ -14,6 +14,7 @@ from stepline_frontdoor.readmodel import (
     BudgetRow,
     EventRow,
     Projection,
+    RollupRow,
     RunFact,
     RunRow,
     RunStatus,
@@ -78,6 +79,14 @@ class ReadStore(Protocol):
 
     def budget(self, tenant_id: str) -> BudgetRow | None:
         """The tenant's latest budget state, if billing published one."""
+        ...
+
+    def apply_rollup(self, row: RollupRow | None, at: Position) -> bool:
+        """Keep the fullest state of one billing rollup; advance `at`; True when it grew."""
+        ...
+
+    def rollups(self, tenant_id: str | None, granularity: str, since: datetime) -> list[RollupRow]:
+        """Billing's rollups of one tenant (None: all) and width from `since`, oldest first."""
         ...
 
     def apply_tool_output(self, row: ToolOutputRow | None, at: Position) -> bool:

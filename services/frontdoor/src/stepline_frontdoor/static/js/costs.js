@@ -1,4 +1,6 @@
-// Costs: spend per window (chart) and per agent, model and tool, from the usage records.
+// Costs: spend per window (chart) and per tenant, model and tool from billing's rollups (the
+// ledger's own figures), per agent from the usage records (billing keeps no agent dimension),
+// and the budget as billing last published it.
 import * as api from "./api.js";
 import { el, money } from "./util.js";
 
@@ -30,13 +32,15 @@ function chart(windows, granularity) {
   return box;
 }
 
-function table(title, rows, currency) {
-  return el("section", {}, el("h2", {}, title), el("table", { "aria-label": title },
+function table(title, rows, currency, source) {
+  return el("section", {}, el("h2", {}, title, " ", el("span", { class: "muted source" }, source)), el("table", { "aria-label": title },
     el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Name"), el("th", { scope: "col", class: "num" }, "Calls"),
-      el("th", { scope: "col", class: "num" }, "Failures"), el("th", { scope: "col", class: "num" }, "Cost"))),
+      el("th", { scope: "col", class: "num" }, "Failures"), el("th", { scope: "col", class: "num" }, "Unpriced"),
+      el("th", { scope: "col", class: "num" }, "Cost"))),
     el("tbody", {}, rows.length ? rows.map((r) => el("tr", {}, el("td", { class: "mono" }, r.name || "–"),
-      el("td", { class: "num" }, r.calls), el("td", { class: "num" }, r.failures), el("td", { class: "num" }, money(r.cost, currency))))
-      : el("tr", {}, el("td", { colspan: 4, class: "muted" }, "no usage in this period")))));
+      el("td", { class: "num" }, r.calls), el("td", { class: "num" }, r.failures),
+      el("td", { class: "num" }, r.unpriced == null ? "–" : r.unpriced), el("td", { class: "num" }, money(r.cost, currency))))
+      : el("tr", {}, el("td", { colspan: 5, class: "muted" }, "no usage in this period")))));
 }
 
 function by(lines, key) {
@@ -44,8 +48,9 @@ function by(lines, key) {
   for (const l of lines) {
     const name = key(l);
     if (name == null) continue;
-    const t = totals.get(name) || { name, calls: 0, failures: 0, cost: 0 };
+    const t = totals.get(name) || { name, calls: 0, failures: 0, cost: 0, unpriced: l.unpriced_calls == null ? null : 0 };
     t.calls += l.calls; t.failures += l.failures; t.cost += Number(l.cost);
+    if (t.unpriced != null) t.unpriced += l.unpriced_calls;
     totals.set(name, t);
   }
   return [...totals.values()].sort((a, b) => b.cost - a.cost);
@@ -65,7 +70,7 @@ export function render({ main }, _path, query) {
   async function load() {
     try {
       const since = new Date(Date.now() - Number(days) * 86400000).toISOString();
-      const { lines, budget } = await api.get("/api/costs", { granularity, since });
+      const { lines, agents, budget } = await api.get("/api/costs", { granularity, since });
       if (stopped) return;
       const currency = lines[0]?.currency || "USD";
       const windows = by(lines, (l) => l.window_start).map((w) => {
@@ -73,19 +78,22 @@ export function render({ main }, _path, query) {
         return { ...w, currency, label: dt.toLocaleString(), short: granularity === "hour" ? `${dt.getHours()}h` : `${dt.getMonth() + 1}/${dt.getDate()}` };
       }).sort((a, b) => a.name.localeCompare(b.name));
       const total = lines.reduce((s, l) => s + Number(l.cost), 0);
+      const unpriced = lines.reduce((s, l) => s + l.unpriced_calls, 0);
       const period = (name, limit, spent, cur) => `${name} ${money(spent, cur)} of ${limit == null ? "no limit" : money(limit, cur)}`;
       out.replaceChildren(
         budget ? el("p", { class: "card", id: "budget" }, el("strong", {}, "Budget "),
           period("today", budget.daily_limit, budget.daily_spent, budget.currency), " · ",
           period("this month", budget.monthly_limit, budget.monthly_spent, budget.currency),
           budget.exhausted ? el("span", { class: "badge s-failed" }, " exhausted") : "") : el("p", { class: "muted" }, "No budget state from billing yet."),
-        el("p", {}, el("strong", {}, "Total "), money(total, currency), ` over ${lines.reduce((s, l) => s + l.calls, 0)} attempts and executions`),
+        el("p", { id: "total" }, el("strong", {}, "Total "), money(total, currency), ` over ${lines.reduce((s, l) => s + l.calls, 0)} attempts and executions`,
+          unpriced ? el("span", { class: "badge s-queued" }, ` ${unpriced} unpriced (not in the total)`) : "",
+          el("span", { class: "muted" }, " · from billing's ledger rollups")),
         chart(windows, granularity),
         el("div", { class: "grid2" },
-          table("Per agent", by(lines, (l) => l.agent), currency),
-          table("Per model", by(lines, (l) => (l.kind === "model" ? l.model : null)), currency),
-          table("Per tool", by(lines, (l) => (l.kind === "tool" ? l.tool : null)), currency),
-          table("Per tenant", by(lines, (l) => l.tenant_id), currency)));
+          table("Per model", by(lines, (l) => (l.kind === "model" ? l.model : null)), currency, "billing"),
+          table("Per tool", by(lines, (l) => (l.kind === "tool" ? l.tool : null)), currency, "billing"),
+          table("Per agent", by(agents, (a) => a.agent), currency, "usage records"),
+          table("Per tenant", by(lines, (l) => l.tenant_id), currency, "billing")));
     } catch (error) {
       out.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
     }

@@ -6,6 +6,7 @@ import * as run from "./run.js";
 import * as approvals from "./approvals.js";
 import * as costs from "./costs.js";
 import * as providers from "./providers.js";
+import * as keys from "./keys.js";
 
 const main = document.getElementById("main");
 let cleanup = () => {};
@@ -14,6 +15,7 @@ let me = null;
 function signIn(message) {
   cleanup();
   document.getElementById("sign-out").hidden = true;
+  document.querySelector("nav a[data-page=keys]").hidden = true;
   document.getElementById("who").textContent = "";
   const input = el("input", { type: "password", id: "key", name: "key", required: true, autocomplete: "off", size: 48 });
   const form = el("form", { class: "card inline", onsubmit: async (e) => {
@@ -40,7 +42,7 @@ function route() {
   }
   cleanup();
   const ctx = { me, main };
-  const pages = { runs, run, approvals, costs, providers };
+  const pages = { runs, run, approvals, costs, providers, keys };
   const view = pages[page] || runs;
   const [path, query] = rest.join("/").split("?");
   cleanup = view.render(ctx, decodeURIComponent(path || ""), new URLSearchParams(query || "")) || (() => {});
@@ -67,6 +69,8 @@ async function start() {
     return signIn(error.status === 401 || error.status === 403 ? "That key was not accepted: " + error.message : error.message);
   }
   document.getElementById("who").textContent = `${me.label || me.key_id} · tenant ${me.tenant_id}`;
+  // The Keys page is offered to admin keys only (the API refuses others with 403 anyway).
+  document.querySelector("nav a[data-page=keys]").hidden = !me.scopes.includes("admin");
   const out = document.getElementById("sign-out");
   out.hidden = false;
   out.onclick = () => { api.forgetKey(); me = null; signIn(); say("Key forgotten"); };

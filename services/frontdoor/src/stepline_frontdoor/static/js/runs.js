@@ -75,7 +75,8 @@ export function render({ me, main }, _path, query) {
     submit,
     form,
     count,
-    el("table", { "aria-label": "Runs" },
+    el("table", { "aria-label": "Runs", class: "runs" },
+      el("colgroup", {}, ["9em", "24em", "8em", "auto", "7em", "4em", "6em", "12em"].map((w) => el("col", { style: `width: ${w}` }))),
       el("thead", {}, el("tr", {}, ["Status", "Run", "Agent", "Goal", "Cost", "Steps", "Duration", "Started"].map(
         (h, i) => el("th", { scope: "col", class: i >= 4 && i <= 6 ? "num" : null }, h)))),
       tbody),

@@ -1,10 +1,12 @@
-"""The gRPC gateway on a real broker: submit, watch, get, cancel, approve; tenants stay apart."""
+"""The front door's gRPC GatewayService on a real broker: submit, watch, get, cancel, approve;
+tenants stay apart. The service runs in process as its lifecycle runs it (HTTP beside it)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,9 +15,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline.v1 import common_pb2, control_pb2, gateway_service_pb2, goals_pb2, runs_pb2
 from stepline.v1 import gateway_service_pb2_grpc as pb_grpc
-from stepline_client.gateway import Settings, serve
+from stepline_frontdoor.config import Settings
+from stepline_frontdoor.spec import SPEC
 from stepline_keys.admin import NewKey
 from stepline_keys.feeds import KafkaKeyLog
+from stepline_runtime import lifecycle
 from stepline_runtime.codec import decode, encode
 from stepline_runtime.ids import derive_run_id
 from stepline_runtime.processor import inbound
@@ -46,20 +50,26 @@ async def gateway(
     admin: AIOKafkaAdminClient,
     unique: Callable[[str], str],
     acme_key: NewKey,
+    tmp_path: Path,
 ) -> AsyncIterator[tuple[pb_grpc.GatewayServiceAsyncStub, Settings]]:
-    """A gateway served in-process on a free port, in a fresh topic namespace; acme's key."""
+    """The front door served in-process on free ports, in a fresh topic namespace; acme's key
+    (from the registry: the key file is empty)."""
     settings = Settings(
         kafka=kafka,
         topic_namespace=unique("gw").replace(".", "-"),
-        gateway_address=f"127.0.0.1:{_free_port()}",
+        frontdoor_grpc_address=f"127.0.0.1:{_free_port()}",
+        frontdoor_port=0,
+        metrics_port=0,
+        frontdoor_data_dir=tmp_path,
+        frontdoor_keys_file=tmp_path / "keys.toml",
     )
     await ensure_topics(admin, CATALOG, partitions=3, namespace=settings.topic_namespace)
     async with KafkaKeyLog(settings, source="test") as keys:
         await keys.publish(acme_key.event)
     stop = asyncio.Event()
-    server = asyncio.create_task(serve(settings, stop))
+    server = asyncio.create_task(lifecycle.serve(SPEC, settings, stop))
     async with grpc.aio.insecure_channel(
-        settings.gateway_address, interceptors=with_key(acme_key.secret)
+        settings.frontdoor_grpc_address, interceptors=with_key(acme_key.secret)
     ) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         yield pb_grpc.GatewayServiceStub(channel), settings

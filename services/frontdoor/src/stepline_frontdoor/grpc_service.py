@@ -1,50 +1,30 @@
-"""gRPC front door (`GatewayService`) for upstream systems that do not speak Kafka.
+"""Inbound gRPC port: `GatewayService` for upstream systems that do not speak Kafka.
 
-`python -m stepline_client.gateway` serves SubmitGoal, WatchRun (server stream), GetRun,
-CancelRun and DecideApproval on `STEPLINE_GATEWAY_ADDRESS` (default 127.0.0.1:50063). Every call
-proves an API key (`authorization: Bearer sk-stl-…`); the tenant is the key's. A run that is not
-the key's tenant's — another tenant's or none at all, the answer is the same — is
-PERMISSION_DENIED, so a caller never learns whether another tenant's run exists.
+The front door serves SubmitGoal, WatchRun (server stream), GetRun, CancelRun and DecideApproval
+on `STEPLINE_FRONTDOOR_GRPC_ADDRESS` (default 127.0.0.1:50063) beside the console and its JSON
+API. Every call proves an API key (`authorization: Bearer sk-stl-…`); the tenant is the key's. A
+run that is not the key's tenant's — another tenant's or none at all, the answer is the same —
+is PERMISSION_DENIED, so a caller never learns whether another tenant's run exists.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
-from pydantic import Field
 
 from stepline.v1 import control_pb2
 from stepline.v1 import gateway_service_pb2 as pb
 from stepline.v1 import gateway_service_pb2_grpc as pb_grpc
 from stepline_client.client import Stepline
-from stepline_client.gateway_spec import SPEC
 from stepline_client.summary import summarize
 from stepline_keys import Authenticator, AuthError, PermissionDeniedError, Principal, Scope
-from stepline_keys.grpcdoor import RequireKey, abort_for, authorize
-from stepline_keys.service import key_services
-from stepline_runtime import lifecycle
-from stepline_runtime.lifecycle import GrpcServerPart, Running, ServiceContext
-from stepline_runtime.settings import ServiceSettings
+from stepline_keys.grpcdoor import abort_for, authorize
 
-__all__ = ["Gateway", "Settings", "build", "serve"]
-
-log = logging.getLogger(__name__)
+__all__ = ["Gateway"]
 
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
-
-class Settings(ServiceSettings):
-    """The gateway's settings (`STEPLINE_*`)."""
-
-    gateway_address: str = Field(
-        default=f"127.0.0.1:{SPEC.ports['grpc']}", description="host:port to serve on"
-    )
 
 
 class Gateway(pb_grpc.GatewayServiceServicer):
@@ -156,32 +136,3 @@ _RunRequest: TypeAlias = (
 def _hidden(run_id: str) -> PermissionDeniedError:
     # The same answer for another tenant's run and for no run: existence stays private.
     return PermissionDeniedError(f"run {run_id} is not visible to this API key")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@asynccontextmanager
-async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
-    """The gateway's one part: its gRPC server over a Stepline client."""
-    settings = context.settings
-    async with (
-        Stepline(settings, source=context.spec.name) as client,
-        key_services(
-            settings, client_id=context.spec.name, clock=lambda: datetime.now(UTC)
-        ) as keys,
-    ):
-        server = grpc.aio.server(interceptors=[RequireKey(keys.registry)])
-        pb_grpc.add_GatewayServiceServicer_to_server(Gateway(client, keys.registry), server)
-        port = server.add_insecure_port(settings.gateway_address)
-        yield Running([GrpcServerPart(server)], {"address": settings.gateway_address, "port": port})
-
-
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve in this process until `stop` is set."""
-    await lifecycle.serve(SPEC, settings, stop)
-
-
-if __name__ == "__main__":
-    lifecycle.run_service(SPEC)
