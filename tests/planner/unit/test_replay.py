@@ -55,7 +55,8 @@ def test_identical_calls_are_answered_from_the_record_and_nothing_is_executed() 
     d = driver()
     d.start(run_id="rp", replay=replay())
     started = d.history_events(o.RunStarted)[0]
-    assert started.replay is not None and started.replay.original_run_id == "orig"
+    assert started.replay is not None
+    assert started.replay.original_run_id == "orig"
     # Key order differs from the record: still the same call.
     model_turn(d, ToolCall("m1", "search", '{"q":"y"}'), ToolCall("m2", "echo", '{"x":1}'))
     assert not [x for x in d.history if isinstance(x, o.ToolCallRequested)]
@@ -87,7 +88,8 @@ def test_a_diverging_side_effect_stops_the_replay_under_stop() -> None:
     failed = d.history_events(o.RunFailed)[0]
     assert failed.reason is Reason.REPLAY_DIVERGED
     assert failed.step_id == "rp:2"
-    assert "echo" in failed.message and "nothing was executed" in failed.message
+    assert "echo" in failed.message
+    assert "nothing was executed" in failed.message
     assert served(d) == [("echo", Served.DIVERGED, "")]
 
 
@@ -156,7 +158,8 @@ def test_fork_takes_the_recorded_turns_and_continues_live_from_the_next_step() -
     assert call.step_id == "fk:3"  # steps 1-2 came from the record: no call for them
     assert [m.role for m in call.messages] == [Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.TOOL]
     assert d.state.steps_taken == 2
-    assert d.state.replay is not None and d.state.replay.forked == ()
+    assert d.state.replay is not None
+    assert d.state.replay.forked == ()
     # After the fork point the run is live: a new call is executed.
     model_turn(d, ToolCall("m2", "echo", '{"x": 2}'))
     assert [x.tool for x in d.out if isinstance(x, o.ToolCallRequested)] == ["echo"]
