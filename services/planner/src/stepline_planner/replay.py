@@ -8,13 +8,13 @@ it and nothing is executed; a diverging call follows the replay's policy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from stepline_planner.state import Message, Outcome
+from stepline_vocab import canonical_arguments
 
 if TYPE_CHECKING:  # outputs imports inputs, which imports this module
     from stepline_planner.outputs import ToolSpec
@@ -98,15 +98,6 @@ class Replay:
     forked: tuple[Message, ...] = field(default=(), compare=False)
     steps_forked: int = 0
     settings_hash: str = ""
-
-
-def canonical_arguments(arguments_json: str) -> str:
-    """Arguments in one spelling (sorted keys, no spaces), so key order never hides a match."""
-    try:
-        parsed = json.loads(arguments_json or "{}")
-    except json.JSONDecodeError:
-        return arguments_json.strip()
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def may_execute(replay: Replay, tool: str, spec: ToolSpec | None) -> bool:
