@@ -22,8 +22,9 @@ def outcome_of(record: RecordedRun) -> str:
         return "running"
     kind = final.WhichOneof("event") or "unknown"
     if kind == "failed":
-        reason = runs_pb2.RunFailureReason.Name(final.failed.reason)
-        return f"failed ({reason.removeprefix('RUN_FAILURE_REASON_').lower()})"
+        name = runs_pb2.RunFailureReason.Name(final.failed.reason)
+        reason = name.removeprefix("RUN_FAILURE_REASON_").lower().replace("_", " ")
+        return f"failed ({reason})"
     return kind
 
 
