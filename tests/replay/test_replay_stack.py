@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf import json_format
 
 from stepline_client.client import Stepline
@@ -153,10 +154,15 @@ def _keyed(stack: Stack, topic: str, key: str) -> list[dict[str, Any]]:
             isolation_level="read_committed",
             **settings.kafka.client_kwargs("replay-test"),
         )
+        admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("replay-test-admin"))
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([name])
+        finally:
+            await admin.close()
+        parts = [TopicPartition(name, p["partition"]) for p in described["partitions"]]
         await consumer.start()
         try:
-            await consumer.topics()  # loads the metadata partitions_for_topic reads
-            parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)
