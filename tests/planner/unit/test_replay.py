@@ -53,7 +53,7 @@ def served(d: Driver) -> list[tuple[str, Served, str]]:
 
 def test_identical_calls_are_answered_from_the_record_and_nothing_is_executed() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay())
+    d.start(run_id="replay-1", replay=replay())
     started = d.history_events(o.RunStarted)[0]
     assert started.replay is not None
     assert started.replay.original_run_id == "orig"
@@ -73,7 +73,7 @@ def test_identical_calls_are_answered_from_the_record_and_nothing_is_executed() 
 
 def test_a_recorded_approval_is_reused_the_call_is_served_without_asking() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay())
+    d.start(run_id="replay-1", replay=replay())
     model_turn(d, ToolCall("m1", "pay", '{"to": "bob"}'))
     assert not d.history_events(o.ApprovalRequested)
     assert served(d) == [("pay", Served.RECORDED, "orig:5:1")]
@@ -82,12 +82,12 @@ def test_a_recorded_approval_is_reused_the_call_is_served_without_asking() -> No
 
 def test_a_diverging_side_effect_stops_the_replay_under_stop() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay(divergence=Divergence.EXECUTE))
+    d.start(run_id="replay-1", replay=replay(divergence=Divergence.EXECUTE))
     model_turn(d, ToolCall("m1", "echo", '{"x": 2}'))
     assert not [x for x in d.history if isinstance(x, o.ToolCallRequested)]
     failed = d.history_events(o.RunFailed)[0]
     assert failed.reason is Reason.REPLAY_DIVERGED
-    assert failed.step_id == "rp:2"
+    assert failed.step_id == "replay-1:2"
     assert "echo" in failed.message
     assert "nothing was executed" in failed.message
     assert served(d) == [("echo", Served.DIVERGED, "")]
@@ -95,7 +95,7 @@ def test_a_diverging_side_effect_stops_the_replay_under_stop() -> None:
 
 def test_a_repeated_side_effect_beyond_the_record_diverges_a_read_is_served_again() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay())
+    d.start(run_id="replay-1", replay=replay())
     model_turn(d, ToolCall("m1", "search", '{"q": "y"}'), ToolCall("m2", "echo", '{"x": 1}'))
     model_turn(d, ToolCall("m3", "search", '{"q": "y"}'))
     assert served(d)[-1] == ("search", Served.RECORDED, "orig:2:1")
@@ -105,7 +105,7 @@ def test_a_repeated_side_effect_beyond_the_record_diverges_a_read_is_served_agai
 
 def test_stub_answers_not_executed_and_the_run_goes_on() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay(divergence=Divergence.STUB))
+    d.start(run_id="replay-1", replay=replay(divergence=Divergence.STUB))
     model_turn(d, ToolCall("m1", "echo", '{"x": 9}'))
     assert served(d) == [("echo", Served.STUBBED, "")]
     call = d.one(o.ModelCallRequested)
@@ -116,12 +116,12 @@ def test_stub_answers_not_executed_and_the_run_goes_on() -> None:
 
 def test_execute_runs_read_only_tools_and_explicitly_allowed_ones_only() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay(divergence=Divergence.EXECUTE, execute_tools=("pay",)))
+    d.start(run_id="replay-1", replay=replay(divergence=Divergence.EXECUTE, execute_tools=("pay",)))
     model_turn(d, ToolCall("m1", "search", '{"q": "new"}'), ToolCall("m2", "pay", '{"to": "x"}'))
     requested = [x.tool for x in d.history if isinstance(x, o.ToolCallRequested)]
     assert requested == ["search"]  # pay needs approval: denied by the replay's policy
     assert served(d) == [("pay", Served.DENIED, "")]
-    d.feed(ToolCompleted("rp:2", "rp:2:1", "new results"))
+    d.feed(ToolCompleted("replay-1:2", "replay-1:2:1", "new results"))
     assert d.one(o.ModelCallRequested)
 
 
@@ -130,19 +130,26 @@ def test_approvals_request_policy_asks_a_human_for_an_executed_call() -> None:
     chosen = replay(
         divergence=Divergence.EXECUTE, execute_tools=("pay",), approvals=Approvals.REQUEST
     )
-    d.start(run_id="rp", replay=chosen)
+    d.start(run_id="replay-1", replay=chosen)
     model_turn(d, ToolCall("m1", "pay", '{"to": "x"}'))
     assert d.history_events(o.ApprovalRequested)
     assert d.state.status is Status.AWAITING_APPROVAL
 
 
+def test_a_replay_needs_a_run_id_of_the_replay_namespace() -> None:
+    d = driver()
+    d.start(run_id="run-1", replay=replay())
+    assert d.state.failure_reason is Reason.INVALID_GOAL
+    assert "must start with replay- or fork-" in d.state.failure_message
+
+
 def test_route_and_prompt_overrides() -> None:
     d = driver()
-    d.start(run_id="rp", replay=replay(route="r", system_prompt="Be brief."))
+    d.start(run_id="replay-1", replay=replay(route="r", system_prompt="Be brief."))
     call = d.one(o.ModelCallRequested)
     assert call.messages[0].content == "Be brief."
     d2 = driver()
-    d2.start(run_id="rp2", replay=replay(route="nope"))
+    d2.start(run_id="replay-2", replay=replay(route="nope"))
     assert d2.state.failure_reason is Reason.INVALID_GOAL
     assert "replay route 'nope'" in d2.state.failure_message
 
@@ -153,9 +160,11 @@ def test_fork_takes_the_recorded_turns_and_continues_live_from_the_next_step() -
         Message(Role.TOOL, "echoed 1", tool_call_id="m1", name="echo"),
     )
     d = driver()
-    d.start(run_id="fk", replay=replay(mode=Mode.FORK, from_step=2, forked=forked, steps_forked=2))
+    d.start(
+        run_id="fork-1", replay=replay(mode=Mode.FORK, from_step=2, forked=forked, steps_forked=2)
+    )
     call = d.one(o.ModelCallRequested)
-    assert call.step_id == "fk:3"  # steps 1-2 came from the record: no call for them
+    assert call.step_id == "fork-1:3"  # steps 1-2 came from the record: no call for them
     assert [m.role for m in call.messages] == [Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.TOOL]
     assert d.state.steps_taken == 2
     assert d.state.replay is not None

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stepline.v1 import common_pb2, goals_pb2, replay_pb2, runs_pb2
+from stepline_runtime.ids import derive_replay_run_id
 from stepline_vocab import SteplineError
 
 __all__ = [
@@ -191,9 +192,8 @@ class ReplaySettings:
 
 def replay_run_id(tenant_id: str, original_run_id: str, settings: ReplaySettings) -> str:
     """The replay's run id: the same run and settings always give the same id (idempotent)."""
-    prefix = "fork" if settings.mode == replay_pb2.REPLAY_MODE_FORK else "replay"
-    seed = f"{tenant_id}\x1f{original_run_id}\x1f{settings.digest()}"
-    return f"{prefix}-{hashlib.sha256(seed.encode()).hexdigest()[:32]}"
+    fork = settings.mode == replay_pb2.REPLAY_MODE_FORK
+    return derive_replay_run_id(tenant_id, original_run_id, settings.digest(), fork=fork)
 
 
 def replay_goal(

@@ -92,7 +92,12 @@ from stepline_planner.state import (
     call_id_of,
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
-from stepline_runtime.ids import derive_run_id, tenant_id_problem
+from stepline_runtime.ids import (
+    REPLAY_RUN_PREFIXES,
+    derive_run_id,
+    is_replay_run,
+    tenant_id_problem,
+)
 from stepline_vocab import BadInputError, format_amount
 
 __all__ = [
@@ -362,8 +367,11 @@ def _replay_problem(goal: Goal, ctx: Context) -> str | None:
         return None
     if not replay.original_run_id:
         return "a replay must name the original run"
-    if replay.original_run_id == goal.run_id:
-        return "a replay must have a run id of its own"
+    if not is_replay_run(goal.run_id):
+        return (
+            f"a replay's run id must start with {' or '.join(REPLAY_RUN_PREFIXES)} "
+            "(stepline_runtime.ids.derive_replay_run_id), so its spend is told apart"
+        )
     if replay.route and replay.route not in ctx.profiles.routes:
         known = ", ".join(sorted(ctx.profiles.routes)) or "none"
         return f"replay route {replay.route!r} is not in the routes file (known: {known})"
