@@ -423,6 +423,8 @@ def test_batch_replay_stops_at_the_spend_limit(stack: Stack, tmp_path: Any) -> N
         "2",
         "--spend-limit",
         "0.0041",
+        "--run-budget",
+        "0.002",
         "--out",
         str(summary_file),
         timeout_s=180,

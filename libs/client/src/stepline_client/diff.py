@@ -57,8 +57,8 @@ def _step_line(done: runs_pb2.StepCompleted, begun: runs_pb2.StepStarted) -> str
     served = ""
     if done.replay_served != replay_pb2.REPLAY_SERVED_UNSPECIFIED:
         name = replay_pb2.ReplayServed.Name(done.replay_served)
-        served = f" [{name.removeprefix('REPLAY_SERVED_').lower()}]"
-    return f"{done.tool}({canonical_arguments(begun.arguments_json)}): {outcome}{served}"
+        served = f"[{name.removeprefix('REPLAY_SERVED_').lower()}] "
+    return f"{served}{done.tool}({canonical_arguments(begun.arguments_json)}): {outcome}"
 
 
 def _calls(record: RecordedRun) -> list[tuple[str, str]]:

@@ -49,6 +49,8 @@ _APPROVALS = {
     "request": replay_pb2.REPLAY_APPROVALS_REQUEST,
 }
 _PROFILE_KEYS = frozenset({"system_prompt", "route"})
+# A batch replay may spend this many times what its original cost (unless --run-budget).
+_RUN_BUDGET_FACTOR = 3
 
 
 class ReplayCliError(RecordError):
@@ -210,15 +212,15 @@ def _since(text: str) -> timedelta:
     return timedelta(**{unit: int(found.group(1))})
 
 
-def _amount(text: str | None) -> Decimal | None:
+def _amount(text: str | None, option: str = "--spend-limit") -> Decimal | None:
     if text is None:
         return None
     try:
         value = Decimal(text)
     except InvalidOperation as error:
-        raise ReplayCliError(f"--spend-limit {text!r} is not an amount") from error
+        raise ReplayCliError(f"{option} {text!r} is not an amount") from error
     if value <= 0:
-        raise ReplayCliError("--spend-limit must be more than 0")
+        raise ReplayCliError(f"{option} must be more than 0")
     return value
 
 
@@ -268,10 +270,20 @@ async def batch(args: argparse.Namespace, settings: ServiceSettings, out: TextIO
     limit = _amount(args.spend_limit)
     concurrency = max(1, args.concurrency)
     since = datetime.now(UTC) - _since(args.since)
-    # Each replay may spend at most its share of the limit: the batch can never overrun it.
-    per_run = (limit / concurrency) if limit is not None else None
+    run_budget = _amount(args.run_budget, "--run-budget")
     spend = _Spend(limit)
     rows: list[dict[str, Any]] = []
+
+    def budget_of(record: RecordedRun) -> Decimal | None:
+        """What one replay may spend: --run-budget, else 3× what its original cost (a share
+        of the limit for an original without a cost); None without a limit (agent default)."""
+        if run_budget is not None:
+            return run_budget
+        if limit is None:
+            return None
+        original = Decimal(run_facts(record)["cost"])
+        return original * _RUN_BUDGET_FACTOR if original > 0 else limit / concurrency
+
     async with Stepline(settings) as client:
         records = await _candidates(client, tenant, args.agent, since)
         if args.limit:
@@ -280,23 +292,25 @@ async def batch(args: argparse.Namespace, settings: ServiceSettings, out: TextIO
         lock = asyncio.Lock()
 
         async def one(record: RecordedRun) -> None:
+            budget = budget_of(record)
             async with gate:
                 async with lock:
-                    if spend.limit is not None and per_run is not None:
+                    # Budgets of replays in flight are reserved: the batch never overruns.
+                    if spend.limit is not None and budget is not None:
                         left = spend.limit - spend.spent - spend.reserved
-                        if spend.stopped or left < per_run:
+                        if spend.stopped or left < budget:
                             spend.stopped = True
                             rows.append({"original": run_facts(record), "skipped": "spend limit"})
                             return
-                        spend.reserved += per_run
-                launched = await launch(client, record, chosen, per_run)
+                        spend.reserved += budget
+                launched = await launch(client, record, chosen, budget)
                 try:
                     await client.wait(launched.run_id, timeout_s=args.timeout)
                     replayed = await read_record(client, settings, launched.run_id, tenant)
                 finally:
-                    if per_run is not None:
+                    if spend.limit is not None and budget is not None:
                         async with lock:
-                            spend.reserved -= per_run
+                            spend.reserved -= budget
                 report = compare(record, replayed)
                 async with lock:
                     spend.spent += Decimal(report["b"]["cost"])
@@ -485,6 +499,10 @@ def add_batch_parser(sub: Any) -> None:
     _overrides(many)
     many.add_argument("--concurrency", type=int, default=4, help="replays in flight at once")
     many.add_argument("--spend-limit", help="stop before the replays could spend more (USD)")
+    many.add_argument(
+        "--run-budget",
+        help="what one replay may spend (USD); default with --spend-limit: 3× its original's cost",
+    )
     many.add_argument("--limit", type=int, default=0, help="at most the newest N runs (0: all)")
     many.add_argument("--out", help="also write the JSON summary to this file")
     many.add_argument("--json", action="store_true", help="print the JSON summary instead")
