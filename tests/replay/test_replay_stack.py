@@ -55,7 +55,7 @@ run_deadline_s = 120
 def _routes(model: ScriptedModel) -> dict[str, Any]:
     routes = offline_routes(tomllib.loads((ROOT / ROUTES_FILE).read_text()))
     for script in SCRIPTS:
-        routes["deployments"][f"candidate-{script}"] = {
+        routes["deployments"][f"{script}-model"] = {
             "provider": "openai_compatible",
             "model": "candidate-1",
             "base_url": model.base_url(script),
@@ -64,7 +64,7 @@ def _routes(model: ScriptedModel) -> dict[str, Any]:
         }
         routes["routes"][f"candidate-{script}"] = {
             "strategy": "priority",
-            "deployments": [f"candidate-{script}"],
+            "deployments": [f"{script}-model"],
         }
     return routes
 
@@ -355,8 +355,8 @@ def test_fork_reuses_the_first_steps_and_continues_live(
             "3",
             "--tenant",
             stack.tenant,
-            "--route",
-            "candidate-fork",
+            "--model",  # a deployment, not a route: the planner prices it as a route of one
+            "fork-model",
             "--json",
         )
     )
@@ -374,6 +374,7 @@ def test_fork_reuses_the_first_steps_and_continues_live(
     assert steps == [f"{fork_id}:4"]
     started = next(e["started"] for e in events if "started" in e)
     assert started["replay"]["steps_forked"] == 3
+    assert started["replay"]["route"] == "fork-model"
     assert report["steps"][0]["b"] == "(forked from A)"
     assert len(stack.receiver.replies) == 1
 

@@ -151,7 +151,7 @@ def test_route_and_prompt_overrides() -> None:
     d2 = driver()
     d2.start(run_id="replay-2", replay=replay(route="nope"))
     assert d2.state.failure_reason is Reason.INVALID_GOAL
-    assert "replay route 'nope'" in d2.state.failure_message
+    assert "replay route 'nope' is neither a route nor a deployment" in d2.state.failure_message
 
 
 def test_fork_takes_the_recorded_turns_and_continues_live_from_the_next_step() -> None:

@@ -85,7 +85,7 @@ def _tenant(value: str) -> str:
 
 
 def _settings(args: argparse.Namespace, mode: replay_pb2.ReplayMode.ValueType) -> ReplaySettings:
-    route, prompt = args.route or "", ""
+    route, prompt = args.route or args.model or "", ""
     if args.agent_profile:
         try:
             profile = tomllib.loads(Path(args.agent_profile).read_text(encoding="utf-8"))
@@ -438,6 +438,9 @@ def _print_batch(summary: dict[str, Any], out: TextIO) -> None:
 def _overrides(parser: argparse.ArgumentParser) -> None:
     route = parser.add_mutually_exclusive_group()
     route.add_argument("--route", help="model route for the replay's model steps")
+    route.add_argument(
+        "--model", help="one deployment of the routes file for them instead (no failover)"
+    )
     route.add_argument(
         "--agent-profile",
         help="TOML file overriding system_prompt and/or route of the recorded agent",

@@ -374,7 +374,10 @@ def _replay_problem(goal: Goal, ctx: Context) -> str | None:
         )
     if replay.route and replay.route not in ctx.profiles.routes:
         known = ", ".join(sorted(ctx.profiles.routes)) or "none"
-        return f"replay route {replay.route!r} is not in the routes file (known: {known})"
+        return (
+            f"replay route {replay.route!r} is neither a route nor a deployment of the routes "
+            f"file (known: {known})"
+        )
     if replay.mode is ReplayMode.FORK and replay.steps_forked < 0:
         return f"a fork cannot start before step 0, got {replay.steps_forked}"
     return None
