@@ -266,11 +266,14 @@ def test_replay_on_the_same_route_is_served_entirely_from_the_record(
     assert again["existed"] is True
 
 
+@pytest.mark.parametrize("policy", ["stop", "execute"])
 def test_a_diverging_side_effect_stops_the_replay_and_executes_nothing(
-    stack: Stack, original: dict[str, Any]
+    stack: Stack, original: dict[str, Any], policy: str
 ) -> None:
     model = _model(stack)
     model.scripts["diverge"] = _diverging_script(original["lookups"])
+    model.requests.pop("diverge", None)
+    chosen = ["--policy", policy] if policy != "stop" else []  # stop is the default
     done = stack.run(
         "runs",
         "replay",
@@ -279,8 +282,7 @@ def test_a_diverging_side_effect_stops_the_replay_and_executes_nothing(
         stack.tenant,
         "--route",
         "candidate-diverge",
-        "--policy",
-        "execute",
+        *chosen,
         "--json",
     )
     assert done.returncode == 1, done.stderr
