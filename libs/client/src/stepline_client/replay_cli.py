@@ -16,14 +16,14 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from stepline.v1 import replay_pb2, runs_pb2
+from stepline.v1 import common_pb2, replay_pb2, runs_pb2
 from stepline_client.client import Stepline
 from stepline_client.diff import compare, print_diff, run_facts
 from stepline_client.record import RecordedRun, RecordError, ReplaySettings, replay_goal
 from stepline_runtime.ids import tenant_id_problem
 from stepline_runtime.settings import ServiceSettings
 from stepline_runtime.topics import Topics
-from stepline_vocab import format_amount, wire
+from stepline_vocab import format_amount
 
 __all__ = [
     "Launched",
@@ -136,7 +136,9 @@ async def launch(
     """Submit the replay of `record` unless the same replay exists (its id is deterministic)."""
     goal = replay_goal(record, settings, os.environ.get("USER", ""))
     if budget is not None:
-        goal.budget.CopyFrom(wire.money_to_proto(budget, "USD") or goal.budget)
+        # In the original's currency (the planner's): "" lets the planner use its own.
+        currency = record.started.budget.currency
+        goal.budget.CopyFrom(common_pb2.Money(currency=currency, amount=format_amount(budget)))
     async for _ in client.events(goal.run_id, follow=False):
         return Launched(goal.run_id, True)  # replaying twice with the same settings: one run
     await client.submit_message(goal)
