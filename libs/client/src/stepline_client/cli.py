@@ -26,11 +26,12 @@ from pydantic import ValidationError
 
 from stepline.v1 import billing_service_pb2, billing_service_pb2_grpc, model_pb2, runs_pb2
 from stepline.v1.gateway_service_pb2 import RunSummary
-from stepline_client import keys_cli, models_cli
+from stepline_client import keys_cli, models_cli, replay_cli
 from stepline_client.client import BrokerUnavailableError, Goal, RunTimeoutError, Stepline
 from stepline_client.demo import main as demo
 from stepline_client.events import describe, describe_attempt, is_terminal, money
 from stepline_client.offline import ROUTES_FILE, choose_routes
+from stepline_client.record import RecordError
 from stepline_client.summary import summarize
 from stepline_client.supervisor import SERVICES, Supervisor
 from stepline_localkafka import LocalKafka, LocalKafkaError, find_repo_root
@@ -591,6 +592,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--follow", action="store_true", help="keep waiting for new events")
     show.add_argument("--json", action="store_true")
+    replay_cli.add_runs_parsers(runs)
 
     for name, help_text in (("approve", "approve a tool call"), ("deny", "deny a tool call")):
         decide = sub.add_parser(name, help=help_text)
@@ -625,6 +627,7 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--idle-timeout", type=int, help="stop after this many idle seconds")
     models_cli.add_parser(sub)
     keys_cli.register(sub)
+    replay_cli.add_batch_parser(sub)
     return root
 
 
@@ -637,8 +640,9 @@ _ASYNC = {
     "topics": _topics,
     "tail": _tail,
     "keys": keys_cli.run,
+    "replay": replay_cli.batch,
 }
-_RUNS = {"list": _list, "show": _show}
+_RUNS = {"list": _list, "show": _show, **replay_cli.commands()}
 _SYNC = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "models": models_cli.run}
 
 
@@ -660,7 +664,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return _SYNC[args.command](args, settings, out)
         command = _RUNS[args.runs] if args.command == "runs" else _ASYNC[args.command]
         return asyncio.run(command(args, settings, out))
-    except (CliError, BrokerUnavailableError, LocalKafkaError) as error:
+    except (CliError, BrokerUnavailableError, LocalKafkaError, RecordError) as error:
         print(f"stepline: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KafkaConnectionError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from stepline.v1 import common_pb2, control_pb2, model_pb2, runs_pb2
+from stepline.v1 import common_pb2, control_pb2, model_pb2, replay_pb2, runs_pb2
 from stepline_vocab import format_amount, wire
 
 __all__ = ["TERMINAL", "describe", "describe_attempt", "is_terminal", "money"]
@@ -44,6 +44,10 @@ def _step(event: runs_pb2.StepCompleted) -> str:
         detail = f"tool {event.tool}: {outcome}"
         if event.output_truncated:
             detail += " (output truncated)"
+        if event.replay_served != replay_pb2.REPLAY_SERVED_UNSPECIFIED:
+            served = replay_pb2.ReplayServed.Name(event.replay_served)
+            detail += f" [replay: {served.removeprefix('REPLAY_SERVED_').lower()}"
+            detail += f" {event.recorded_call_id}]" if event.recorded_call_id else "]"
     if event.error_message:
         detail += f" — {event.error_message}"
     return detail
@@ -69,7 +73,14 @@ def describe(event: runs_pb2.RunEvent) -> str:
             return f"queued: {event.queued.reason}"
         case "started":
             started = event.started
-            return f"started: {started.goal!r} (agent {event.agent}, route {started.route})"
+            text = f"started: {started.goal!r} (agent {event.agent}, route {started.route})"
+            if started.HasField("replay"):
+                origin = started.replay
+                mode = "fork" if origin.mode == replay_pb2.REPLAY_MODE_FORK else "replay"
+                text += f", {mode} of {origin.original_run_id}"
+                if origin.steps_forked:
+                    text += f" (steps 1-{origin.steps_forked} from the record)"
+            return text
         case "step_started":
             s = event.step_started
             what = f"tool {s.tool}({s.arguments_json})" if s.tool else f"model call on {s.route}"

@@ -4,7 +4,7 @@ Pure types here; `stepline_vocab.wire` converts them to and from the `stepline.v
 """
 
 from stepline_vocab.errors import BadInputError, ConfigurationError, ProviderError, SteplineError
-from stepline_vocab.messages import Message, Role, ToolCall
+from stepline_vocab.messages import Message, Role, ToolCall, canonical_arguments
 from stepline_vocab.money import MoneyError, format_amount, parse_amount
 from stepline_vocab.tokens import Tokens
 
@@ -18,6 +18,7 @@ __all__ = [
     "SteplineError",
     "Tokens",
     "ToolCall",
+    "canonical_arguments",
     "format_amount",
     "parse_amount",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Message", "Role", "ToolCall"]
+__all__ = ["Message", "Role", "ToolCall", "canonical_arguments"]
 
 
 class Role(StrEnum):
@@ -39,3 +40,13 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
     name: str = ""
+
+
+def canonical_arguments(arguments_json: str) -> str:
+    """Tool-call arguments in one spelling (sorted keys, no spaces), so key order or spacing
+    never hides that two calls are the same (replays match calls on tool and this)."""
+    try:
+        parsed = json.loads(arguments_json or "{}")
+    except json.JSONDecodeError:
+        return arguments_json.strip()
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

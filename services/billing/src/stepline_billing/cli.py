@@ -1,6 +1,7 @@
 """`python -m stepline_billing.cli`: usage and ledger tables, CSV export, reconciliation, tail.
 
     usage --tenant T [--run R] [--since ISO] [--until ISO] [--granularity hourly|daily]
+                                    (production and evaluation spend: replays, forks apart)
     ledger --tenant T [--run R] [--since ISO] [--until ISO] [--limit N] [--csv out.csv]
     reconcile [--tenant T]          exit 1 when any drift is found
     tail TOPIC [--from-beginning] [--max N] [--idle-timeout S]
@@ -24,7 +25,7 @@ from typing import TextIO
 from stepline_billing.app import open_store
 from stepline_billing.config import Settings
 from stepline_billing.ledger import LedgerEntry
-from stepline_billing.queries import all_entries, reconcile, usage_summary
+from stepline_billing.queries import all_entries, evaluation_split, reconcile, usage_summary
 from stepline_billing.rollups import Granularity
 from stepline_billing.store import LedgerQuery
 from stepline_pricebook import PriceBook
@@ -72,15 +73,13 @@ def _ledger_row(entry: LedgerEntry) -> list[str]:
 def cmd_usage(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Print a tenant's rollups and totals."""
     store = open_store(settings)
+    start = _time(args.since) if args.since else None
+    end = _time(args.until) if args.until else None
     try:
         summary = usage_summary(
-            store,
-            args.tenant,
-            Granularity(args.granularity),
-            args.run or "",
-            _time(args.since) if args.since else None,
-            _time(args.until) if args.until else None,
+            store, args.tenant, Granularity(args.granularity), args.run or "", start, end
         )
+        split = evaluation_split(store, args.tenant, args.run or "", start, end)
     finally:
         store.close()
     rows = [
@@ -102,6 +101,11 @@ def cmd_usage(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
               "input_tokens", "output_tokens", "cost")  # fmt: skip
     print(f"tenant {args.tenant}  ({args.granularity})", file=out)
     table(header, rows, out)
+    print(
+        f"production {split.production}, evaluation (replays and forks) {split.evaluation}"
+        f" in {split.evaluation_runs} run(s), {split.evaluation_calls} call(s)",
+        file=out,
+    )
     if summary.unpriced_calls:
         print(
             f"note: {summary.unpriced_calls} call(s) had no price; their cost is unknown and not"

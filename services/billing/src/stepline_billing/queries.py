@@ -19,13 +19,16 @@ from stepline_billing.ledger import LedgerEntry, PricedBy, reprice
 from stepline_billing.rollups import Granularity, Rollup, rollup_entries
 from stepline_billing.store import Cursor, LedgerQuery, LedgerStore
 from stepline_pricebook import PriceBook
+from stepline_runtime.ids import is_replay_run
 from stepline_vocab import Tokens
 
 __all__ = [
     "Drift",
+    "EvaluationSplit",
     "UsageSummary",
     "all_entries",
     "budget",
+    "evaluation_split",
     "reconcile",
     "usage_summary",
 ]
@@ -43,6 +46,16 @@ class UsageSummary:
     calls: int
     failures: int
     unpriced_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationSplit:
+    """A tenant's spend split into production and evaluation (replays and forks)."""
+
+    production: Decimal
+    evaluation: Decimal
+    evaluation_runs: int
+    evaluation_calls: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +181,26 @@ def _compare(rollup_id: str, expected: Rollup | None, stored: Rollup | None) -> 
         for name, (want, got) in fields.items()
         if want != got
     ]
+
+
+def evaluation_split(
+    store: LedgerStore,
+    tenant_id: str,
+    run_id: str = "",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> EvaluationSplit:
+    """Spend of replays and forks (their run ids say so) apart from production spend."""
+    production = evaluation = Decimal(0)
+    runs: set[str] = set()
+    calls = 0
+    query = LedgerQuery(tenant_id=tenant_id, run_id=run_id, start=start, end=end)
+    for entry in all_entries(store, query):
+        cost = entry.cost or Decimal(0)
+        if is_replay_run(entry.usage.run_id):
+            evaluation += cost
+            runs.add(entry.usage.run_id.split(":", 1)[0])  # a child run counts as its replay
+            calls += 1
+        else:
+            production += cost
+    return EvaluationSplit(production, evaluation, len(runs), calls)

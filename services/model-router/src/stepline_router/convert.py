@@ -79,6 +79,7 @@ def request_from_proto(
     run_id: str = "",
     step_id: str = "",
     agent: str = "",
+    replay_of: str = "",
 ) -> ModelRequest:
     """A core `ModelRequest` from the fields shared by ModelCallRequested and CompleteRequest."""
     if not tenant_id:
@@ -138,6 +139,7 @@ def request_from_proto(
         run_id=run_id,
         step_id=step_id,
         agent=agent,
+        replay_of=replay_of,
     )
 
 
@@ -256,6 +258,7 @@ def usage_records(request: ModelRequest, outcome: CallOutcome) -> list[usage_pb2
             route=request.route,
             agent=request.agent,
             status_code=attempt.status_code,
+            replay_of=request.replay_of,
         )
         if attempt.cost is not None:
             record.cost.CopyFrom(

@@ -69,6 +69,7 @@ class ModelCallHandler:
                 run_id=message.run_id,
                 step_id=message.step_id,
                 agent=message.agent,
+                replay_of=message.replay_of,
             )
         except InvalidRequestError as error:
             raise InvalidRecordError(Cause.INVALID, str(error)) from error

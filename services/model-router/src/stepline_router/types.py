@@ -98,6 +98,8 @@ class ModelRequest:
     run_id: str = ""
     step_id: str = ""
     agent: str = ""
+    # The original run id when the calling run is a replay (marks its usage records).
+    replay_of: str = ""
 
 
 # Token counts are the shared ones: one type from provider response to cost and billing.

@@ -32,6 +32,12 @@ from stepline_planner.inputs import (
     ToolCompleted,
     ToolFailed,
 )
+from stepline_planner.replay_convert import (
+    origin_to_proto,
+    replay_from_proto,
+    replay_to_proto,
+    served_to_proto,
+)
 from stepline_planner.state import (
     Decision,
     Message,
@@ -187,6 +193,7 @@ def goal_from_proto(goal: goals_pb2.GoalSubmitted) -> Goal:
         parent_run_id=goal.parent_run_id,
         submitted_by=goal.submitted_by,
         max_steps=goal.max_steps,
+        replay=replay_from_proto(goal.replay) if goal.HasField("replay") else None,
     )
 
 
@@ -206,6 +213,7 @@ def goal_to_proto(goal: Goal, submitted_at: datetime) -> goals_pb2.GoalSubmitted
         parent_run_id=goal.parent_run_id,
         submitted_by=goal.submitted_by,
         max_steps=goal.max_steps,
+        replay=replay_to_proto(goal.replay) if goal.replay else None,
     )
 
 
@@ -326,7 +334,12 @@ def tool_spec_from_proto(registered: tools_pb2.ToolRegistered) -> o.ToolSpec:
     """A registry entry as the definition offered to models."""
     d = registered.definition
     return o.ToolSpec(
-        d.name, d.description, d.parameters_json_schema or "{}", d.requires_approval, d.idempotent
+        d.name,
+        d.description,
+        d.parameters_json_schema or "{}",
+        d.requires_approval,
+        d.idempotent,
+        registered.source,
     )
 
 
@@ -373,6 +386,7 @@ def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequ
         agent=req.agent,
         requested_at=_ts(req.requested_at),
         stream=req.stream,
+        replay_of=req.replay_of,
     )
 
 
@@ -432,6 +446,7 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                 route=b.route,
                 max_steps=b.max_steps,
                 metadata=dict(b.metadata),
+                replay=origin_to_proto(b.replay, b.route) if b.replay else None,
             )
         )
     elif isinstance(b, o.StepStarted):
@@ -466,6 +481,12 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
                 cost=_money(b.cost, c),
                 duration=_duration(b.duration),
                 error_message=b.error_message,
+                output=b.output,
+                content=b.content,
+                tool_calls=[wire.tool_call_to_proto(t) for t in b.tool_calls],
+                model_tool_call_id=b.model_tool_call_id,
+                replay_served=served_to_proto(b.served),
+                recorded_call_id=b.recorded_call_id,
             )
         )
     elif isinstance(b, o.ApprovalRequested):
@@ -607,6 +628,8 @@ def run_to_proto(run: Run) -> planner_state_pb2.RunState:
         end_held=run.end_held,
         failed_step_id=run.failed_step_id,
         cancelled_by=run.cancelled_by,
+        replay=replay_to_proto(run.replay) if run.replay else None,
+        replay_used=list(run.replay_used),
     )
 
 
@@ -687,6 +710,8 @@ def run_from_proto(state: planner_state_pb2.RunState, currency: str) -> Run:
         end_held=state.end_held,
         failed_step_id=state.failed_step_id,
         cancelled_by=state.cancelled_by,
+        replay=replay_from_proto(state.replay) if state.HasField("replay") else None,
+        replay_used=tuple(state.replay_used),
     )
 
 

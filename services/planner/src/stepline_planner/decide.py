@@ -65,6 +65,17 @@ from stepline_planner.profiles import (
     Route,
     StepTimeoutPolicy,
 )
+from stepline_planner.replay import (
+    BUILTIN_SOURCE,
+    Divergence,
+    Replay,
+    Served,
+    canonical_arguments,
+    match_recorded,
+    may_execute,
+)
+from stepline_planner.replay import Approvals as ReplayApprovals
+from stepline_planner.replay import Mode as ReplayMode
 from stepline_planner.state import (
     Decision,
     IgnoredReason,
@@ -81,7 +92,12 @@ from stepline_planner.state import (
     call_id_of,
 )
 from stepline_planner.transcript import bound_memory, compact, estimate_tokens, truncate
-from stepline_runtime.ids import derive_run_id, tenant_id_problem
+from stepline_runtime.ids import (
+    REPLAY_RUN_PREFIXES,
+    derive_run_id,
+    is_replay_run,
+    tenant_id_problem,
+)
 from stepline_vocab import BadInputError, format_amount
 
 __all__ = [
@@ -244,6 +260,7 @@ def _on_goal(
             # Move the goal to the partition that owns the derived id; it is decided there.
             return None, [GoalForwarded(replace(goal, run_id=derived))]
     profile = ctx.profiles.agents.get(goal.agent)
+    replay = goal.replay
     limit = profile.run_deadline_s if profile else 0.0
     deadline = now + timedelta(seconds=limit)
     if goal.deadline is not None:
@@ -263,7 +280,7 @@ def _on_goal(
             started_at=now,
             updated_at=now,
             session_id=goal.session_id,
-            route=profile.route if profile else "",
+            route=(replay.route if replay else "") or (profile.route if profile else ""),
             max_steps=max_steps,
             budget=budget,
             deadline=deadline,
@@ -271,6 +288,7 @@ def _on_goal(
             metadata=dict(goal.metadata),
             idempotency_key=goal.idempotency_key,
             submitted_by=goal.submitted_by,
+            replay=replay,
         ),
         now,
         ctx,
@@ -316,6 +334,9 @@ def _invalid(
             f"agent {goal.agent!r} uses route {profile.route!r}, which the router's routes "
             "file does not define",
         )
+    replay_problem = _replay_problem(goal, ctx)
+    if replay_problem is not None:
+        return Reason.INVALID_GOAL, replay_problem
     allowed = ctx.profiles.tenant_tools.get(goal.tenant_id)
     if allowed is not None:
         used = list(profile.tools) + ([DELEGATE_TOOL.name] if profile.delegates else [])
@@ -339,20 +360,56 @@ def _invalid(
     return None
 
 
+def _replay_problem(goal: Goal, ctx: Context) -> str | None:
+    """Why a replay goal cannot run, or None."""
+    replay = goal.replay
+    if replay is None:
+        return None
+    if not replay.original_run_id:
+        return "a replay must name the original run"
+    if not is_replay_run(goal.run_id):
+        return (
+            f"a replay's run id must start with {' or '.join(REPLAY_RUN_PREFIXES)} "
+            "(stepline_runtime.ids.derive_replay_run_id), so its spend is told apart"
+        )
+    if replay.route and replay.route not in ctx.profiles.routes:
+        known = ", ".join(sorted(ctx.profiles.routes)) or "none"
+        return (
+            f"replay route {replay.route!r} is neither a route nor a deployment of the routes "
+            f"file (known: {known})"
+        )
+    if replay.mode is ReplayMode.FORK and replay.steps_forked < 0:
+        return f"a fork cannot start before step 0, got {replay.steps_forked}"
+    return None
+
+
 def _start(tx: _Tx, memory: tuple[Message, ...]) -> None:
     profile = tx.profile
     if profile is None:
         _fail(tx, Reason.UNKNOWN_AGENT, f"agent {tx.run.agent!r} is no longer configured")
         return
     run = tx.run
+    replay = run.replay
+    prompt = (replay.system_prompt if replay else "") or profile.system_prompt
+    forked = replay.forked if replay and replay.mode is ReplayMode.FORK else ()
     tx.set(
         status=Status.RUNNING,
         transcript=(
-            Message(Role.SYSTEM, profile.system_prompt),
+            Message(Role.SYSTEM, prompt),
             *memory,
             Message(Role.USER, run.goal),
+            *forked,
         ),
     )
+    if replay is not None:
+        # The forked steps count as taken (no model or tool call for them); the record is in
+        # the transcript now, so the state keeps no second copy.
+        steps = replay.steps_forked if forked else 0
+        tx.set(
+            steps_taken=steps,
+            step_ordinal=steps,
+            replay=replace(replay, forked=()),
+        )
     tx.emit(
         RunStarted(
             goal=run.goal,
@@ -364,6 +421,7 @@ def _start(tx: _Tx, memory: tuple[Message, ...]) -> None:
             route=run.route,
             max_steps=run.max_steps,
             metadata=run.metadata,
+            replay=tx.run.replay,
         )
     )
     _next_model_turn(tx)
@@ -488,6 +546,7 @@ def _request_model(
             metadata=run.metadata,
             requested_at=tx.now,
             stream=profile.stream or route.stream,
+            replay_of=run.replay.original_run_id if run.replay else "",
         )
     )
 
@@ -608,6 +667,8 @@ def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
             requested_tools=tuple(c.name for c in event.tool_calls),
             usage=event.usage,
             cost=event.cost,
+            content=event.content,
+            tool_calls=event.tool_calls,
         )
     )
     if tx.run.status is Status.WRAPPING_UP or not event.tool_calls:
@@ -694,6 +755,10 @@ def _order_tool_results(tx: _Tx) -> None:
 
 def _start_tool(tx: _Tx, profile: AgentProfile, call: ToolCall) -> None:
     step_id, call_id = tx.next_step_id()
+    replay = tx.run.replay
+    replaying = replay is not None and replay.mode is ReplayMode.REPLAY
+    if replaying and replay is not None and _replay_tool(tx, replay, call, step_id, call_id):
+        return
     if call.name == DELEGATE_TOOL.name and profile.delegates:
         _start_child(tx, profile, call, step_id, call_id)
         return
@@ -724,7 +789,32 @@ def _start_tool(tx: _Tx, profile: AgentProfile, call: ToolCall) -> None:
             arguments_json=call.arguments_json,
         )
     )
-    if profile.approvals.get(call.name, spec.requires_approval):
+    needs_approval = profile.approvals.get(call.name, spec.requires_approval)
+    if needs_approval and replay is not None:
+        recorded = _recorded_decision(replay, call)
+        if recorded is not None and recorded[0] is Decision.APPROVED:
+            # The same call was approved (and ran) in the original: the decision is reused.
+            needs_approval = False
+            tx.emit(
+                ApprovalResolved(
+                    f"{call_id}/approval",
+                    step_id,
+                    call_id,
+                    Decision.APPROVED,
+                    reason=f"reused: call {recorded[1]} of run {replay.original_run_id}",
+                    decided_by=f"replay:{replay.original_run_id}",
+                )
+            )
+        elif recorded is not None or replay.approvals is ReplayApprovals.DENY:
+            why = (
+                f"denied: the same call ({recorded[1]}) was denied in run "
+                f"{replay.original_run_id}, and the decision is reused"
+                if recorded is not None
+                else "approval auto-denied: this replay does not ask humans (approvals: deny)"
+            )
+            _tool_answered(tx, call, step_id, call_id, why, Outcome.DENIED, Served.DENIED)
+            return
+    if needs_approval:
         expires = tx.now + timedelta(seconds=profile.approval_timeout_s)
         step = replace(
             step,
@@ -742,6 +832,107 @@ def _start_tool(tx: _Tx, profile: AgentProfile, call: ToolCall) -> None:
         return
     tx.set(pending=(*tx.run.pending, step))
     _request_tool(tx, step)
+
+
+def _replay_tool(tx: _Tx, replay: Replay, call: ToolCall, step_id: str, call_id: str) -> bool:
+    """Answer a replay's tool call from the record, or apply the divergence policy.
+
+    True when the call is dealt with (served, stubbed, or the replay stopped); False when it
+    runs for real (a diverging call the policy allows to execute).
+    """
+    spec = tx.ctx.tools.get(call.name)
+    read_only = spec is not None and spec.idempotent and spec.source == BUILTIN_SOURCE
+    index = match_recorded(replay, tx.run.replay_used, call.name, call.arguments_json, read_only)
+    if index is not None:
+        recorded = replay.recorded[index]
+        if index not in tx.run.replay_used:
+            tx.set(replay_used=(*tx.run.replay_used, index))
+        _tool_answered(
+            tx,
+            call,
+            step_id,
+            call_id,
+            recorded.output,
+            recorded.outcome,
+            Served.RECORDED,
+            recorded_call_id=recorded.call_id,
+            error_kind=recorded.error_kind,
+        )
+        return True
+    if may_execute(replay, call.name, spec):
+        return False
+    original = replay.original_run_id
+    if replay.divergence is Divergence.STUB:
+        text = (
+            f"[not executed in replay: the original run {original} made no call of "
+            f"{call.name} with these arguments, and this replay does not run new calls]"
+        )
+        _tool_answered(tx, call, step_id, call_id, text, Outcome.CANCELLED, Served.STUBBED)
+        return True
+    why = (
+        f"replay diverged at step {step_id}: {call.name}({call.arguments_json}) matches no "
+        f"call of the original run {original}, and the policy "
+        f"{replay.divergence.value.lower()} does not run it; nothing was executed"
+    )
+    _tool_answered(tx, call, step_id, call_id, why, Outcome.CANCELLED, Served.DIVERGED)
+    _fail(tx, Reason.REPLAY_DIVERGED, why, step_id)
+    return True
+
+
+def _recorded_decision(replay: Replay, call: ToolCall) -> tuple[Decision, str] | None:
+    """How a human decided on an identical call in the original run, and that call's id."""
+    wanted = canonical_arguments(call.arguments_json)
+    for recorded in replay.recorded:
+        if recorded.tool != call.name or canonical_arguments(recorded.arguments_json) != wanted:
+            continue
+        if recorded.outcome is Outcome.DENIED:
+            return Decision.DENIED, recorded.call_id
+        if recorded.outcome is not Outcome.CANCELLED:  # cancelled: nobody decided
+            return Decision.APPROVED, recorded.call_id
+    return None
+
+
+def _tool_answered(
+    tx: _Tx,
+    call: ToolCall,
+    step_id: str,
+    call_id: str,
+    text: str,
+    outcome: Outcome,
+    served: Served,
+    *,
+    recorded_call_id: str = "",
+    error_kind: str = "",
+) -> None:
+    """A tool step answered without the executor (a replay's record, stub or refusal)."""
+    tx.emit(
+        StepStarted(
+            step_id,
+            call_id,
+            StepKind.TOOL,
+            tx.now,
+            tool=call.name,
+            arguments_json=call.arguments_json,
+        )
+    )
+    tx.emit(
+        StepCompleted(
+            step_id,
+            call_id,
+            StepKind.TOOL,
+            outcome,
+            timedelta(0),
+            tool=call.name,
+            tool_error_kind=error_kind,
+            error_message="" if outcome is Outcome.SUCCEEDED else text,
+            output=text,
+            model_tool_call_id=call.call_id,
+            served=served,
+            recorded_call_id=recorded_call_id,
+        )
+    )
+    tx.set(steps_taken=tx.run.steps_taken + 1)
+    tx.append(_tool_message(call, text))
 
 
 def _request_tool(tx: _Tx, step: PendingStep) -> None:
@@ -786,6 +977,8 @@ def _tool_refused(tx: _Tx, call: ToolCall, step_id: str, call_id: str, kind: str
             tool=call.name,
             tool_error_kind=kind,
             error_message=message,
+            output=f"error ({kind}): {message}",
+            model_tool_call_id=call.call_id,
         )
     )
     tx.set(steps_taken=tx.run.steps_taken + 1)
@@ -893,6 +1086,8 @@ def _finish_tool_step(
             usage=usage or Usage(),
             cost=cost,
             error_message=error_message,
+            output=text,
+            model_tool_call_id=step.model_tool_call_id,
         )
     )
     if tx.run.status is Status.AWAITING_APPROVAL and not any(

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TypeAlias
 
+from stepline_planner.replay import Replay
 from stepline_planner.state import Decision, Message, Status, ToolCall, Usage
 
 __all__ = [
@@ -44,6 +45,7 @@ class Goal:
     parent_run_id: str = ""
     submitted_by: str = ""
     max_steps: int = 0
+    replay: Replay | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import TypeAlias
 
 from stepline_planner.inputs import Goal
+from stepline_planner.replay import Replay, Served
 from stepline_planner.state import (
     Decision,
     IgnoredReason,
@@ -17,6 +18,7 @@ from stepline_planner.state import (
     Reason,
     Status,
     StepKind,
+    ToolCall,
     Usage,
 )
 
@@ -61,6 +63,9 @@ class ToolSpec:
     parameters_json_schema: str = "{}"
     requires_approval: bool = False
     idempotent: bool = False
+    # Where the executor's tool comes from ("builtin", "webhook", "mcp:<server>"); replays run
+    # only built-in idempotent tools for real unless a tool is allowed explicitly.
+    source: str = ""
 
 
 # --- run events (stepline.runs.v1) ------------------------------------------------------------
@@ -86,6 +91,7 @@ class RunStarted:
     route: str
     max_steps: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    replay: Replay | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,14 @@ class StepCompleted:
     usage: Usage = field(default_factory=Usage)
     cost: Decimal = Decimal(0)
     error_message: str = ""
+    # Tool steps: the text the model was given; model steps: the answer and its tool calls.
+    output: str = ""
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    model_tool_call_id: str = ""
+    # Replays: where a tool step's result came from, and the recorded call that served it.
+    served: Served = Served.LIVE
+    recorded_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +295,8 @@ class ModelCallRequested:
     requested_at: datetime
     # Use the provider's streaming API (the agent profile or the route asks for it).
     stream: bool = False
+    # The original run id when this run is a replay or fork (marks its usage records).
+    replay_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)

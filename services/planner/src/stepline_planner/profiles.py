@@ -161,7 +161,12 @@ def parse(text: str, prices: PriceBook, routes: RoutesConfig, origin: str = "<ag
         )
     priced: dict[str, Route] = {}
     unpriced: dict[str, tuple[str, ...]] = {}
-    for name, route in routes.routes.items():
+    # A deployment's name is a route of that one deployment too (the router's `route_for`), so
+    # a replay may name a model (`--model`) as well as a route.
+    singles = {n: routes.route_for(n) for n in routes.deployments if n not in routes.routes}
+    for name, route in [*routes.routes.items(), *singles.items()]:
+        if route is None:
+            continue
         economics = route_economics(route, prices)
         if economics.price is None:
             unpriced[name] = economics.unpriced

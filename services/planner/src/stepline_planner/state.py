@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from stepline_vocab import Message, Role, Tokens, ToolCall
+
+if TYPE_CHECKING:  # replay imports this module
+    from stepline_planner.replay import Replay
 
 __all__ = [
     "Decision",
@@ -62,6 +66,7 @@ class Reason(StrEnum):
     MODEL_FAILED = "MODEL_FAILED"
     INTERNAL = "INTERNAL"
     PARENT_ENDED = "PARENT_ENDED"
+    REPLAY_DIVERGED = "REPLAY_DIVERGED"
 
 
 class StepKind(StrEnum):
@@ -175,6 +180,9 @@ class Run:
     # Details of the ending that the terminal event needs and the state has nowhere else.
     failed_step_id: str = ""
     cancelled_by: str = ""
+    # A replay or fork of a recorded run, and which recorded calls served a step already.
+    replay: Replay | None = None
+    replay_used: tuple[int, ...] = ()
 
     @property
     def reserved(self) -> Decimal:

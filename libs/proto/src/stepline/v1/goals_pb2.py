@@ -24,9 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
+from stepline.v1 import replay_pb2 as stepline_dot_v1_dot_replay__pb2
+from stepline.v1 import runs_pb2 as stepline_dot_v1_dot_runs__pb2
+from stepline.v1 import tools_pb2 as stepline_dot_v1_dot_tools__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepline/v1/goals.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xad\x03\n\rGoalSubmitted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0c\n\x04goal\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\"\n\x06\x62udget\x18\x06 \x01(\x0b\x32\x12.stepline.v1.Money\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.stepline.v1.GoalSubmitted.MetadataEntry\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rparent_run_id\x18\x0b \x01(\t\x12\x14\n\x0csubmitted_by\x18\x0c \x01(\t\x12\x11\n\tmax_steps\x18\r \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepline/v1/goals.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\x1a\x18stepline/v1/replay.proto\x1a\x16stepline/v1/runs.proto\x1a\x17stepline/v1/tools.proto\"\xd6\x03\n\rGoalSubmitted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0c\n\x04goal\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\"\n\x06\x62udget\x18\x06 \x01(\x0b\x32\x12.stepline.v1.Money\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.stepline.v1.GoalSubmitted.MetadataEntry\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rparent_run_id\x18\x0b \x01(\t\x12\x14\n\x0csubmitted_by\x18\x0c \x01(\t\x12\x11\n\tmax_steps\x18\r \x01(\x05\x12\'\n\x06replay\x18\x0e \x01(\x0b\x32\x17.stepline.v1.ReplaySpec\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x01\n\x10RecordedToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.stepline.v1.StepOutcome\x12\x37\n\x0ftool_error_kind\x18\x06 \x01(\x0e\x32\x1e.stepline.v1.ToolCallErrorKind\"\x97\x03\n\nReplaySpec\x12\x17\n\x0foriginal_run_id\x18\x01 \x01(\t\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.stepline.v1.ReplayMode\x12\x11\n\tfrom_step\x18\x03 \x01(\x05\x12\r\n\x05route\x18\x04 \x01(\t\x12\x15\n\rsystem_prompt\x18\x05 \x01(\t\x12\x31\n\ndivergence\x18\x06 \x01(\x0e\x32\x1d.stepline.v1.DivergencePolicy\x12\x15\n\rexecute_tools\x18\x07 \x03(\t\x12/\n\tapprovals\x18\x08 \x01(\x0e\x32\x1c.stepline.v1.ReplayApprovals\x12\x35\n\x0erecorded_calls\x18\t \x03(\x0b\x32\x1d.stepline.v1.RecordedToolCall\x12\x31\n\x0f\x66orked_messages\x18\n \x03(\x0b\x32\x18.stepline.v1.ChatMessage\x12\x14\n\x0csteps_forked\x18\x0b \x01(\x05\x12\x15\n\rsettings_hash\x18\x0c \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GOALSUBMITTED_METADATAENTRY']._loaded_options = None
   _globals['_GOALSUBMITTED_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_GOALSUBMITTED']._serialized_start=100
-  _globals['_GOALSUBMITTED']._serialized_end=529
-  _globals['_GOALSUBMITTED_METADATAENTRY']._serialized_start=482
-  _globals['_GOALSUBMITTED_METADATAENTRY']._serialized_end=529
+  _globals['_GOALSUBMITTED']._serialized_start=175
+  _globals['_GOALSUBMITTED']._serialized_end=645
+  _globals['_GOALSUBMITTED_METADATAENTRY']._serialized_start=598
+  _globals['_GOALSUBMITTED_METADATAENTRY']._serialized_end=645
+  _globals['_RECORDEDTOOLCALL']._serialized_start=648
+  _globals['_RECORDEDTOOLCALL']._serialized_end=837
+  _globals['_REPLAYSPEC']._serialized_start=840
+  _globals['_REPLAYSPEC']._serialized_end=1247
 # @@protoc_insertion_point(module_scope)

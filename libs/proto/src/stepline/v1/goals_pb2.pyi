@@ -9,6 +9,9 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from stepline.v1 import common_pb2 as _common_pb2
+from stepline.v1 import replay_pb2 as _replay_pb2
+from stepline.v1 import runs_pb2 as _runs_pb2
+from stepline.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -63,6 +66,7 @@ class GoalSubmitted(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     MAX_STEPS_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Caller-chosen unique run id (e.g. a UUID); also the Kafka key. Resubmitting the same run_id
     does not start a second run.
@@ -101,6 +105,12 @@ class GoalSubmitted(_message.Message):
     def submitted_at(self) -> _timestamp_pb2.Timestamp:
         """When the submitter created the goal."""
 
+    @_builtins.property
+    def replay(self) -> Global___ReplaySpec:
+        """Optional: this run re-drives a recorded run (replay or fork), see replay.proto. The run id
+        of a replay is derived from (tenant, original run id, settings hash) by the submitter.
+        """
+
     def __init__(
         self,
         *,
@@ -117,11 +127,121 @@ class GoalSubmitted(_message.Message):
         parent_run_id: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
         max_steps: _builtins.int = ...,
+        replay: Global___ReplaySpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "deadline", b"deadline", "submitted_at", b"submitted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "deadline", b"deadline", "replay", b"replay", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget", b"budget", "deadline", b"deadline", "goal", b"goal", "idempotency_key", b"idempotency_key", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "session_id", b"session_id", "submitted_at", b"submitted_at", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget", b"budget", "deadline", b"deadline", "goal", b"goal", "idempotency_key", b"idempotency_key", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "replay", b"replay", "run_id", b"run_id", "session_id", b"session_id", "submitted_at", b"submitted_at", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GoalSubmitted: _TypeAlias = GoalSubmitted  # noqa: Y015
+
+@_typing.final
+class RecordedToolCall(_message.Message):
+    """RecordedToolCall is one tool step of the original run, as its run events recorded it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TOOL_ERROR_KIND_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    """The original step's call id ("<run_id>:<ordinal>:<n>")."""
+    tool: _builtins.str
+    arguments_json: _builtins.str
+    output: _builtins.str
+    """The text the model was given for it (output, or the error/denial text)."""
+    outcome: _runs_pb2.StepOutcome.ValueType
+    tool_error_kind: _tools_pb2.ToolCallErrorKind.ValueType
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        output: _builtins.str = ...,
+        outcome: _runs_pb2.StepOutcome.ValueType = ...,
+        tool_error_kind: _tools_pb2.ToolCallErrorKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "call_id", b"call_id", "outcome", b"outcome", "output", b"output", "tool", b"tool", "tool_error_kind", b"tool_error_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordedToolCall: _TypeAlias = RecordedToolCall  # noqa: Y015
+
+@_typing.final
+class ReplaySpec(_message.Message):
+    """ReplaySpec asks the planner to re-drive a recorded run (GoalSubmitted.replay)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FROM_STEP_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    DIVERGENCE_FIELD_NUMBER: _builtins.int
+    EXECUTE_TOOLS_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    RECORDED_CALLS_FIELD_NUMBER: _builtins.int
+    FORKED_MESSAGES_FIELD_NUMBER: _builtins.int
+    STEPS_FORKED_FIELD_NUMBER: _builtins.int
+    SETTINGS_HASH_FIELD_NUMBER: _builtins.int
+    original_run_id: _builtins.str
+    mode: _replay_pb2.ReplayMode.ValueType
+    from_step: _builtins.int
+    """REPLAY_MODE_FORK: the last step of the original taken from the record (whole turns only:
+    steps_forked may be lower).
+    """
+    route: _builtins.str
+    """Overrides of the agent profile; empty keeps the profile's."""
+    system_prompt: _builtins.str
+    divergence: _replay_pb2.DivergencePolicy.ValueType
+    approvals: _replay_pb2.ReplayApprovals.ValueType
+    steps_forked: _builtins.int
+    """REPLAY_MODE_FORK: how many steps of the original those messages took."""
+    settings_hash: _builtins.str
+    """SHA-256 of the settings (mode, step, overrides, policy): the replay's run id derives from
+    (tenant, original run id, settings_hash), so the same replay submitted twice is one run.
+    """
+    @_builtins.property
+    def execute_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools allowed to run for real in this replay even when not read-only (explicit opt-in)."""
+
+    @_builtins.property
+    def recorded_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordedToolCall]:
+        """The original's tool calls, in step order."""
+
+    @_builtins.property
+    def forked_messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
+        """REPLAY_MODE_FORK: the transcript after the goal message, up to the fork point."""
+
+    def __init__(
+        self,
+        *,
+        original_run_id: _builtins.str = ...,
+        mode: _replay_pb2.ReplayMode.ValueType = ...,
+        from_step: _builtins.int = ...,
+        route: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        divergence: _replay_pb2.DivergencePolicy.ValueType = ...,
+        execute_tools: _abc.Iterable[_builtins.str] | None = ...,
+        approvals: _replay_pb2.ReplayApprovals.ValueType = ...,
+        recorded_calls: _abc.Iterable[Global___RecordedToolCall] | None = ...,
+        forked_messages: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
+        steps_forked: _builtins.int = ...,
+        settings_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "divergence", b"divergence", "execute_tools", b"execute_tools", "forked_messages", b"forked_messages", "from_step", b"from_step", "mode", b"mode", "original_run_id", b"original_run_id", "recorded_calls", b"recorded_calls", "route", b"route", "settings_hash", b"settings_hash", "steps_forked", b"steps_forked", "system_prompt", b"system_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaySpec: _TypeAlias = ReplaySpec  # noqa: Y015

@@ -399,6 +399,7 @@ class ModelCallRequested(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    REPLAY_OF_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     step_id: _builtins.str
@@ -413,6 +414,8 @@ class ModelCallRequested(_message.Message):
     """
     agent: _builtins.str
     """Agent profile name, for attribution in usage records."""
+    replay_of: _builtins.str
+    """Set when the run is a replay or fork: the original run id (copied onto UsageRecorded)."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """Full transcript to send, system prompt first."""
@@ -456,10 +459,11 @@ class ModelCallRequested(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         agent: _builtins.str = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
+        replay_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "max_cost", b"max_cost", "parameters", b"parameters", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "call_id", b"call_id", "deadline", b"deadline", "max_cost", b"max_cost", "messages", b"messages", "metadata", b"metadata", "parameters", b"parameters", "requested_at", b"requested_at", "route", b"route", "run_id", b"run_id", "step_id", b"step_id", "stream", b"stream", "tenant_id", b"tenant_id", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "call_id", b"call_id", "deadline", b"deadline", "max_cost", b"max_cost", "messages", b"messages", "metadata", b"metadata", "parameters", b"parameters", "replay_of", b"replay_of", "requested_at", b"requested_at", "route", b"route", "run_id", b"run_id", "step_id", b"step_id", "stream", b"stream", "tenant_id", b"tenant_id", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

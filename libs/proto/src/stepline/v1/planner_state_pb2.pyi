@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from stepline.v1 import common_pb2 as _common_pb2
+from stepline.v1 import goals_pb2 as _goals_pb2
 from stepline.v1 import runs_pb2 as _runs_pb2
 import builtins as _builtins
 import sys
@@ -162,6 +163,8 @@ class RunState(_message.Message):
     END_HELD_FIELD_NUMBER: _builtins.int
     FAILED_STEP_ID_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    REPLAY_USED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     agent: _builtins.str
@@ -239,6 +242,14 @@ class RunState(_message.Message):
         deadline is when the planner stops waiting for it.
         """
 
+    @_builtins.property
+    def replay(self) -> _goals_pb2.ReplaySpec:
+        """A replay's settings and record (forked_messages cleared once the run started)."""
+
+    @_builtins.property
+    def replay_used(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indexes into replay.recorded_calls of the calls that served a step already."""
+
     def __init__(
         self,
         *,
@@ -277,10 +288,12 @@ class RunState(_message.Message):
         end_held: _builtins.bool = ...,
         failed_step_id: _builtins.str = ...,
         cancelled_by: _builtins.str = ...,
+        replay: _goals_pb2.ReplaySpec | None = ...,
+        replay_used: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cost", b"cost", "deadline", b"deadline", "finished_at", b"finished_at", "reserved_cost", b"reserved_cost", "started_at", b"started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cost", b"cost", "deadline", b"deadline", "finished_at", b"finished_at", "replay", b"replay", "reserved_cost", b"reserved_cost", "started_at", b"started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "budget", b"budget", "cancelled_by", b"cancelled_by", "child_run_ids", b"child_run_ids", "cost", b"cost", "deadline", b"deadline", "end_held", b"end_held", "failed_step_id", b"failed_step_id", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "goal", b"goal", "idempotency_key", b"idempotency_key", "last_event_sequence", b"last_event_sequence", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "pending_steps", b"pending_steps", "queued_tool_calls", b"queued_tool_calls", "reserved_cost", b"reserved_cost", "route", b"route", "run_id", b"run_id", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "step_ordinal", b"step_ordinal", "steps_taken", b"steps_taken", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id", "transcript", b"transcript", "unsettled_steps", b"unsettled_steps", "updated_at", b"updated_at", "usage", b"usage", "wrap_up_limit", b"wrap_up_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "budget", b"budget", "cancelled_by", b"cancelled_by", "child_run_ids", b"child_run_ids", "cost", b"cost", "deadline", b"deadline", "end_held", b"end_held", "failed_step_id", b"failed_step_id", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "goal", b"goal", "idempotency_key", b"idempotency_key", "last_event_sequence", b"last_event_sequence", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "pending_steps", b"pending_steps", "queued_tool_calls", b"queued_tool_calls", "replay", b"replay", "replay_used", b"replay_used", "reserved_cost", b"reserved_cost", "route", b"route", "run_id", b"run_id", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "step_ordinal", b"step_ordinal", "steps_taken", b"steps_taken", "submitted_by", b"submitted_by", "tenant_id", b"tenant_id", "transcript", b"transcript", "unsettled_steps", b"unsettled_steps", "updated_at", b"updated_at", "usage", b"usage", "wrap_up_limit", b"wrap_up_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from stepline.v1 import common_pb2 as _common_pb2
 from stepline.v1 import control_pb2 as _control_pb2
 from stepline.v1 import model_pb2 as _model_pb2
+from stepline.v1 import replay_pb2 as _replay_pb2
 from stepline.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
@@ -98,6 +99,8 @@ class _RunFailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunF
     """A bug or unexpected state in the planner."""
     RUN_FAILURE_REASON_PARENT_ENDED: _RunFailureReason.ValueType  # 9
     """The parent run ended before this child finished."""
+    RUN_FAILURE_REASON_REPLAY_DIVERGED: _RunFailureReason.ValueType  # 10
+    """A replay met a tool call that matches no recorded call and its policy said stop."""
 
 class RunFailureReason(_RunFailureReason, metaclass=_RunFailureReasonEnumTypeWrapper):
     """RunFailureReason says why a run failed (or, in WrapUpStarted, which limit was hit)."""
@@ -121,6 +124,8 @@ RUN_FAILURE_REASON_INTERNAL: RunFailureReason.ValueType  # 8
 """A bug or unexpected state in the planner."""
 RUN_FAILURE_REASON_PARENT_ENDED: RunFailureReason.ValueType  # 9
 """The parent run ended before this child finished."""
+RUN_FAILURE_REASON_REPLAY_DIVERGED: RunFailureReason.ValueType  # 10
+"""A replay met a tool call that matches no recorded call and its policy said stop."""
 Global___RunFailureReason: _TypeAlias = RunFailureReason  # noqa: Y015
 
 class _StepKind:
@@ -358,6 +363,7 @@ class RunStarted(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     MAX_STEPS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
     goal: _builtins.str
     session_id: _builtins.str
     parent_run_id: _builtins.str
@@ -376,6 +382,10 @@ class RunStarted(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels from the goal."""
 
+    @_builtins.property
+    def replay(self) -> _replay_pb2.ReplayOrigin:
+        """Set when this run is a replay or fork of a recorded run."""
+
     def __init__(
         self,
         *,
@@ -388,10 +398,11 @@ class RunStarted(_message.Message):
         route: _builtins.str = ...,
         max_steps: _builtins.int = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replay: _replay_pb2.ReplayOrigin | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "deadline", b"deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "deadline", b"deadline", "replay", b"replay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "deadline", b"deadline", "goal", b"goal", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "route", b"route", "session_id", b"session_id", "submitted_by", b"submitted_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "deadline", b"deadline", "goal", b"goal", "max_steps", b"max_steps", "metadata", b"metadata", "parent_run_id", b"parent_run_id", "replay", b"replay", "route", b"route", "session_id", b"session_id", "submitted_by", b"submitted_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -464,6 +475,12 @@ class StepCompleted(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    MODEL_TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    REPLAY_SERVED_FIELD_NUMBER: _builtins.int
+    RECORDED_CALL_ID_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     call_id: _builtins.str
     kind: Global___StepKind.ValueType
@@ -482,6 +499,17 @@ class StepCompleted(_message.Message):
     """STEP_KIND_TOOL: the output was truncated."""
     error_message: _builtins.str
     """Failure detail; empty on success."""
+    output: _builtins.str
+    """STEP_KIND_TOOL: the text the model was given (output or error, truncated as in the
+    transcript), so a run's events alone can be replayed, forked and compared.
+    """
+    content: _builtins.str
+    """STEP_KIND_MODEL: the answer's text and the tool calls it asked for, with their arguments."""
+    model_tool_call_id: _builtins.str
+    """STEP_KIND_TOOL: the model's id of the call this step answers (ToolCall.call_id)."""
+    replay_served: _replay_pb2.ReplayServed.ValueType
+    """STEP_KIND_TOOL of a replay: where the result came from, and which recorded call served it."""
+    recorded_call_id: _builtins.str
     @_builtins.property
     def requested_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """STEP_KIND_MODEL: names of the tools the model asked for (each becomes a tool step)."""
@@ -496,6 +524,8 @@ class StepCompleted(_message.Message):
     def duration(self) -> _duration_pb2.Duration:
         """From StepStarted to the result."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolCall]: ...
     def __init__(
         self,
         *,
@@ -516,10 +546,16 @@ class StepCompleted(_message.Message):
         cost: _common_pb2.Money | None = ...,
         duration: _duration_pb2.Duration | None = ...,
         error_message: _builtins.str = ...,
+        output: _builtins.str = ...,
+        content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_common_pb2.ToolCall] | None = ...,
+        model_tool_call_id: _builtins.str = ...,
+        replay_served: _replay_pb2.ReplayServed.ValueType = ...,
+        recorded_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "duration", b"duration", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "cost", b"cost", "deployment", b"deployment", "duration", b"duration", "error_message", b"error_message", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "outcome", b"outcome", "output_truncated", b"output_truncated", "provider", b"provider", "requested_tools", b"requested_tools", "route", b"route", "step_id", b"step_id", "tool", b"tool", "tool_error_kind", b"tool_error_kind", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "content", b"content", "cost", b"cost", "deployment", b"deployment", "duration", b"duration", "error_message", b"error_message", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "model_tool_call_id", b"model_tool_call_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "provider", b"provider", "recorded_call_id", b"recorded_call_id", "replay_served", b"replay_served", "requested_tools", b"requested_tools", "route", b"route", "step_id", b"step_id", "tool", b"tool", "tool_calls", b"tool_calls", "tool_error_kind", b"tool_error_kind", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
