@@ -19,6 +19,7 @@ __all__ = [
     "closed_port",
     "openai_chunks",
     "openai_completion",
+    "openai_embeddings",
     "openai_error",
 ]
 
@@ -276,6 +277,22 @@ def openai_chunks(
     events.append("data: " + json.dumps(final))
     events.append("data: [DONE]")
     return events
+
+
+def openai_embeddings(
+    vectors: Iterable[Iterable[float]], *, model: str = "text-embedding-3-small", tokens: int = 8
+) -> dict[str, Any]:
+    """An `/embeddings` response body (float encoding), items listed last-first as servers may."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": list(vector)}
+        for i, vector in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data[::-1],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None) -> Reply:

@@ -260,3 +260,14 @@ def test_the_shipped_book_layers_the_catalog_and_lists_hundreds_of_models() -> N
     catalog = book.model_entry("anthropic", "claude-haiku-4-5")
     assert catalog is not None
     assert catalog.source is PriceSource.CATALOG
+
+
+def test_an_embedding_model_is_priced_by_input_other_input_only_models_stay_unpriced() -> None:
+    book = _layered()
+    expected = calc_price(Usage(input_tokens=1000), "text-embedding-3-small", provider_id="openai")
+    cost = book.model_cost("openai", "text-embedding-3-small", Tokens(input=1000))
+    assert cost == expected.total_price
+    assert cost is not None
+    assert cost > 0
+    # Input-only but not an embedding model: its output price is unknown, so it is unpriced.
+    assert book.model_price("azure", "davinci") is None

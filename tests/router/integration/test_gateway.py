@@ -25,6 +25,11 @@ import openai
 import pytest
 
 from stepline.v1 import model_pb2, usage_pb2
+from stepline_router.clock import SystemClock
+from stepline_router.credentials import StaticCredentials
+from stepline_router.gateway import Gateway
+from stepline_router.http_api import API_NAMES, build_app
+from stepline_router.router import Router
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import Topics
 from tests.kafkatools import read_all
@@ -36,9 +41,11 @@ from tests.router.fakes import (
     anthropic_message,
     openai_chunks,
     openai_completion,
+    openai_embeddings,
     openai_error,
 )
-from tests.router.support import free_port, spawn
+from tests.router.keys_twin import keys_from_json
+from tests.router.support import BOOK, free_port, routes, spawn
 
 pytestmark = pytest.mark.kafka
 
@@ -55,6 +62,13 @@ KEYS = [
         "models": ["primary", "fallback"],
     },
     {"secret": "sk-limited", "key_id": "k-limited", "tenant": "acme", "requests": 1},
+    {
+        "secret": "sk-beta-embed",
+        "key_id": "k-beta-embed",
+        "tenant": "beta",
+        "routes": ["embed"],
+        "models": ["embed-primary", "embed-fallback"],
+    },
 ]
 WEATHER: Any = {
     "type": "function",
@@ -71,6 +85,9 @@ WEATHER: Any = {
 
 
 def _openai_default(request: Received) -> Reply:
+    if request.path.endswith("/embeddings"):
+        count = len((request.body or {}).get("input") or [])
+        return Reply(body=openai_embeddings([[0.5, -0.5, 0.25]] * count))
     if (request.body or {}).get("stream"):
         return Reply(events=openai_chunks(["Hel", "lo", " there"]))
     return Reply(body=openai_completion("hello there"))
@@ -132,6 +149,26 @@ provider = "anthropic"
 model = "claude-haiku-4-5"
 base_url = "{claude}"
 timeouts = {quick}
+[deployments.embed-primary]
+provider = "openai"
+model = "text-embedding-3-small"
+base_url = "{primary}/v1"
+capabilities = {{ chat = false, embeddings = true }}
+timeouts = {quick}
+[deployments.embed-fallback]
+provider = "openai"
+model = "text-embedding-3-large"
+base_url = "{fallback}/v1"
+capabilities = {{ chat = false, embeddings = true }}
+timeouts = {quick}
+[deployments.embed-local]
+provider = "local"
+model = "stepline-local-1"
+capabilities = {{ embeddings = true }}
+[routes.embed]
+deployments = ["embed-primary", "embed-fallback"]
+[routes.offline]
+deployments = ["embed-local"]
 [routes.default]
 deployments = ["primary", "fallback"]
 [routes.claude]
@@ -490,7 +527,18 @@ async def test_keys_401_403_429_in_each_api_format(gw: Stack) -> None:
     models = await gw.openai(key="sk-narrow").models.list()
     assert [m.id for m in models.data] == ["default", "fallback", "primary"]
     everything = {m.id async for m in gw.openai().models.list()}
-    assert everything == {"claude", "default", "fallback", "mixed", "primary"}
+    assert everything == {
+        "claude",
+        "default",
+        "fallback",
+        "mixed",
+        "primary",
+        "embed",
+        "offline",
+        "embed-primary",
+        "embed-fallback",
+        "embed-local",
+    }
     assert {m.id async for m in gw.anthropic().models.list()} == everything
 
 
@@ -689,3 +737,181 @@ async def test_a_caller_who_leaves_mid_stream_stops_the_provider_and_is_billed(
         (1, model_pb2.MODEL_ATTEMPT_OUTCOME_CANCELLED)
     ]
     assert mine[0].usage_id == f"{call_id}/attempt/1"
+
+
+async def _usage_of(
+    kafka: KafkaSettings, gw: Stack, call_id: str, count: int
+) -> list[usage_pb2.UsageRecorded]:
+    """The `count` UsageRecorded records of `call_id`, by attempt."""
+    topic = namespaced(Topics.USAGE, gw.namespace)
+    mine: list[usage_pb2.UsageRecorded] = []
+    deadline = time.monotonic() + 20
+    while len(mine) < count and time.monotonic() < deadline:
+        records = await read_all(kafka, topic, expect=10_000, timeout_s=2)
+        decoded = [usage_pb2.UsageRecorded.FromString(r.value or b"") for r in records]
+        mine = sorted((u for u in decoded if u.call_id == call_id), key=lambda u: u.attempt)
+    return mine
+
+
+async def test_openai_sdk_embeddings_fail_over_and_every_attempt_is_billed(
+    gw: Stack, kafka: KafkaSettings
+) -> None:
+    down = openai_error(503, "overloaded", "server_error")
+    gw.primary.queue(down, down)
+    gw.fallback.queue(Reply(body=openai_embeddings([[0.25, 0.5], [1.0, -2.0]], tokens=9)))
+    # The SDK asks for base64 by default and decodes it: the gateway encodes float32 like OpenAI.
+    raw = await gw.openai(key="sk-beta-embed").embeddings.with_raw_response.create(
+        model="embed", input=["the cat sat", "on the mat"], dimensions=2, user="end-user-1"
+    )
+    answer = raw.parse()
+    assert [d.embedding for d in answer.data] == [[0.25, 0.5], [1.0, -2.0]]
+    assert [d.index for d in answer.data] == [0, 1]
+    assert answer.model == "embed-fallback"
+    assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (9, 9)
+    assert raw.headers["x-stepline-attempts"] == "3"
+    assert raw.headers["x-stepline-deployment"] == "embed-fallback"
+    assert raw.headers["x-stepline-cost"] == "0.00000117"  # 9 × 0.13/M, the catalog's price
+    sent = gw.fallback.received[0]
+    assert sent.path == "/v1/embeddings"
+    assert sent.body == {
+        "model": "text-embedding-3-large",
+        "input": ["the cat sat", "on the mat"],
+        "encoding_format": "float",
+        "dimensions": 2,
+    }
+    assert gw.primary.received[0].path == "/v1/embeddings"
+    mine = await _usage_of(kafka, gw, raw.headers["x-request-id"], 3)
+    assert [(u.attempt, u.deployment, u.tenant_id) for u in mine] == [
+        (1, "embed-primary", "beta"),
+        (2, "embed-primary", "beta"),
+        (3, "embed-fallback", "beta"),
+    ]
+    assert mine[0].outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_OVERLOADED
+    assert mine[2].succeeded
+    assert mine[2].priced
+    assert (mine[2].usage.input_tokens, mine[2].usage.output_tokens) == (9, 0)
+
+
+async def test_offline_embeddings_are_deterministic_unit_vectors(gw: Stack) -> None:
+    client = gw.openai()
+    inputs: Any = ["the cat sat on the mat", [101, 2023, 102], "the cat sat on a mat"]
+    first = await client.embeddings.create(
+        model="offline", input=inputs, dimensions=64, encoding_format="float"
+    )
+    again = await client.embeddings.create(model="offline", input=inputs, dimensions=64)
+    vectors = [d.embedding for d in first.data]
+    # Same vectors run to run; base64 (the SDK's default) carries them as float32.
+    assert [pytest.approx(v, abs=1e-6) for v in vectors] == [d.embedding for d in again.data]
+    assert [len(v) for v in vectors] == [64, 64, 64]
+    for vector in vectors:
+        assert abs(sum(x * x for x in vector) - 1.0) < 1e-6
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(vectors[0], vectors[2]) > cosine(vectors[0], vectors[1])
+    assert first.model == "embed-local"
+    assert first.usage.prompt_tokens > 0
+
+
+async def test_chat_and_embeddings_never_use_the_wrong_kind_of_deployment(gw: Stack) -> None:
+    client = gw.openai()
+    with pytest.raises(openai.BadRequestError) as chat_only:
+        await client.embeddings.create(model="default", input="hi")
+    assert chat_only.value.code == "model_not_supported"
+    assert "embeddings" in str(chat_only.value)
+    with pytest.raises(openai.BadRequestError) as embed_only:
+        await client.chat.completions.create(
+            model="embed", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert embed_only.value.code == "model_not_supported"
+    with pytest.raises(openai.NotFoundError):
+        await client.embeddings.create(model="no-such-model", input="hi")
+    with pytest.raises(openai.BadRequestError) as empty:
+        await client.embeddings.create(model="embed", input="")
+    assert empty.value.param == "input"
+    assert gw.primary.received == []
+    assert gw.fallback.received == []
+
+
+def _gateway_routes() -> list[tuple[str, str, str]]:
+    """(method, path, API) of every route of the gateway app the router serves."""
+    config = routes(
+        '[deployments.a]\nprovider = "local"\nmodel = "m"\n[routes.r]\ndeployments = ["a"]'
+    )
+    clock = SystemClock()
+    router = Router(
+        routes=lambda: config,
+        prices=lambda: BOOK,
+        providers={},
+        credentials=StaticCredentials(),
+        clock=clock,
+        random=lambda: 0.5,
+    )
+    authenticator, quotas = keys_from_json(json.dumps(KEYS))
+
+    async def record(*_: object) -> None:
+        return None
+
+    gateway = Gateway(
+        router=router,
+        routes=lambda: config,
+        prices=lambda: BOOK,
+        authenticator=authenticator,
+        quotas=quotas,
+        record_usage=record,
+    )
+    found = []
+    for route in build_app(gateway, clock, lambda: "x").router.routes():
+        name = route.resource.name if route.resource is not None else None
+        api = (name or "").split(".")[0]
+        assert api in API_NAMES, f"route {route.method} {route} must be named <api>.<operation>"
+        assert route.resource is not None
+        found.append((route.method, route.resource.canonical, api))
+    return found
+
+
+@pytest.mark.parametrize(("method", "path", "api"), _gateway_routes())
+async def test_every_route_refuses_a_missing_wrong_or_unfit_key_in_its_api_format(
+    gw: Stack, method: str, path: str, api: str
+) -> None:
+    # One body fit for any operation that takes one: a model this tenant's narrow key may not use.
+    body = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": "hi"}],
+        "input": "hi",
+        "max_tokens": 5,
+    }
+    cases: list[tuple[str, dict[str, str], int]] = [
+        ("no key", {}, 401),
+        ("wrong key", {"authorization": "Bearer sk-wrong"}, 401),
+        ("wrong key (x-api-key)", {"x-api-key": "sk-wrong"}, 401),
+        ("key without the models:call scope", {"authorization": "Bearer sk-read-only"}, 403),
+    ]
+    if method == "POST":
+        cases.append(("key of another tenant's scope", {"x-api-key": "sk-narrow"}, 403))
+    async with httpx.AsyncClient() as client:
+        for case, headers, status in cases:
+            if api == "anthropic":
+                # Past the key, an Anthropic client's request also names its API version.
+                headers = {**headers, "anthropic-version": "2023-06-01"}
+            response = await client.request(
+                method,
+                f"{gw.url}{path}",
+                headers=headers,
+                json=body if method == "POST" else None,
+            )
+            assert response.status_code == status, (case, response.text)
+            if method == "HEAD":
+                continue
+            error = response.json()
+            if api == "anthropic":
+                assert error["type"] == "error", case
+                assert error["error"]["type"] in ("authentication_error", "permission_error")
+                assert response.headers["request-id"]
+            else:
+                assert set(error["error"]) == {"message", "type", "param", "code"}, case
+                assert error["error"]["type"] in ("authentication_error", "permission_error")
+            assert response.headers["x-request-id"]
+    assert gw.primary.received == []
+    assert gw.claude.received == []

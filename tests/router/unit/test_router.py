@@ -16,7 +16,14 @@ from stepline_router.providers.scripted import ScriptedProvider, ScriptedStream
 from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
 from stepline_router.routes import RoutesConfig, parse_routes
 from stepline_router.stream import Opened, TextDelta, ToolCallDelta, UsageDelta
-from stepline_router.types import Completion, ModelRequest, Params, ToolChoice, Usage
+from stepline_router.types import (
+    Completion,
+    EmbeddingInput,
+    ModelRequest,
+    Params,
+    ToolChoice,
+    Usage,
+)
 from tests.router.support import BOOK, PROVIDERS, request, routes, weather_tool
 
 TWO = """
@@ -348,3 +355,38 @@ async def test_the_shipped_production_routes_fail_loudly_without_keys() -> None:
     local = await router.complete(request(route="local"))
     assert isinstance(local, CallSucceeded)
     assert local.deployment.provider == "local"
+
+
+MIXED = """
+[deployments.chat]
+provider = "local"
+model = "stepline-local-1"
+[deployments.vectors]
+provider = "local"
+model = "stepline-local-1"
+capabilities = { chat = false, embeddings = true }
+[deployments.no-embed]
+provider = "scripted"
+model = "cheap"
+capabilities = { embeddings = true }
+[routes.embed]
+deployments = ["no-embed", "chat", "vectors"]
+[routes.chat]
+deployments = ["vectors", "chat"]
+"""
+
+
+async def test_embeddings_and_chat_each_use_only_deployments_of_their_kind() -> None:
+    clock = ManualClock()
+    router = _router(ScriptedProvider(), routes(MIXED), clock, local=LocalProvider())
+    embedded = await router.complete(
+        replace(request(route="embed"), messages=(), embedding=EmbeddingInput(("a b", (1, 2)), 8))
+    )
+    assert isinstance(embedded, CallSucceeded)
+    # `no-embed` declares embeddings but its provider has none; `chat` serves chat only.
+    assert embedded.deployment.name == "vectors"
+    assert [len(v) for v in embedded.completion.embeddings] == [8, 8]
+    assert embedded.attempts[0].usage.output == 0
+    chatted = await router.complete(request(route="chat"))
+    assert isinstance(chatted, CallSucceeded)
+    assert chatted.deployment.name == "chat"

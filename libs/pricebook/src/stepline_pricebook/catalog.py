@@ -129,7 +129,10 @@ def load_catalog(as_of: date) -> Catalog:
 def _entry(provider_id: str, info: gp.ModelInfo, as_of: date) -> ModelEntry | None:
     notes: list[str] = []
     resolved = [info.get_prices(moment) for moment in _moments(info, as_of)]
-    prices = [_token_price(p) for p in resolved]
+    # An embedding model produces no output: its input-only price is whole (output priced 0).
+    # Other input-only models stay unpriced: their output has a price the catalog does not say.
+    embedding = "embed" in info.id.lower()
+    prices = [_token_price(p, input_only=embedding) for p in resolved]
     if not prices or any(p is None for p in prices):
         return None
     price = functools.reduce(max_price, [p for p in prices if p is not None])
@@ -179,9 +182,11 @@ def _priced_items(price: gp.ModelPrice) -> Iterable[tuple[str, object]]:
     return ((k, v) for k, v in vars(price).items() if not k.startswith("_"))
 
 
-def _token_price(price: gp.ModelPrice) -> ModelPrice | None:
+def _token_price(price: gp.ModelPrice, *, input_only: bool = False) -> ModelPrice | None:
     values = dict(_priced_items(price))
     prices = {key: values.get(key) for key in _MAPPED}
+    if input_only and prices["output_mtok"] is None:
+        prices["output_mtok"] = Decimal(0)
     if prices["input_mtok"] is None or prices["output_mtok"] is None:
         return None
     thresholds = sorted(

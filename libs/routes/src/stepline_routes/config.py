@@ -70,6 +70,9 @@ class Capabilities:
     streaming: bool = True
     context_window: int = 128_000
     max_output_tokens: int = 4_096
+    # What the deployment serves: chat calls, embeddings calls, or both (never the wrong kind).
+    chat: bool = True
+    embeddings: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +301,8 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
             streaming=_bool(caps, "streaming", True, where),
             context_window=_int(caps, "context_window", 128_000, where, minimum=1),
             max_output_tokens=_int(caps, "max_output_tokens", 4_096, where, minimum=1),
+            chat=_bool(caps, "chat", True, where),
+            embeddings=_bool(caps, "embeddings", False, where),
         ),
         rate_limits=RateLimits(
             rpm=_int(limits, "rpm", 0, where), tpm=_int(limits, "tpm", 0, where)

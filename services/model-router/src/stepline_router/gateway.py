@@ -26,9 +26,16 @@ from stepline_keys import (
 from stepline_pricebook import PriceBook
 from stepline_router.router import CallOutcome, CallStream, CallSucceeded, Router
 from stepline_router.routes import Deployment, RoutesConfig
-from stepline_router.routing import Needs, estimated_cost
-from stepline_router.tokens import estimate_input_tokens
-from stepline_router.types import Message, ModelRequest, Params, ToolChoice, ToolSpec
+from stepline_router.routing import Needs, estimated_cost, output_cap
+from stepline_router.tokens import estimate_embedding_tokens, estimate_input_tokens
+from stepline_router.types import (
+    EmbeddingInput,
+    Message,
+    ModelRequest,
+    Params,
+    ToolChoice,
+    ToolSpec,
+)
 
 __all__ = [
     "CallSummary",
@@ -38,6 +45,7 @@ __all__ = [
     "ModelEntry",
     "RecordUsage",
     "UnknownModelError",
+    "UnsupportedModelError",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,10 @@ _RETRY_PAUSES_S = (0.5, 2.0, 8.0)
 
 class UnknownModelError(LookupError):
     """The `model` names neither a route nor a deployment."""
+
+
+class UnsupportedModelError(ValueError):
+    """The `model` has no deployment of the kind asked for (chat or embeddings)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,8 @@ class GatewayRequest:
     user: str = ""
     # Opt-in: a stream that breaks after output is finished by a deployment that can continue it.
     continuation: bool = False
+    # Set: an embeddings call (`messages` empty).
+    embedding: EmbeddingInput | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +261,18 @@ class Gateway:
             )
         if wanted.model in config.routes and not principal.may_use_route(wanted.model):
             raise PermissionDeniedError(f"this API key may not use route {wanted.model!r}")
-        usable = [d for d in route.deployments if principal.may_use_model(d.name)]
+        embeddings = wanted.embedding is not None
+        fitting = [
+            d
+            for d in route.deployments
+            if (d.capabilities.embeddings if embeddings else d.capabilities.chat)
+        ]
+        if not fitting:
+            kind = "embeddings" if embeddings else "chat"
+            raise UnsupportedModelError(
+                f"model {wanted.model!r} has no deployment that serves {kind} calls"
+            )
+        usable = [d for d in fitting if principal.may_use_model(d.name)]
         if not usable:
             raise PermissionDeniedError(f"this API key may not use model {wanted.model!r}")
         request = ModelRequest(
@@ -259,6 +284,7 @@ class Gateway:
             params=wanted.params,
             stream=wanted.stream,
             agent=f"api:{principal.key_id}",
+            embedding=wanted.embedding,
         )
         cost, tokens = self._worst_case(usable, request)
         reservation = await self._quotas.reserve(principal, cost=cost, tokens=tokens)
@@ -266,18 +292,19 @@ class Gateway:
 
     def _worst_case(self, usable: list[Deployment], request: ModelRequest) -> tuple[Decimal, int]:
         """The dearest usable deployment's cost at the output cap, and the tokens it may use."""
+        embedding = request.embedding
         needs = Needs(
             tools=bool(request.tools) and request.params.tool_choice is not ToolChoice.NONE,
             stream=request.stream,
-            input_tokens=estimate_input_tokens(request.messages, request.tools),
+            input_tokens=estimate_input_tokens(request.messages, request.tools)
+            if embedding is None
+            else estimate_embedding_tokens(embedding),
             max_output_tokens=request.params.max_output_tokens,
+            embeddings=embedding is not None,
         )
         book = self._prices()
         costs = [estimated_cost(d, needs, book.model_price) for d in usable]
         # An unpriced deployment cannot be reserved for; its real cost is settled as unknown.
         cost = max((c for c in costs if c is not None), default=Decimal(0))
-        output = max(
-            min(d.capabilities.max_output_tokens, needs.max_output_tokens or 1 << 62)
-            for d in usable
-        )
+        output = max(output_cap(d, needs) for d in usable)
         return cost, needs.input_tokens + output

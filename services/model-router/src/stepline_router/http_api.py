@@ -1,6 +1,8 @@
 """Inbound HTTP port: the OpenAI- and Anthropic-compatible gateway over the routing core.
 
-`POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic) and `GET /v1/models`.
+`POST /v1/chat/completions` and `POST /v1/embeddings` (OpenAI), `POST /v1/messages`
+(Anthropic) and `GET /v1/models`. Each route is named `<api>.<operation>`: the API's error
+format is the one every answer of that route uses, authentication errors included.
 HTTP and JSON stop here: the wire modules parse bodies into a `GatewayRequest`, the gateway
 authenticates, reserves and routes, and this module writes the answer, the stream or the error
 in the caller's own format. A stream's headers wait for its first content token, so a call that
@@ -17,9 +19,14 @@ from typing import Any, Protocol, assert_never
 
 from aiohttp import web
 
-from stepline_keys import PermissionDeniedError, RateLimitedError, UnauthenticatedError
+from stepline_keys import (
+    PermissionDeniedError,
+    Principal,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 from stepline_keys.access import is_loopback_host, require_origin
-from stepline_router import anthropic_wire, openai_wire
+from stepline_router import anthropic_wire, embeddings_wire, openai_wire
 from stepline_router.clock import Clock
 from stepline_router.errors import Outcome
 from stepline_router.gateway import (
@@ -28,16 +35,19 @@ from stepline_router.gateway import (
     GatewayCall,
     GatewayRequest,
     UnknownModelError,
+    UnsupportedModelError,
 )
 from stepline_router.router import CallFailed, CallOutcome, CallStream, CallSucceeded, ErrorKind
 from stepline_router.stream import ContentDelta
 from stepline_router.wire import WireError
 from stepline_runtime.logs import bind
 
-__all__ = ["CONTINUE_HEADER", "MAX_BODY_BYTES", "GatewayPart", "build_app"]
+__all__ = ["API_NAMES", "CONTINUE_HEADER", "MAX_BODY_BYTES", "GatewayPart", "build_app"]
 
 # Long transcripts are large; beyond this a body is refused with 413.
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# The APIs whose error formats the routes answer in: each route's name starts with one.
+API_NAMES = ("openai", "anthropic")
 # Opt-in (`true`): a stream broken after output is finished by a deployment that continues it.
 CONTINUE_HEADER = "x-stepline-continue"
 
@@ -225,48 +235,65 @@ class _Handlers:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/messages` (needs a supported `anthropic-version`)."""
-        version = request.headers.get("anthropic-version")
-        if not anthropic_wire.version_supported(version):
-            request_id = _ANTHROPIC.id_prefix + self._new_id()
-            what = "is required" if version is None else f"{version!r} is not supported"
-            return self._error(
-                _ANTHROPIC,
-                _invalid(
-                    f"anthropic-version: header {what} "
-                    f"(a date, {anthropic_wire.OLDEST_VERSION} or later)"
-                ),
-                request_id,
-            )
         return await self._call(_ANTHROPIC, request)
 
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        """`GET /v1/models`: the routes and deployments this key may name (an Anthropic
-        client, known by its `anthropic-version` header, gets the Anthropic list format)."""
-        anthropic = "anthropic-version" in request.headers
-        api = _ANTHROPIC if anthropic else _OPENAI
-        request_id = "req_" + self._new_id()
-        try:
-            principal = require_origin(
-                self._gateway.authenticate(_secret(request)),
-                loopback=is_loopback_host(request.remote),
-            )
-        except (UnauthenticatedError, PermissionDeniedError) as error:
-            return self._error(api, _problem_of_auth(error), request_id)
-        entries = self._gateway.models(principal)
-        body = (
-            anthropic_wire.models_body(entries) if anthropic else openai_wire.models_body(entries)
-        )
-        return web.json_response(body, headers={"x-request-id": request_id})
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/embeddings`: vectors from a deployment that serves embeddings."""
+        request_id = "emb-" + self._new_id()
+        parsed: list[embeddings_wire.EmbeddingsRequest] = []
 
-    async def _call(self, api: _Api, request: web.Request) -> web.StreamResponse:
-        request_id = api.id_prefix + self._new_id()
+        def parse(raw: Any) -> GatewayRequest:
+            parsed.append(embeddings_wire.parse_embeddings_request(raw))
+            return parsed[0].request
+
+        started = await self._start(_OPENAI, request, request_id, parse)
+        if isinstance(started, web.Response):
+            return started
+        call, principal = started
+        with bind(tenant_id=principal.tenant_id, call_id=request_id):
+            outcome = await call.complete()
+        headers = self._headers(request_id, call, outcome)
+        if isinstance(outcome, CallFailed):
+            return self._error(_OPENAI, _problem_of_failure(outcome), request_id, headers)
+        body = embeddings_wire.embeddings_body(outcome, parsed[0].encoding_format)
+        return web.json_response(body, headers=headers)
+
+    def _authorised(
+        self, api: _Api, request: web.Request, request_id: str
+    ) -> Principal | web.Response:
+        """The caller's principal, or the 401/403 answer in `api`'s format (checked first on
+        every route, before anything about the request is looked at)."""
         try:
-            principal = require_origin(
+            return require_origin(
                 self._gateway.authenticate(_secret(request)),
                 loopback=is_loopback_host(request.remote),
             )
         except (UnauthenticatedError, PermissionDeniedError) as error:
             return self._error(api, _problem_of_auth(error), request_id)
+
+    async def _start(
+        self,
+        api: _Api,
+        request: web.Request,
+        request_id: str,
+        parse: Callable[[Any], GatewayRequest],
+    ) -> tuple[GatewayCall, Principal] | web.Response:
+        """Authenticate, read and parse the body, reserve: the call, or the error answer."""
+        principal = self._authorised(api, request, request_id)
+        if isinstance(principal, web.Response):
+            return principal
+        if api is _ANTHROPIC:
+            version = request.headers.get("anthropic-version")
+            if not anthropic_wire.version_supported(version):
+                what = "is required" if version is None else f"{version!r} is not supported"
+                return self._error(
+                    api,
+                    _invalid(
+                        f"anthropic-version: header {what} "
+                        f"(a date, {anthropic_wire.OLDEST_VERSION} or later)"
+                    ),
+                    request_id,
+                )
         try:
             raw = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -277,10 +304,10 @@ class _Handlers:
             )
             return self._error(api, problem, request_id)
         try:
-            wanted, include_usage = api.parse(raw)
+            wanted = parse(raw)
             if request.headers.get(CONTINUE_HEADER, "").lower() in ("1", "true", "yes"):
                 wanted = replace(wanted, continuation=True)
-            call = await self._gateway.start(principal, wanted, request_id)
+            return await self._gateway.start(principal, wanted, request_id), principal
         except WireError as error:
             return self._error(api, _invalid(str(error), error.param), request_id)
         except UnknownModelError as error:
@@ -293,12 +320,45 @@ class _Handlers:
                 "model",
             )
             return self._error(api, problem, request_id)
+        except UnsupportedModelError as error:
+            return self._error(
+                api, _invalid(str(error), "model", "model_not_supported"), request_id
+            )
         except (PermissionDeniedError, RateLimitedError) as error:
             return self._error(api, _problem_of_auth(error), request_id)
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/models`: the routes and deployments this key may name (an Anthropic
+        client, known by its `anthropic-version` header, gets the Anthropic list format)."""
+        anthropic = "anthropic-version" in request.headers
+        api = _ANTHROPIC if anthropic else _OPENAI
+        request_id = "req_" + self._new_id()
+        principal = self._authorised(api, request, request_id)
+        if isinstance(principal, web.Response):
+            return principal
+        entries = self._gateway.models(principal)
+        body = (
+            anthropic_wire.models_body(entries) if anthropic else openai_wire.models_body(entries)
+        )
+        return web.json_response(body, headers={"x-request-id": request_id})
+
+    async def _call(self, api: _Api, request: web.Request) -> web.StreamResponse:
+        request_id = api.id_prefix + self._new_id()
+        include_usage: list[bool] = []
+
+        def parse(raw: Any) -> GatewayRequest:
+            wanted, usage = api.parse(raw)
+            include_usage.append(usage)
+            return wanted
+
+        started = await self._start(api, request, request_id, parse)
+        if isinstance(started, web.Response):
+            return started
+        call, principal = started
         with bind(tenant_id=principal.tenant_id, call_id=request_id):
-            if not wanted.stream:
+            if not call.request.stream:
                 return await self._answer(api, call, request_id)
-            return await self._stream(api, request, call, request_id, include_usage)
+            return await self._stream(api, request, call, request_id, include_usage[0])
 
     async def _answer(self, api: _Api, call: GatewayCall, request_id: str) -> web.StreamResponse:
         outcome = await call.complete()
@@ -394,9 +454,14 @@ def build_app(gateway: Gateway, clock: Clock, new_id: Callable[[], str]) -> web.
     """The aiohttp application of the gateway."""
     handlers = _Handlers(gateway, clock, new_id)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/messages", handlers.messages)
-    app.router.add_get("/v1/models", handlers.models)
+    # Named `<api>.<operation>`: the API whose error format the route answers in.
+    app.router.add_post(
+        "/v1/chat/completions", handlers.chat_completions, name="openai.chat_completions"
+    )
+    app.router.add_post("/v1/embeddings", handlers.embeddings, name="openai.embeddings")
+    app.router.add_post("/v1/messages", handlers.messages, name="anthropic.messages")
+    # An Anthropic client (known by its `anthropic-version` header) gets Anthropic bodies here.
+    app.router.add_get("/v1/models", handlers.models, name="openai.models")
     return app
 
 

@@ -28,7 +28,7 @@ from stepline_router.errors import (
     counts_against_health,
     disposition,
 )
-from stepline_router.providers.base import AttemptLimits, Provider
+from stepline_router.providers.base import AttemptLimits, Embedder, Provider
 from stepline_router.routes import Deployment, Route, RoutesConfig, Timeouts
 from stepline_router.routing import (
     LatencyEwma,
@@ -41,7 +41,7 @@ from stepline_router.routing import (
 )
 from stepline_router.stream import ContentDelta, StreamFold, TextDelta, is_content
 from stepline_router.telemetry import AttemptSpan, default_tracer, record_attempt
-from stepline_router.tokens import estimate_input_tokens
+from stepline_router.tokens import estimate_embedding_tokens, estimate_input_tokens
 from stepline_router.types import Completion, Message, ModelRequest, Role, ToolChoice, Usage
 
 __all__ = [
@@ -376,7 +376,11 @@ class _Call:
         self.started = self.clock.monotonic()
         self.attempts: list[Attempt] = []
         self.spent = Decimal(0)
-        self.input_tokens = estimate_input_tokens(request.messages, request.tools)
+        self.input_tokens = (
+            estimate_input_tokens(request.messages, request.tools)
+            if request.embedding is None
+            else estimate_embedding_tokens(request.embedding)
+        )
         if request.deadline is not None:
             budget = (request.deadline - self.clock.now()).total_seconds()
         else:
@@ -427,6 +431,7 @@ class _Call:
             input_tokens=self.input_tokens,
             max_output_tokens=self.request.params.max_output_tokens,
             max_cost=self.request.max_cost,
+            embeddings=self.request.embedding is not None,
         )
         plan = plan_route(
             route,
@@ -473,6 +478,10 @@ class _Call:
     def _unavailable(self, deployment: Deployment) -> str | None:
         if self.allowed is not None and not self.allowed(deployment):
             return "not allowed for this API key"
+        provider = self.r._providers.get(deployment.provider)
+        embedding = self.request.embedding is not None
+        if embedding and provider is not None and not isinstance(provider, Embedder):
+            return f"provider {deployment.provider!r} does not serve embeddings"
         return self.r._unavailable(deployment, self.input_tokens)
 
     def _no_eligible(self, route: Route, skipped: tuple[Skipped, ...]) -> CallFailed:
@@ -613,9 +622,15 @@ class _Call:
         self.r._windows.setdefault(deployment.name, RateWindow()).record(start, self.input_tokens)
         try:
             async with asyncio.timeout(limits.total_s + _GUARD_S):
-                completion = await provider.complete(
-                    deployment, self.request, limits, self._credential(deployment)
-                )
+                credential = self._credential(deployment)
+                if self.request.embedding is not None:
+                    # `_unavailable` planned only providers that embed.
+                    assert isinstance(provider, Embedder)
+                    completion = await provider.embed(deployment, self.request, limits, credential)
+                else:
+                    completion = await provider.complete(
+                        deployment, self.request, limits, credential
+                    )
         except ProviderError as error:
             return self._ended(deployment, breaker, start, started_at, remaining, failure=error)
         except TimeoutError:

@@ -33,6 +33,8 @@ class Needs:
     input_tokens: int
     max_output_tokens: int = 0
     max_cost: Decimal | None = None
+    # An embeddings call: only deployments that serve embeddings, and no chat-only one.
+    embeddings: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,8 @@ class Plan:
 
 def output_cap(deployment: Deployment, needs: Needs) -> int:
     """Most output tokens a request may get from `deployment`."""
+    if needs.embeddings:
+        return 0
     cap = deployment.capabilities.max_output_tokens
     return min(cap, needs.max_output_tokens) if needs.max_output_tokens else cap
 
@@ -68,6 +72,10 @@ def estimated_cost(deployment: Deployment, needs: Needs, price: PriceLookup) -> 
 
 def _capability_gap(deployment: Deployment, needs: Needs) -> str | None:
     caps = deployment.capabilities
+    if needs.embeddings and not caps.embeddings:
+        return "does not serve embeddings"
+    if not needs.embeddings and not caps.chat:
+        return "serves embeddings only"
     if needs.tools and not caps.tools:
         return "does not support tools"
     if needs.stream and not caps.streaming:

@@ -6,9 +6,9 @@ import json
 import math
 from collections.abc import Iterable
 
-from stepline_router.types import Message, ToolSpec
+from stepline_router.types import EmbeddingInput, Message, ToolSpec
 
-__all__ = ["estimate_input_tokens", "estimate_text_tokens"]
+__all__ = ["estimate_embedding_tokens", "estimate_input_tokens", "estimate_text_tokens"]
 
 # ~4 characters per token is the usual rule of thumb for English with BPE tokenizers.
 _CHARS_PER_TOKEN = 4
@@ -32,3 +32,11 @@ def estimate_input_tokens(messages: Iterable[Message], tools: Iterable[ToolSpec]
         schema = json.dumps(tool.parameters, sort_keys=True, separators=(",", ":"))
         total += estimate_text_tokens(f"{tool.name} {tool.description} {schema}")
     return total
+
+
+def estimate_embedding_tokens(embedding: EmbeddingInput) -> int:
+    """Tokens of an embeddings call's inputs (a token array counts its own length)."""
+    return sum(
+        estimate_text_tokens(item) if isinstance(item, str) else len(item)
+        for item in embedding.inputs
+    )

@@ -16,6 +16,7 @@ from stepline_vocab import Message, Role, Tokens, ToolCall
 
 __all__ = [
     "Completion",
+    "EmbeddingInput",
     "FinishReason",
     "Message",
     "ModelRequest",
@@ -83,6 +84,14 @@ class Params:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingInput:
+    """What to embed: texts or token arrays, and the vector size wanted (None: the model's)."""
+
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRequest:
     """One model call on a route, with the ids usage records need."""
 
@@ -100,6 +109,8 @@ class ModelRequest:
     agent: str = ""
     # The original run id when the calling run is a replay (marks its usage records).
     replay_of: str = ""
+    # Set: an embeddings call (only deployments that serve embeddings take it; no messages).
+    embedding: EmbeddingInput | None = None
 
 
 # Token counts are the shared ones: one type from provider response to cost and billing.
@@ -120,3 +131,5 @@ class Completion:
     incomplete_reason: str = ""
     # The model that answered, as the provider names it (a dated snapshot); "" when unsaid.
     model: str = ""
+    # The vectors of an embeddings call, one per input in order (output tokens are 0).
+    embeddings: tuple[tuple[float, ...], ...] = ()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from stepline_router.routes import Deployment
 from stepline_router.stream import Delta
 from stepline_router.types import Completion, ModelRequest
 
-__all__ = ["AttemptLimits", "Provider"]
+__all__ = ["AttemptLimits", "Embedder", "Provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,4 +52,24 @@ class Provider(Protocol):
         credential: str | None,
     ) -> AsyncGenerator[Delta, None]:
         """One streamed attempt: deltas, or `ProviderError` at any point."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """A provider that also serves embeddings calls (`ModelRequest.embedding` is set).
+
+    Apart from `Provider` so adapters without embeddings need nothing: a deployment that
+    declares embeddings on a provider without this method is skipped as unavailable.
+    """
+
+    async def embed(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> Completion:
+        """One attempt: a `Completion` whose `embeddings` hold one vector per input, in order
+        (input tokens counted, output 0), or `ProviderError`."""
         ...

@@ -24,7 +24,11 @@ from typing import Any
 from stepline_router.providers.base import AttemptLimits
 from stepline_router.routes import Deployment
 from stepline_router.stream import Delta, completion_deltas
-from stepline_router.tokens import estimate_input_tokens, estimate_text_tokens
+from stepline_router.tokens import (
+    estimate_embedding_tokens,
+    estimate_input_tokens,
+    estimate_text_tokens,
+)
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -37,7 +41,10 @@ from stepline_router.types import (
     Usage,
 )
 
-__all__ = ["LocalProvider", "respond"]
+__all__ = ["EMBEDDING_DIMENSIONS", "LocalProvider", "embed_text", "respond"]
+
+# Vector size of the offline embeddings when the caller names none.
+EMBEDDING_DIMENSIONS = 256
 
 MODEL = "stepline-local-1"
 _STOP = frozenset(
@@ -495,6 +502,22 @@ def respond(request: ModelRequest) -> Completion:
     return Completion(content, (), finish, usage)
 
 
+def embed_text(item: str | tuple[int, ...], dimensions: int) -> tuple[float, ...]:
+    """A deterministic embedding: hashed bag of words (or token ids), L2-normalised.
+
+    Texts sharing words get close vectors, so similarity search behaves sensibly offline.
+    """
+    vector = [0.0] * dimensions
+    words = _WORD.findall(item.lower()) if isinstance(item, str) else [str(t) for t in item]
+    for word in words:
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "big") % dimensions
+        # A signed hash keeps unrelated words from all adding up in the same direction.
+        vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5
+    return tuple(x / norm for x in vector) if norm else tuple(vector)
+
+
 class LocalProvider:
     """Provider `local`, model `stepline-local-1`: answers in-process, no network."""
 
@@ -521,3 +544,19 @@ class LocalProvider:
         """`respond(request)` as deltas, word by word."""
         for delta in completion_deltas(respond(request)):
             yield delta
+
+    async def embed(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> Completion:
+        """`embed_text` of every input, at the dimensions asked for (default 256)."""
+        assert request.embedding is not None
+        dimensions = request.embedding.dimensions or EMBEDDING_DIMENSIONS
+        return Completion(
+            "",
+            usage=Usage(input=estimate_embedding_tokens(request.embedding)),
+            embeddings=tuple(embed_text(item, dimensions) for item in request.embedding.inputs),
+        )

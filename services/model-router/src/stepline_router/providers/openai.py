@@ -44,11 +44,14 @@ __all__ = [
     "ChunkCheck",
     "OpenAIProvider",
     "openai_body",
+    "openai_embeddings_body",
     "openai_usage",
     "parse_openai_completion",
+    "parse_openai_embeddings",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_CHAT_PATH = "/chat/completions"
 
 _FINISH = {
     "stop": FinishReason.STOP,
@@ -177,6 +180,43 @@ def parse_openai_completion(data: Any, status: int = 200) -> Completion:
             f"response is not a chat completion ({type(error).__name__}: {error})",
             status_code=status,
         ) from error
+
+
+def openai_embeddings_body(deployment: Deployment, request: ModelRequest) -> dict[str, Any]:
+    """The `/embeddings` request body (floats asked for: the gateway encodes for its caller)."""
+    assert request.embedding is not None
+    body: dict[str, Any] = {
+        "model": deployment.model,
+        "input": [
+            item if isinstance(item, str) else list(item) for item in request.embedding.inputs
+        ],
+        "encoding_format": "float",
+    }
+    if request.embedding.dimensions is not None:
+        body["dimensions"] = request.embedding.dimensions
+    return body
+
+
+def parse_openai_embeddings(data: Any, expected: int, status: int = 200) -> Completion:
+    """A `Completion` carrying the vectors of an `/embeddings` response, in input order."""
+    try:
+        items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+        vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in items)
+        usage = data.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+        raise ProviderError(
+            Outcome.MALFORMED_RESPONSE,
+            f"response is not an embeddings list ({type(error).__name__}: {error})",
+            status_code=status,
+        ) from error
+    if len(vectors) != expected:
+        raise ProviderError(
+            Outcome.MALFORMED_RESPONSE,
+            f"{len(vectors)} embeddings for {expected} inputs",
+            status_code=status,
+        )
+    return Completion("", usage=Usage(input=tokens), status_code=status, embeddings=vectors)
 
 
 # A look at each decoded stream chunk before it is parsed (a provider's own refusals).
@@ -340,3 +380,26 @@ class OpenAIProvider:
             self._client, url, headers, body, limits, self._now, parser, errors=self.errors
         ):
             yield delta
+
+    async def embed(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        limits: AttemptLimits,
+        credential: str | None,
+    ) -> Completion:
+        """One embeddings attempt against `deployment`: `/embeddings` beside the deployment's
+        `/chat/completions` (its query and headers kept, so Azure's deployment URLs work too)."""
+        assert request.embedding is not None
+        chat, headers = self.endpoint(deployment, credential)
+        path, _, query = chat.partition("?")
+        if not path.endswith(_CHAT_PATH):
+            raise ProviderError(
+                Outcome.BAD_REQUEST, f"{deployment.name}: no embeddings endpoint beside {path}"
+            )
+        url = path.removesuffix(_CHAT_PATH) + "/embeddings" + (f"?{query}" if query else "")
+        body = openai_embeddings_body(deployment, request)
+        data, status = await post_json(
+            self._client, url, headers, body, limits, self._now(), errors=self.errors
+        )
+        return parse_openai_embeddings(data, len(request.embedding.inputs), status)
