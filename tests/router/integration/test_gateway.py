@@ -859,7 +859,7 @@ def _gateway_routes() -> list[tuple[str, str, str]]:
         prices=lambda: BOOK,
         authenticator=authenticator,
         quotas=quotas,
-        record_usage=record,
+        publish_usage=record,
     )
     found = []
     for route in build_app(gateway, clock, lambda: "x").router.routes():

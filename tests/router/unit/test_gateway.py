@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -11,10 +14,16 @@ from stepline_router.clock import ManualClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.devkey import DevKeyAuthenticator
 from stepline_router.errors import Outcome, ProviderError
-from stepline_router.gateway import Gateway, GatewayRequest, UnknownModelError
+from stepline_router.gateway import (
+    Gateway,
+    GatewayRequest,
+    UnknownModelError,
+    UsageBacklogError,
+)
+from stepline_router.outbox import USAGE_UNSENT, Outbox
 from stepline_router.providers.scripted import ScriptedProvider
-from stepline_router.router import CallOutcome, CallSucceeded, Router
-from stepline_router.types import Completion, Message, ModelRequest, Params, Role, Usage
+from stepline_router.router import CallSucceeded, Router
+from stepline_router.types import Completion, Message, Params, Role, Usage
 from tests.router.keys_twin import MemoryKeys, MemoryQuotas
 from tests.router.support import BOOK, routes
 
@@ -40,11 +49,19 @@ HI = GatewayRequest("default", (Message(Role.USER, "hi"),), params=Params(max_ou
 
 
 class _Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[ModelRequest, CallOutcome]] = []
+    """Publishes usage batches; fails the next `failures` publishes (a broker away)."""
 
-    async def __call__(self, request: ModelRequest, outcome: CallOutcome) -> None:
-        self.calls.append((request, outcome))
+    def __init__(self, failures: int = 0) -> None:
+        self.calls: list[Any] = []
+        self.batches = 0
+        self.failures = failures
+
+    async def __call__(self, calls: Sequence[Any]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        self.batches += 1
+        self.calls.extend(calls)
 
 
 def _gateway(provider: ScriptedProvider, quotas: MemoryQuotas, recorder: _Recorder) -> Gateway:
@@ -63,7 +80,7 @@ def _gateway(provider: ScriptedProvider, quotas: MemoryQuotas, recorder: _Record
         prices=lambda: BOOK,
         authenticator=keys,
         quotas=quotas,
-        record_usage=recorder,
+        publish_usage=recorder,
     )
 
 
@@ -131,7 +148,7 @@ async def test_keys_without_the_scope_are_refused() -> None:
         prices=lambda: BOOK,
         authenticator=keys,
         quotas=MemoryQuotas(),
-        record_usage=_Recorder(),
+        publish_usage=_Recorder(),
     )
     with pytest.raises(PermissionDeniedError):
         gateway.authenticate("sk-ro")
@@ -151,19 +168,51 @@ def test_the_dev_authenticator_is_never_an_open_door() -> None:
             dev.authenticate(secret)
 
 
-async def test_a_failed_usage_publish_is_retried_with_the_same_records() -> None:
+async def test_a_failed_usage_publish_is_retried_until_the_broker_takes_it() -> None:
     provider = ScriptedProvider(default=Completion("ok", usage=Usage(1, 1)))
-    quotas, recorder = MemoryQuotas(), _Recorder()
-    failures = [ConnectionError("broker away")]
-
-    async def flaky(request: ModelRequest, outcome: CallOutcome) -> None:
-        if failures:
-            raise failures.pop()
-        await recorder(request, outcome)
-
+    quotas, recorder = MemoryQuotas(), _Recorder(failures=4)
     gateway = _gateway(provider, quotas, recorder)
-    gateway.record_usage = flaky
-    await (await gateway.start(ACME, HI, "chatcmpl-6")).complete()
-    await gateway.drain(timeout_s=5)
-    assert [r.call_id for r, _ in recorder.calls] == ["chatcmpl-6"]
-    assert len(quotas.settled) == 1
+    gateway.usage = Outbox(recorder, pauses_s=(0.001,))
+    for n in range(3):
+        await (await gateway.start(ACME, HI, f"chatcmpl-{n}")).complete()
+    assert await gateway.drain(timeout_s=5) == 0
+    # Four failed publishes, then every call's usage arrives, once, in order.
+    assert [r.call_id for r, _ in recorder.calls] == ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2"]
+    assert recorder.failures == 0
+    assert len(quotas.settled) == 3
+
+
+async def test_usage_is_published_in_batches_not_one_call_at_a_time() -> None:
+    recorder = _Recorder()
+    outbox: Outbox[int] = Outbox(recorder, max_batch=100)
+    for n in range(250):
+        outbox.put(n)
+    assert await outbox.close(timeout_s=5) == 0
+    assert recorder.calls == list(range(250))
+    assert recorder.batches == 3
+
+
+async def test_usage_still_unsent_at_the_deadline_is_counted_never_silently_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder = _Recorder(failures=1_000_000)
+    outbox: Outbox[str] = Outbox(recorder, pauses_s=(0.01,))
+    before = USAGE_UNSENT._value.get()
+    outbox.put("usage-of-tenant-secret-call")
+    outbox.put("another")
+    assert await outbox.close(timeout_s=0.1) == 2
+    assert USAGE_UNSENT._value.get() - before == 2
+    assert "usage-of-tenant-secret-call" not in caplog.text  # a count, never the records
+    assert any(getattr(r, "calls", None) == 2 for r in caplog.records)
+
+
+async def test_a_full_usage_backlog_refuses_new_calls_instead_of_dropping_usage() -> None:
+    provider = ScriptedProvider(default=Completion("ok", usage=Usage(1, 1)))
+    recorder = _Recorder(failures=1_000_000)
+    gateway = _gateway(provider, MemoryQuotas(), recorder)
+    gateway.usage = Outbox(recorder, capacity=1, pauses_s=(0.01,))
+    await (await gateway.start(ACME, HI, "chatcmpl-a")).complete()
+    await asyncio.sleep(0)  # the settlement task puts the usage in the outbox
+    with pytest.raises(UsageBacklogError):
+        await gateway.start(ACME, HI, "chatcmpl-b")
+    assert await gateway.drain(timeout_s=0.05) == 1

@@ -6,7 +6,7 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
@@ -146,8 +146,9 @@ def _gateway(
     if quotas is None:
         raise ValueError("an authenticator needs its quotas")
 
-    async def record_usage(request: ModelRequest, outcome: CallOutcome) -> None:
-        await publisher.publish(handler.usage_outputs(request, outcome))
+    async def publish_usage(calls: Sequence[tuple[ModelRequest, CallOutcome]]) -> None:
+        # One hand-over of every record, one wait for all acknowledgements.
+        await publisher.publish([r for call in calls for r in handler.usage_outputs(*call)])
 
     return Gateway(
         router=router,
@@ -155,7 +156,7 @@ def _gateway(
         prices=prices.current,
         authenticator=authenticator,
         quotas=quotas,
-        record_usage=record_usage,
+        publish_usage=publish_usage,
     )
 
 

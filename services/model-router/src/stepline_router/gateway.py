@@ -9,8 +9,7 @@ settled after, and every attempt is recorded as usage exactly like an agent's ca
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -24,6 +23,7 @@ from stepline_keys import (
     Scope,
 )
 from stepline_pricebook import PriceBook
+from stepline_router.outbox import Outbox
 from stepline_router.router import CallOutcome, CallStream, CallSucceeded, Router
 from stepline_router.routes import Deployment, RoutesConfig
 from stepline_router.routing import Needs, estimated_cost, output_cap
@@ -43,21 +43,23 @@ __all__ = [
     "GatewayCall",
     "GatewayRequest",
     "ModelEntry",
-    "RecordUsage",
+    "PublishUsage",
     "UnknownModelError",
     "UnsupportedModelError",
+    "UsageBacklogError",
 ]
 
-log = logging.getLogger(__name__)
 
-# Publishes the UsageRecorded records of a finished call (the Kafka path's own encoder).
-RecordUsage = Callable[[ModelRequest, CallOutcome], Awaitable[None]]
-# Pauses between attempts to publish a call's usage before giving up (and logging it).
-_RETRY_PAUSES_S = (0.5, 2.0, 8.0)
+# Publishes the UsageRecorded records of finished calls as one batch (the Kafka path's encoder).
+PublishUsage = Callable[[Sequence[tuple[ModelRequest, CallOutcome]]], Awaitable[None]]
 
 
 class UnknownModelError(LookupError):
     """The `model` names neither a route nor a deployment."""
+
+
+class UsageBacklogError(RuntimeError):
+    """Usage of earlier calls still waits for the broker: no new call until it drains."""
 
 
 class UnsupportedModelError(ValueError):
@@ -160,33 +162,13 @@ class GatewayCall:
 
     async def _finish(self, outcome: CallOutcome | None) -> None:
         cost, tokens = Decimal(0), 0
-        try:
-            if outcome is not None:
-                for attempt in outcome.attempts:
-                    cost += attempt.cost or 0
-                    tokens += attempt.usage.input + attempt.usage.output
-                await self._record(outcome)
-        finally:
-            await self._reservation.settle(cost=cost, tokens=tokens)
-
-    async def _record(self, outcome: CallOutcome) -> None:
-        """Publish the usage, retrying a failed publish (same usage ids: billed once)."""
-        for retry, pause in enumerate((*_RETRY_PAUSES_S, None)):
-            try:
-                await self._gateway.record_usage(self.request, outcome)
-                return
-            except Exception as error:
-                if pause is None:
-                    log.error(
-                        "usage of a gateway call could not be recorded",
-                        extra={"call_id": self.request.call_id, "reason": str(error)},
-                    )
-                    return
-                log.warning(
-                    "retrying usage of a gateway call",
-                    extra={"call_id": self.request.call_id, "retry": retry + 1},
-                )
-                await asyncio.sleep(pause)
+        if outcome is not None:
+            # Kept until the broker acknowledged it (retried with the same usage ids).
+            self._gateway.usage.put((self.request, outcome))
+            for attempt in outcome.attempts:
+                cost += attempt.cost or 0
+                tokens += attempt.usage.input + attempt.usage.output
+        await self._reservation.settle(cost=cost, tokens=tokens)
 
 
 def _allowed(principal: Principal) -> Callable[[Deployment], bool]:
@@ -204,14 +186,18 @@ class Gateway:
         prices: Callable[[], PriceBook],
         authenticator: Authenticator,
         quotas: Quotas,
-        record_usage: RecordUsage,
+        publish_usage: PublishUsage,
+        usage_capacity: int = 20_000,
     ) -> None:
         self.router = router
         self._routes = routes
         self._prices = prices
         self._authenticator = authenticator
         self._quotas = quotas
-        self.record_usage = record_usage
+        # Finished calls whose usage waits for the broker; full, it refuses new calls.
+        self.usage: Outbox[tuple[ModelRequest, CallOutcome]] = Outbox(
+            publish_usage, capacity=usage_capacity
+        )
         self._pending: set[asyncio.Task[None]] = set()
 
     def track(self, work: Coroutine[Any, Any, None]) -> None:
@@ -220,10 +206,14 @@ class Gateway:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for every call's usage and settlement still in flight (at shutdown)."""
+    async def drain(self, timeout_s: float) -> int:
+        """At shutdown: settle the calls in flight and flush their usage within `timeout_s`;
+        the number of calls whose usage is still unsent then (logged and counted)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
+        return await self.usage.close(max(0.0, deadline - loop.time()))
 
     def authenticate(self, secret: str | None) -> Principal:
         """The key's principal if it may call models (`UnauthenticatedError`, else 403)."""
@@ -252,6 +242,10 @@ class Gateway:
         self, principal: Principal, wanted: GatewayRequest, call_id: str
     ) -> GatewayCall:
         """Check the key may use `wanted.model`, reserve its worst case, and prepare the call."""
+        if self.usage.full:
+            raise UsageBacklogError(
+                f"{len(self.usage)} calls' usage waits for the event log; try again shortly"
+            )
         config = self._routes()
         route = config.route_for(wanted.model)
         if route is None:

@@ -36,6 +36,7 @@ from stepline_router.gateway import (
     GatewayRequest,
     UnknownModelError,
     UnsupportedModelError,
+    UsageBacklogError,
 )
 from stepline_router.router import CallFailed, CallOutcome, CallStream, CallSucceeded, ErrorKind
 from stepline_router.stream import ContentDelta
@@ -326,6 +327,16 @@ class _Handlers:
             )
         except (PermissionDeniedError, RateLimitedError) as error:
             return self._error(api, _problem_of_auth(error), request_id)
+        except UsageBacklogError as error:
+            problem = _Problem(
+                503,
+                "server_error",
+                "overloaded_error",
+                str(error),
+                "usage_backlog",
+                headers={"retry-after": "1"},
+            )
+            return self._error(api, problem, request_id)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/models`: the routes and deployments this key may name (an Anthropic
