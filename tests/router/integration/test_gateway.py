@@ -915,3 +915,60 @@ async def test_every_route_refuses_a_missing_wrong_or_unfit_key_in_its_api_forma
             assert response.headers["x-request-id"]
     assert gw.primary.received == []
     assert gw.claude.received == []
+
+
+async def test_opt_in_restart_on_a_fallback_without_prefill_is_flagged_and_billed(
+    gw: Stack, kafka: KafkaSettings
+) -> None:
+    gw.primary.queue(Reply(events=openai_chunks(["Hel", "lo", " the", "re"]), cut_after=3))
+    raw = await gw.openai().chat.completions.with_raw_response.create(
+        model="default",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_headers={"x-stepline-continue": "restart"},
+    )
+    # A restart-aware client: on the restart chunk it drops the text it has.
+    text, seen, restarts = "", [], []
+    async for chunk in raw.parse():
+        seen.append(chunk)
+        extra = (chunk.model_extra or {}).get("stepline") or {}
+        if extra.get("event") == "restart":
+            restarts.append(extra)
+            text = ""
+        elif chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    finish = {c.choices[0].finish_reason for c in seen if c.choices} - {None}
+    assert (text, finish) == ("Hello there", {"stop"})
+    assert [(r["deployment"], "stream broke" in r["reason"]) for r in restarts] == [
+        ("fallback", True)
+    ]
+    assert gw.fallback.received[0].body["messages"][-1]["role"] == "user"  # no prefill
+    mine = await _usage_of(kafka, gw, raw.headers["x-request-id"], 2)
+    assert [(u.attempt, u.deployment, u.outcome) for u in mine] == [
+        (1, "primary", model_pb2.MODEL_ATTEMPT_OUTCOME_INCOMPLETE),
+        (2, "fallback", model_pb2.MODEL_ATTEMPT_OUTCOME_SUCCEEDED),
+    ]
+    assert mine[1].usage.output_tokens == 7
+    assert all(u.priced for u in mine)  # both attempts billed
+    # The Anthropic format: the broken block closes, a `stepline_restart` event, a new block.
+    gw.primary.queue(Reply(events=openai_chunks(["Hel", "lo", " the", "re"]), cut_after=3))
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{gw.url}/v1/messages",
+            headers={
+                "x-api-key": KEY,
+                "anthropic-version": "2023-06-01",
+                "x-stepline-continue": "restart",
+            },
+            json={
+                "model": "default",
+                "max_tokens": 50,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+    kinds = [line[7:] for line in response.text.splitlines() if line.startswith("event: ")]
+    restart = kinds.index("stepline_restart")
+    assert kinds[restart - 1] == "content_block_stop"
+    assert kinds[restart + 1] == "content_block_start"
+    assert kinds[-1] == "message_stop"

@@ -7,12 +7,20 @@ from stepline_router.convert import usage_records
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome, ProviderError
 from stepline_router.providers.scripted import ScriptedProvider, ScriptedStream
-from stepline_router.router import CallFailed, CallStream, CallSucceeded, ErrorKind, Router
+from stepline_router.router import (
+    CallFailed,
+    CallStream,
+    CallSucceeded,
+    Continuation,
+    ErrorKind,
+    Router,
+)
 from stepline_router.routes import RoutesConfig
 from stepline_router.stream import (
     ContentDelta,
     Finished,
     Opened,
+    Restarted,
     TextDelta,
     ToolCallDelta,
     UsageDelta,
@@ -56,7 +64,7 @@ def _router(provider: ScriptedProvider, config: RoutesConfig | None = None) -> R
     )
 
 
-async def _drain(stream: CallStream) -> list[ContentDelta]:
+async def _drain(stream: CallStream) -> list[ContentDelta | Restarted]:
     return [delta async for delta in stream]
 
 
@@ -220,7 +228,9 @@ async def test_opt_in_continuation_finishes_a_broken_answer_on_a_prefill_deploym
         },
         continues_answers=True,
     )
-    stream = _continuing(scripted, finisher).stream(request(stream=True), continuation=True)
+    stream = _continuing(scripted, finisher).stream(
+        request(stream=True), continuation=Continuation.PREFILL
+    )
     deltas = await _drain(stream)
     # The caller sees one seamless answer (the prefill's dropped space is not sent twice).
     assert "".join(d.text for d in deltas if isinstance(d, TextDelta)) == "Hello there"
@@ -250,8 +260,54 @@ async def test_without_opt_in_or_a_finisher_the_broken_answer_stays_incomplete()
         (Opened(200), ToolCallDelta(0, "c1", "lookup"), ProviderError(Outcome.SERVER_ERROR, "x"))
     )
     scripted = ScriptedProvider(per_deployment={"primary": [tool_cut]})
-    stream = _continuing(scripted, finisher).stream(request(stream=True), continuation=True)
+    stream = _continuing(scripted, finisher).stream(
+        request(stream=True), continuation=Continuation.PREFILL
+    )
     await _drain(stream)
     assert isinstance(stream.outcome, CallSucceeded)
     assert stream.outcome.completion.incomplete  # tool calls are never continued
     assert finisher.calls == []
+
+
+async def test_opt_in_restart_answers_anew_where_no_deployment_can_prefill() -> None:
+    stalled = ScriptedStream((Opened(200), ProviderError(Outcome.SERVER_ERROR, "down")))
+    again = ScriptedStream(
+        (Opened(200), TextDelta("Hello "), TextDelta("there"), Finished(FinishReason.STOP))
+    )
+    # `plain` fails before any output, then answers anew on its retry: no prefill anywhere.
+    scripted = ScriptedProvider(per_deployment={"primary": [CUT], "plain": [stalled, again]})
+    finisher = ScriptedProvider(default=HELLO)  # cannot continue either
+    stream = _continuing(scripted, finisher).stream(
+        request(stream=True), continuation=Continuation.RESTART
+    )
+    deltas = await _drain(stream)
+    assert deltas == [
+        TextDelta("Hello "),
+        Restarted("plain", "stream broke after output was sent: reset"),
+        TextDelta("Hello "),
+        TextDelta("there"),
+    ]
+    outcome = stream.outcome
+    assert isinstance(outcome, CallSucceeded)
+    assert not outcome.completion.incomplete
+    assert outcome.completion.content == "Hello there"  # the restarted answer, whole
+    assert outcome.deployment.name == "plain"
+    assert [(a.deployment, a.outcome) for a in outcome.attempts] == [
+        ("primary", Outcome.INCOMPLETE),
+        ("plain", Outcome.SERVER_ERROR),
+        ("plain", Outcome.SUCCEEDED),
+    ]
+    assert scripted.calls[-1].request.messages[-1].role is Role.USER  # no prefill sent
+
+
+async def test_a_restart_that_also_breaks_is_reported_incomplete() -> None:
+    scripted = ScriptedProvider(per_deployment={"primary": [CUT], "plain": [CUT]})
+    finisher = ScriptedProvider(per_deployment={"finisher": [CUT]})
+    stream = _continuing(scripted, finisher).stream(
+        request(stream=True), continuation=Continuation.RESTART
+    )
+    deltas = await _drain(stream)
+    assert sum(isinstance(d, Restarted) for d in deltas) == 2
+    assert isinstance(stream.outcome, CallSucceeded)
+    assert stream.outcome.completion.incomplete  # never a cut answer presented as whole
+    assert len(stream.outcome.attempts) == 3

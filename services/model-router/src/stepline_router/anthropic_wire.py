@@ -13,7 +13,7 @@ from typing import Any
 from stepline_router.gateway import CallSummary, GatewayRequest, ModelEntry
 from stepline_router.providers.anthropic import tool_input
 from stepline_router.router import CallSucceeded
-from stepline_router.stream import ContentDelta, TextDelta
+from stepline_router.stream import ContentDelta, Restarted, TextDelta
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -323,6 +323,13 @@ class EventWriter:
                 "index": self._calls[delta.index],
                 "delta": {"type": "input_json_delta", "partial_json": delta.arguments},
             },
+        )
+
+    def restarted(self, event: Restarted) -> bytes:
+        """Close the open block, then a `stepline_restart` event (SDKs skip unknown events): the
+        answer starts over in the next block, and a client drops the blocks before it."""
+        return self._close() + _event(
+            "stepline_restart", {"deployment": event.deployment, "reason": event.reason}
         )
 
     def finished(self, outcome: CallSucceeded) -> bytes:

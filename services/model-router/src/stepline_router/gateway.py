@@ -24,7 +24,7 @@ from stepline_keys import (
 )
 from stepline_pricebook import PriceBook
 from stepline_router.outbox import Outbox
-from stepline_router.router import CallOutcome, CallStream, CallSucceeded, Router
+from stepline_router.router import CallOutcome, CallStream, CallSucceeded, Continuation, Router
 from stepline_router.routes import Deployment, RoutesConfig
 from stepline_router.routing import Needs, estimated_cost, output_cap
 from stepline_router.tokens import estimate_embedding_tokens, estimate_input_tokens
@@ -77,8 +77,8 @@ class GatewayRequest:
     stream: bool = False
     # The caller's end user, accepted for compatibility; the tenant always comes from the key.
     user: str = ""
-    # Opt-in: a stream that breaks after output is finished by a deployment that can continue it.
-    continuation: bool = False
+    # Opt-in: what a stream that breaks after output does (finish by prefill, or restart).
+    continuation: Continuation = Continuation.NONE
     # Set: an embeddings call (`messages` empty).
     embedding: EmbeddingInput | None = None
 
@@ -127,7 +127,7 @@ class GatewayCall:
         request: ModelRequest,
         principal: Principal,
         reservation: Reservation,
-        continuation: bool = False,
+        continuation: Continuation = Continuation.NONE,
     ) -> None:
         self._gateway = gateway
         self.request = request

@@ -34,7 +34,7 @@ from stepline_router.convert import (
 )
 from stepline_router.handlers import ModelCallHandler
 from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router, spent
-from stepline_router.stream import ContentDelta, TextDelta
+from stepline_router.stream import ContentDelta, Restarted, TextDelta
 from stepline_router.types import ModelRequest
 from stepline_runtime.atleastonce import Publisher
 from stepline_runtime.logs import bind
@@ -108,6 +108,8 @@ class RouterService(router_service_pb2_grpc.ModelRouterServiceServicer):
         try:
             with bind(tenant_id=core.tenant_id, call_id=request_id):
                 async for delta in stream:
+                    if isinstance(delta, Restarted):
+                        continue  # gRPC callers never opt into restarts
                     yield _delta_message(delta)
             outcome = stream.outcome
         finally:

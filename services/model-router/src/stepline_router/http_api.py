@@ -38,8 +38,15 @@ from stepline_router.gateway import (
     UnsupportedModelError,
     UsageBacklogError,
 )
-from stepline_router.router import CallFailed, CallOutcome, CallStream, CallSucceeded, ErrorKind
-from stepline_router.stream import ContentDelta
+from stepline_router.router import (
+    CallFailed,
+    CallOutcome,
+    CallStream,
+    CallSucceeded,
+    Continuation,
+    ErrorKind,
+)
+from stepline_router.stream import ContentDelta, Restarted
 from stepline_router.wire import WireError
 from stepline_runtime.logs import bind
 
@@ -49,8 +56,26 @@ __all__ = ["API_NAMES", "CONTINUE_HEADER", "MAX_BODY_BYTES", "GatewayPart", "bui
 MAX_BODY_BYTES = 32 * 1024 * 1024
 # The APIs whose error formats the routes answer in: each route's name starts with one.
 API_NAMES = ("openai", "anthropic")
-# Opt-in (`true`): a stream broken after output is finished by a deployment that continues it.
+# Opt-in: a stream broken after output is finished by a deployment that continues it
+# (`prefill`, or `true`), or else restarted on one that cannot, flagged in the stream (`restart`).
 CONTINUE_HEADER = "x-stepline-continue"
+_CONTINUATIONS = {
+    "": Continuation.NONE,
+    "false": Continuation.NONE,
+    "true": Continuation.PREFILL,
+    "prefill": Continuation.PREFILL,
+    "restart": Continuation.RESTART,
+}
+
+
+def _continuation(request: web.Request) -> Continuation:
+    value = request.headers.get(CONTINUE_HEADER, "").strip().lower()
+    found = _CONTINUATIONS.get(value)
+    if found is None:
+        raise WireError(
+            f"{CONTINUE_HEADER}: {value!r} is not one of {sorted(k for k in _CONTINUATIONS if k)}"
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +162,7 @@ class _Writer(Protocol):
 
     def opened(self) -> bytes: ...
     def delta(self, delta: ContentDelta) -> bytes: ...
+    def restarted(self, event: Restarted) -> bytes: ...
     def finished(self, outcome: CallSucceeded) -> bytes: ...
 
 
@@ -306,8 +332,7 @@ class _Handlers:
             return self._error(api, problem, request_id)
         try:
             wanted = parse(raw)
-            if request.headers.get(CONTINUE_HEADER, "").lower() in ("1", "true", "yes"):
-                wanted = replace(wanted, continuation=True)
+            wanted = replace(wanted, continuation=_continuation(request))
             return await self._gateway.start(principal, wanted, request_id), principal
         except WireError as error:
             return self._error(api, _invalid(str(error), error.param), request_id)
@@ -415,10 +440,10 @@ class _Handlers:
             )
             buffer = writer.opened()
             if first is not None:
-                buffer += writer.delta(first)
+                buffer += _encoded(writer, first)
             await response.write(buffer)
             async for delta in stream:
-                await response.write(writer.delta(delta))
+                await response.write(_encoded(writer, delta))
             outcome = stream.outcome
             assert outcome is not None
             await response.write(self._ending(api, writer, outcome))
@@ -459,6 +484,10 @@ class _Handlers:
         else:
             problem = _problem_of_failure(outcome)
         return api.stream_error(writer, problem)
+
+
+def _encoded(writer: _Writer, item: ContentDelta | Restarted) -> bytes:
+    return writer.restarted(item) if isinstance(item, Restarted) else writer.delta(item)
 
 
 def build_app(gateway: Gateway, clock: Clock, new_id: Callable[[], str]) -> web.Application:

@@ -12,7 +12,7 @@ from typing import Any
 
 from stepline_router.gateway import CallSummary, GatewayRequest, ModelEntry
 from stepline_router.router import CallSucceeded
-from stepline_router.stream import ContentDelta, TextDelta
+from stepline_router.stream import ContentDelta, Restarted, TextDelta
 from stepline_router.types import (
     FinishReason,
     Message,
@@ -317,6 +317,21 @@ class ChunkWriter:
             part.update(id=delta.id, type="function")
             part["function"]["name"] = delta.name
         return self._chunk({"tool_calls": [part]})
+
+    def restarted(self, event: Restarted) -> bytes:
+        """A chunk with no choices saying the answer starts over (opt-in restart): a client
+        drops the text it got; the next chunks are the whole new answer."""
+        restart = {"event": "restart", "deployment": event.deployment, "reason": event.reason}
+        return _event(
+            {
+                "id": self.request_id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": event.deployment,
+                "choices": [],
+                "stepline": restart,
+            }
+        )
 
     def finished(self, outcome: CallSucceeded) -> bytes:
         """The finish chunk (with the call's attempts and cost in `stepline`, as a stream has no

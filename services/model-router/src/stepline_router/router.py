@@ -39,7 +39,7 @@ from stepline_router.routing import (
     output_cap,
     plan_route,
 )
-from stepline_router.stream import ContentDelta, StreamFold, TextDelta, is_content
+from stepline_router.stream import ContentDelta, Restarted, StreamFold, TextDelta, is_content
 from stepline_router.telemetry import AttemptSpan, default_tracer, record_attempt
 from stepline_router.tokens import estimate_embedding_tokens, estimate_input_tokens
 from stepline_router.types import Completion, Message, ModelRequest, Role, ToolChoice, Usage
@@ -50,6 +50,7 @@ __all__ = [
     "CallOutcome",
     "CallStream",
     "CallSucceeded",
+    "Continuation",
     "ErrorKind",
     "Router",
     "WorstCase",
@@ -84,6 +85,18 @@ class ErrorKind(StrEnum):
     CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
     CONTENT_REFUSED = "CONTENT_REFUSED"
     INTERNAL = "INTERNAL"
+
+
+class Continuation(StrEnum):
+    """What a stream that breaks after output was sent does; the caller opts in."""
+
+    # End with an incomplete answer, reported as such (the default).
+    NONE = "none"
+    # A later deployment that continues answers (assistant prefill) finishes the text.
+    PREFILL = "prefill"
+    # Prefill where a deployment supports it; otherwise a later deployment answers anew,
+    # after a `Restarted` marker in the stream tells the caller to drop what it got.
+    RESTART = "restart"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +232,11 @@ class Router:
         raise AssertionError("a call always ends with an outcome")
 
     def stream(
-        self, request: ModelRequest, *, allowed: Allowed | None = None, continuation: bool = False
+        self,
+        request: ModelRequest,
+        *,
+        allowed: Allowed | None = None,
+        continuation: Continuation = Continuation.NONE,
     ) -> CallStream:
         """Run one call streamed: content deltas as they arrive, then `CallStream.outcome`.
 
@@ -227,7 +244,8 @@ class Router:
         broken stream ends the call with an incomplete answer, never a silent second model —
         unless the caller opted into `continuation`: then a later deployment that continues
         answers (prefill) is asked to finish the partial text, and the stitched answer is
-        whole (every attempt billed). Tool calls are never continued.
+        whole (every attempt billed); with `RESTART` a deployment without prefill answers
+        anew after a `Restarted` marker. Tool calls are never continued.
         """
         call = _Call(self, request, streaming=True, allowed=allowed, continuation=continuation)
         return CallStream(call)
@@ -318,7 +336,7 @@ class CallStream:
         """Attempts made so far, the running one included."""
         return len(self._call.attempts) + (self._call.current is not None and self.outcome is None)
 
-    async def __anext__(self) -> ContentDelta:
+    async def __anext__(self) -> ContentDelta | Restarted:
         if self.outcome is not None:
             raise StopAsyncIteration
         item = await anext(self._events)
@@ -354,7 +372,7 @@ class _Call:
         *,
         streaming: bool,
         allowed: Allowed | None = None,
-        continuation: bool = False,
+        continuation: Continuation = Continuation.NONE,
         forwarding: bool = True,
     ) -> None:
         self.r = router
@@ -404,7 +422,7 @@ class _Call:
             ErrorKind.DEADLINE_EXCEEDED, "cancelled: the caller stopped the call", False
         )
 
-    async def events(self) -> AsyncGenerator[ContentDelta | CallOutcome, None]:
+    async def events(self) -> AsyncGenerator[ContentDelta | Restarted | CallOutcome, None]:
         """Content deltas (streaming calls only), then exactly one outcome."""
         route = self.config.route_for(self.request.route)
         if route is None:
@@ -446,7 +464,11 @@ class _Call:
             return
         budget_skips: list[Skipped] = []
         for deployment in plan.deployments:
-            if self.prefix and not self.r._providers[deployment.provider].continues_answers:
+            if (
+                self.prefix
+                and not self.r._providers[deployment.provider].continues_answers
+                and self.continuation is not Continuation.RESTART
+            ):
                 continue  # it would start the answer anew after the caller has its beginning
             # aclosing: a caller that stops early closes the running attempt too.
             async with aclosing(self._try(route, deployment, needs, budget_skips)) as tries:
@@ -468,7 +490,8 @@ class _Call:
     def _continue_after(self, outcome: CallSucceeded) -> bool:
         """Whether to ask another deployment to finish this broken text answer."""
         answer = outcome.completion
-        if not (self.continuation and answer.incomplete and answer.content):
+        wanted = self.continuation is not Continuation.NONE
+        if not (wanted and answer.incomplete and answer.content):
             return False
         if answer.tool_calls:
             return False  # a second model would start a different tool call
@@ -530,7 +553,7 @@ class _Call:
 
     async def _try(
         self, route: Route, deployment: Deployment, needs: Needs, budget: list[Skipped]
-    ) -> AsyncGenerator[ContentDelta | CallOutcome, None]:
+    ) -> AsyncGenerator[ContentDelta | Restarted | CallOutcome, None]:
         """Attempts on one deployment; an outcome ends the call, ending without one fails over."""
         breaker = self.r.breaker(deployment.name, self.config.breaker)
         retries = 0
@@ -643,7 +666,7 @@ class _Call:
 
     async def _attempt_stream(
         self, deployment: Deployment, remaining: float, breaker: CircuitBreaker
-    ) -> AsyncGenerator[ContentDelta | _AttemptEnd, None]:
+    ) -> AsyncGenerator[ContentDelta | Restarted | _AttemptEnd, None]:
         """One streamed attempt: content deltas as they come, then how it ended.
 
         Each step of the stream is bounded in this task (never a timeout held across a yield):
@@ -660,10 +683,12 @@ class _Call:
         fold = StreamFold()
         forwarded = False
         request = self.request
-        # Continuing a broken answer: the caller has `prefix`; this model finishes it.
-        sent_before = bool(self.prefix)
-        trailing = self.prefix[len(self.prefix.rstrip()) :]
-        if self.prefix:
+        # Continuing a broken answer: the caller has `prefix`; this model finishes it, or
+        # (restart) answers anew once the caller was told to drop what it has.
+        restart = bool(self.prefix) and not provider.continues_answers
+        sent_before = bool(self.prefix) and not restart
+        trailing = "" if restart else self.prefix[len(self.prefix.rstrip()) :]
+        if sent_before:
             # Providers refuse a prefill ending in whitespace; the caller already has it.
             prefill = Message(Role.ASSISTANT, self.prefix.rstrip())
             request = replace(request, messages=(*request.messages, prefill))
@@ -692,6 +717,9 @@ class _Call:
                     trailing = ""
                 fold.add(delta)
                 if is_content(delta):
+                    if restart and not forwarded and self.forwarding:
+                        why = self.broken.completion.incomplete_reason if self.broken else ""
+                        yield Restarted(deployment.name, why)
                     forwarded = True
                     yield delta
         except ProviderError as error:

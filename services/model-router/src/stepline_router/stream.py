@@ -17,6 +17,7 @@ __all__ = [
     "Delta",
     "Finished",
     "Opened",
+    "Restarted",
     "StreamFold",
     "TextDelta",
     "ToolCallDelta",
@@ -64,6 +65,15 @@ class Finished:
     reason: FinishReason
     # The model that answered, when the stream names it.
     model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted:
+    """Not a provider delta: the router tells a streaming caller that the answer starts over
+    on `deployment` (drop the text received so far), after `reason` broke the first one."""
+
+    deployment: str
+    reason: str
 
 
 Delta = Opened | TextDelta | ToolCallDelta | UsageDelta | Finished
