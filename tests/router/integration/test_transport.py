@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from stepline_router.providers.transport import FastTransport
+from stepline_router.errors import Outcome, ProviderError
+from stepline_router.providers.base import AttemptLimits
+from stepline_router.providers.http import post_json
+from stepline_router.providers.transport import FastTransport, session_of
 from tests.router.fakes import FakeProvider, Reply, closed_port, openai_chunks
 
 LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=10)
@@ -69,3 +73,26 @@ async def test_a_silent_server_is_a_read_timeout(
     server.queue(Reply(body={}, delay_s=2))
     with pytest.raises(httpx.ReadTimeout):
         await fast.post(f"{server.url}/x", json={}, timeout=httpx.Timeout(5, read=0.3))
+
+
+async def test_the_shared_helpers_send_on_aiohttp_directly_with_the_same_errors(
+    fast: httpx.AsyncClient, server: FakeProvider
+) -> None:
+    assert session_of(fast) is not None  # post_json / sse_deltas skip httpx on this client
+    assert session_of(httpx.AsyncClient()) is None
+    limits = AttemptLimits(connect_s=1, first_byte_s=0.3, total_s=5)
+    now = datetime.now(UTC)
+    with pytest.raises(ProviderError) as refused:
+        await post_json(fast, f"http://127.0.0.1:{closed_port()}/x", {}, {}, limits, now)
+    assert refused.value.outcome is Outcome.CONNECTION_FAILED
+    server.queue(Reply(body={}, delay_s=2))
+    with pytest.raises(ProviderError) as silent:
+        await post_json(fast, f"{server.url}/x", {}, {}, limits, now)
+    assert silent.value.outcome is Outcome.TIMED_OUT
+    assert "read timeout" in silent.value.message
+    server.queue(Reply(body={"ok": "é"}))
+    assert await post_json(fast, f"{server.url}/x", {}, {"q": "é"}, limits, now) == (
+        {"ok": "é"},
+        200,
+    )
+    assert server.received[-1].body == {"q": "é"}

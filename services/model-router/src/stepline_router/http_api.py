@@ -291,10 +291,10 @@ class _Handlers:
         """The caller's principal, or the 401/403 answer in `api`'s format (checked first on
         every route, before anything about the request is looked at)."""
         try:
-            return require_origin(
-                self._gateway.authenticate(_secret(request)),
-                loopback=is_loopback_host(request.remote),
-            )
+            principal = self._gateway.authenticate(_secret(request))
+            # The peer's address is parsed only for a key that is bound to loopback.
+            loopback = not principal.loopback_only or is_loopback_host(request.remote)
+            return require_origin(principal, loopback=loopback)
         except (UnauthenticatedError, PermissionDeniedError) as error:
             return self._error(api, _problem_of_auth(error), request_id)
 
@@ -332,7 +332,9 @@ class _Handlers:
             return self._error(api, problem, request_id)
         try:
             wanted = parse(raw)
-            wanted = replace(wanted, continuation=_continuation(request))
+            continuation = _continuation(request)
+            if continuation is not Continuation.NONE:
+                wanted = replace(wanted, continuation=continuation)
             return await self._gateway.start(principal, wanted, request_id), principal
         except WireError as error:
             return self._error(api, _invalid(str(error), error.param), request_id)

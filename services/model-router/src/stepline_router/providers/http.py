@@ -1,4 +1,11 @@
-"""What the HTTP adapters share: timeouts, transport-error mapping, SSE, error bodies, streams."""
+"""What the HTTP adapters share: timeouts, transport-error mapping, SSE, error bodies, streams.
+
+`post_json` and `sse_deltas` take the router's `httpx.AsyncClient`; when it runs on the
+aiohttp transport (`FastTransport`, the service's client) they send through its aiohttp
+session directly, skipping httpx's request and response objects, with the same timeouts and
+the same error classification. Any other client (httpx's pool, `httpx.MockTransport` in unit
+tests) goes through httpx as before.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 
 from stepline_router.errors import Outcome, ProviderError, classify_status
 from stepline_router.providers.base import AttemptLimits
+from stepline_router.providers.transport import session_of
 from stepline_router.retryafter import retry_after_seconds
 from stepline_router.stream import Delta, Opened
 from stepline_runtime.logs import redact
@@ -21,6 +30,7 @@ __all__ = [
     "ChunkParser",
     "ErrorMapper",
     "FramesFn",
+    "aiohttp_error",
     "error_from_response",
     "httpx_timeout",
     "iter_sse",
@@ -59,6 +69,38 @@ def transport_error(error: httpx.HTTPError) -> ProviderError:
         return ProviderError(Outcome.TIMED_OUT, f"{kind} timeout ({name})")
     detail = safe_text(str(error)) or name
     return ProviderError(Outcome.CONNECTION_FAILED, f"{name}: {detail}")
+
+
+def aiohttp_error(error: aiohttp.ClientError) -> ProviderError:
+    """Classify an aiohttp exception like `transport_error` does its httpx twin: only a real
+    timeout is a timeout; a refused, reset or cut connection is a connection failure."""
+    name = type(error).__name__
+    if isinstance(error, aiohttp.ServerTimeoutError):
+        kind = "read" if isinstance(error, aiohttp.SocketTimeoutError) else "connect"
+        return ProviderError(Outcome.TIMED_OUT, f"{kind} timeout ({name})")
+    detail = safe_text(str(error)) or name
+    return ProviderError(Outcome.CONNECTION_FAILED, f"{name}: {detail}")
+
+
+def _aiohttp_timeout(limits: AttemptLimits) -> aiohttp.ClientTimeout:
+    """`httpx_timeout`'s meaning for aiohttp: connect (pool wait included), then each read."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=limits.connect_s,
+        sock_connect=limits.connect_s,
+        sock_read=limits.first_byte_s,
+    )
+
+
+def _direct_request(body: Mapping[str, Any] | bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    """aiohttp's `data` and `headers` for what httpx sends with `json=` (compact UTF-8, JSON
+    content type unless the adapter set one) or `content=` (the exact bytes, e.g. signed)."""
+    if isinstance(body, bytes):
+        return {"data": body, "headers": headers}
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    if not any(name.lower() == "content-type" for name in headers):
+        headers = {**headers, "content-type": "application/json"}
+    return {"data": data, "headers": headers}
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:
@@ -105,8 +147,27 @@ def stream_error(payload: Any, status: int) -> ProviderError:
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """Server-sent events as (event name, data) pairs; comments and ids are ignored."""
+    async for item in _sse_events(response.aiter_lines()):
+        yield item
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Text lines of a byte stream (LF or CRLF), however the chunks cut them."""
+    rest = b""
+    async for chunk in chunks:
+        rest += chunk
+        if b"\n" not in chunk:
+            continue
+        *whole, rest = rest.split(b"\n")
+        for line in whole:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if rest:
+        yield rest.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     event, data = "", list[str]()
-    async for line in response.aiter_lines():
+    async for line in lines:
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
@@ -157,6 +218,9 @@ async def post_json(
     errors: ErrorMapper = error_from_response,
 ) -> tuple[Any, int]:
     """POST a JSON request within the attempt's limits; the decoded body and its status."""
+    session = session_of(client)
+    if session is not None:
+        return await _post_json_direct(session, url, headers, body, limits, now, errors)
     try:
         async with asyncio.timeout(limits.total_s):
             response = await client.post(
@@ -170,6 +234,35 @@ async def post_json(
         raise errors(response.status_code, response.headers, response.content, now)
     return json_or_malformed(response.text, response.status_code, "response body"), (
         response.status_code
+    )
+
+
+async def _post_json_direct(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    body: Body,
+    limits: AttemptLimits,
+    now: datetime,
+    errors: ErrorMapper,
+) -> tuple[Any, int]:
+    """`post_json` straight on aiohttp (same limits, same errors)."""
+    try:
+        async with asyncio.timeout(limits.total_s):
+            try:
+                async with session.post(
+                    url, **_direct_request(body, headers), timeout=_aiohttp_timeout(limits)
+                ) as response:
+                    raw = await response.read()
+            except aiohttp.ClientError as error:
+                raise aiohttp_error(error) from error
+    except TimeoutError as error:
+        raise ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s") from error
+    status = response.status
+    if not 200 <= status < 300:
+        raise errors(status, response.headers, raw, now)
+    return json_or_malformed(raw.decode("utf-8", errors="replace"), status, "response body"), (
+        status
     )
 
 
@@ -215,6 +308,14 @@ async def sse_deltas(
     Ends only after `parser` saw the provider's end of stream; anything else (non-2xx, a cut
     connection, a malformed or error event, an early end) raises a classified `ProviderError`.
     """
+    # Another framing reads an httpx response: that adapter keeps the httpx path.
+    session = session_of(client) if frames is iter_sse else None
+    if session is not None:
+        async for delta in _sse_deltas_direct(
+            session, url, headers, body, limits, now, parser, errors
+        ):
+            yield delta
+        return
     status = 0
     try:
         async with client.stream(
@@ -232,6 +333,44 @@ async def sse_deltas(
                     return
     except httpx.HTTPError as error:
         failure = transport_error(error)
+        failure.status_code = status
+        raise failure from error
+    if not parser.complete:
+        raise ProviderError(
+            Outcome.CONNECTION_FAILED,
+            f"stream ended before {parser.end_marker}",
+            status_code=status,
+        )
+
+
+async def _sse_deltas_direct(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    body: Body,
+    limits: AttemptLimits,
+    now: NowFn,
+    parser: ChunkParser,
+    errors: ErrorMapper,
+) -> AsyncIterator[Delta]:
+    """`sse_deltas` straight on aiohttp (same limits, same errors, same end-of-stream rule)."""
+    status = 0
+    try:
+        async with session.post(
+            url, **_direct_request(body, headers), timeout=_aiohttp_timeout(limits)
+        ) as response:
+            status = response.status
+            if not 200 <= status < 300:
+                raw = await response.read()
+                raise errors(status, response.headers, raw, now())
+            yield Opened(status)
+            async for event, data in _sse_events(_lines(response.content.iter_any())):
+                for delta in parser.feed(event, data, status):
+                    yield delta
+                if parser.ended:
+                    return
+    except aiohttp.ClientError as error:
+        failure = aiohttp_error(error)
         failure.status_code = status
         raise failure from error
     if not parser.complete:

@@ -342,9 +342,9 @@ class OpenAIProvider:
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
         url, headers = self.endpoint(deployment, credential)
-        body = openai_body(
-            deployment, replace(request, stream=stream), max_tokens_field=self._max_tokens_field
-        )
+        if request.stream is not stream:
+            request = replace(request, stream=stream)
+        body = openai_body(deployment, request, max_tokens_field=self._max_tokens_field)
         if not self._stream_usage:
             body.pop("stream_options", None)
         for ours, theirs in self._renamed.items():
