@@ -43,6 +43,8 @@ def test_parses_deployments_and_routes() -> None:
     assert deployment.capabilities.context_window == 1000
     assert deployment.rate_limits.rpm == 10
     assert deployment.timeouts.total_s == 4
+    # A deployment serves chat unless it says otherwise, embeddings only when it says so.
+    assert (deployment.capabilities.chat, deployment.capabilities.embeddings) == (True, False)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,8 @@ def test_parses_deployments_and_routes() -> None:
         (('strategy = "lowest_cost"', 'strategy = "cheapest"'), "`strategy` must be one of"),
         (('max_fallback_price_ratio = "2"', 'max_fallback_price_ratio = "0.5"'), "at least 1"),
         (("[routes.default]", "[routes.default\n"), "not valid TOML"),
+        (("tools = true,", "chat = false, embeddings = false,"), "neither chat nor embeddings"),
+        (("tools = true,", "embeddings = 1,"), "`embeddings` must be true or false"),
     ],
 )
 def test_bad_files_are_refused_with_a_clear_error(change: tuple[str, str], message: str) -> None:

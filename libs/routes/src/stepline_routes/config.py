@@ -287,6 +287,8 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
         raise RoutesError(f"{where}: [headers] values must be strings")
     if any(k.lower() in ("authorization", "x-api-key", "api-key") for k in headers):
         raise RoutesError(f"{where}: credentials go in `credential_env`, not in [headers]")
+    if not _bool(caps, "chat", True, where) and not _bool(caps, "embeddings", False, where):
+        raise RoutesError(f"{where}: serves neither chat nor embeddings; set one to true")
     weight = _number(entry, "weight", 1.0, where)
     if weight <= 0:
         raise RoutesError(f"{where}: `weight` must be positive")
