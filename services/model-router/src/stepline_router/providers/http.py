@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -41,6 +42,8 @@ __all__ = [
     "stream_error",
     "transport_error",
 ]
+
+log = logging.getLogger(__name__)
 
 _MAX_ERROR_CHARS = 500
 
@@ -90,6 +93,13 @@ def _aiohttp_timeout(limits: AttemptLimits) -> aiohttp.ClientTimeout:
         sock_connect=limits.connect_s,
         sock_read=limits.first_byte_s,
     )
+
+
+def _log_sent(url: str, status: int) -> None:
+    """A debug line per provider request, as httpx writes one (the query left out: some
+    providers put a key there)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("provider request", extra={"url": url.partition("?")[0], "status": status})
 
 
 def _direct_request(body: Mapping[str, Any] | bytes, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -256,6 +266,7 @@ async def _post_json_direct(
                     raw = await response.read()
             except aiohttp.ClientError as error:
                 raise aiohttp_error(error) from error
+            _log_sent(url, response.status)
     except TimeoutError as error:
         raise ProviderError(Outcome.TIMED_OUT, f"total timeout {limits.total_s:.1f}s") from error
     status = response.status
@@ -360,6 +371,7 @@ async def _sse_deltas_direct(
             url, **_direct_request(body, headers), timeout=_aiohttp_timeout(limits)
         ) as response:
             status = response.status
+            _log_sent(url, status)
             if not 200 <= status < 300:
                 raw = await response.read()
                 raise errors(status, response.headers, raw, now())
