@@ -411,7 +411,8 @@ def test_batch_replay_stops_at_the_spend_limit(stack: Stack, tmp_path: Any) -> N
         assert "completed" in _events(stack, run_id)[-1], _events(stack, run_id)
     summary_file = tmp_path / "summary.json"
     # Each replay may spend 0.002 (its budget); two calls cost 0.00042 each at the candidate's
-    # stand-in price. With 0.0041 two run at once; the next would overrun: the batch stops.
+    # stand-in price. One at a time (so the count does not depend on which replay ends first):
+    # after three, 0.00252 spent + a 0.002 budget would overrun 0.0041, so the batch stops.
     out = stack.ok(
         "replay",
         "--tenant",
@@ -423,7 +424,7 @@ def test_batch_replay_stops_at_the_spend_limit(stack: Stack, tmp_path: Any) -> N
         "--route",
         "candidate-batch",
         "--concurrency",
-        "2",
+        "1",
         "--spend-limit",
         "0.0041",
         "--run-budget",
@@ -435,11 +436,11 @@ def test_batch_replay_stops_at_the_spend_limit(stack: Stack, tmp_path: Any) -> N
     summary = json.loads(summary_file.read_text())
     assert summary["runs_selected"] == 4
     assert summary["stopped_at_spend_limit"] is True
-    assert summary["runs_replayed"] == 2
-    assert summary["runs_skipped_spend_limit"] == 2
+    assert summary["runs_replayed"] == 3
+    assert summary["runs_skipped_spend_limit"] == 1
     assert summary["completion_rate"] == {"original": 1.0, "replay": 1.0}
     assert summary["divergence_rate"] == 0.0
-    assert len(model.requests["batch"]) == 4  # two model calls per replay, none for the rest
+    assert len(model.requests["batch"]) == 6  # two model calls per replay, none for the rest
     assert all(r["served_from_record"] == 1 for r in summary["runs"])
-    assert "2 of 4 runs replayed on route candidate-batch; stopped at the spend limit" in out
+    assert "3 of 4 runs replayed on route candidate-batch; stopped at the spend limit" in out
     assert float(summary["cost"]["replay"]) <= 0.0041
