@@ -53,7 +53,7 @@ def _member(
     )
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+async def _until(condition: Callable[[], bool], timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "timed out"
