@@ -103,7 +103,7 @@ class _Load:
         return max(b - a for a, b in itertools.pairwise(marks))
 
 
-async def _group_state(admin: AIOKafkaAdminClient, group: str, topic: str) -> tuple[str, int, int]:
+async def group_state(admin: AIOKafkaAdminClient, group: str, topic: str) -> tuple[str, int, int]:
     """(state, members, partitions of `topic` assigned) of a consumer group."""
     response = (await admin.describe_consumer_groups([group]))[0]
     described = response.groups[0]
@@ -122,7 +122,7 @@ async def _members(kafka: KafkaSettings, group: str, topic: str) -> int:
     await admin.start()
     try:
         for _ in range(1_200):
-            state, members, assigned = await _group_state(admin, group, topic)
+            state, members, assigned = await group_state(admin, group, topic)
             if state == "Stable" and members and assigned == PARTITIONS:
                 return members
             await asyncio.sleep(0.05)
@@ -140,7 +140,7 @@ async def _rebalance(
     try:
         deadline = spawned_at + 90
         while True:
-            state, members, assigned = await _group_state(admin, group, topic)
+            state, members, assigned = await group_state(admin, group, topic)
             if state == "Stable" and members == members_wanted and assigned == PARTITIONS:
                 break
             if time.perf_counter() > deadline:

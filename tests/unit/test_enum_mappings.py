@@ -19,7 +19,7 @@ from stepline.v1 import (
 from stepline_billing import convert as billing
 from stepline_billing.ledger import Kind
 from stepline_billing.rollups import Granularity
-from stepline_executor import handlers as executor
+from stepline_executor import wire as executor
 from stepline_executor.model import ErrorKind as ToolErrorKind
 from stepline_planner import convert as planner
 from stepline_planner.state import Decision, IgnoredReason, Outcome, Reason, Status, StepKind
@@ -87,8 +87,8 @@ def test_dict_mapped_enums_cover_every_member() -> None:
     assert set(billing._KINDS) == set(usage_pb2.UsageKind.values()) - {0}
     assert set(billing._GRANULARITIES.values()) == set(Granularity)
     assert set(billing._GRANULARITIES) == set(usage_pb2.RollupGranularity.values()) - {0}
-    assert set(executor._KINDS) == set(ToolErrorKind)
-    assert set(executor._KINDS.values()) == set(tools_pb2.ToolCallErrorKind.values()) - {0}
+    assert set(executor.KINDS) == set(ToolErrorKind)
+    assert set(executor.KINDS.values()) == set(tools_pb2.ToolCallErrorKind.values()) - {0}
     # AUTO is the proto default (unspecified), every other mode is mapped explicitly.
     assert set(router._CHOICES.values()) | {ToolChoice.AUTO} == set(ToolChoice)
     assert set(router._CHOICES) | {model_pb2.TOOL_CHOICE_MODE_AUTO} == set(

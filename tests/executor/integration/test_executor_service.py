@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,59 +22,14 @@ from stepline.v1 import tools_pb2, usage_pb2
 from stepline_executor.names import SAFE_NAME
 from stepline_executor.registry_topic import read_registered_names
 from stepline_runtime.codec import encode
-from stepline_runtime.settings import KafkaSettings, namespaced
+from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 from tests.executor import everything
 from tests.executor.fakes import LocalServer, Seen
+from tests.executor.service import ROOT, Service, request_call, results_by_call
 from tests.kafkatools import read_all
 
 pytestmark = pytest.mark.kafka
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-class Service:
-    """Starts/stops `python -m stepline_executor` with a private namespace and data dir."""
-
-    def __init__(self, namespace: str, config: Path, data_dir: Path, log: Path) -> None:
-        self.namespace = namespace
-        self.env = {
-            **os.environ,
-            "STEPLINE_TOPIC_NAMESPACE": namespace,
-            "STEPLINE_TOOLS_CONFIG": str(config),
-            "STEPLINE_EXECUTOR_DATA_DIR": str(data_dir),
-            "STEPLINE_PARTITIONS": "2",
-            "STEPLINE_LOG_FORMAT": "text",
-        }
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "stepline_executor"],
-                cwd=ROOT,
-                stdout=sink,
-                stderr=sink,
-                env=self.env,
-            )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def topic(self, name: str) -> str:
-        return namespaced(name, self.namespace)
 
 
 def _config(tmp: Path, webhook_url: str) -> Path:
@@ -132,36 +84,6 @@ async def _topics(admin: AIOKafkaAdminClient, namespace: str) -> None:
     await ensure_topics(admin, [t for t in CATALOG if t.name in wanted], 2, 1, namespace)
 
 
-async def _request(
-    producer: AIOKafkaProducer, service: Service, call: str, tool: str, args: str, agent: str = ""
-) -> None:
-    run_id = call.split(":")[0]
-    message = tools_pb2.ToolCallRequested(
-        run_id=run_id,
-        tenant_id="acme",
-        step_id=call.rsplit(":", 1)[0],
-        call_id=call,
-        tool=tool,
-        arguments_json=args,
-        idempotency_key=f"idem-{call}",
-        agent=agent,
-    )
-    record = encode(
-        service.topic(Topics.TOOL_REQUESTS), run_id, message, event_id=call, source="test"
-    )
-    await producer.send_and_wait(
-        record.topic, record.value, key=record.key, headers=list(record.headers)
-    )
-
-
-def _results(records: list[object]) -> dict[str, tools_pb2.ToolCallResult]:
-    out = {}
-    for record in records:
-        result = tools_pb2.ToolCallResult.FromString(record.value)  # type: ignore[attr-defined]
-        out[result.call_id] = result
-    return out
-
-
 async def test_executor_serves_calls_publishes_registry_and_usage(
     kafka: KafkaSettings,
     admin: AIOKafkaAdminClient,
@@ -172,15 +94,15 @@ async def test_executor_serves_calls_publishes_registry_and_usage(
     await _topics(admin, service.namespace)
     with LocalServer() as receiver:
         _config(tmp_path, receiver.url("/refund"))
-        await _request(producer, service, "ra:1:0", "calculator", '{"expression": "6 * 7"}')
-        await _request(producer, service, "ra:1:1", "calculator", '{"expr": 1}')
-        await _request(producer, service, "ra:1:2", "teleport", "{}")
-        await _request(
+        await request_call(producer, service, "ra:1:0", "calculator", '{"expression": "6 * 7"}')
+        await request_call(producer, service, "ra:1:1", "calculator", '{"expr": 1}')
+        await request_call(producer, service, "ra:1:2", "teleport", "{}")
+        await request_call(
             producer, service, "ra:1:3", "issue_refund", '{"order_id": "O-1"}', "restricted"
         )
-        await _request(producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}')
+        await request_call(producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}')
         service.start()
-        results = _results(
+        results = results_by_call(
             await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=5, timeout_s=90)
         )
     assert len(results) == 5
@@ -235,7 +157,7 @@ async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twi
 
     with LocalServer(slow) as receiver:
         _config(tmp_path, receiver.url("/refund"))
-        await _request(producer, service, "rk:1:0", "issue_refund", '{"order_id": "O-9"}')
+        await request_call(producer, service, "rk:1:0", "issue_refund", '{"order_id": "O-9"}')
         service.start()
         assert await asyncio.to_thread(arrived.wait, 90), "the webhook was never called"
         service.kill()  # "started" is recorded, "completed" is not
@@ -243,7 +165,7 @@ async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twi
         service.start()
         records = await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=1, timeout_s=90)
         calls = len(receiver.seen)
-    results = _results(records)
+    results = results_by_call(records)
     assert calls == 1
     assert len(records) == 1  # one result, never a second execution's
     assert list(results) == ["rk:1:0"]
@@ -305,7 +227,7 @@ async def test_a_started_call_that_expires_is_outcome_unknown_and_billed_as_its_
         await _request_due(producer, service, "rf:1:0", "issue_refund", '{"order_id": "F"}', 0.3)
         # Enough to start, not enough to finish: the POST arrives, then the deadline passes.
         await _request_due(producer, service, "rd:1:0", "issue_refund", '{"order_id": "D"}', 3)
-        results = _results(
+        results = results_by_call(
             await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=2, timeout_s=60)
         )
         bodies = [json.loads(s.body)["order_id"] for s in receiver.seen]
@@ -361,8 +283,8 @@ async def test_mcp_reference_server_tools_are_registered_safely_and_tombstoned_w
     config.write_text(plain.replace('\n[tenants."*"]', f'{mcp}\n[tenants."*"]'), encoding="utf-8")
     service.start()
     assert await _registered(kafka, service, "everything__get-sum")
-    await _request(producer, service, "rm:1:0", "everything__get-sum", '{"a": 7, "b": 5}')
-    results = _results(
+    await request_call(producer, service, "rm:1:0", "everything__get-sum", '{"a": 7, "b": 5}')
+    results = results_by_call(
         await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=1, timeout_s=60)
     )
     assert results["rm:1:0"].completed.output == "The sum of 7 and 5 is 12."

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from stepline_executor.executor import Executor, truncate
 from stepline_executor.model import (
     CallRequest,
     ErrorKind,
-    Outcome,
     ToolInterruptedError,
     ToolNotSentError,
 )
-from stepline_executor.outcomes import InMemoryOutcomeStore, SqliteOutcomeStore
+from stepline_executor.outcomes import InMemoryOutcomeStore
 from stepline_executor.registry import Access, Registry
 from tests.executor.fakes import ScriptedTool
 
@@ -26,7 +23,7 @@ OPEN = Access(tenants={"*": ("*",)}, agents={"*": ("*",)})
 
 def _executor(
     *tools: ScriptedTool,
-    store: InMemoryOutcomeStore | SqliteOutcomeStore | None = None,
+    store: InMemoryOutcomeStore | None = None,
     access: Access = OPEN,
 ) -> Executor:
     return Executor(
@@ -117,7 +114,7 @@ async def test_redelivered_completed_call_is_replayed_not_rerun() -> None:
 async def test_started_but_unrecorded_non_idempotent_call_is_outcome_unknown() -> None:
     tool = ScriptedTool.named("t", idempotent=False)
     store = InMemoryOutcomeStore()
-    await store.mark_started("r1:1:0", "t", NOW)  # a previous executor died here
+    await store.mark_started("r1:1:0", "t", NOW, partition=0)  # a previous executor died here
     executor = _executor(tool, store=store)
     outcome = await executor.execute(_request())
     assert outcome.error_kind is ErrorKind.OUTCOME_UNKNOWN
@@ -133,7 +130,7 @@ async def test_started_but_unrecorded_non_idempotent_call_is_outcome_unknown() -
 async def test_started_but_unrecorded_idempotent_call_reruns_with_the_same_key() -> None:
     tool = ScriptedTool.named("t", idempotent=True)
     store = InMemoryOutcomeStore()
-    await store.mark_started("r1:1:0", "t", NOW)
+    await store.mark_started("r1:1:0", "t", NOW, partition=0)
     outcome = await _executor(tool, store=store).execute(_request())
     assert outcome.succeeded
     assert [c.idempotency_key for c in tool.runs] == ["key-r1:1:0"]
@@ -222,26 +219,6 @@ async def test_tool_errors_and_crashes_become_failed_results() -> None:
     assert crashed.error_kind is ErrorKind.EXECUTION_FAILED
     assert "RuntimeError" in crashed.message
     assert "boom" not in crashed.message  # internal details stay in the log
-
-
-async def test_sqlite_store_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "outcomes.sqlite"
-    store = SqliteOutcomeStore(path)
-    await store.mark_started("a", "t", NOW)
-    done = Outcome(output=json.dumps({"v": 1}), finished_at=NOW, executed=True, duration_s=0.5)
-    await store.mark_started("b", "t", NOW)
-    await store.mark_completed("b", "t", done, NOW)
-    store.close()
-    reopened = SqliteOutcomeStore(path)
-    a, b = await reopened.get("a"), await reopened.get("b")
-    assert a is not None
-    assert a.state == "started"
-    assert a.outcome is None
-    assert b is not None
-    assert b.state == "completed"
-    assert b.outcome == done
-    assert await reopened.get("c") is None
-    reopened.close()
 
 
 async def test_a_non_idempotent_call_expiring_after_it_started_is_outcome_unknown() -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 
-__all__ = ["CATALOG", "Cleanup", "Topic", "Topics"]
+__all__ = ["CATALOG", "Cleanup", "Topic", "Topics", "retention"]
 
 _DAY_MS = 24 * 60 * 60 * 1000
 
@@ -53,6 +54,7 @@ class Topics:
     MODEL_RESULTS = "stepline.model.results.v1"
     TOOL_REQUESTS = "stepline.tool.requests.v1"
     TOOL_RESULTS = "stepline.tool.results.v1"
+    TOOL_OUTCOMES = "stepline.tool.outcomes.v1"
     TOOLS = "stepline.tools.v1"
     RUNS = "stepline.runs.v1"
     USAGE = "stepline.usage.v1"
@@ -65,6 +67,10 @@ class Topics:
 
 
 _PLANNER = "planner-inputs"
+_EXECUTOR = "tool-executor-inputs"
+# Tool requests live this long; the executor's outcome records outlive the requests they answer
+# by a day, so a request read again (offsets reset to the earliest) still finds its outcome.
+_TOOL_REQUEST_DAYS = 7
 
 CATALOG: tuple[Topic, ...] = (
     Topic(
@@ -103,7 +109,23 @@ CATALOG: tuple[Topic, ...] = (
         Topics.TOOL_REQUESTS,
         "run_id",
         ("stepline.v1.ToolCallRequested", "stepline.v1.ToolCallsCancelRequested"),
-        configs=_retention(7),
+        configs=_retention(_TOOL_REQUEST_DAYS),
+        copartition_group=_EXECUTOR,
+    ),
+    # The executor's intent -> outcome records, co-partitioned with its requests: a call's
+    # record lives in the partition of its request (written there explicitly, whatever the
+    # call id hashes to), so whichever instance owns that request partition owns its outcomes.
+    Topic(
+        Topics.TOOL_OUTCOMES,
+        "call_id (in the partition of its request's run_id)",
+        ("stepline.v1.ToolCallRecorded",),
+        Cleanup.COMPACT_DELETE,
+        {
+            **_retention(_TOOL_REQUEST_DAYS + 1),
+            "min.compaction.lag.ms": "0",
+            "segment.ms": str(60 * 60 * 1000),
+        },
+        copartition_group=_EXECUTOR,
     ),
     Topic(
         Topics.TOOL_RESULTS,
@@ -141,3 +163,12 @@ CATALOG: tuple[Topic, ...] = (
         _retention(40),
     ),
 )
+
+
+def retention(name: str) -> timedelta | None:
+    """How long the catalog topic `name` keeps a record (None: for ever, as compaction keeps)."""
+    for topic in CATALOG:
+        if topic.name == name:
+            kept = topic.configs.get("retention.ms")
+            return timedelta(milliseconds=int(kept)) if kept is not None else None
+    raise KeyError(name)

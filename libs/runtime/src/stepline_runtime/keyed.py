@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from stepline_runtime.atleastonce import AtLeastOnce
@@ -166,6 +168,20 @@ class KeyedConsumer:
         """Join the group and start fetching."""
         self._consumer = AIOKafkaConsumer(
             group_id=self._group_id,
+            # aiokafka speaks only the eager rebalance protocol (no cooperative assignors):
+            # sticky assignment keeps each member's partitions where they were, so a rebalance
+            # moves only those of the member that left or joined. Its memory of the last
+            # assignment is class state: one subclass per consumer. Round robin second, for a
+            # group whose older members know only it (rolling upgrade).
+            partition_assignment_strategy=(
+                type("StickyPartitionAssignor", (StickyPartitionAssignor,), {}),
+                RoundRobinPartitionAssignor,
+            ),
+            # A killed member is noticed after the session timeout; a member restarted with
+            # the same static id within it gets its partitions back without a rebalance.
+            session_timeout_ms=self._kafka.session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, self._kafka.session_timeout_ms // 3),
+            group_instance_id=self._kafka.group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Inputs may be produced inside transactions (the planner's): read committed only.

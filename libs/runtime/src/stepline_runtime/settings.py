@@ -44,6 +44,24 @@ class KafkaSettings(BaseSettings):
         ),
     )
 
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=6_000,
+        description=(
+            "How long a consumer group waits for a silent member (a killed instance) before"
+            " giving its partitions to the others: the bulk of the failover time. The broker's"
+            " group.min.session.timeout.ms (6 s by default) is the floor."
+        ),
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        description=(
+            "Static group membership (KIP-345): a member that restarts with the same id within"
+            " the session timeout gets its partitions back without a rebalance. Unique per"
+            " instance of a service (e.g. the pod name of a StatefulSet)."
+        ),
+    )
+
     def client_kwargs(self, client_id: str) -> dict[str, Any]:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""
         kwargs: dict[str, Any] = {

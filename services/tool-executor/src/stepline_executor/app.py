@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 import httpx
 
 from stepline_executor.cancel_watch import CancelWatch
+from stepline_executor.changelog_kafka import KafkaChangelog, RestoreOnAssignment
 from stepline_executor.config import Settings, ToolsConfig
 from stepline_executor.executor import Executor
 from stepline_executor.handlers import Pricing, ToolRequests
 from stepline_executor.model import Tool, ToolSpec
-from stepline_executor.outcomes import SqliteOutcomeStore
+from stepline_executor.outcomes import ChangelogOutcomeStore
 from stepline_executor.registry import Access, Registry
 from stepline_executor.registry_topic import RegistryAnnouncer, read_registered_names
 from stepline_executor.tools.base import SchemaArguments
@@ -30,7 +31,7 @@ from stepline_executor.tools.sql import SavedQuery, SqlQuery, build_database
 from stepline_executor.tools.webhook import Webhook
 from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, BrokerPublisher, broker_for
-from stepline_runtime.catalog import Topics
+from stepline_runtime.catalog import Topics, retention
 from stepline_runtime.keyed import KeyedConsumer
 from stepline_runtime.lifecycle import BrokerPart, Part, Running, ServiceContext, TaskPart
 
@@ -180,7 +181,17 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
     book = PriceBook.load()
     pricing = Pricing(book.version, book.currency, book.tool_cost)
     toolbox = build_toolbox(config, settings)
-    store = SqliteOutcomeStore(settings.executor_data_dir / "outcomes.sqlite")
+    requests_topic = context.topic(Topics.TOOL_REQUESTS)
+    outcomes_topic = context.topic(Topics.TOOL_OUTCOMES)
+    changelog = KafkaChangelog(settings.kafka, outcomes_topic, client_id=context.spec.name)
+    store = ChangelogOutcomeStore(
+        changelog,
+        outcomes_topic,
+        source=context.spec.name,
+        clock=_now,
+        dead_letter_topic=context.topic(Topics.DLQ),
+        keep_for=retention(Topics.TOOL_OUTCOMES),
+    )
     try:
         for link in toolbox.links:
             link.start()
@@ -203,7 +214,6 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         )
         broker = broker_for(settings.kafka, context.spec.name)
         publisher = BrokerPublisher(broker)
-        requests_topic = context.topic(Topics.TOOL_REQUESTS)
         processor = AtLeastOnce(
             context.group, handler, publisher, dead_letter_topic=context.topic(Topics.DLQ)
         )
@@ -214,6 +224,8 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
             group_id=context.group,
             processor=processor,
             max_in_flight=settings.max_in_flight,
+            # A partition's outcomes are read to their end before its first request is handled.
+            listener=RestoreOnAssignment(store, requests_topic),
         )
         tools_topic = context.topic(Topics.TOOLS)
         announcer = RegistryAnnouncer(
@@ -225,6 +237,8 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
             await read_registered_names(settings.kafka, tools_topic),
         )
         parts: list[Part] = [
+            # Before the consumer: its first assignment restores through the changelog.
+            BrokerPart(changelog, name="outcomes"),
             BrokerPart(broker),
             consumer,
             _Announce(announcer),
@@ -237,7 +251,6 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         yield Running(parts, {"tools": len(toolbox.registry.names()), "topic": requests_topic})
     finally:
         await toolbox.close()
-        store.close()
 
 
 class _Announce:

@@ -44,7 +44,7 @@ class Settings(ServiceSettings):
     tools_config: Path = Field(default_factory=default_tools_config)
     executor_data_dir: Path = Field(
         default=Path(".local/tool-executor"),
-        description="Outcome store and the built demo database live here.",
+        description="The built demo database lives here (outcomes live in their changelog topic).",
     )
     executor_start_floor_s: float = Field(
         default=DEFAULT_START_FLOOR_S,

@@ -27,7 +27,7 @@ from stepline_executor.model import (
 from stepline_executor.outcomes import CallState, OutcomeStore
 from stepline_executor.registry import Access, PublicTool, Registry
 
-__all__ = ["DEFAULT_START_FLOOR_S", "Executor", "truncate"]
+__all__ = ["DEFAULT_START_FLOOR_S", "Executor", "IntentNotRecordedError", "truncate"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ def truncate(text: str, limit: int) -> tuple[str, bool, int]:
         f"\n…[output truncated by stepline: {len(kept.encode('utf-8'))} of {len(raw)} bytes shown]"
     )
     return kept + marker, True, len(raw)
+
+
+class IntentNotRecordedError(RuntimeError):
+    """The outcome store did not acknowledge "started": the tool was not run."""
 
 
 @dataclass
@@ -113,7 +117,7 @@ class Executor:
                 request, ErrorKind.INVALID_ARGUMENTS, _invalid_message(tool.spec, str(invalid))
             )
 
-        stored = await self._store.get(request.call_id)
+        stored = await self._store.get(request.call_id, partition=request.partition)
         if stored is not None and stored.state is CallState.COMPLETED and stored.outcome:
             return stored.outcome.as_replayed()
         if stored is not None and stored.state is CallState.STARTED and not tool.spec.idempotent:
@@ -129,7 +133,11 @@ class Executor:
                 executed=True,
             )
             await self._store.mark_completed(
-                request.call_id, tool.spec.name, outcome, self._clock()
+                request.call_id,
+                tool.spec.name,
+                outcome,
+                self._clock(),
+                partition=request.partition,
             )
             return outcome
         return await self._run(tool, parsed, request)
@@ -171,7 +179,9 @@ class Executor:
             timeout_s=timeout,
         )
         attempt = _Attempt()
-        task = asyncio.ensure_future(self._attempt(tool, parsed, context, attempt))
+        task = asyncio.ensure_future(
+            self._attempt(tool, parsed, context, attempt, request.partition)
+        )
         self._inflight[request.call_id] = (request.run_id, task)
         try:
             # `wait` does not raise when the task fails or is cancelled by `cancel()`; it raises
@@ -182,16 +192,28 @@ class Executor:
             raise
         finally:
             self._inflight.pop(request.call_id, None)
+        if not task.cancelled() and isinstance(task.exception(), IntentNotRecordedError):
+            # Nothing ran and nothing is known: the request is delivered again.
+            raise task.exception()  # type: ignore[misc]
         cancel_reason = self._cancels.reason(request.run_id, request.call_id, -1)
         outcome = self._outcome(task, attempt, spec, context, cancel_reason)
         return await self._finish(request, spec, outcome)
 
     async def _attempt(
-        self, tool: Tool, parsed: Any, context: CallContext, attempt: _Attempt
+        self, tool: Tool, parsed: Any, context: CallContext, attempt: _Attempt, partition: int
     ) -> ToolOutput:
         async with asyncio.timeout(context.timeout_s), self._semaphore(tool.spec):
             started = self._clock()
-            await self._store.mark_started(context.call_id, tool.spec.name, started)
+            # Acknowledged before the tool runs: a crash from here on is seen as "started".
+            try:
+                await self._store.mark_started(
+                    context.call_id, tool.spec.name, started, partition=partition
+                )
+            except Exception as error:
+                raise IntentNotRecordedError(
+                    f"the intent to run {context.call_id} was not recorded ({error!r});"
+                    " the tool was not run"
+                ) from error
             attempt.started_at = self._monotonic()
             attempt.started_wall = started
             return await tool.run(parsed, context)
@@ -284,7 +306,9 @@ class Executor:
         )
 
     async def _finish(self, request: CallRequest, spec: ToolSpec, outcome: Outcome) -> Outcome:
-        await self._store.mark_completed(request.call_id, spec.name, outcome, self._clock())
+        await self._store.mark_completed(
+            request.call_id, spec.name, outcome, self._clock(), partition=request.partition
+        )
         return outcome
 
     def _semaphore(self, spec: ToolSpec) -> asyncio.Semaphore:

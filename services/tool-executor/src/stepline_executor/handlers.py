@@ -9,13 +9,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import assert_never
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from stepline.v1 import common_pb2, tools_pb2, usage_pb2
 from stepline_executor.executor import Executor
-from stepline_executor.model import CallRequest, ErrorKind, Outcome, ToolSpec
+from stepline_executor.model import CallRequest, Outcome, ToolSpec
 from stepline_executor.spec import SPEC
+from stepline_executor.wire import KINDS, duration, outcome_to_proto, timestamp
 from stepline_runtime.codec import Cause, Decoded, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
 from stepline_runtime.metrics import TOOL_SECONDS
@@ -41,7 +39,9 @@ class Pricing:
         self.price_of = price_of
 
 
-def call_request(message: tools_pb2.ToolCallRequested, sequence: int) -> CallRequest:
+def call_request(
+    message: tools_pb2.ToolCallRequested, sequence: int, partition: int
+) -> CallRequest:
     """The core's view of a `ToolCallRequested`; refuses one missing its ids."""
     missing = [n for n in ("run_id", "call_id", "tool") if not getattr(message, n)]
     if missing:
@@ -58,6 +58,7 @@ def call_request(message: tools_pb2.ToolCallRequested, sequence: int) -> CallReq
         agent=message.agent,
         deadline=deadline,
         sequence=sequence,
+        partition=partition,
         metadata=dict(message.metadata),
     )
 
@@ -91,7 +92,7 @@ class ToolRequests:
             return []
         if not isinstance(message, tools_pb2.ToolCallRequested):
             assert_never(message)
-        request = call_request(message, record.offset)
+        request = call_request(message, record.offset, record.partition)
         with bind(run_id=request.run_id, tenant_id=request.tenant_id, call_id=request.call_id):
             outcome = await self._executor.execute(request)
             log.info(
@@ -143,27 +144,12 @@ class ToolRequests:
             tool=request.tool,
             replayed=outcome.replayed,
         )
-        duration = _duration(outcome.duration_s)
-        if outcome.error_kind is None:
-            result.completed.CopyFrom(
-                tools_pb2.ToolCallCompleted(
-                    output=outcome.output or "",
-                    output_truncated=outcome.truncated,
-                    original_size_bytes=outcome.original_size,
-                    duration=duration,
-                    content_type=outcome.content_type,
-                )
-            )
+        branch = outcome_to_proto(outcome)
+        if isinstance(branch, tools_pb2.ToolCallCompleted):
+            result.completed.CopyFrom(branch)
         else:
-            result.failed.CopyFrom(
-                tools_pb2.ToolCallFailed(
-                    kind=_KINDS[outcome.error_kind],
-                    message=outcome.message,
-                    duration=duration,
-                    retryable=outcome.retryable,
-                )
-            )
-        result.finished_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
+            result.failed.CopyFrom(branch)
+        result.finished_at.CopyFrom(timestamp(outcome.finished_at or self._clock()))
         cost = wire.money_to_proto(billed, self._pricing.currency)
         if cost is not None:  # the same Money as the usage record's
             result.cost.CopyFrom(cost)
@@ -192,15 +178,15 @@ class ToolRequests:
             price_book_version=self._pricing.version,
             attempt=1,
             agent=request.agent,
-            latency=_duration(outcome.duration_s),
+            latency=duration(outcome.duration_s),
         )
         if outcome.error_kind is not None:
-            usage.tool_error_kind = _KINDS[outcome.error_kind]
+            usage.tool_error_kind = KINDS[outcome.error_kind]
         cost = wire.money_to_proto(price, self._pricing.currency)
         if cost is not None:
             # Unpriced is `priced = false` and no cost, as a model attempt writes it: never 0.
             usage.cost.CopyFrom(cost)
-        usage.occurred_at.CopyFrom(_timestamp(outcome.finished_at or self._clock()))
+        usage.occurred_at.CopyFrom(timestamp(outcome.finished_at or self._clock()))
         return encode(
             self._usage_topic,
             request.tenant_id,
@@ -224,7 +210,7 @@ def announcement(
             idempotent=spec.idempotent,
         ),
         source=spec.source,
-        timeout=_duration(spec.timeout_s),
+        timeout=duration(spec.timeout_s),
         max_concurrency=spec.max_concurrency,
         max_output_bytes=spec.max_output_bytes,
         original_name=original if original != spec.name else "",
@@ -232,33 +218,10 @@ def announcement(
     price = wire.money_to_proto(pricing.price_of(spec.name), pricing.currency)
     if price is not None:
         message.price_per_call.CopyFrom(price)
-    message.registered_at.CopyFrom(_timestamp(now))
+    message.registered_at.CopyFrom(timestamp(now))
     return encode(topic, spec.name, message, event_id=f"tool/{spec.name}", source=SOURCE)
 
 
 def tombstone(topic: str, name: str) -> OutboundRecord:
     """Removes `name` from the compacted registry topic."""
     return OutboundRecord(topic=topic, key=name.encode(), value=None)
-
-
-_KINDS = {
-    ErrorKind.INVALID_ARGUMENTS: tools_pb2.TOOL_CALL_ERROR_KIND_INVALID_ARGUMENTS,
-    ErrorKind.NOT_ALLOWED: tools_pb2.TOOL_CALL_ERROR_KIND_NOT_ALLOWED,
-    ErrorKind.TIMED_OUT: tools_pb2.TOOL_CALL_ERROR_KIND_TIMED_OUT,
-    ErrorKind.EXECUTION_FAILED: tools_pb2.TOOL_CALL_ERROR_KIND_EXECUTION_FAILED,
-    ErrorKind.OUTCOME_UNKNOWN: tools_pb2.TOOL_CALL_ERROR_KIND_OUTCOME_UNKNOWN,
-    ErrorKind.CANCELLED: tools_pb2.TOOL_CALL_ERROR_KIND_CANCELLED,
-    ErrorKind.UNKNOWN_TOOL: tools_pb2.TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL,
-}
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(max(0.0, seconds) * 1_000_000_000))
-    return duration
-
-
-def _timestamp(at: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp

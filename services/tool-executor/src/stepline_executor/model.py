@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -68,6 +68,8 @@ class CallRequest:
     deadline: datetime | None = None
     # Offset of the request in its partition; orders it against cancellations of the same run.
     sequence: int = -1
+    # Partition of the request: the call's intent and outcome records live in the same one.
+    partition: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -191,21 +193,3 @@ class Outcome:
     def as_replayed(self) -> Outcome:
         """The same outcome flagged as re-emitted."""
         return replace(self, replayed=True)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict for the outcome store."""
-        data = asdict(self)
-        data["error_kind"] = self.error_kind.value if self.error_kind else None
-        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
-        data.pop("replayed")
-        return data
-
-    @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> Outcome:
-        """Inverse of `to_json_dict`."""
-        values = dict(data)
-        kind = values.get("error_kind")
-        values["error_kind"] = ErrorKind(kind) if kind else None
-        finished = values.get("finished_at")
-        values["finished_at"] = datetime.fromisoformat(finished) if finished else None
-        return cls(**values)

@@ -13,8 +13,9 @@ SPEC = ServiceSpec(
     build="stepline_executor.app:build",
     settings="stepline_executor.config:Settings",
     consumes=(Topics.TOOL_REQUESTS,),
-    # Its own registry, read back at start to tombstone tools that disappeared.
-    reads=(Topics.TOOLS,),
-    writes=(Topics.TOOL_RESULTS, Topics.TOOLS, Topics.USAGE, Topics.DLQ),
+    # Its own registry, read back at start to tombstone tools that disappeared; its outcome
+    # changelog, read per assigned partition.
+    reads=(Topics.TOOLS, Topics.TOOL_OUTCOMES),
+    writes=(Topics.TOOL_RESULTS, Topics.TOOL_OUTCOMES, Topics.TOOLS, Topics.USAGE, Topics.DLQ),
     metrics_port=9103,
 )

@@ -70,6 +70,38 @@ TOOL_CALL_ERROR_KIND_UNKNOWN_TOOL: ToolCallErrorKind.ValueType  # 7
 """No tool with this name is registered."""
 Global___ToolCallErrorKind: _TypeAlias = ToolCallErrorKind  # noqa: Y015
 
+class _ToolCallStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolCallStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolCallStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CALL_STAGE_UNSPECIFIED: _ToolCallStage.ValueType  # 0
+    TOOL_CALL_STAGE_STARTED: _ToolCallStage.ValueType  # 1
+    """Intent: the tool may be running, or may have run with its outcome lost."""
+    TOOL_CALL_STAGE_COMPLETED: _ToolCallStage.ValueType  # 2
+    """Outcome: the result below is final and is re-emitted on redelivery."""
+
+class ToolCallStage(_ToolCallStage, metaclass=_ToolCallStageEnumTypeWrapper):
+    """Topic stepline.tool.outcomes.v1 (compacted, then deleted after the requests it answers; key:
+    call_id, written to the partition of the call's request on stepline.tool.requests.v1, which
+    it is co-partitioned with; tool-executor internal): the executor's intent -> outcome records.
+    "started" is written, and acknowledged, before a tool runs; "completed" with the outcome
+    after. Whichever executor instance owns a request partition reads the same partition of this
+    topic to its end before handling it, so a call started by an instance that died is seen as
+    started (OUTCOME_UNKNOWN for a non-idempotent tool) and a completed one is answered from here.
+    A tombstone forgets the call.
+
+    ToolCallStage says how far a recorded call got.
+    """
+
+TOOL_CALL_STAGE_UNSPECIFIED: ToolCallStage.ValueType  # 0
+TOOL_CALL_STAGE_STARTED: ToolCallStage.ValueType  # 1
+"""Intent: the tool may be running, or may have run with its outcome lost."""
+TOOL_CALL_STAGE_COMPLETED: ToolCallStage.ValueType  # 2
+"""Outcome: the result below is final and is re-emitted on redelivery."""
+Global___ToolCallStage: _TypeAlias = ToolCallStage  # noqa: Y015
+
 @_typing.final
 class ToolRegistered(_message.Message):
     """Topic stepline.tools.v1 (compacted, key: tool name, tool-executor -> planner and anyone):
@@ -400,3 +432,59 @@ class ToolCallFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolCallFailed: _TypeAlias = ToolCallFailed  # noqa: Y015
+
+@_typing.final
+class ToolCallRecorded(_message.Message):
+    """ToolCallRecorded is the executor's record of one call at one stage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    EXECUTED_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    tool: _builtins.str
+    """Tool name (ToolDefinition.name)."""
+    stage: Global___ToolCallStage.ValueType
+    attempts: _builtins.int
+    """How many times the call was started (a re-run of an idempotent tool counts again)."""
+    executed: _builtins.bool
+    """The tool was started, so the call may have had an effect and is billed."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the last attempt was started; absent when it never started."""
+
+    @_builtins.property
+    def completed(self) -> Global___ToolCallCompleted: ...
+    @_builtins.property
+    def failed(self) -> Global___ToolCallFailed: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        stage: Global___ToolCallStage.ValueType = ...,
+        attempts: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        completed: Global___ToolCallCompleted | None = ...,
+        failed: Global___ToolCallFailed | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        executed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "finished_at", b"finished_at", "outcome", b"outcome", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "call_id", b"call_id", "completed", b"completed", "executed", b"executed", "failed", b"failed", "finished_at", b"finished_at", "outcome", b"outcome", "stage", b"stage", "started_at", b"started_at", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["completed", "failed"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___ToolCallRecorded: _TypeAlias = ToolCallRecorded  # noqa: Y015

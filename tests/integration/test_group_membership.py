@@ -1,0 +1,86 @@
+"""Group membership of the keyed consumer on a real broker: static identity."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Sequence
+
+import pytest
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher
+from stepline_runtime.keyed import KeyedConsumer
+from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_runtime.settings import KafkaSettings
+from tests.kafkatools import create_topics
+
+pytestmark = pytest.mark.kafka
+
+
+class _Seen(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Every assignment and revocation one member heard."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, frozenset[int]]] = []
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self.events.append(("revoked", frozenset(tp.partition for tp in revoked)))
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self.events.append(("assigned", frozenset(tp.partition for tp in assigned)))
+
+    def assigned(self) -> frozenset[int] | None:
+        found = [parts for kind, parts in self.events if kind == "assigned"]
+        return found[-1] if found else None
+
+
+async def _ignore(record: InboundRecord) -> Sequence[OutboundRecord]:
+    return []
+
+
+def _member(
+    kafka: KafkaSettings, topic: str, group: str, instance: str, seen: _Seen
+) -> KeyedConsumer:
+    static = kafka.model_copy(update={"group_instance_id": instance, "session_timeout_ms": 10_000})
+    return KeyedConsumer(
+        static,
+        [topic],
+        group_id=group,
+        processor=AtLeastOnce(group, _ignore, InMemoryPublisher()),
+        listener=seen,
+    )
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_static_member_restarted_in_time_gets_its_partitions_back_without_a_rebalance(
+    kafka: KafkaSettings, admin: AIOKafkaAdminClient, unique: Callable[[str], str]
+) -> None:
+    topic, group = unique("static-in"), unique("static-group")
+    await create_topics(admin, topic, partitions=2)
+    seen_a, seen_b = _Seen(), _Seen()
+    a = _member(kafka, topic, group, "inst-a", seen_a)
+    b = _member(kafka, topic, group, "inst-b", seen_b)
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: len(seen_a.assigned() or ()) == len(seen_b.assigned() or ()) == 1)
+        before_a, settled_b = seen_a.assigned(), len(seen_b.events)
+        await a.stop()  # a static member leaves no LeaveGroup behind: nobody rebalances
+        restarted = _Seen()
+        a = _member(kafka, topic, group, "inst-a", restarted)
+        await a.start()
+        await _until(lambda: restarted.assigned() is not None)
+        await asyncio.sleep(1)
+        assert restarted.assigned() == before_a
+        assert seen_b.events[settled_b:] == []  # b never stopped processing
+    finally:
+        await a.stop()
+        await b.stop()
