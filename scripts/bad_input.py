@@ -108,10 +108,17 @@ def free_port() -> int:
 class Stack:
     """The four services as subprocesses in their own namespace, state dir and gRPC ports."""
 
-    def __init__(self, state_dir: Path, namespace: str, *, partitions: int = 3) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        namespace: str,
+        *,
+        partitions: int = 3,
+        scale: Mapping[str, int] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.namespace = namespace
-        self.supervisor = Supervisor(state_dir)
+        self.supervisor = Supervisor(state_dir, scale=scale)
         agents = state_dir / "agents.toml"
         state_dir.mkdir(parents=True, exist_ok=True)
         agents.write_text(
@@ -153,8 +160,8 @@ class Stack:
         self.supervisor.down(grace_s=10)
 
     def pids(self) -> dict[str, int | None]:
-        """Current pid of each service (None when not running)."""
-        return {s.name: s.pid if s.running else None for s in self.supervisor.status()}
+        """Current pid of each service instance (None when not running), by instance id."""
+        return {s.instance: s.pid if s.running else None for s in self.supervisor.status()}
 
     def log(self, service: str) -> str:
         """The service's log so far."""
