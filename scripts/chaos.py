@@ -32,11 +32,9 @@ import logging
 import os
 import platform
 import random
-import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -74,6 +72,7 @@ from stepline_router.types import (
 from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
+from tests.postgres import PrivatePostgres
 
 __all__ = ["ChaosResult", "FlakyProvider", "Receiver", "main", "run_chaos"]
 
@@ -417,45 +416,6 @@ def _say(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-class Postgres:
-    """The run's own PostgreSQL (deploy/postgres/pg.sh) on a free port: the shared ledger."""
-
-    SCRIPT = ROOT / "deploy" / "postgres" / "pg.sh"
-
-    def __init__(self, rng: random.Random) -> None:
-        # Under /tmp, not the state dir: as root the server runs as `postgres`, who cannot
-        # traverse a mode-700 temporary directory.
-        self.dir = Path(f"/tmp/stepline-chaos-pg-{uuid.uuid4().hex[:8]}")
-        self.env = {
-            **os.environ,
-            "STEPLINE_POSTGRES_PORT": str(_free_block(1, rng)),
-            "STEPLINE_POSTGRES_DIR": str(self.dir),
-        }
-        self.dsn = ""
-
-    def up(self) -> str:
-        """Start it; the DSN of a fresh database."""
-        done = subprocess.run(
-            ["bash", str(self.SCRIPT), "start"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"PostgreSQL did not start:\n{done.stderr}")
-        server = done.stdout.strip().splitlines()[-1]
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute("CREATE DATABASE chaos")
-        self.dsn = server.rsplit("/", 1)[0] + "/chaos"
-        return self.dsn
-
-    def down(self) -> None:
-        """Stop it and remove its data."""
-        subprocess.run(["bash", str(self.SCRIPT), "stop"], env=self.env, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------- the run
 
 
@@ -651,7 +611,7 @@ async def run_chaos(
         ledger="postgresql" if instances > 1 else "sqlite",
     )
     brokers = Brokers(state_dir, cluster, rng)
-    postgres = Postgres(rng) if instances > 1 else None
+    postgres = PrivatePostgres(_free_block(1, rng)) if instances > 1 else None
     _say(f"starting {'a three-node cluster' if cluster else 'a broker'} in {state_dir}")
     try:
         await asyncio.to_thread(brokers.up)
@@ -663,7 +623,7 @@ async def run_chaos(
             state_dir / "stack", f"t{uuid.uuid4().hex[:10]}", partitions=partitions, scale=scale
         )
         if postgres is not None:
-            stack.env["STEPLINE_BILLING_DSN"] = await asyncio.to_thread(postgres.up)
+            stack.env["STEPLINE_BILLING_DSN"] = await asyncio.to_thread(postgres.start, "chaos")
             _say(f"billing ledger: PostgreSQL {stack.env['STEPLINE_BILLING_DSN']}")
             # The router's and executor's workers are group members too: as many consumers
             # in all as partitions, so that every instance holds some and every kill matters.
@@ -689,7 +649,7 @@ async def run_chaos(
     finally:
         brokers.down()
         if postgres is not None:
-            postgres.down()
+            postgres.stop()
         os.environ.pop("STEPLINE_REPLICATION_FACTOR", None)
     result.seconds = round(time.monotonic() - started, 1)
     _judge(result)
