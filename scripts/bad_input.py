@@ -151,9 +151,9 @@ class Stack:
         """`name` inside this stack's namespace."""
         return namespaced(name, self.namespace)
 
-    def up(self) -> list[ServiceStatus]:
+    def up(self, ready_timeout_s: float = 90) -> list[ServiceStatus]:
         """Start whatever is not running (the Supervisor restarts dead services)."""
-        return self.supervisor.up(self.env)
+        return self.supervisor.up(self.env, ready_timeout_s=ready_timeout_s)
 
     def down(self) -> None:
         """Stop every service."""

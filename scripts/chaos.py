@@ -516,10 +516,24 @@ def _ledger(path: Path, dsn: str = "") -> dict[str, Decimal]:
 
 
 class Driver:
-    """SIGKILLs a random service every `every_s` and restarts it; one broker failure mid-run."""
+    """SIGKILLs a random service every `every_s` and restarts it; one broker failure mid-run.
 
-    def __init__(self, stack: Stack, brokers: Brokers, rng: random.Random, every_s: float) -> None:
+    With one instance per service each restart is awaited until ready before the next kill;
+    with several, the next kill comes `every_s` later whether the restarted one is ready or not
+    (its siblings serve meanwhile), so kills keep coming every few seconds.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        brokers: Brokers,
+        rng: random.Random,
+        every_s: float,
+        *,
+        await_ready: bool = True,
+    ) -> None:
         self.stack, self.brokers, self.rng, self.every_s = stack, brokers, rng, every_s
+        self.ready_timeout_s = 90.0 if await_ready else 0.0
         self.stop = asyncio.Event()
         self.broker_ok = asyncio.Event()
         self.broker_ok.set()
@@ -532,7 +546,7 @@ class Driver:
     async def _restart_dead(self, expected: str | None) -> None:
         # A service counts as dead only if the supervisor really started a new process for it.
         before = {s.instance: s.pid for s in self.stack.supervisor.status()}
-        after = await asyncio.to_thread(self.stack.up)
+        after = await asyncio.to_thread(self.stack.up, self.ready_timeout_s)
         self.died += [
             s.instance for s in after if s.pid != before.get(s.instance) and s.instance != expected
         ]
@@ -668,7 +682,7 @@ async def _drive(
 ) -> None:
     run_ids = [f"run-chaos-{uuid.uuid4().hex[:16]}" for _ in range(result.runs)]
     waves = max(2, min(20, result.runs // 10))
-    driver = Driver(stack, brokers, rng, kill_every_s)
+    driver = Driver(stack, brokers, rng, kill_every_s, await_ready=result.instances == 1)
     t0 = time.monotonic()
     async with Stepline(stack.settings, source="chaos") as client:
         chaos = asyncio.create_task(driver.run(started))

@@ -116,10 +116,13 @@ async def test_instances_joining_dying_and_leaving_keep_the_shared_ledger_exact(
     waves = [messages[:120], messages[120:240] + messages[:120:8], messages[240:] + messages[::8]]
     sent = sum(len(w) for w in waves)
 
-    await _produce(producer, usage_topic, waves[0])
+    # The doomed instance alone first, so the first wave is surely its to handle (and die in).
     doomed = _start(namespace, postgres_dsn, STEPLINE_FAULT_KILL_AFTER_RECORDS=str(KILL_AFTER))
-    instances = [_start(namespace, postgres_dsn) for _ in range(2)]
+    instances: list[subprocess.Popen[str]] = []
     try:
+        assert await _members(admin, group, 1) == 1
+        await _produce(producer, usage_topic, waves[0])
+        instances += [_start(namespace, postgres_dsn) for _ in range(2)]
         _, doomed_log = await asyncio.to_thread(doomed.communicate, timeout=120)
         assert doomed.returncode == -signal.SIGKILL, doomed_log
         await _produce(producer, usage_topic, waves[1])
@@ -140,6 +143,8 @@ async def test_instances_joining_dying_and_leaving_keep_the_shared_ledger_exact(
             assert asyncio.get_running_loop().time() < deadline, "offsets were not committed"
             await asyncio.sleep(0.3)
     finally:
+        if doomed.poll() is None:
+            doomed.kill()
         logs = []
         for process in instances:
             process.send_signal(signal.SIGTERM)
