@@ -142,7 +142,7 @@ def instance_of_client(client_id: str, env: Mapping[str, str]) -> int | None:
     numbered = re.match(rf"^{prefix}-(\d+)-", client_id)
     if numbered:
         return int(numbered.group(1))
-    return 1 if re.match(rf"^{prefix}-[a-z]", client_id) else None
+    return 1 if re.match(rf"^{prefix}-", client_id) else None
 
 
 def _check_ports(instances: list[Instance], env: Mapping[str, str]) -> None:
