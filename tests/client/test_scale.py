@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,30 @@ def test_the_cli_says_what_to_do_without_a_dsn(
     assert "billing=2 needs STEPLINE_BILLING_DSN" in error
     assert main(["up", "--scale", "biling=2"]) == 2
     assert "no service 'biling'" in capsys.readouterr().err
+
+
+SLEEPER = ServiceSpec("sleeper", "tests.client.sleeper", build="tests.client.sleeper:build")
+
+
+def test_scaling_up_down_and_status_follow_the_instances(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    try:
+        up = Supervisor(tmp_path, (SLEEPER,), {"sleeper": 3}).up(env, ready_timeout_s=0)
+        assert [(s.instance, s.running) for s in up] == [
+            ("sleeper", True),
+            ("sleeper-2", True),
+            ("sleeper-3", True),
+        ]
+        assert (tmp_path / "logs" / "sleeper-3.log").exists()
+        # Without a scale, what runs is reported and left alone.
+        plain = Supervisor(tmp_path, (SLEEPER,))
+        assert [s.instance for s in plain.status() if s.running] == [s.instance for s in up]
+        plain.up(env, ready_timeout_s=0)
+        assert [s.pid for s in plain.status()] == [s.pid for s in up]
+        # An explicit smaller scale stops the instances beyond it.
+        down = Supervisor(tmp_path, (SLEEPER,), {"sleeper": 1}).up(env, ready_timeout_s=0)
+        assert [(s.instance, s.pid) for s in down] == [("sleeper", up[0].pid)]
+        assert not (tmp_path / "run" / "sleeper-2.pid").exists()
+    finally:
+        stopped = Supervisor(tmp_path, (SLEEPER,)).down(grace_s=5)
+    assert stopped == ["sleeper"]
