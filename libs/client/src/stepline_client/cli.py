@@ -265,8 +265,12 @@ async def _assignments(
                 continue
             group = settings.group(spec.group)
             _state, members = await describe_group(admin, group)
+            # One lag query per group, split by member below.
+            lags_of = await group_lag(
+                admin, reader, group, [tp for m in members for tp in m.partitions]
+            )
             for member in members:
-                lag = sum((await group_lag(admin, reader, group, member.partitions)).values())
+                lag = sum(lags_of[tp] for tp in member.partitions)
                 number = instance_of_client(member.client_id, os.environ)
                 if number is None:
                     shown = _partitions(member.partitions, settings)
