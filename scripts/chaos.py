@@ -639,10 +639,6 @@ async def run_chaos(
         if postgres is not None:
             stack.env["STEPLINE_BILLING_DSN"] = await asyncio.to_thread(postgres.start, "chaos")
             _say(f"billing ledger: PostgreSQL {stack.env['STEPLINE_BILLING_DSN']}")
-            # The router's and executor's workers are group members too: as many consumers
-            # in all as partitions, so that every instance holds some and every kill matters.
-            workers = str(max(1, partitions // instances))
-            stack.env.update(STEPLINE_MAX_WORKERS=workers, STEPLINE_EXECUTOR_WORKERS=workers)
         provider, receiver = FlakyProvider(fail_rate, seed), Receiver()
         _configure(stack, provider.port, receiver.port)
         with provider.serving(), receiver.serving(), stack.running():
