@@ -149,7 +149,7 @@ async def test_instances_joining_dying_and_leaving_keep_the_shared_ledger_exact(
         for process in instances:
             process.send_signal(signal.SIGTERM)
             logs.append((await asyncio.to_thread(process.communicate, timeout=60))[1])
-    assert all(p.returncode == 0 for p in instances), logs
+    assert [p.returncode for p in instances] == [0] * len(instances), [log[-3000:] for log in logs]
     # The records the kill left uncommitted were delivered again and recognised.
     assert any("usage already recorded" in log for log in logs)
 
