@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status openapi console-screenshot \
-        test test-unit demo bench chaos chaos-cluster clean chromium
+        test test-unit demo bench chaos chaos-cluster chaos-scaled clean chromium
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ chaos: install ## 200 runs while services are SIGKILLed, the broker restarts and
 
 chaos-cluster: install ## The same on a three-broker cluster (RF 3, min ISR 2), one broker SIGKILLed
 	$(RUN) python -m scripts.chaos --cluster
+
+chaos-scaled: install ## The same with 3 instances of every service and a PostgreSQL ledger
+	$(RUN) python -m scripts.chaos --instances 3
 
 clean: ## Remove local state (broker data, caches); keeps the lock file
 	-$(KAFKA) down

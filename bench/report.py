@@ -206,10 +206,11 @@ def _scaleout(data: dict[str, Any], results: Path) -> list[str]:
         "",
     ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for offset, service in enumerate(("planner", "router")):
-        part = data.get(service)
-        if not part:
-            continue
+    # Every service the benchmark measured (scaleout.BENCHMARKS), in its order.
+    services = [k for k, v in data.items() if isinstance(v, dict) and "levels" in v]
+    width = 0.8 / max(1, len(services))
+    for offset, service in enumerate(services):
+        part = data[service]
         rows = []
         for level in part["levels"]:
             rebalance = level["rebalance"]
@@ -247,8 +248,7 @@ def _scaleout(data: dict[str, Any], results: Path) -> list[str]:
             label=f"{service} ({part['unit']}/s)",
         )
         moved = [level for level in part["levels"] if level["rebalance"]]
-        width = 0.35
-        xs = [i + (offset - 0.5) * width for i in range(len(moved))]
+        xs = [i + (offset - (len(services) - 1) / 2) * width for i in range(len(moved))]
         right.bar(
             xs,
             [level["rebalance"]["resumed_s"] for level in moved],

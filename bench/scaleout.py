@@ -1,10 +1,14 @@
-"""Scale-out: 1, 2 and 4 instances of the planner and of the model router on 12 partitions.
+"""Scale-out: 1, 2 and 4 instances of the planner, the model router and billing on 12 partitions.
 
 Method: for each service, a fresh namespace with 12-partition topics and a closed-loop load that
 keeps work in flight the whole time. Planner: 200 runs in flight, each 3 steps (model → 1 tool →
 model answer) against the instant responder of `bench.steps`; throughput in runs/s and steps/s.
 Router: 200 ModelCallRequested in flight on the route `local` (a routes file with only the local
-provider); throughput in model calls/s (results seen on the results topic). Instances are added
+provider); throughput in model calls/s (results seen on the results topic). Billing: 400
+UsageRecorded in flight over 96 tenants (the usage topic's key) into one PostgreSQL ledger of the
+benchmark's own (`tests.postgres.PrivatePostgres`, as several instances need); a usage counts as
+done when its tenant's BudgetState with the new version is published, which billing does only
+after the ledger commit. Instances are added
 one step at a time (1 → 2 → 4). Rebalance time, measured from the moment the extra instance(s)
 are spawned (Python start-up included): *assigned* = the consumer group is Stable with N members
 and all 12 partitions of the input topic assigned (DescribeGroups, polled every 50 ms);
@@ -23,6 +27,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -36,11 +42,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from bench.apps.stack import Namespace, RunWatcher, Service, machine, tool_registered
-from stepline.v1 import common_pb2, goals_pb2, model_pb2
+from stepline.v1 import budgets_pb2, common_pb2, goals_pb2, model_pb2
+from stepline_billing.spec import SPEC as BILLING
 from stepline_planner.spec import SPEC as PLANNER
 from stepline_router.spec import SPEC as ROUTER
 from stepline_runtime.settings import KafkaSettings, namespaced
 from stepline_runtime.topics import Topics
+from tests.billing.factories import model_usage
+from tests.postgres import PrivatePostgres
 
 __all__ = ["main"]
 
@@ -50,6 +59,10 @@ INSTANCES = (1, 2, 4)
 IN_FLIGHT = 200
 WINDOW_S = 8.0
 PLANNER_STEPS_PER_RUN = 3
+BILLING_IN_FLIGHT = 400
+BILLING_TENANTS = 96
+# Further services' scale-out (e.g. the tool executor) plug in here: name → its benchmark.
+Benchmark = Callable[[KafkaSettings, Path], Awaitable[list[dict[str, Any]]]]
 
 
 class _Load:
@@ -322,14 +335,112 @@ async def _router(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
         await ns.stop()
 
 
+async def _follow_budgets(ns: Namespace, load: _Load, ready: asyncio.Event) -> None:
+    """Count each published budget version once: one per usage record charged."""
+    consumer = AIOKafkaConsumer(
+        ns.topic(Topics.BUDGETS),
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        **ns.kafka.client_kwargs("bench-budgets"),
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.assignment()
+        while not partitions:
+            await asyncio.sleep(0.01)
+            partitions = consumer.assignment()
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+        ready.set()
+        seen: set[tuple[str, int]] = set()
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100, max_records=5_000)).values():
+                for record in records:
+                    state = budgets_pb2.BudgetState.FromString(record.value or b"")
+                    if (state.tenant_id, state.version) not in seen:  # redeliveries republish
+                        seen.add((state.tenant_id, state.version))
+                        load.finish()
+    finally:
+        await consumer.stop()
+
+
+async def _billing(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
+    ns = Namespace(kafka, workdir, PARTITIONS)
+    postgres = PrivatePostgres(_free_port())
+    dsn = await asyncio.to_thread(postgres.start, f"bench_{ns.ns}")
+    await ns.start()
+    counter = itertools.count()
+    now = datetime.now(UTC)  # billing's budget periods follow its real clock
+
+    async def submit() -> None:
+        i = next(counter)
+        tenant = f"tenant-{i % BILLING_TENANTS}"
+        usage = model_usage(f"u{i}", tenant=tenant, run=f"run-{i % 500}", at=now)
+        await ns.send(Topics.USAGE, tenant, usage)
+
+    def spawn(i: int) -> Service:
+        service = Service(
+            f"{BILLING.name}-{i}",
+            [sys.executable, "-m", BILLING.module],
+            {
+                **ns.env(),
+                "STEPLINE_BILLING_DSN": dsn,
+                "STEPLINE_BILLING_GRPC_ADDRESS": "127.0.0.1:0",
+                "STEPLINE_LOG_LEVEL": "WARNING",
+            },
+            workdir / f"{BILLING.name}-{i}.log",
+        )
+        ns.services.append(service)
+        return service
+
+    load = _Load(submit, BILLING_IN_FLIGHT)
+    ready = asyncio.Event()
+    follower = asyncio.create_task(_follow_budgets(ns, load, ready))
+    try:
+        await ready.wait()
+        return await _scale(
+            ns, load, spawn, namespaced(BILLING.name, ns.ns), ns.topic(Topics.USAGE), 1
+        )
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await ns.stop()
+        await asyncio.to_thread(postgres.stop)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
+    "planner": ("runs", _planner),
+    "router": ("model calls", _router),
+    "billing": ("usage records", _billing),
+}
+
+
 async def main() -> None:
-    """Run both scale-out benchmarks, print figures, write bench/results/scaleout.json."""
+    """Run every scale-out benchmark, print figures, write bench/results/scaleout.json."""
     kafka = KafkaSettings()
+    levels: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
-        (Path(tmp) / "planner").mkdir()
-        (Path(tmp) / "router").mkdir()
-        planner = await _planner(kafka, Path(tmp) / "planner")
-        router = await _router(kafka, Path(tmp) / "router")
+        for name, (_unit, benchmark) in BENCHMARKS.items():
+            (Path(tmp) / name).mkdir()
+            levels[name] = await benchmark(kafka, Path(tmp) / name)
+    extra: dict[str, dict[str, Any]] = {
+        "planner": {"steps_per_run": PLANNER_STEPS_PER_RUN},
+        "router": {"route": "local"},
+        "billing": {
+            "in_flight": BILLING_IN_FLIGHT,
+            "tenants": BILLING_TENANTS,
+            "ledger": "postgresql",
+        },
+    }
     result = {
         "benchmark": "scale_out",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -342,8 +453,10 @@ async def main() -> None:
         "partitions": PARTITIONS,
         "in_flight": IN_FLIGHT,
         "window_s": WINDOW_S,
-        "planner": {"unit": "runs", "steps_per_run": PLANNER_STEPS_PER_RUN, "levels": planner},
-        "router": {"unit": "model calls", "route": "local", "levels": router},
+        **{
+            name: {"unit": unit, **extra.get(name, {}), "levels": levels[name]}
+            for name, (unit, _) in BENCHMARKS.items()
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scaleout.json").write_text(json.dumps(result, indent=2) + "\n")

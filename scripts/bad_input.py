@@ -108,10 +108,17 @@ def free_port() -> int:
 class Stack:
     """The four services as subprocesses in their own namespace, state dir and gRPC ports."""
 
-    def __init__(self, state_dir: Path, namespace: str, *, partitions: int = 3) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        namespace: str,
+        *,
+        partitions: int = 3,
+        scale: Mapping[str, int] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.namespace = namespace
-        self.supervisor = Supervisor(state_dir)
+        self.supervisor = Supervisor(state_dir, scale=scale)
         agents = state_dir / "agents.toml"
         state_dir.mkdir(parents=True, exist_ok=True)
         agents.write_text(
@@ -144,17 +151,17 @@ class Stack:
         """`name` inside this stack's namespace."""
         return namespaced(name, self.namespace)
 
-    def up(self) -> list[ServiceStatus]:
+    def up(self, ready_timeout_s: float = 90) -> list[ServiceStatus]:
         """Start whatever is not running (the Supervisor restarts dead services)."""
-        return self.supervisor.up(self.env)
+        return self.supervisor.up(self.env, ready_timeout_s=ready_timeout_s)
 
     def down(self) -> None:
         """Stop every service."""
         self.supervisor.down(grace_s=10)
 
     def pids(self) -> dict[str, int | None]:
-        """Current pid of each service (None when not running)."""
-        return {s.name: s.pid if s.running else None for s in self.supervisor.status()}
+        """Current pid of each service instance (None when not running), by instance id."""
+        return {s.instance: s.pid if s.running else None for s in self.supervisor.status()}
 
     def log(self, service: str) -> str:
         """The service's log so far."""

@@ -13,8 +13,13 @@ webhook call arrived twice, that billing's ledger equals the unique usage ids on
 (ids and total cost), and that no consumer group lags (counted in records). Prints a summary,
 writes `bench/results/chaos.json` (or `chaos-cluster.json`), exits 1 on any failure.
 
+With `--instances N` every service that consumes runs N instances (`stepline up --scale`), the
+ledger is a PostgreSQL of the run's own (deploy/postgres/pg.sh on a free port) shared by the
+billing instances, and each kill hits a random instance.
+
     uv run python -m scripts.chaos                 # 200 runs, single broker restarted mid-run
     uv run python -m scripts.chaos --cluster       # three brokers, one killed mid-run
+    uv run python -m scripts.chaos --instances 3   # three instances of each, PostgreSQL ledger
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
@@ -66,6 +72,7 @@ from stepline_router.types import (
 from stepline_runtime.service import discover
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
+from tests.postgres import PrivatePostgres
 
 __all__ = ["ChaosResult", "FlakyProvider", "Receiver", "main", "run_chaos"]
 
@@ -420,6 +427,8 @@ class ChaosResult:
     runs: int
     partitions: int
     replication_factor: int
+    instances: int = 1
+    ledger: str = "sqlite"
     kills: list[str] = field(default_factory=list)
     died_on_their_own: list[str] = field(default_factory=list)
     broker_event: str = ""
@@ -488,7 +497,15 @@ async def _usage(kafka: KafkaSettings, stack: Stack) -> tuple[dict[str, Decimal]
     return unique, len(records)
 
 
-def _ledger(path: Path) -> dict[str, Decimal]:
+def _ledger(path: Path, dsn: str = "") -> dict[str, Decimal]:
+    """Billing's ledger rows: usage id → cost (PostgreSQL when `dsn`, else the SQLite file)."""
+    if dsn:
+        with psycopg.connect(dsn) as pg:
+            try:
+                rows = pg.execute("SELECT usage_id, cost FROM ledger").fetchall()
+            except psycopg.errors.UndefinedTable:
+                return {}
+        return {uid: Decimal(str(cost or 0)) for uid, cost in rows}
     if not path.exists():
         return {}
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -499,10 +516,24 @@ def _ledger(path: Path) -> dict[str, Decimal]:
 
 
 class Driver:
-    """SIGKILLs a random service every `every_s` and restarts it; one broker failure mid-run."""
+    """SIGKILLs a random service every `every_s` and restarts it; one broker failure mid-run.
 
-    def __init__(self, stack: Stack, brokers: Brokers, rng: random.Random, every_s: float) -> None:
+    With one instance per service each restart is awaited until ready before the next kill;
+    with several, the next kill comes `every_s` later whether the restarted one is ready or not
+    (its siblings serve meanwhile), so kills keep coming every few seconds.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        brokers: Brokers,
+        rng: random.Random,
+        every_s: float,
+        *,
+        await_ready: bool = True,
+    ) -> None:
         self.stack, self.brokers, self.rng, self.every_s = stack, brokers, rng, every_s
+        self.ready_timeout_s = 90.0 if await_ready else 0.0
         self.stop = asyncio.Event()
         self.broker_ok = asyncio.Event()
         self.broker_ok.set()
@@ -514,9 +545,11 @@ class Driver:
 
     async def _restart_dead(self, expected: str | None) -> None:
         # A service counts as dead only if the supervisor really started a new process for it.
-        before = {s.name: s.pid for s in self.stack.supervisor.status()}
-        after = await asyncio.to_thread(self.stack.up)
-        self.died += [s.name for s in after if s.pid != before[s.name] and s.name != expected]
+        before = {s.instance: s.pid for s in self.stack.supervisor.status()}
+        after = await asyncio.to_thread(self.stack.up, self.ready_timeout_s)
+        self.died += [
+            s.instance for s in after if s.pid != before.get(s.instance) and s.instance != expected
+        ]
 
     async def run(self, started: float) -> None:
         """Until `stop`: kill, restart, and the broker failure once `disrupt_now` is set."""
@@ -534,7 +567,9 @@ class Driver:
                 self.broker_ok.set()
                 await self._restart_dead(None)
                 continue
-            victim = self.rng.choice(VICTIMS)
+            # A random instance of a random consuming service (one each when not scaled).
+            instances = [i for i in self.stack.pids() if i.rstrip("-0123456789") in VICTIMS]
+            victim = self.rng.choice(sorted(instances))
             pid = self.stack.pids().get(victim)
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
@@ -575,24 +610,35 @@ async def run_chaos(
     kill_every_s: float,
     fail_rate: float,
     run_timeout_s: float,
+    instances: int = 1,
 ) -> ChaosResult:
     """The whole chaos run; returns its figures (problems listed, never raised)."""
     started = time.monotonic()
     rng = random.Random(seed)
     result = ChaosResult(
-        mode="cluster" if cluster else "single",
+        mode=("cluster" if cluster else "single")
+        + (f", {instances} instances" if instances > 1 else ""),
         runs=runs,
         partitions=partitions,
         replication_factor=3 if cluster else 1,
+        instances=instances,
+        ledger="postgresql" if instances > 1 else "sqlite",
     )
     brokers = Brokers(state_dir, cluster, rng)
+    postgres = PrivatePostgres(_free_block(1, rng)) if instances > 1 else None
     _say(f"starting {'a three-node cluster' if cluster else 'a broker'} in {state_dir}")
     try:
         await asyncio.to_thread(brokers.up)
         os.environ["STEPLINE_KAFKA_BOOTSTRAP"] = brokers.service_bootstrap
         os.environ["STEPLINE_REPLICATION_FACTOR"] = str(result.replication_factor)
         kafka = KafkaSettings(bootstrap=brokers.bootstrap)
-        stack = Stack(state_dir / "stack", f"t{uuid.uuid4().hex[:10]}", partitions=partitions)
+        scale = {name: instances for name in VICTIMS}
+        stack = Stack(
+            state_dir / "stack", f"t{uuid.uuid4().hex[:10]}", partitions=partitions, scale=scale
+        )
+        if postgres is not None:
+            stack.env["STEPLINE_BILLING_DSN"] = await asyncio.to_thread(postgres.start, "chaos")
+            _say(f"billing ledger: PostgreSQL {stack.env['STEPLINE_BILLING_DSN']}")
         provider, receiver = FlakyProvider(fail_rate, seed), Receiver()
         _configure(stack, provider.port, receiver.port)
         with provider.serving(), receiver.serving(), stack.running():
@@ -612,6 +658,8 @@ async def run_chaos(
         result.webhook_repeats = sum(1 for n in receiver.seen.values() if n > 1)
     finally:
         brokers.down()
+        if postgres is not None:
+            postgres.stop()
         os.environ.pop("STEPLINE_REPLICATION_FACTOR", None)
     result.seconds = round(time.monotonic() - started, 1)
     _judge(result)
@@ -630,7 +678,7 @@ async def _drive(
 ) -> None:
     run_ids = [f"run-chaos-{uuid.uuid4().hex[:16]}" for _ in range(result.runs)]
     waves = max(2, min(20, result.runs // 10))
-    driver = Driver(stack, brokers, rng, kill_every_s)
+    driver = Driver(stack, brokers, rng, kill_every_s, await_ready=result.instances == 1)
     t0 = time.monotonic()
     async with Stepline(stack.settings, source="chaos") as client:
         chaos = asyncio.create_task(driver.run(started))
@@ -696,7 +744,7 @@ async def _settle_billing(kafka: KafkaSettings, stack: Stack, result: ChaosResul
     deadline = time.monotonic() + 120
     while True:
         usage, on_topic = await _usage(kafka, stack)
-        ledger = _ledger(path)
+        ledger = await asyncio.to_thread(_ledger, path, stack.env.get("STEPLINE_BILLING_DSN", ""))
         if (usage and set(ledger) == set(usage)) or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
@@ -743,7 +791,8 @@ def _judge(result: ChaosResult) -> None:
 def _summary(result: ChaosResult) -> str:
     kills = Counter(result.kills)
     lines = [
-        f"mode: {result.mode} (partitions {result.partitions}, RF {result.replication_factor})",
+        f"mode: {result.mode} (partitions {result.partitions}, RF {result.replication_factor},"
+        f" {result.ledger} ledger)",
         f"runs: {result.runs}; endings {result.endings}; not terminal {result.not_terminal}"
         + (f"; failure reasons {result.failure_reasons}" if result.failure_reasons else "")
         + f"; completed without a tool step {result.completed_without_tools}",
@@ -771,7 +820,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cluster", action="store_true", help="three brokers (RF 3, min ISR 2); kill one"
     )
-    parser.add_argument("--partitions", type=int, default=3, help="partitions per topic")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="instances of every consuming service (PostgreSQL ledger when > 1)",
+    )
+    parser.add_argument(
+        "--partitions", type=int, help="partitions per topic (default 3, or 2 per instance)"
+    )
     parser.add_argument("--seed", type=int, default=8, help="random seed (victims, 503s)")
     parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between kills")
     parser.add_argument("--fail-rate", type=float, default=0.3, help="provider 503 share")
@@ -779,6 +836,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, help="keep logs and data here (default: temp)")
     parser.add_argument("--json", type=Path, help="result file (default bench/results/chaos*.json)")
     args = parser.parse_args(argv)
+    if args.partitions is None:
+        args.partitions = 3 if args.instances == 1 else 2 * args.instances
+    name = "chaos-cluster" if args.cluster else "chaos"
+    if args.instances > 1:
+        name += "-scaled"
     # aiokafka logs every refused connection while a broker is down: that is the point here.
     logging.getLogger("aiokafka").addHandler(logging.NullHandler())
     logging.getLogger("aiokafka").propagate = False
@@ -789,6 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state,
                 runs=args.runs,
                 cluster=args.cluster,
+                instances=args.instances,
                 partitions=args.partitions,
                 seed=args.seed,
                 kill_every_s=args.kill_every,
@@ -799,12 +862,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_summary(result))
         if not result.ok:
             print(f"logs: {state / 'stack' / 'logs'}", file=sys.stderr)
-    out = args.json or ROOT / "bench" / "results" / (
-        "chaos-cluster.json" if args.cluster else "chaos.json"
-    )
+    out = args.json or ROOT / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     figures = {
-        "benchmark": "chaos-cluster" if args.cluster else "chaos",
+        "benchmark": name,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),

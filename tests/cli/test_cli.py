@@ -113,11 +113,16 @@ def stack(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def test_status_lists_every_service_running(stack: Stack) -> None:
     out = stack.ok("status")
+    assert out.split()[:7] == ["service", "instance", "state", "pid", "partitions", "lag", "log"]
     for service in SERVICES:
-        line = re.search(rf"^{service.name}\s+(\w+)\s+pid (\d+)\s+(\S+)$", out, re.M)
+        # One instance each: service, instance, ready, pid, partitions (with lag), log.
+        name = re.escape(service.name)
+        line = re.search(rf"^{name}\s+{name}\s+(\w+)\s+(\d+)\s+(.+?)\s+(\S+)$", out, re.M)
         assert line, out
-        assert line.group(1) == "running"
-        assert Path(line.group(3)) == stack.state / "logs" / f"{service.name}.log"
+        assert line.group(1) == "ready"
+        assert Path(line.group(4)) == stack.state / "logs" / f"{service.name}.log"
+        if service.group is None:
+            assert line.group(3).split() == ["-", "-"], out
 
 
 def test_submit_watch_streams_the_steps_to_the_answer_and_cost(stack: Stack) -> None:
@@ -486,4 +491,4 @@ def test_down_stops_every_service_process(stack: Stack) -> None:
     assert list((stack.state / "run").glob("*.pid")) == []
     status = stack.run("status")
     assert status.returncode == 3
-    assert all(" stopped " in line for line in status.stdout.splitlines()), status.stdout
+    assert all(" stopped " in line for line in status.stdout.splitlines()[1:]), status.stdout

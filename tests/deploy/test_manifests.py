@@ -22,9 +22,11 @@ KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject-v1alpha1.js
 # Every installed service has a deployment; each one with a consumer group is scaled on it.
 SPECS = {spec.name: spec for spec in discover()}
 CONSUMERS = {name: spec for name, spec in SPECS.items() if spec.group is not None}
-# One replica until their state is shared (see the comments in the manifests).
-SINGLE_REPLICA = {"tool-executor", "billing"}
+# One replica until its state is shared (see the comments in the manifest).
+SINGLE_REPLICA = {"tool-executor"}
 Resource = dict[str, Any]
+# A service whose spec needs a setting to scale out, and whose manifests scale it out.
+BILLING_SCALES_OUT = "billing"
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +244,33 @@ def test_replica_bounds_stay_within_the_partition_count(rendered: Rendered) -> N
             deployment = rendered.get("Deployment", name)["spec"]
             assert deployment["replicas"] == 1
             assert deployment["strategy"]["type"] == "Recreate"
+
+
+def _required_env(container: Resource) -> dict[str, str]:
+    """Env variables a pod cannot start without: literal values and non-optional secret keys."""
+    found = {}
+    for entry in container.get("env") or []:
+        secret = entry.get("valueFrom", {}).get("secretKeyRef")
+        if entry.get("value") or (secret and not secret.get("optional", False)):
+            found[entry["name"]] = entry.get("value", f"secret {secret and secret['name']}")
+    return found
+
+
+def test_services_scaled_beyond_one_replica_have_what_their_spec_needs(rendered: Rendered) -> None:
+    # The same rule as `stepline up --scale` (ServiceSpec.scale_needs), derived from the specs.
+    for name, spec in SPECS.items():
+        deployment = rendered.get("Deployment", name)
+        most = deployment["spec"].get("replicas", 1)
+        if spec.group is not None:
+            most = max(most, rendered.get("ScaledObject", name)["spec"]["maxReplicaCount"])
+        if most < 2:
+            continue
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        required = _required_env(container)
+        for setting in spec.scale_needs:
+            assert f"STEPLINE_{setting.upper()}" in required, f"{name}: {most} replicas"
+    # Not vacuous: billing needs its DSN to scale out, and its manifests do scale it out.
+    assert SPECS[BILLING_SCALES_OUT].scale_needs
 
 
 # --- the manifests follow the service specs ------------------------------------------------------

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 
 import pytest
+from aiokafka.errors import OutOfOrderSequenceNumber
 
 from stepline.v1 import dead_letter_pb2
-from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher
+from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher, ProducerBrokenError
 from stepline_runtime.codec import Cause, InvalidRecordError
+from stepline_runtime.keyed import KeyedConsumer
 from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
 
 RECORD = InboundRecord(topic="in", partition=1, offset=5, key=b"k", value=b"v")
@@ -101,3 +105,43 @@ async def test_prepare_sees_the_fetch_in_offset_order_and_its_failure_is_not_fat
     batch = [InboundRecord(topic="in", partition=0, offset=o, key=b"k", value=b"") for o in (3, 1)]
     await processor.prepare(batch)
     assert seen == [[1, 3]]
+
+
+class _BrokenProducer(InMemoryPublisher):
+    """A producer whose sends fail as aiokafka's do once its sequence numbers are out of step
+    (seen after a broker restart in `make chaos-scaled`): every send, on and on."""
+
+    async def send(self, records: Sequence[OutboundRecord]) -> Awaitable[None]:
+        return _raise(OutOfOrderSequenceNumber())
+
+
+async def _raise(error: Exception) -> None:
+    raise error
+
+
+async def test_a_broken_producer_stops_the_service_instead_of_dead_lettering() -> None:
+    producer = _BrokenProducer()
+    processor = AtLeastOnce("svc", echo, producer, backoff_s=0, max_attempts=2)
+    stopped = asyncio.create_task(processor.wait_broken())
+
+    for _ in range(3):  # beyond max_attempts: the record is not to blame, and stays undone
+        with pytest.raises(ProducerBrokenError, match="OutOfOrderSequenceNumber"):
+            await processor.process(RECORD)
+    assert producer.records == []  # no dead letter
+
+    with pytest.raises(ProducerBrokenError):
+        await asyncio.wait_for(stopped, 1)
+
+
+async def test_the_keyed_consumer_part_ends_when_its_producer_broke() -> None:
+    processor = AtLeastOnce("svc", echo, _BrokenProducer(), backoff_s=0)
+    consumer = KeyedConsumer(KafkaSettings(), ["in"], group_id="g", processor=processor)
+    fetching = asyncio.create_task(asyncio.sleep(3600))
+    consumer._fetching = fetching  # started, as far as `wait` is concerned
+    waiting = asyncio.create_task(consumer.wait())
+    with pytest.raises(ProducerBrokenError):
+        await processor.process(RECORD)
+    with pytest.raises(ProducerBrokenError):
+        await asyncio.wait_for(waiting, 1)
+    assert not fetching.done()  # stopping the fetch loop is left to `stop()`
+    fetching.cancel()

@@ -33,8 +33,15 @@ from stepline_client.events import describe, describe_attempt, is_terminal, mone
 from stepline_client.offline import ROUTES_FILE, choose_routes
 from stepline_client.record import RecordError
 from stepline_client.summary import summarize
-from stepline_client.supervisor import SERVICES, Supervisor
+from stepline_client.supervisor import (
+    SERVICES,
+    ScaleError,
+    Supervisor,
+    instance_of_client,
+    parse_scale,
+)
 from stepline_localkafka import LocalKafka, LocalKafkaError, find_repo_root
+from stepline_runtime.groups import describe_group
 from stepline_runtime.ids import tenant_id_problem
 from stepline_runtime.jsonlines import tail
 from stepline_runtime.observe import group_lag, lag_reader
@@ -104,8 +111,13 @@ def _local_grpc(service: str) -> str:
 
 
 def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    """Start the local broker (unless one is configured) and every service."""
+    """Start the local broker (unless one is configured) and every service instance."""
     env = dict(os.environ)
+    try:
+        supervisor = Supervisor(_state_dir(), scale=parse_scale(args.scale or ""))
+        supervisor.check(env)
+    except ScaleError as error:
+        raise CliError(str(error)) from error
     if not os.environ.get("STEPLINE_KAFKA_BOOTSTRAP"):
         local = LocalKafka()
         local.up()
@@ -122,11 +134,14 @@ def cmd_up(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> 
     routes = choose_routes(env, shipped=shipped, state_dir=_state_dir())
     env.update(routes.env)
     print(routes.note, file=out)
-    statuses = Supervisor(_state_dir()).up(env)
+    try:
+        statuses = supervisor.up(env)
+    except ScaleError as error:
+        raise CliError(str(error)) from error
     failed = [s for s in statuses if not s.running]
     for status in statuses:
         state = "running" if status.running else f"NOT RUNNING — see {status.log}"
-        print(f"{status.name:<14} pid {status.pid or '-':<8} {state}", file=out)
+        print(f"{status.instance:<14} pid {status.pid or '-':<8} {state}", file=out)
     if failed:
         return 1
     # Processes being alive is not enough: wait until a goal submitted now would be served.
@@ -191,12 +206,90 @@ def cmd_down(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -
 
 
 def cmd_status(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
-    """Show which services run, with their pids and logs."""
+    """Show every service instance: pid, readiness, its partitions and their lag, its log."""
     statuses = Supervisor(_state_dir()).status()
+    groups: dict[tuple[str, int], tuple[str, int]] = {}
+    others: list[tuple[str, str, str, int]] = []
+    note = ""
+    if any(s.running for s in statuses):
+        try:
+            groups, others = asyncio.run(asyncio.wait_for(_assignments(settings), 15))
+        except (KafkaError, OSError, TimeoutError) as error:
+            note = (
+                f"(partitions and lag unknown: {settings.kafka.bootstrap} did not answer: "
+                f"{type(error).__name__})"
+            )
+    rows = []
     for status in statuses:
-        state = "running" if status.running else "stopped"
-        print(f"{status.name:<14} {state:<8} pid {status.pid or '-':<8} {status.log}", file=out)
+        state = ("ready" if status.ready else "running") if status.running else "stopped"
+        partitions, lag = groups.get((status.name, status.number), ("-", -1))
+        rows.append(
+            (
+                status.name,
+                status.instance,
+                state,
+                str(status.pid or "-"),
+                partitions if status.running else "-",
+                str(lag) if lag >= 0 and status.running else "-",
+                str(status.log),
+            )
+        )
+    for service, client, partitions, lag in others:
+        rows.append((service, f"({client})", "member", "-", partitions, str(lag), "-"))
+    _table(("service", "instance", "state", "pid", "partitions", "lag", "log"), rows, out)
+    if note:
+        print(note, file=out)
     return 0 if all(s.running for s in statuses) else 3
+
+
+async def _assignments(
+    settings: ServiceSettings,
+) -> tuple[dict[tuple[str, int], tuple[str, int]], list[tuple[str, str, str, int]]]:
+    """Per local instance (service, number): its partitions and their lag, from the broker.
+
+    Members of the groups that are no instance of this machine (other hosts, pods) come back
+    apart, by client id.
+    """
+    held: dict[tuple[str, int], list[TopicPartition]] = {}
+    lags: dict[tuple[str, int], int] = {}
+    others: list[tuple[str, str, str, int]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs("stepline-cli-status"))
+        await admin.start()
+        stack.push_async_callback(admin.close)
+        reader = lag_reader(settings.kafka, "stepline-cli-status-offsets")
+        await reader.start()
+        stack.push_async_callback(reader.stop)
+        for spec in SERVICES:
+            if spec.group is None:
+                continue
+            group = settings.group(spec.group)
+            _state, members = await describe_group(admin, group)
+            # One lag query per group, split by member below.
+            lags_of = await group_lag(
+                admin, reader, group, [tp for m in members for tp in m.partitions]
+            )
+            for member in members:
+                lag = sum(lags_of[tp] for tp in member.partitions)
+                number = instance_of_client(member.client_id, os.environ)
+                if number is None:
+                    shown = _partitions(member.partitions, settings)
+                    others.append((spec.name, member.client_id, shown, lag))
+                    continue
+                # An instance may be several members (the router's and executor's workers).
+                held.setdefault((spec.name, number), []).extend(member.partitions)
+                lags[(spec.name, number)] = lags.get((spec.name, number), 0) + lag
+    mine = {key: (_partitions(tps, settings), lags[key]) for key, tps in held.items()}
+    return mine, others
+
+
+def _partitions(partitions: Sequence[TopicPartition], settings: ServiceSettings) -> str:
+    """`goals.v1:0,1 control.v1:0,1` — topics without namespace and `stepline.` prefix."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(partitions):
+        name = tp.topic.removeprefix(settings.topic("")).removeprefix("stepline.")
+        by_topic.setdefault(name, []).append(tp.partition)
+    return " ".join(f"{t}:{','.join(map(str, sorted(p)))}" for t, p in by_topic.items()) or "none"
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -481,7 +574,8 @@ async def _usage(args: argparse.Namespace, settings: ServiceSettings, out: TextI
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)), file=out)
+        line = "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False))
+        print(line.rstrip(), file=out)
 
 
 async def _topics(args: argparse.Namespace, settings: ServiceSettings, out: TextIO) -> int:
@@ -560,9 +654,15 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run the support demo end to end (as `make demo`)", add_help=False)
     up = sub.add_parser("up", help="start the local broker and all services")
     up.add_argument("--timeout", type=float, default=90, help="seconds to wait for readiness")
+    up.add_argument(
+        "--scale",
+        metavar="SERVICE=N,…",
+        help="instances per service, e.g. planner=2,billing=2 (default 1 each; an instance "
+        "beyond a topic's partition count idles; billing>1 needs STEPLINE_BILLING_DSN)",
+    )
     down = sub.add_parser("down", help="stop the services and the local broker")
     down.add_argument("--keep-kafka", action="store_true", help="leave the broker running")
-    sub.add_parser("status", help="show which services run")
+    sub.add_parser("status", help="every service instance, its partitions and lag")
 
     submit = sub.add_parser("submit", help="submit a goal")
     submit.add_argument("goal")

@@ -17,6 +17,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from faststream.kafka import KafkaBroker
 
 from stepline_runtime import faults, tracing
@@ -32,6 +38,7 @@ from stepline_runtime.metrics import (
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import Topics
+from stepline_vocab import SteplineError
 
 __all__ = [
     "AtLeastOnce",
@@ -39,6 +46,7 @@ __all__ = [
     "Handle",
     "InMemoryPublisher",
     "Prepare",
+    "ProducerBrokenError",
     "Publisher",
     "broker_for",
 ]
@@ -145,6 +153,20 @@ async def _acknowledged(failing: bool) -> None:
         raise ConnectionError("injected acknowledgement failure")
 
 
+# A producer that raised one of these sends nothing any more (aiokafka keeps its sequence
+# numbers out of step with the broker): no record is to blame, the process must start afresh.
+_PRODUCER_BROKEN = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+
+
+class ProducerBrokenError(SteplineError, RuntimeError):
+    """The service's producer cannot send any more: stop, so that it is started afresh."""
+
+
 class AtLeastOnce:
     """Handles records one by one until their outputs are acknowledged, retrying in place.
 
@@ -173,6 +195,13 @@ class AtLeastOnce:
         self._dead_letter_topic = dead_letter_topic
         self._prepare = prepare
         self._clock = clock
+        self._broken = asyncio.Event()
+        self._broken_reason = ""
+
+    async def wait_broken(self) -> None:
+        """Raise `ProducerBrokenError` once the producer failed beyond repair."""
+        await self._broken.wait()
+        raise ProducerBrokenError(self._broken_reason)
 
     async def prepare(self, records: Sequence[InboundRecord]) -> None:
         """Batch-wide work before `records` are handled one by one (never raises: best effort)."""
@@ -190,8 +219,9 @@ class AtLeastOnce:
     async def process(self, record: InboundRecord) -> None:
         """Handle `record` until its outputs (or its dead letter) are acknowledged.
 
-        Raises only when even the dead letter could not be published: the caller keeps the
-        record undone and tries again.
+        Raises only when even the dead letter could not be published, or the producer is
+        broken (`ProducerBrokenError`, also raised by `wait_broken`): the caller keeps the
+        record undone.
         """
         attempt = 0
         while True:
@@ -202,6 +232,14 @@ class AtLeastOnce:
                 RECORDS_PROCESSED.labels(self.consumer, record.topic).inc()
                 return
             reason = redact(f"{type(failure).__name__}: {failure}")
+            if isinstance(failure, _PRODUCER_BROKEN):
+                # Not the record's fault: neither an attempt nor a dead letter. It stays undone
+                # and comes back to whoever holds its partition once this process has stopped.
+                if not self._broken.is_set():
+                    log.error("the producer is broken; stopping", extra={"reason": reason})
+                self._broken_reason = reason
+                self._broken.set()
+                raise ProducerBrokenError(reason)
             if attempt >= self._max_attempts:
                 log.error(
                     "giving up on record after %d attempts", attempt, extra={"reason": reason}

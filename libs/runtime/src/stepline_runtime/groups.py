@@ -1,20 +1,39 @@
-"""Which consumer groups have live members reading a topic (e.g. "is a planner running?")."""
+"""Consumer groups as the broker sees them: who reads a topic (e.g. "is a planner running?"),
+and which member of a group holds which partitions (`stepline status`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.protocol import ConsumerProtocol, ConsumerProtocolMemberMetadata
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocol,
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.protocol.admin import (
     DescribeGroupsRequest_v0,
     DescribeGroupsRequest_v1,
     DescribeGroupsRequest_v2,
 )
 from aiokafka.protocol.api import Request
+from aiokafka.structs import TopicPartition
 
-__all__ = ["consuming_groups"]
+__all__ = ["GroupMember", "consuming_groups", "describe_group"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One live member of a consumer group and the partitions assigned to it."""
+
+    member_id: str
+    client_id: str
+    client_host: str
+    # Empty while the group rebalances (Kafka sends assignments of a Stable group only).
+    partitions: tuple[TopicPartition, ...]
 
 
 # aiokafka's Request is untyped (Any) for mypy.
@@ -38,6 +57,30 @@ class _DescribeGroups(
         return request_struct_class(self._groups)
 
 
+async def _describe(admin: AIOKafkaAdminClient, groups: list[str], node: int) -> list[Any]:
+    # The admin client sends any Request to a node; only this one needs a version cap.
+    response = await admin._send_request(_DescribeGroups(groups), node)
+    return list(response.groups)
+
+
+async def describe_group(admin: AIOKafkaAdminClient, group: str) -> tuple[str, list[GroupMember]]:
+    """The group's state (`Stable`, `PreparingRebalance`, `Empty`, `Dead`…) and live members."""
+    node = await admin.find_coordinator(group)
+    [described] = await _describe(admin, [group], node)
+    error_code, _group, state, _protocol_type, _protocol, members = described[:6]
+    if error_code:
+        return "Unknown", []
+    found = []
+    for member_id, client_id, client_host, _metadata, assignment in members:
+        partitions = (
+            tuple(sorted(ConsumerProtocolMemberAssignment.decode(assignment).partitions()))
+            if assignment
+            else ()
+        )
+        found.append(GroupMember(member_id, client_id, client_host, partitions))
+    return str(state), sorted(found, key=lambda m: (m.client_id, m.member_id))
+
+
 async def consuming_groups(admin: AIOKafkaAdminClient, topic: str) -> list[str]:
     """Groups with at least one live member subscribed to `topic`, sorted.
 
@@ -52,9 +95,7 @@ async def consuming_groups(admin: AIOKafkaAdminClient, topic: str) -> list[str]:
     found = set()
     rebalancing = []
     for node, members_of in by_coordinator.items():
-        # The admin client sends any Request to a node; only this one needs a version cap.
-        response = await admin._send_request(_DescribeGroups(members_of), node)
-        for described in response.groups:
+        for described in await _describe(admin, members_of, node):
             error_code, group, _state, protocol_type, _protocol, members = described[:6]
             if error_code or protocol_type != ConsumerProtocol.PROTOCOL_TYPE or not members:
                 continue

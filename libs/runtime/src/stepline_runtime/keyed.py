@@ -207,8 +207,19 @@ class KeyedConsumer:
         self._consumer = None
 
     async def wait(self) -> None:
-        """Return (or raise) only if fetching ended on its own: a bug, never a broker outage."""
+        """Return (or raise) only if fetching ended on its own (a bug, never a broker outage),
+        or the processor's producer broke (`ProducerBrokenError`: the service stops and its
+        supervisor starts it afresh)."""
         assert self._fetching is not None
+        broken = asyncio.ensure_future(self._processor.wait_broken())
+        try:
+            # Neither is cancelled when this waiter is: stopping the part is `stop()`'s job.
+            await asyncio.wait({self._fetching, broken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not broken.done():
+                broken.cancel()
+        if broken.done() and not broken.cancelled():
+            broken.result()
         await asyncio.shield(self._fetching)
 
     async def _fetch(self) -> None:

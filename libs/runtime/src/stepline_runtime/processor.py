@@ -64,6 +64,11 @@ _FATAL = (
 )
 
 
+# Raised by a producer that cannot even abort or stop: a Kafka error, or aiokafka's assertion
+# on leaving its FATAL_ERROR state (after e.g. an EndTxn answered UnknownError).
+_UNUSABLE = (KafkaError, AssertionError)
+
+
 class StatefulHandler(Protocol):
     """What the processor drives. `handle` must not change state when it raises."""
 
@@ -246,7 +251,7 @@ class TransactionalProcessor:
         task = self._tasks.pop(partition, None)
         self._handler.forget(partition)
         if task is not None:
-            with contextlib.suppress(KafkaError):
+            with contextlib.suppress(*_UNUSABLE):
                 await task.producer.stop()
 
     async def _restore(self, partition: int) -> None:
@@ -340,7 +345,7 @@ class TransactionalProcessor:
             )
             try:
                 await producer.abort_transaction()
-            except KafkaError:
+            except _UNUSABLE:
                 task.fenced = True  # a producer that cannot abort cannot be trusted either
             await self._recover(task.partition, reopen=task.fenced)
 

@@ -71,6 +71,12 @@ class ServiceSpec:
     metrics_port: int | None = None
     # Other default listening ports by name, e.g. {"grpc": 50061}.
     ports: Mapping[str, int] = field(default_factory=dict, hash=False)
+    # The settings field that moves each of `ports` (a port, or a host:port address), e.g.
+    # {"grpc": "grpc_port"}: how a supervisor gives a second instance on one host its own ports.
+    port_settings: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # Settings that must be set before a second instance may run, with the reason, e.g.
+    # {"billing_dsn": "the SQLite ledger is one instance's file"} (`stepline up --scale`).
+    scale_needs: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -82,7 +88,12 @@ class ServiceSpec:
         unknown = sorted(set(self.topics) - known)
         if unknown:
             raise SpecError(f"{self.name}: topics not in the catalog: {unknown}")
+        unknown_ports = sorted(set(self.port_settings) - set(self.ports))
+        if unknown_ports:
+            raise SpecError(f"{self.name}: port_settings for ports it lacks: {unknown_ports}")
         object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
+        object.__setattr__(self, "port_settings", MappingProxyType(dict(self.port_settings)))
+        object.__setattr__(self, "scale_needs", MappingProxyType(dict(self.scale_needs)))
 
     @property
     def group(self) -> str | None:

@@ -17,4 +17,10 @@ SPEC = ServiceSpec(
     writes=(Topics.USAGE_ROLLUPS, Topics.BUDGETS, Topics.DLQ),
     metrics_port=9104,
     ports={"grpc": 50062},
+    port_settings={"grpc": "billing_grpc_address"},
+    # Instances share the ledger through PostgreSQL; the SQLite default is one process's file.
+    scale_needs={
+        "billing_dsn": "several billing instances share one PostgreSQL ledger "
+        "(postgresql://…); the default SQLite ledger is a single instance's file"
+    },
 )

@@ -27,4 +27,5 @@ SPEC = ServiceSpec(
     writes=(Topics.GOALS, Topics.CONTROL, Topics.KEYS),
     metrics_port=9106,
     ports={"http": 8470, "grpc": 50063},
+    port_settings={"http": "frontdoor_port", "grpc": "frontdoor_grpc_address"},
 )

@@ -17,4 +17,5 @@ SPEC = ServiceSpec(
     writes=(Topics.MODEL_RESULTS, Topics.USAGE, Topics.KEY_SPEND, Topics.DLQ),
     metrics_port=9102,
     ports={"grpc": 50061, "http": 8400},
+    port_settings={"grpc": "grpc_port", "http": "http_port"},
 )

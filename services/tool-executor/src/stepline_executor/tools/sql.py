@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -65,7 +66,9 @@ def build_database(script: Path, database: Path) -> None:
     if database.exists():
         return
     database.parent.mkdir(parents=True, exist_ok=True)
-    partial = database.with_suffix(database.suffix + ".building")
+    # One partial file per process: instances starting together each build their own copy,
+    # and the last atomic rename wins (the copies are equal).
+    partial = database.with_suffix(f"{database.suffix}.{os.getpid()}.building")
     partial.unlink(missing_ok=True)
     with sqlite3.connect(partial) as connection:
         connection.executescript(script.read_text(encoding="utf-8"))
