@@ -21,6 +21,7 @@ __all__ = [
     "InvalidRecordError",
     "decode",
     "encode",
+    "encode_serialized",
     "type_name",
 ]
 
@@ -74,20 +75,41 @@ def encode(
     time: datetime | None = None,
 ) -> OutboundRecord:
     """A record carrying `message` with the standard headers."""
+    return encode_serialized(
+        topic,
+        key,
+        message.SerializeToString(deterministic=True),
+        type_name(message),
+        event_id=event_id,
+        source=source,
+        tenant_id=tenant_id,
+        traceparent=traceparent,
+        time=time,
+    )
+
+
+def encode_serialized(
+    topic: str,
+    key: str,
+    payload: bytes,
+    message_type: str,
+    *,
+    event_id: str,
+    source: str,
+    tenant_id: str = "",
+    traceparent: str = "",
+    time: datetime | None = None,
+) -> OutboundRecord:
+    """Like `encode`, for a message already serialised (e.g. from cached parts) as `payload`."""
     headers = EventHeaders(
         event_id=event_id,
-        type_name=type_name(message),
+        type_name=message_type,
         source=source,
         tenant_id=tenant_id,
         time=time,
         traceparent=traceparent,
     )
-    return OutboundRecord(
-        topic=topic,
-        key=key.encode(),
-        value=message.SerializeToString(deterministic=True),
-        headers=headers.encode(),
-    )
+    return OutboundRecord(topic=topic, key=key.encode(), value=payload, headers=headers.encode())
 
 
 def decode(record: InboundRecord, expected: Iterable[type[M]]) -> Decoded[M]:

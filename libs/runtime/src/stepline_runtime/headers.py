@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 
 from stepline_runtime.records import Header
 
@@ -46,19 +47,25 @@ class EventHeaders:
 
     def encode(self) -> tuple[Header, ...]:
         """Kafka headers, omitting empty optional fields."""
-        time = (self.time or datetime.now(UTC)).isoformat(timespec="milliseconds")
-        pairs = [
-            (HeaderName.SPEC_VERSION, "1.0"),
-            (HeaderName.ID, self.event_id),
-            (HeaderName.TYPE, self.type_name),
-            (HeaderName.SOURCE, self.source),
-            (HeaderName.TIME, time),
-            (HeaderName.CONTENT_TYPE, self.content_type),
-            (HeaderName.TENANT, self.tenant_id),
-            (HeaderName.TRACEPARENT, self.traceparent),
-            (HeaderName.TRACESTATE, self.tracestate),
-        ]
-        return tuple((name, value.encode()) for name, value in pairs if value)
+        # Written for every record a service produces: no generator, and the values records
+        # of one step share (type, source, time, content type) encoded once.
+        pairs: list[Header] = [_SPEC_VERSION]
+        if self.event_id:
+            pairs.append((HeaderName.ID, self.event_id.encode()))
+        if self.type_name:
+            pairs.append((HeaderName.TYPE, _utf8(self.type_name)))
+        if self.source:
+            pairs.append((HeaderName.SOURCE, _utf8(self.source)))
+        pairs.append((HeaderName.TIME, _time_bytes(self.time or datetime.now(UTC))))
+        if self.content_type:
+            pairs.append((HeaderName.CONTENT_TYPE, _utf8(self.content_type)))
+        if self.tenant_id:
+            pairs.append((HeaderName.TENANT, _utf8(self.tenant_id)))
+        if self.traceparent:
+            pairs.append((HeaderName.TRACEPARENT, self.traceparent.encode()))
+        if self.tracestate:
+            pairs.append((HeaderName.TRACESTATE, self.tracestate.encode()))
+        return tuple(pairs)
 
     @classmethod
     def decode(cls, headers: Iterable[Header]) -> EventHeaders:
@@ -77,6 +84,27 @@ class EventHeaders:
             tracestate=found.get(HeaderName.TRACESTATE, ""),
             content_type=found.get(HeaderName.CONTENT_TYPE, ""),
         )
+
+
+_SPEC_VERSION: Header = (HeaderName.SPEC_VERSION, b"1.0")
+
+
+# Few distinct values (type names, sources, content types, tenants): encode each once.
+@lru_cache(maxsize=1024)
+def _utf8(text: str) -> bytes:
+    return text.encode()
+
+
+def _time_bytes(time: datetime) -> bytes:
+    # Equal instants in other zones (or the other side of a fold) compare equal but print
+    # differently: zone and fold are part of the key.
+    return _formatted_time(time, time.tzinfo, time.fold)
+
+
+# The records of one step share their time: format it once.
+@lru_cache(maxsize=64)
+def _formatted_time(time: datetime, zone: tzinfo | None, fold: int) -> bytes:
+    return time.isoformat(timespec="milliseconds").encode()
 
 
 def _parse_time(text: str) -> datetime | None:

@@ -31,6 +31,7 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
+from prometheus_client import Counter, Histogram
 
 from stepline_runtime import tracing
 from stepline_runtime.codec import Cause, InvalidRecordError
@@ -161,6 +162,7 @@ class TransactionalProcessor:
         self._lock = asyncio.Lock()
         self._restoring = asyncio.Lock()
         self._tasks: dict[int, _Task] = {}
+        self._metrics: dict[str, tuple[Histogram, Counter]] = {}
         self._stopping = asyncio.Event()
         self._consumer = AIOKafkaConsumer(
             group_id=config.app_id,
@@ -385,9 +387,19 @@ class TransactionalProcessor:
         started = time.perf_counter()
         with tracing.handling(record, app, derive_from_key=self._config.trace_from_key):
             outputs = tracing.stamp(await self._handled(record))
-        RECORD_SECONDS.labels(app, record.topic).observe(time.perf_counter() - started)
-        RECORDS_PROCESSED.labels(app, record.topic).inc()
+        seconds, processed = self._record_metrics(record.topic)
+        seconds.observe(time.perf_counter() - started)
+        processed.inc()
         return outputs
+
+    def _record_metrics(self, topic: str) -> tuple[Histogram, Counter]:
+        # `labels()` locks and hashes on every call; the children per input topic are fixed.
+        metrics = self._metrics.get(topic)
+        if metrics is None:
+            app = self._config.app_id
+            metrics = (RECORD_SECONDS.labels(app, topic), RECORDS_PROCESSED.labels(app, topic))
+            self._metrics[topic] = metrics
+        return metrics
 
     async def _handled(self, record: InboundRecord) -> Sequence[OutboundRecord]:
         try:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import assert_never
 
+from stepline_planner.copies import replace
 from stepline_planner.inputs import (
     ApprovalDecided,
     CancelRequested,
@@ -223,7 +224,7 @@ class _Tx:
         return self.ctx.profiles.agents.get(self.run.agent)
 
     def set(self, **changes: object) -> None:
-        self.run = replace(self.run, **changes)  # type: ignore[arg-type]
+        self.run = replace(self.run, **changes)
 
     def emit(self, body: EventBody) -> None:
         sequence = self.run.last_event_sequence + 1

@@ -19,7 +19,7 @@ from typing import TypeAlias, assert_never
 from google.protobuf.message import Message as ProtoMessage
 
 from stepline.v1 import control_pb2, goals_pb2, model_pb2, planner_state_pb2, tools_pb2
-from stepline_planner import convert
+from stepline_planner import convert, serialized
 from stepline_planner import outputs as o
 from stepline_planner.decide import Context, RejectedError, decide, next_due
 from stepline_planner.inputs import GoalReceived, Input, SessionGranted, SessionRejected, Tick
@@ -29,7 +29,14 @@ from stepline_planner.spec import SPEC
 from stepline_planner.state import Run, Session
 from stepline_planner.tables import Tables
 from stepline_runtime import tracing
-from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
+from stepline_runtime.codec import (
+    Cause,
+    InvalidRecordError,
+    decode,
+    encode,
+    encode_serialized,
+    type_name,
+)
 from stepline_runtime.logs import bind
 from stepline_runtime.metrics import RUN_SECONDS, RUNS_FINISHED, STEP_SECONDS
 from stepline_runtime.records import InboundRecord, OutboundRecord
@@ -251,10 +258,11 @@ class PlannerHandler:
             records = [self._encode(out, when) for out in outputs]
             if after is not None and after is not before:
                 records.append(
-                    encode(
+                    encode_serialized(
                         self._topics.state,
                         after.run_id,
-                        convert.run_to_proto(after),
+                        serialized.run_state_bytes(after),
+                        type_name(planner_state_pb2.RunState),
                         event_id=f"{after.run_id}/state/{after.last_event_sequence}",
                         source=SOURCE,
                         tenant_id=after.tenant_id,
@@ -313,8 +321,16 @@ class PlannerHandler:
             msg = convert.event_to_proto(out)
             return rec(t.runs, out.run_id, msg, msg.event_id, out.tenant_id)
         if isinstance(out, o.ModelCallRequested):
-            req = convert.model_request_to_proto(out)
-            return rec(t.model_requests, out.run_id, req, out.call_id, out.tenant_id)
+            return encode_serialized(
+                t.model_requests,
+                out.run_id,
+                serialized.model_request_bytes(out),
+                type_name(model_pb2.ModelCallRequested),
+                event_id=out.call_id,
+                source=SOURCE,
+                tenant_id=out.tenant_id,
+                time=now,
+            )
         if isinstance(out, o.ToolCallRequested):
             treq = convert.tool_request_to_proto(out)
             return rec(t.tool_requests, out.run_id, treq, out.call_id, out.tenant_id)
