@@ -133,7 +133,13 @@ async def _topics(admin: AIOKafkaAdminClient, namespace: str) -> None:
 
 
 async def _request(
-    producer: AIOKafkaProducer, service: Service, call: str, tool: str, args: str, agent: str = ""
+    producer: AIOKafkaProducer,
+    service: Service,
+    call: str,
+    tool: str,
+    args: str,
+    agent: str = "",
+    replay_of: str = "",
 ) -> None:
     run_id = call.split(":")[0]
     message = tools_pb2.ToolCallRequested(
@@ -145,6 +151,7 @@ async def _request(
         arguments_json=args,
         idempotency_key=f"idem-{call}",
         agent=agent,
+        replay_of=replay_of,
     )
     record = encode(
         service.topic(Topics.TOOL_REQUESTS), run_id, message, event_id=call, source="test"
@@ -178,7 +185,10 @@ async def test_executor_serves_calls_publishes_registry_and_usage(
         await _request(
             producer, service, "ra:1:3", "issue_refund", '{"order_id": "O-1"}', "restricted"
         )
-        await _request(producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}')
+        # As a replay's executed call (the planner marks it): its usage says so.
+        await _request(
+            producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}', replay_of="orig"
+        )
         service.start()
         results = _results(
             await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=5, timeout_s=90)
@@ -215,6 +225,7 @@ async def test_executor_serves_calls_publishes_registry_and_usage(
     assert by_id["ra:1:0/exec"].succeeded
     assert not by_id["ra:1:4/exec"].priced  # no price-book entry: unpriced, never free
     assert not by_id["ra:1:4/exec"].HasField("cost")  # unpriced omits cost, as model attempts do
+    assert (by_id["ra:1:0/exec"].replay_of, by_id["ra:1:4/exec"].replay_of) == ("", "orig")
 
 
 async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twice(

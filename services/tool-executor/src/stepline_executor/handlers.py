@@ -59,6 +59,7 @@ def call_request(message: tools_pb2.ToolCallRequested, sequence: int) -> CallReq
         deadline=deadline,
         sequence=sequence,
         metadata=dict(message.metadata),
+        replay_of=message.replay_of,
     )
 
 
@@ -193,6 +194,7 @@ class ToolRequests:
             attempt=1,
             agent=request.agent,
             latency=_duration(outcome.duration_s),
+            replay_of=request.replay_of,
         )
         if outcome.error_kind is not None:
             usage.tool_error_kind = _KINDS[outcome.error_kind]

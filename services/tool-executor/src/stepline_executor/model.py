@@ -69,6 +69,8 @@ class CallRequest:
     # Offset of the request in its partition; orders it against cancellations of the same run.
     sequence: int = -1
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # The original run id when the call belongs to a replay or fork (marks its usage record).
+    replay_of: str = ""
 
 
 @dataclass(slots=True)
