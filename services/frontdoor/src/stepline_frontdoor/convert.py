@@ -148,11 +148,13 @@ def run_fact(event: runs_pb2.RunEvent, received_at: datetime) -> RunFact:
     )
 
 
-def run_event(row: EventRow) -> runs_pb2.RunEvent:
-    """The `RunEvent` a timeline row was projected from (its body is the detail as proto JSON)."""
+def run_event(row: EventRow, agent: str) -> runs_pb2.RunEvent:
+    """The `RunEvent` a timeline row of a run of `agent` was projected from (its body is the
+    detail as proto JSON)."""
     event = runs_pb2.RunEvent(
         run_id=row.run_id,
         tenant_id=row.tenant_id,
+        agent=agent,
         event_id=f"{row.run_id}/{row.sequence}",
         sequence=row.sequence,
     )

@@ -389,9 +389,11 @@ class Api:
         records = []
         for name in ("run_id", "other_run_id"):
             run_id = request.path_params[name]
-            self._run_or_404(principal, run_id)
+            run = self._run_or_404(principal, run_id)
             rows = self._store.events(principal.tenant_id, run_id)
-            records.append(RecordedRun([run_event(row) for row in rows]))
+            if not any(row.kind is EventKind.STARTED for row in rows):
+                raise ApiError(409, "failed_precondition", f"run {run_id} has not started yet")
+            records.append(RecordedRun([run_event(row, run.agent) for row in rows]))
         return _json(RunDiff.model_validate(compare(records[0], records[1])))
 
     async def watch_run(self, request: Request, principal: Principal) -> Response:
