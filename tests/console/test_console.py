@@ -6,23 +6,30 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import TypeVar
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.sync_api import Page, expect
 
+from stepline_client.client import Stepline
 from stepline_client.demo import GOAL
+from stepline_client.record import ReplaySettings
+from stepline_client.replay_cli import launch, read_record
 from stepline_keys.secret import key_id_of
 from stepline_runtime.codec import encode
-from stepline_runtime.settings import namespaced
+from stepline_runtime.settings import ServiceSettings, namespaced
 from stepline_runtime.topics import Topics
 from tests.console.conftest import Console, Stack, shoot
 from tests.frontdoor.factories import T0, RunScript
 
 pytestmark = pytest.mark.kafka
+
+T = TypeVar("T")
 
 
 def _submit(page: Page, goal: str = GOAL) -> str:
@@ -93,6 +100,71 @@ def test_deny_with_a_reason_using_the_keyboard(stack: Stack, open_console: Conso
     with stack.api("alice") as api:
         [approval] = api.get(f"/api/runs/{run_id}").json()["approvals"]
     assert (approval["status"], approval["reason"]) == ("denied", "wrong customer")
+
+
+def _poll(read: Callable[[], T], timeout_s: float = 60) -> T:
+    """`read()` once it is truthy."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := read()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+    return value
+
+
+def _replay(stack: Stack, run_id: str) -> str:
+    """Replay `run_id` on its own route, as `stepline runs replay` does (in-process)."""
+
+    async def submit() -> str:
+        settings = ServiceSettings(kafka=stack.kafka, topic_namespace=stack.namespace)
+        async with Stepline(settings) as client:
+            record = await read_record(client, settings, run_id, "acme")
+            return (await launch(client, record, ReplaySettings())).run_id
+
+    # Playwright's sync API holds this thread's event loop: run the client on another thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, submit()).result()
+
+
+def test_a_replay_links_its_original_and_the_compare_view_shows_the_diff(
+    stack: Stack, open_console: Console
+) -> None:
+    with stack.api("alice") as api:  # a support run, its reply approved as the model wrote it
+        original = api.post("/api/runs", json={"goal": GOAL}).json()["run_id"]
+        approval = _poll(lambda: api.get(f"/api/runs/{original}").json().get("approvals"))[0]
+        approved = api.post(
+            f"/api/runs/{original}/approvals/{approval['approval_id']}",
+            json={"decision": "approve"},
+        )
+        assert approved.status_code == 202
+        _poll(lambda: api.get(f"/api/runs/{original}").json()["run"]["finished_at"])
+    delivered = len(stack.receiver.replies)
+    replay_id = _replay(stack, original)
+    page = open_console("viewer")
+    page.goto(f"{stack.url}#/run/{replay_id}")
+    expect(page.locator(".summary .badge")).to_have_text("completed", timeout=60_000)
+    expect(page.locator("#replay-of")).to_contain_text(original)
+    page.goto(f"{stack.url}#/run/{original}")
+    expect(page.locator("#replays")).to_contain_text(replay_id)
+    page.locator("#replays").get_by_role("link", name="compare").click()
+    page.wait_for_url(re.compile(f"#/compare/{original}/{replay_id}"))
+    expect(page.locator("#figures tr[data-figure=Outcome]")).to_contain_text("completed")
+    # The same model on the same route asks for the same calls: served from the record.
+    calls = page.locator("#tool-calls")
+    expect(calls).to_contain_text("0 new, 0 missing")
+    expect(calls).to_contain_text("served from the record")
+    expect(calls).to_contain_text("= send_reply(")
+    expect(page.locator("#steps tbody tr").first).to_be_visible()
+    expect(page.locator("#answers")).to_contain_text("Answers (the same)")
+    shoot(page, "compare-replay")
+    with stack.api("alice") as api:
+        diff = api.get(f"/api/runs/{original}/diff/{replay_id}").json()
+        assert diff["b"]["replay_of"] == original
+        assert diff["served_from_record"] >= 1
+    assert len(stack.receiver.replies) == delivered  # the replay sent no reply again
+    with stack.api("alice") as api:
+        assert api.get(f"/api/runs/{original}/diff/no-such-run").status_code == 404
+    with stack.api("gina") as other:  # another tenant's key sees neither run
+        assert other.get(f"/api/runs/{original}/diff/{replay_id}").status_code == 404
 
 
 def test_filter_runs(stack: Stack, open_console: Console) -> None:

@@ -77,7 +77,13 @@ class Service:
 
 
 async def request_call(
-    producer: AIOKafkaProducer, service: Service, call: str, tool: str, args: str, agent: str = ""
+    producer: AIOKafkaProducer,
+    service: Service,
+    call: str,
+    tool: str,
+    args: str,
+    agent: str = "",
+    replay_of: str = "",
 ) -> None:
     """Produce a `ToolCallRequested` for `call` (`<run>:<step>:<n>`) as the planner would."""
     run_id = call.split(":")[0]
@@ -90,6 +96,7 @@ async def request_call(
         arguments_json=args,
         idempotency_key=f"idem-{call}",
         agent=agent,
+        replay_of=replay_of,
     )
     record = encode(
         service.topic(Topics.TOOL_REQUESTS), run_id, message, event_id=call, source="test"

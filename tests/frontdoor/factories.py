@@ -44,9 +44,14 @@ class RunScript:
         self.events.append(message)
         return message
 
-    def started(self, goal: str = "refund order 7", parent: str = "") -> RunScript:
-        """RunStarted."""
-        self._add(started=runs_pb2.RunStarted(goal=goal, route="default", parent_run_id=parent))
+    def started(
+        self, goal: str = "refund order 7", parent: str = "", replay_of: str = ""
+    ) -> RunScript:
+        """RunStarted (of a replay of `replay_of` when given)."""
+        started = runs_pb2.RunStarted(goal=goal, route="default", parent_run_id=parent)
+        if replay_of:
+            started.replay.original_run_id = replay_of
+        self._add(started=started)
         return self
 
     def model_step(self, n: int, cost: str = "0.001") -> RunScript:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from stepline.v1 import budgets_pb2, common_pb2, model_pb2, tools_pb2
-from stepline_frontdoor.convert import budget_row, refused_attempts, tool_output_row
+from stepline_frontdoor.convert import budget_row, refused_attempts, run_event, tool_output_row
 from stepline_frontdoor.readmodel import ApprovalStatus, RunRow, RunStatus
 from stepline_frontdoor.sqlstore import PostgresReadStore, SqliteReadStore
 from stepline_frontdoor.store import Position, ReadStore, RunFilter
@@ -35,6 +35,8 @@ def _load(store: ReadStore) -> None:
             script.resolved(f"r{i:02}:9:1/approval", approve=i % 3 == 0, reason="x").completed()
         events += script.events
     events += RunScript("g1", tenant_id="globex").started().events
+    events += RunScript("replay-1").started(replay_of="r00").model_step(1).completed().events
+    events += RunScript("replay-g", tenant_id="globex").started(replay_of="r00").events
     usage = [model_attempt(f"r{i:02}", 1, attempt=2) for i in range(30)]
     # Billing's rollups, a late smaller state among them: the fullest one is kept.
     rollups = [
@@ -78,6 +80,7 @@ def _everything(store: ReadStore) -> object:
         [store.events("acme", r.run_id) for r in runs],
         [store.attempts("acme", r.run_id) for r in runs],
         [store.tool_outputs("acme", r.run_id) for r in runs],
+        [store.replays("acme", r.run_id) for r in runs],
         store.approvals("acme"),
         store.list_runs(RunFilter("acme", status=RunStatus.COMPLETED, limit=100)).runs,
         store.approvals("acme", status=ApprovalStatus.PENDING),
@@ -94,7 +97,11 @@ def test_postgres_and_sqlite_end_in_the_same_rows(postgres: PostgresReadStore) -
     _load(sqlite)
     _load(postgres)
     assert _everything(postgres) == _everything(sqlite)
-    assert len(postgres.list_runs(RunFilter("acme", limit=100)).runs) == 30
+    assert len(postgres.list_runs(RunFilter("acme", limit=100)).runs) == 31
+    # Replays of a run: its tenant's only; the timeline rebuilds the recorded events.
+    assert [r.run_id for r in postgres.replays("acme", "r00")] == ["replay-1"]
+    replay = RunScript("replay-1").started(replay_of="r00").model_step(1).completed().events
+    assert [run_event(e, "support") for e in postgres.events("acme", "replay-1")] == replay
     assert postgres.run("acme", "g1") is None
     budget = postgres.budget("acme")
     assert budget is not None

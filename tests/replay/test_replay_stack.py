@@ -343,6 +343,39 @@ def test_stub_answers_the_diverging_call_and_the_replay_completes(
     assert len(stack.receiver.replies) == 1
 
 
+def test_an_executed_read_only_call_is_marked_as_evaluation_usage(
+    stack: Stack, original: dict[str, Any]
+) -> None:
+    model = _model(stack)
+
+    def script(messages: list[dict[str, Any]]) -> Answer:
+        if not _called(messages):  # a lookup the original never made: executed for real
+            return [("crm_find_customer", {"email": "someone-else@acme.example"})]
+        return "Candidate: looked another customer up."
+
+    model.scripts["diverge"] = script
+    model.requests.pop("diverge", None)
+    report = json.loads(
+        stack.ok(
+            "runs", "replay", original["run_id"], "--tenant", stack.tenant,
+            "--route", "candidate-diverge", "--policy", "execute",
+            "--allow-tool", "crm_find_customer", "--json",
+        )
+    )  # fmt: skip
+    replay_id = report["run_id"]
+    assert report["b"]["outcome"] == "completed", report
+    (request,) = _keyed(stack, "stepline.tool.requests.v1", replay_id)
+    assert request["value"]["replay_of"] == original["run_id"]
+    usage = [
+        u["value"]
+        for u in _keyed(stack, "stepline.usage.v1", stack.tenant)
+        if u["value"]["run_id"] == replay_id and u["value"].get("tool")
+    ]
+    assert [(u["tool"], u["replay_of"]) for u in usage] == [
+        ("crm_find_customer", original["run_id"])
+    ]
+
+
 def test_fork_reuses_the_first_steps_and_continues_live(
     stack: Stack, original: dict[str, Any]
 ) -> None:

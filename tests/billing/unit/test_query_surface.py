@@ -33,6 +33,9 @@ async def stub() -> AsyncIterator[billing_service_pb2_grpc.BillingServiceAsyncSt
     for i in range(25):
         await billing.on_usage_recorded(inbound(model_usage(f"m{i}", run=f"r{i % 2}")))
     await billing.on_usage_recorded(inbound(model_usage("u", provider="x", model="nope")))
+    replayed = model_usage("e", run="replay-abc", cost=Decimal("0.25"))
+    replayed.replay_of = "r0"
+    await billing.on_usage_recorded(inbound(replayed))
     key = new_key("acme", grant(Scope.USAGE_READ))
     registry = registry_with(key)
     server = grpc.aio.server(interceptors=[RequireKey(registry)])
@@ -55,7 +58,13 @@ async def test_grpc_usage_budget_and_ledger_paging(
     stub: billing_service_pb2_grpc.BillingServiceAsyncStub,
 ) -> None:
     usage = await stub.GetUsage(billing_service_pb2.GetUsageRequest(tenant_id="acme"))
-    assert (usage.total_calls, usage.total_unpriced_calls) == (26, 1)
+    assert (usage.total_calls, usage.total_unpriced_calls) == (27, 1)
+    # Evaluation spend (the replay) apart from production, as `stepline-billing usage` shows it.
+    total, production = Decimal(usage.total_cost.amount), Decimal(usage.production_cost.amount)
+    assert Decimal(usage.evaluation_cost.amount) == Decimal("0.25")
+    assert production + Decimal("0.25") == total
+    assert (usage.evaluation_runs, usage.evaluation_calls) == (1, 1)
+    assert usage.production_cost.currency == "USD"
     run = await stub.GetUsage(billing_service_pb2.GetUsageRequest(tenant_id="acme", run_id="r0"))
     assert run.total_calls == 13
     budget = await stub.GetBudget(billing_service_pb2.GetBudgetRequest(tenant_id="acme"))
@@ -70,7 +79,7 @@ async def test_grpc_usage_budget_and_ledger_paging(
         seen.extend(r.usage_id for r in page.records)
         if not (token := page.next_page_token):
             break
-    assert sorted(seen) == sorted([f"m{i}" for i in range(25)] + ["u"])
+    assert sorted(seen) == sorted([f"m{i}" for i in range(25)] + ["u", "e"])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.ListLedger(
             billing_service_pb2.ListLedgerRequest(tenant_id="acme", page_token="x")

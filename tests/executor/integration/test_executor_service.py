@@ -100,7 +100,10 @@ async def test_executor_serves_calls_publishes_registry_and_usage(
         await request_call(
             producer, service, "ra:1:3", "issue_refund", '{"order_id": "O-1"}', "restricted"
         )
-        await request_call(producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}')
+        # As a replay's executed call (the planner marks it): its usage says so.
+        await request_call(
+            producer, service, "ra:1:4", "issue_refund", '{"order_id": "O-2"}', replay_of="orig"
+        )
         service.start()
         results = results_by_call(
             await read_all(kafka, service.topic(Topics.TOOL_RESULTS), expect=5, timeout_s=90)
@@ -137,6 +140,7 @@ async def test_executor_serves_calls_publishes_registry_and_usage(
     assert by_id["ra:1:0/exec"].succeeded
     assert not by_id["ra:1:4/exec"].priced  # no price-book entry: unpriced, never free
     assert not by_id["ra:1:4/exec"].HasField("cost")  # unpriced omits cost, as model attempts do
+    assert (by_id["ra:1:0/exec"].replay_of, by_id["ra:1:4/exec"].replay_of) == ("", "orig")
 
 
 async def test_sigkill_between_started_and_completed_never_calls_the_webhook_twice(

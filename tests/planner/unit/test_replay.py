@@ -118,8 +118,9 @@ def test_execute_runs_read_only_tools_and_explicitly_allowed_ones_only() -> None
     d = driver()
     d.start(run_id="replay-1", replay=replay(divergence=Divergence.EXECUTE, execute_tools=("pay",)))
     model_turn(d, ToolCall("m1", "search", '{"q": "new"}'), ToolCall("m2", "pay", '{"to": "x"}'))
-    requested = [x.tool for x in d.history if isinstance(x, o.ToolCallRequested)]
-    assert requested == ["search"]  # pay needs approval: denied by the replay's policy
+    requested = [x for x in d.history if isinstance(x, o.ToolCallRequested)]
+    assert [x.tool for x in requested] == ["search"]  # pay needs approval: denied by policy
+    assert requested[0].replay_of == "orig"  # the executor marks its usage with it
     assert served(d) == [("pay", Served.DENIED, "")]
     d.feed(ToolCompleted("replay-1:2", "replay-1:2:1", "new results"))
     assert d.one(o.ModelCallRequested)

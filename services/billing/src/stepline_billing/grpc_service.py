@@ -20,7 +20,7 @@ from stepline_billing.convert import (
     kind_from_proto,
     rollup_to_proto,
 )
-from stepline_billing.queries import budget, usage_summary
+from stepline_billing.queries import budget, evaluation_split, usage_summary
 from stepline_billing.store import Cursor, LedgerQuery, LedgerStore
 from stepline_keys import Authenticator, AuthError, Scope
 from stepline_keys.grpcdoor import abort_for, authorize
@@ -102,6 +102,9 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
             start,
             end,
         )
+        split = await asyncio.to_thread(
+            evaluation_split, self._store, tenant_id, request.run_id, start, end
+        )
         now = self._clock()
         return billing_service_pb2.GetUsageResponse(
             rollups=[rollup_to_proto(r, self._currency, now) for r in summary.rollups],
@@ -110,6 +113,10 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
             total_calls=summary.calls,
             total_failures=summary.failures,
             total_unpriced_calls=summary.unpriced_calls,
+            production_cost=wire.money_to_proto(split.production, self._currency),
+            evaluation_cost=wire.money_to_proto(split.evaluation, self._currency),
+            evaluation_runs=split.evaluation_runs,
+            evaluation_calls=split.evaluation_calls,
         )
 
     async def GetBudget(  # noqa: N802 (gRPC method name)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import (
@@ -22,6 +22,7 @@ from stepline_frontdoor.readmodel import (
     AttemptRow,
     BudgetRow,
     EventKind,
+    EventRow,
     Final,
     RollupRow,
     RunFact,
@@ -35,6 +36,7 @@ __all__ = [
     "enum_label",
     "refused_attempts",
     "rollup_row",
+    "run_event",
     "run_fact",
     "tool_output_row",
 ]
@@ -98,6 +100,7 @@ def run_fact(event: runs_pb2.RunEvent, received_at: datetime) -> RunFact:
             "parent_run_id": s.parent_run_id,
             "submitted_by": s.submitted_by,
             "route": s.route,
+            "replay_of": s.replay.original_run_id if s.HasField("replay") else "",
         }
     elif kind is EventKind.APPROVAL_REQUESTED:
         a = event.approval_requested
@@ -143,6 +146,23 @@ def run_fact(event: runs_pb2.RunEvent, received_at: datetime) -> RunFact:
         body=body,
         **fields,
     )
+
+
+def run_event(row: EventRow, agent: str) -> runs_pb2.RunEvent:
+    """The `RunEvent` a timeline row of a run of `agent` was projected from (its body is the
+    detail as proto JSON)."""
+    event = runs_pb2.RunEvent(
+        run_id=row.run_id,
+        tenant_id=row.tenant_id,
+        agent=agent,
+        event_id=f"{row.run_id}/{row.sequence}",
+        sequence=row.sequence,
+    )
+    event.occurred_at.FromDatetime(row.occurred_at)
+    detail = getattr(event, row.kind.value)
+    detail.SetInParent()  # an event whose detail has only defaults still names its kind
+    ParseDict(row.body, detail, ignore_unknown_fields=True)
+    return event
 
 
 def attempt_row(record: usage_pb2.UsageRecorded, received_at: datetime) -> AttemptRow:

@@ -21,9 +21,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stepline_client.client import Goal
+from stepline_client.diff import compare
+from stepline_client.record import RecordedRun
 from stepline_frontdoor.commands import Cancel, Commands, Decision
+from stepline_frontdoor.convert import run_event
 from stepline_frontdoor.live import RunFeed
-from stepline_frontdoor.readmodel import ApprovalStatus, RunStatus
+from stepline_frontdoor.readmodel import ApprovalStatus, EventKind, RunStatus
 from stepline_frontdoor.reports import Granularity, agent_spend, provider_health, window_start
 from stepline_frontdoor.schemas import (
     AgentCost,
@@ -46,6 +49,7 @@ from stepline_frontdoor.schemas import (
     RevokeKeyBody,
     Run,
     RunDetail,
+    RunDiff,
     RunPage,
     Spend,
     SpendList,
@@ -156,6 +160,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/runs/{run_id}", "getRun",
              "A run with its timeline, attempts, approvals and child runs", Scope.RUNS_READ,
              "get_run", response=RunDetail),
+    Endpoint("GET", "/api/runs/{run_id}/diff/{other_run_id}", "compareRuns",
+             "Two runs of the key's tenant compared (typically an original and its replay): "
+             "steps side by side, tool calls, answers, tokens, cost, latency, outcome",
+             Scope.RUNS_READ, "compare", response=RunDiff),
     Endpoint("GET", "/api/runs/{run_id}/events", "watchRun",
              "The run's timeline as Server-Sent Events (`run-event`), live until it ends",
              Scope.RUNS_READ, "watch_run", stream=True, params=(
@@ -362,15 +370,31 @@ class Api:
         children = self._store.list_runs(
             RunFilter(tenant_id=tenant, parent_run_id=run_id, limit=1000)
         )
+        events = self._store.events(tenant, run_id)
         detail = RunDetail(
             run=run,
-            events=[Event.of(e) for e in self._store.events(tenant, run_id)],
+            events=[Event.of(e) for e in events],
             attempts=[Attempt.of(a) for a in self._store.attempts(tenant, run_id)],
             tool_outputs=[ToolOutput.of(o) for o in self._store.tool_outputs(tenant, run_id)],
             approvals=[Approval.of(a) for a in self._store.approvals(tenant, run_id=run_id)],
             children=[Run.of(r) for r in children.runs],
-        )
+            replay_of=next((e.body.get("replay", {}).get("original_run_id", "") for e in events
+                            if e.kind is EventKind.STARTED), ""),
+            replays=[Run.of(r) for r in self._store.replays(tenant, run_id)],
+        )  # fmt: skip
         return _json(detail)
+
+    async def compare(self, request: Request, principal: Principal) -> Response:
+        """Run A against run B, both of the key's tenant, as `stepline runs diff` reports it."""
+        records = []
+        for name in ("run_id", "other_run_id"):
+            run_id = request.path_params[name]
+            run = self._run_or_404(principal, run_id)
+            rows = self._store.events(principal.tenant_id, run_id)
+            if not any(row.kind is EventKind.STARTED for row in rows):
+                raise ApiError(409, "failed_precondition", f"run {run_id} has not started yet")
+            records.append(RecordedRun([run_event(row, run.agent) for row in rows]))
+        return _json(RunDiff.model_validate(compare(records[0], records[1])))
 
     async def watch_run(self, request: Request, principal: Principal) -> Response:
         """Server-Sent Events of the run's timeline, live until the run ends."""

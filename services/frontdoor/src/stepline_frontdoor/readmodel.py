@@ -102,6 +102,8 @@ class RunFact:
     parent_run_id: str = ""
     submitted_by: str = ""
     route: str = ""
+    # The original run when this one is a replay or fork.
+    replay_of: str = ""
     # approval_requested / approval_resolved
     approval_id: str = ""
     step_id: str = ""

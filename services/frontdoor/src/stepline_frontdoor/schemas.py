@@ -34,6 +34,12 @@ __all__ = [
     "Budget",
     "CancelBody",
     "DecisionBody",
+    "DiffCall",
+    "DiffCalls",
+    "DiffDelta",
+    "DiffFacts",
+    "DiffStep",
+    "DifferentArguments",
     "Error",
     "ErrorBody",
     "Event",
@@ -47,6 +53,7 @@ __all__ = [
     "RevokeKeyBody",
     "Run",
     "RunDetail",
+    "RunDiff",
     "RunPage",
     "Spend",
     "SpendList",
@@ -262,6 +269,8 @@ class RunDetail(BaseModel):
     tool_outputs: list[ToolOutput]
     approvals: list[Approval]
     children: list[Run]
+    replay_of: str = Field(description="The original run when this run is a replay or fork.")
+    replays: list[Run] = Field(description="Replays and forks of this run, newest first.")
 
 
 class Spend(BaseModel):
@@ -466,3 +475,71 @@ class ErrorBody(BaseModel):
     """Every error response."""
 
     error: Error
+
+
+class DiffFacts(BaseModel):
+    """One side of a comparison: what the run ended with."""
+
+    run_id: str
+    outcome: str
+    answer: str
+    steps: int
+    tokens_in: int
+    tokens_out: int
+    cost: str
+    latency_s: float
+    route: str
+    replay_of: str
+
+
+class DiffStep(BaseModel):
+    """One step ordinal, each run's step at it as a line ("" when that run has none)."""
+
+    step: int | str
+    a: str
+    b: str
+
+
+class DiffCall(BaseModel):
+    """A tool call by name and canonical arguments."""
+
+    tool: str
+    arguments: str
+
+
+class DifferentArguments(BaseModel):
+    """The same tool called by both runs with other arguments."""
+
+    tool: str
+    a: str
+    b: str
+
+
+class DiffCalls(BaseModel):
+    """Tool calls of B against A: the same, other arguments, only in B (new), only in A."""
+
+    same: list[DiffCall]
+    different_arguments: list[DifferentArguments]
+    new: list[DiffCall]
+    missing: list[DiffCall]
+
+
+class DiffDelta(BaseModel):
+    """B minus A."""
+
+    cost: str
+    latency_s: float
+    tokens_in: int
+    tokens_out: int
+
+
+class RunDiff(BaseModel):
+    """Two runs compared (`stepline runs diff A B --json` gives the same report)."""
+
+    a: DiffFacts
+    b: DiffFacts
+    steps: list[DiffStep]
+    tool_calls: DiffCalls
+    served_from_record: int = Field(description="B's tool calls answered from A's record.")
+    same_answer: bool
+    delta: DiffDelta

@@ -56,6 +56,11 @@ _SCHEMA = [
         pending_approvals INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant_id, started_at_us, run_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id)",
+    # Replays and forks of a run (its Run page lists them); a table of its own, so a read
+    # model built before replays existed gains it without a migration.
+    """CREATE TABLE IF NOT EXISTS replays (
+        run_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, original_run_id TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS replays_of ON replays (tenant_id, original_run_id)",
     """CREATE TABLE IF NOT EXISTS run_events (
         run_id TEXT NOT NULL, sequence BIGINT NOT NULL, tenant_id TEXT NOT NULL,
         kind TEXT NOT NULL, occurred_at_us BIGINT NOT NULL, body TEXT NOT NULL,
@@ -168,6 +173,10 @@ _INSERT_EVENT = (
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES ({_marks(_ATTEMPT_COLUMNS)}) "
     "ON CONFLICT (usage_id) DO NOTHING"
+)
+_INSERT_REPLAY = (
+    "INSERT INTO replays (run_id, tenant_id, original_run_id) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_id) DO NOTHING"
 )
 _PENDING_OF = f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE run_id = ? AND approval_id = ?"
 _CLOSE_PENDING = (
@@ -361,6 +370,8 @@ class _SqlReadStore(ABC):
         if projection.run is None:
             return None
         conn.execute(q(_UPSERT_RUN), _run_values(projection.run))
+        if fact.replay_of:
+            conn.execute(q(_INSERT_REPLAY), (fact.run_id, fact.tenant_id, fact.replay_of))
         if projection.event is not None:
             e = projection.event
             conn.execute(
@@ -508,6 +519,17 @@ class _SqlReadStore(ABC):
             (run_id, tenant_id),
         )
         return _run_row(rows[0]) if rows else None
+
+    def replays(self, tenant_id: str, run_id: str) -> list[RunRow]:
+        """The tenant's replays and forks of `run_id`, newest first."""
+        columns = ", ".join(f"runs.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+        rows = self._all(
+            f"SELECT {columns} FROM replays JOIN runs ON runs.run_id = replays.run_id "
+            "WHERE replays.tenant_id = ? AND replays.original_run_id = ? "
+            "AND runs.tenant_id = ? ORDER BY runs.started_at_us DESC",
+            (tenant_id, run_id, tenant_id),
+        )
+        return [_run_row(r) for r in rows]
 
     def events(self, tenant_id: str, run_id: str, after: int = 0) -> list[EventRow]:
         """The run's timeline after sequence `after`."""

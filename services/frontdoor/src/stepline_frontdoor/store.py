@@ -105,6 +105,10 @@ class ReadStore(Protocol):
         """The run, or None when it does not exist or belongs to another tenant."""
         ...
 
+    def replays(self, tenant_id: str, run_id: str) -> list[RunRow]:
+        """The tenant's replays and forks of `run_id`, newest first."""
+        ...
+
     def events(self, tenant_id: str, run_id: str, after: int = 0) -> list[EventRow]:
         """The run's timeline after sequence `after`."""
         ...

@@ -412,6 +412,7 @@ def tool_request_to_proto(req: o.ToolCallRequested) -> tools_pb2.ToolCallRequest
         agent=req.agent,
         requested_at=_ts(req.requested_at),
         metadata=dict(req.metadata),
+        replay_of=req.replay_of,
     )
 
 

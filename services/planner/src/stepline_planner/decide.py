@@ -951,6 +951,7 @@ def _request_tool(tx: _Tx, step: PendingStep) -> None:
             deadline=step.deadline,
             metadata=run.metadata,
             requested_at=tx.now,
+            replay_of=run.replay.original_run_id if run.replay else "",
         )
     )
 

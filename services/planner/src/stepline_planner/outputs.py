@@ -314,6 +314,8 @@ class ToolCallRequested:
     deadline: datetime
     metadata: Mapping[str, str]
     requested_at: datetime
+    # The original run id when this run is a replay or fork (marks the tool's usage records).
+    replay_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)

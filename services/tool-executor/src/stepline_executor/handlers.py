@@ -60,6 +60,7 @@ def call_request(
         sequence=sequence,
         partition=partition,
         metadata=dict(message.metadata),
+        replay_of=message.replay_of,
     )
 
 
@@ -179,6 +180,7 @@ class ToolRequests:
             attempt=1,
             agent=request.agent,
             latency=duration(outcome.duration_s),
+            replay_of=request.replay_of,
         )
         if outcome.error_kind is not None:
             usage.tool_error_kind = KINDS[outcome.error_kind]

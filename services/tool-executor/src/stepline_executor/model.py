@@ -71,6 +71,8 @@ class CallRequest:
     # Partition of the request: the call's intent and outcome records live in the same one.
     partition: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # The original run id when the call belongs to a replay or fork (marks its usage record).
+    replay_of: str = ""
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 from stepline.v1 import usage_pb2 as stepline_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!stepline/v1/billing_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19stepline/v1/budgets.proto\x1a\x18stepline/v1/common.proto\x1a\x17stepline/v1/usage.proto\"\xc7\x01\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0bgranularity\x18\x05 \x01(\x0e\x32\x1e.stepline.v1.RollupGranularity\"\xde\x01\n\x10GetUsageResponse\x12)\n\x07rollups\x18\x01 \x03(\x0b\x32\x18.stepline.v1.UsageRollup\x12,\n\x0btotal_usage\x18\x02 \x01(\x0b\x32\x17.stepline.v1.TokenUsage\x12&\n\ntotal_cost\x18\x03 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x13\n\x0btotal_calls\x18\x04 \x01(\x03\x12\x16\n\x0etotal_failures\x18\x05 \x01(\x03\x12\x1c\n\x14total_unpriced_calls\x18\x06 \x01(\x03\"%\n\x10GetBudgetRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"=\n\x11GetBudgetResponse\x12(\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x18.stepline.v1.BudgetState\"\xe1\x01\n\x11ListLedgerRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04kind\x18\x05 \x01(\x0e\x32\x16.stepline.v1.UsageKind\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Z\n\x12ListLedgerResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.stepline.v1.UsageRecorded\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf4\x01\n\x0e\x42illingService\x12G\n\x08GetUsage\x12\x1c.stepline.v1.GetUsageRequest\x1a\x1d.stepline.v1.GetUsageResponse\x12J\n\tGetBudget\x12\x1d.stepline.v1.GetBudgetRequest\x1a\x1e.stepline.v1.GetBudgetResponse\x12M\n\nListLedger\x12\x1e.stepline.v1.ListLedgerRequest\x1a\x1f.stepline.v1.ListLedgerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!stepline/v1/billing_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19stepline/v1/budgets.proto\x1a\x18stepline/v1/common.proto\x1a\x17stepline/v1/usage.proto\"\xc7\x01\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0bgranularity\x18\x05 \x01(\x0e\x32\x1e.stepline.v1.RollupGranularity\"\xeb\x02\n\x10GetUsageResponse\x12)\n\x07rollups\x18\x01 \x03(\x0b\x32\x18.stepline.v1.UsageRollup\x12,\n\x0btotal_usage\x18\x02 \x01(\x0b\x32\x17.stepline.v1.TokenUsage\x12&\n\ntotal_cost\x18\x03 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x13\n\x0btotal_calls\x18\x04 \x01(\x03\x12\x16\n\x0etotal_failures\x18\x05 \x01(\x03\x12\x1c\n\x14total_unpriced_calls\x18\x06 \x01(\x03\x12+\n\x0fproduction_cost\x18\x07 \x01(\x0b\x32\x12.stepline.v1.Money\x12+\n\x0f\x65valuation_cost\x18\x08 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x17\n\x0f\x65valuation_runs\x18\t \x01(\x03\x12\x18\n\x10\x65valuation_calls\x18\n \x01(\x03\"%\n\x10GetBudgetRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"=\n\x11GetBudgetResponse\x12(\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x18.stepline.v1.BudgetState\"\xe1\x01\n\x11ListLedgerRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04kind\x18\x05 \x01(\x0e\x32\x16.stepline.v1.UsageKind\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Z\n\x12ListLedgerResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.stepline.v1.UsageRecorded\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf4\x01\n\x0e\x42illingService\x12G\n\x08GetUsage\x12\x1c.stepline.v1.GetUsageRequest\x1a\x1d.stepline.v1.GetUsageResponse\x12J\n\tGetBudget\x12\x1d.stepline.v1.GetBudgetRequest\x1a\x1e.stepline.v1.GetBudgetResponse\x12M\n\nListLedger\x12\x1e.stepline.v1.ListLedgerRequest\x1a\x1f.stepline.v1.ListLedgerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSAGEREQUEST']._serialized_start=162
   _globals['_GETUSAGEREQUEST']._serialized_end=361
   _globals['_GETUSAGERESPONSE']._serialized_start=364
-  _globals['_GETUSAGERESPONSE']._serialized_end=586
-  _globals['_GETBUDGETREQUEST']._serialized_start=588
-  _globals['_GETBUDGETREQUEST']._serialized_end=625
-  _globals['_GETBUDGETRESPONSE']._serialized_start=627
-  _globals['_GETBUDGETRESPONSE']._serialized_end=688
-  _globals['_LISTLEDGERREQUEST']._serialized_start=691
-  _globals['_LISTLEDGERREQUEST']._serialized_end=916
-  _globals['_LISTLEDGERRESPONSE']._serialized_start=918
-  _globals['_LISTLEDGERRESPONSE']._serialized_end=1008
-  _globals['_BILLINGSERVICE']._serialized_start=1011
-  _globals['_BILLINGSERVICE']._serialized_end=1255
+  _globals['_GETUSAGERESPONSE']._serialized_end=727
+  _globals['_GETBUDGETREQUEST']._serialized_start=729
+  _globals['_GETBUDGETREQUEST']._serialized_end=766
+  _globals['_GETBUDGETRESPONSE']._serialized_start=768
+  _globals['_GETBUDGETRESPONSE']._serialized_end=829
+  _globals['_LISTLEDGERREQUEST']._serialized_start=832
+  _globals['_LISTLEDGERREQUEST']._serialized_end=1057
+  _globals['_LISTLEDGERRESPONSE']._serialized_start=1059
+  _globals['_LISTLEDGERRESPONSE']._serialized_end=1149
+  _globals['_BILLINGSERVICE']._serialized_start=1152
+  _globals['_BILLINGSERVICE']._serialized_end=1396
 # @@protoc_insertion_point(module_scope)

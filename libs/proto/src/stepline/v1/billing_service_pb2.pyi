@@ -74,15 +74,30 @@ class GetUsageResponse(_message.Message):
     TOTAL_CALLS_FIELD_NUMBER: _builtins.int
     TOTAL_FAILURES_FIELD_NUMBER: _builtins.int
     TOTAL_UNPRICED_CALLS_FIELD_NUMBER: _builtins.int
+    PRODUCTION_COST_FIELD_NUMBER: _builtins.int
+    EVALUATION_COST_FIELD_NUMBER: _builtins.int
+    EVALUATION_RUNS_FIELD_NUMBER: _builtins.int
+    EVALUATION_CALLS_FIELD_NUMBER: _builtins.int
     total_calls: _builtins.int
     total_failures: _builtins.int
     total_unpriced_calls: _builtins.int
+    evaluation_runs: _builtins.int
+    """Replays and forks that spent in the range, and their usage records."""
+    evaluation_calls: _builtins.int
     @_builtins.property
     def rollups(self) -> _containers.RepeatedCompositeFieldContainer[_usage_pb2.UsageRollup]: ...
     @_builtins.property
     def total_usage(self) -> _common_pb2.TokenUsage: ...
     @_builtins.property
     def total_cost(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def production_cost(self) -> _common_pb2.Money:
+        """total_cost split by what spent it: production runs, and evaluation (replays and forks,
+        whose run ids live in their own namespace, see stepline_runtime.ids.is_replay_run).
+        """
+
+    @_builtins.property
+    def evaluation_cost(self) -> _common_pb2.Money: ...
     def __init__(
         self,
         *,
@@ -92,10 +107,14 @@ class GetUsageResponse(_message.Message):
         total_calls: _builtins.int = ...,
         total_failures: _builtins.int = ...,
         total_unpriced_calls: _builtins.int = ...,
+        production_cost: _common_pb2.Money | None = ...,
+        evaluation_cost: _common_pb2.Money | None = ...,
+        evaluation_runs: _builtins.int = ...,
+        evaluation_calls: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["total_cost", b"total_cost", "total_usage", b"total_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation_cost", b"evaluation_cost", "production_cost", b"production_cost", "total_cost", b"total_cost", "total_usage", b"total_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollups", b"rollups", "total_calls", b"total_calls", "total_cost", b"total_cost", "total_failures", b"total_failures", "total_unpriced_calls", b"total_unpriced_calls", "total_usage", b"total_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_calls", b"evaluation_calls", "evaluation_cost", b"evaluation_cost", "evaluation_runs", b"evaluation_runs", "production_cost", b"production_cost", "rollups", b"rollups", "total_calls", b"total_calls", "total_cost", b"total_cost", "total_failures", b"total_failures", "total_unpriced_calls", b"total_unpriced_calls", "total_usage", b"total_usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

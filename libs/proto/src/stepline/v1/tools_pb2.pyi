@@ -203,6 +203,7 @@ class ToolCallRequested(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REPLAY_OF_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     step_id: _builtins.str
@@ -217,6 +218,10 @@ class ToolCallRequested(_message.Message):
     """Key passed to idempotent tools so a re-run has no extra effect; stable across redeliveries."""
     agent: _builtins.str
     """Agent profile name; the executor checks the tool is allowed for it."""
+    replay_of: _builtins.str
+    """Set when the run is a replay or fork: the original run id. The executor copies it onto the
+    call's UsageRecorded so evaluation tool spend is told apart from production spend.
+    """
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """Absolute deadline; the executor stops the tool after it and reports TIMED_OUT (or
@@ -244,10 +249,11 @@ class ToolCallRequested(_message.Message):
         agent: _builtins.str = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replay_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments_json", b"arguments_json", "call_id", b"call_id", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "requested_at", b"requested_at", "run_id", b"run_id", "step_id", b"step_id", "tenant_id", b"tenant_id", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments_json", b"arguments_json", "call_id", b"call_id", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "replay_of", b"replay_of", "requested_at", b"requested_at", "run_id", b"run_id", "step_id", b"step_id", "tenant_id", b"tenant_id", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

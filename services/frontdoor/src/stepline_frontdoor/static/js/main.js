@@ -3,6 +3,7 @@ import * as api from "./api.js";
 import { el, fill, say } from "./util.js";
 import * as runs from "./runs.js";
 import * as run from "./run.js";
+import * as compare from "./compare.js";
 import * as approvals from "./approvals.js";
 import * as costs from "./costs.js";
 import * as providers from "./providers.js";
@@ -37,12 +38,12 @@ function route() {
   const hash = location.hash.replace(/^#\/?/, "") || "runs";
   const [page, ...rest] = hash.split("/");
   for (const link of document.querySelectorAll("nav a")) {
-    if (link.dataset.page === page || (page === "run" && link.dataset.page === "runs")) link.setAttribute("aria-current", "page");
+    if (link.dataset.page === page || ((page === "run" || page === "compare") && link.dataset.page === "runs")) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   cleanup();
   const ctx = { me, main };
-  const pages = { runs, run, approvals, costs, providers, keys };
+  const pages = { runs, run, compare, approvals, costs, providers, keys };
   const view = pages[page] || runs;
   const [path, query] = rest.join("/").split("?");
   cleanup = view.render(ctx, decodeURIComponent(path || ""), new URLSearchParams(query || "")) || (() => {});

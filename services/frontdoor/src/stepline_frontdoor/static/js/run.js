@@ -138,7 +138,9 @@ export function render({ me, main }, runId) {
        ["Duration", r.duration_ms == null ? "running" : ms(r.duration_ms)], ["Started", when(r.started_at)],
        ["Submitted by", r.submitted_by || "–"], ["Route", r.route || "–"],
        ["Parent", r.parent_run_id ? el("a", { href: `#/run/${encodeURIComponent(r.parent_run_id)}`, class: "mono" }, r.parent_run_id) : "–"],
-      ].map(([k, v]) => el("div", {}, el("span", {}, k), v)));
+      ].concat(detail.replay_of ? [[runId.startsWith("fork-") ? "Fork of" : "Replay of", el("span", { id: "replay-of" },
+        el("a", { href: `#/run/${encodeURIComponent(detail.replay_of)}`, class: "mono" }, detail.replay_of), " · ",
+        el("a", { href: `#/compare/${encodeURIComponent(detail.replay_of)}/${encodeURIComponent(runId)}` }, "compare"))]] : []).map(([k, v]) => el("div", {}, el("span", {}, k), v)));
     const pendingApprovals = detail.approvals.filter((a) => a.status === "pending");
     // Sections a person may be typing in or focused on are redrawn only when they change.
     const approvalsKey = pendingApprovals.map((a) => a.approval_id).join(",");
@@ -160,7 +162,11 @@ export function render({ me, main }, runId) {
       r.status === "completed" ? el("section", { class: "card", "aria-label": "Answer" }, el("h2", {}, "Answer"), el("pre", { id: "answer" }, r.answer)) : null,
       r.status === "failed" ? el("p", { class: "error" }, `Failed (${label(r.failure_reason)}): ${r.failure_message}`) : null,
       detail.children.length ? el("section", {}, el("h2", {}, "Child runs"), el("ul", {}, detail.children.map((c) =>
-        el("li", {}, el("a", { href: `#/run/${encodeURIComponent(c.run_id)}`, class: "mono" }, c.run_id), " ", badge("s", c.status), ` ${c.agent}: ${c.goal}`)))) : null);
+        el("li", {}, el("a", { href: `#/run/${encodeURIComponent(c.run_id)}`, class: "mono" }, c.run_id), " ", badge("s", c.status), ` ${c.agent}: ${c.goal}`)))) : null,
+      detail.replays.length ? el("section", { "aria-label": "Replays" }, el("h2", {}, "Replays and forks"), el("ul", { id: "replays" }, detail.replays.map((c) =>
+        el("li", {}, el("a", { href: `#/run/${encodeURIComponent(c.run_id)}`, class: "mono" }, c.run_id), " ", badge("s", c.status),
+          ` ${c.route || ""} · ${money(c.cost, c.currency)} · `,
+          el("a", { href: `#/compare/${encodeURIComponent(runId)}/${encodeURIComponent(c.run_id)}` }, "compare"))))) : null);
     fill(parts.timeline, el("h2", {}, "Timeline"), timeline(detail, openIds));
     if (parts.top.parentNode !== body) fill(body, parts.top, parts.actions, parts.outcome, parts.approvals, parts.timeline);
   }
