@@ -11,12 +11,15 @@ from stepline_routes.config import (
     RoutesError,
     Strategy,
     Timeouts,
+    ToolMode,
     default_path,
     load_routes,
     parse_routes,
 )
 from stepline_routes.economics import RouteEconomics, route_economics, routes_economics
 from stepline_routes.presets import PRESETS, Preset
+
+from stepline_routes.resolve import resolve_capabilities, resolved_deployment
 
 __all__ = [
     "PRESETS",
@@ -32,9 +35,12 @@ __all__ = [
     "RoutesError",
     "Strategy",
     "Timeouts",
+    "ToolMode",
     "default_path",
     "load_routes",
     "parse_routes",
+    "resolve_capabilities",
+    "resolved_deployment",
     "route_economics",
     "routes_economics",
 ]

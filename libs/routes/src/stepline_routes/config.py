@@ -31,6 +31,7 @@ __all__ = [
     "RoutesError",
     "Strategy",
     "Timeouts",
+    "ToolMode",
     "default_path",
     "load_routes",
     "parse_routes",
@@ -64,7 +65,11 @@ class Strategy(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a deployment can do; requests needing more are never sent to it."""
+    """What a deployment can do; requests needing more are never sent to it.
+
+    `stated` names the keys the routes file set: the others may be filled from the model
+    catalog (`with_catalog`), and fall back to these defaults when the catalog does not know.
+    """
 
     tools: bool = True
     streaming: bool = True
@@ -73,6 +78,42 @@ class Capabilities:
     # What the deployment serves: chat calls, embeddings calls, or both (never the wrong kind).
     chat: bool = True
     embeddings: bool = False
+    # Image parts in the input.
+    vision: bool = False
+    # `response_format` with a JSON schema (constrained output).
+    json_schema: bool = True
+    stated: frozenset[str] = frozenset()
+
+    def with_catalog(self, context_window: int | None, features: frozenset[str]) -> Capabilities:
+        """These capabilities with what the catalog knows filled in where the file is silent.
+
+        The catalog knows a model's context window and, from its prices, whether it reads
+        images ("image-in"); a local price-book entry may also declare "tools", "json-schema"
+        or "vision". The routes file always wins: it describes the deployment actually run.
+        """
+        known: dict[str, object] = {}
+        if context_window and "context_window" not in self.stated:
+            known["context_window"] = context_window
+        for key, feature in _FEATURES.items():
+            if key not in self.stated and any(f in features for f in feature):
+                known[key] = True
+        return replace(self, **known) if known else self  # type: ignore[arg-type]
+
+
+# Catalog or price-book features that show a capability.
+_FEATURES = {"vision": ("image-in", "vision"), "tools": ("tools",), "json_schema": ("json-schema",)}
+
+
+class ToolMode(StrEnum):
+    """How tools reach a deployment's model.
+
+    `native`: the provider's own tool calling. `json`: for a model without it, the tools are
+    described in the prompt and the model answers through constrained JSON output (a JSON
+    schema `response_format`) from which the router parses the tool call.
+    """
+
+    NATIVE = "native"
+    JSON = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +157,14 @@ class Deployment:
     timeouts: Timeouts = field(default_factory=Timeouts)
     weight: float = 1.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    tool_mode: ToolMode = ToolMode.NATIVE
+
+    def serves_tools(self) -> bool:
+        """Whether a request with tools can go here: natively, or through JSON output."""
+        caps = self.capabilities
+        if self.tool_mode is ToolMode.JSON:
+            return caps.json_schema
+        return caps.tools
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +341,14 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
     weight = _number(entry, "weight", 1.0, where)
     if weight <= 0:
         raise RoutesError(f"{where}: `weight` must be positive")
+    try:
+        tool_mode = ToolMode(entry.get("tool_mode", ToolMode.NATIVE.value))
+    except ValueError as error:
+        choices = ", ".join(m.value for m in ToolMode)
+        raise RoutesError(f"{where}: `tool_mode` must be one of {choices}") from error
+    unknown = sorted(set(caps) - set(_CAPABILITY_KEYS))
+    if unknown:
+        raise RoutesError(f"{where}: unknown capabilities {unknown}; known: {_CAPABILITY_KEYS}")
     return Deployment(
         name=name,
         provider=provider,
@@ -305,6 +362,9 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
             max_output_tokens=_int(caps, "max_output_tokens", 4_096, where, minimum=1),
             chat=_bool(caps, "chat", True, where),
             embeddings=_bool(caps, "embeddings", False, where),
+            vision=_bool(caps, "vision", False, where),
+            json_schema=_bool(caps, "json_schema", True, where),
+            stated=frozenset(caps),
         ),
         rate_limits=RateLimits(
             rpm=_int(limits, "rpm", 0, where), tpm=_int(limits, "tpm", 0, where)
@@ -320,6 +380,7 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
         ),
         weight=weight,
         headers=dict(headers),
+        tool_mode=tool_mode,
     )
 
 
@@ -333,6 +394,17 @@ def _with_preset(deployment: Deployment) -> Deployment:
         base_url=deployment.base_url or preset.base_url,
         credential_env=deployment.credential_env or preset.key_env,
     )
+
+_CAPABILITY_KEYS = [
+    "tools",
+    "streaming",
+    "context_window",
+    "max_output_tokens",
+    "chat",
+    "embeddings",
+    "vision",
+    "json_schema",
+]
 
 
 def _retry(entry: Mapping[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:

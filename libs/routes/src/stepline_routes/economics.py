@@ -16,6 +16,7 @@ from functools import reduce
 
 from stepline_pricebook import ModelPrice, PriceBook, max_price
 from stepline_routes.config import Route, RoutesConfig
+from stepline_routes.resolve import resolved_deployment
 
 __all__ = ["RouteEconomics", "route_economics", "routes_economics"]
 
@@ -42,7 +43,10 @@ def route_economics(route: Route, book: PriceBook) -> RouteEconomics:
             unpriced.append(deployment.name)
         else:
             prices.append(price)
-    window = min(d.capabilities.context_window for d in route.deployments)
+    # The same window the router filters by: the routes file's, else the catalog's.
+    window = min(
+        resolved_deployment(d, book).capabilities.context_window for d in route.deployments
+    )
     worst = None if unpriced or not prices else _dearest(prices)
     return RouteEconomics(route.name, worst, window, route.stream, tuple(unpriced))
 

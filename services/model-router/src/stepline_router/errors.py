@@ -34,6 +34,8 @@ class Outcome(StrEnum):
     INCOMPLETE = "INCOMPLETE"
     SERVER_ERROR = "SERVER_ERROR"
     CANCELLED = "CANCELLED"
+    # Not sent: the deployment cannot serve the request (tools, JSON output, context window).
+    SKIPPED = "SKIPPED"
 
 
 class Disposition(StrEnum):
@@ -58,6 +60,7 @@ _DISPOSITIONS: dict[Outcome, Disposition] = {
     Outcome.AUTH_FAILED: Disposition.FAIL_OVER,
     Outcome.CONTEXT_TOO_LONG: Disposition.FAIL_OVER,
     Outcome.CIRCUIT_OPEN: Disposition.FAIL_OVER,
+    Outcome.SKIPPED: Disposition.FAIL_OVER,
     Outcome.BAD_REQUEST: Disposition.FAIL_NOW,
     Outcome.CONTENT_REFUSED: Disposition.FAIL_NOW,
     Outcome.INCOMPLETE: Disposition.FAIL_NOW,

@@ -29,7 +29,14 @@ from stepline_router.errors import (
     disposition,
 )
 from stepline_router.providers.base import AttemptLimits, Embedder, Provider
-from stepline_router.routes import Deployment, Route, RoutesConfig, Timeouts
+from stepline_router.providers.json_tools import JsonToolProvider, uses_json_tools
+from stepline_router.routes import (
+    Deployment,
+    Route,
+    RoutesConfig,
+    Timeouts,
+    resolve_capabilities,
+)
 from stepline_router.routing import (
     LatencyEwma,
     Needs,
@@ -200,6 +207,16 @@ class Router:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, RateWindow] = {}
         self.latency = LatencyEwma()
+        # (routes, price book, routes resolved against the book): rebuilt when either reloads.
+        self._resolved: tuple[RoutesConfig, PriceBook, RoutesConfig] | None = None
+
+    def config(self) -> tuple[RoutesConfig, PriceBook]:
+        """The routes (capabilities filled from the catalog) and the price book in force now."""
+        routes, book = self._routes(), self._prices()
+        cached = self._resolved
+        if cached is None or cached[0] is not routes or cached[1] is not book:
+            cached = self._resolved = (routes, book, resolve_capabilities(routes, book))
+        return cached[2], book
 
     def breaker(self, deployment: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
         """The breaker of `deployment` (recreated when a reload changed its policy)."""
@@ -270,17 +287,12 @@ class Router:
         With `max_cost` set to this cost the router never spends more on the whole call, so a
         quota can hold it before the call and settle the real cost after.
         """
-        route = self._routes().routes.get(request.route)
+        config, book = self.config()
+        route = config.routes.get(request.route)
         input_tokens = estimate_input_tokens(request.messages, request.tools)
         if route is None or not route.deployments:
             return WorstCase(None, input_tokens)
-        needs = Needs(
-            tools=bool(request.tools),
-            stream=request.stream,
-            input_tokens=input_tokens,
-            max_output_tokens=request.params.max_output_tokens,
-        )
-        book = self._prices()
+        needs = _needs(request, input_tokens)
         costs = [estimated_cost(d, needs, book.model_price) for d in route.deployments]
         outputs = [output_cap(d, needs) for d in route.deployments]
         priced = [c for c in costs if c is not None]
@@ -388,8 +400,7 @@ class _Call:
         self.broken: CallSucceeded | None = None
         # The deployment of the attempt running now (streaming callers name it in headers).
         self.current: Deployment | None = None
-        self.config = router._routes()
-        self.book = router._prices()
+        self.config, self.book = router.config()
         self.clock = router._clock
         self.started = self.clock.monotonic()
         self.attempts: list[Attempt] = []
@@ -443,14 +454,7 @@ class _Call:
                 ErrorKind.DEADLINE_EXCEEDED, "the deadline passed before the call started", False
             )
             return
-        needs = Needs(
-            tools=bool(self.request.tools) and self.request.params.tool_choice != ToolChoice.NONE,
-            stream=self.request.stream,
-            input_tokens=self.input_tokens,
-            max_output_tokens=self.request.params.max_output_tokens,
-            max_cost=self.request.max_cost,
-            embeddings=self.request.embedding is not None,
-        )
+        needs = _needs(self.request, self.input_tokens)
         plan = plan_route(
             route,
             needs,
@@ -459,6 +463,15 @@ class _Call:
             random=self.r._random,
             unavailable=self._unavailable,
         )
+        for skipped in plan.skipped:
+            if skipped.cause == "capability":
+                # In the attempt trail (and the ledger, at no cost): who was passed over and why.
+                self._record(
+                    self.config.deployments[skipped.deployment],
+                    Outcome.SKIPPED,
+                    sent=False,
+                    error=f"skipped: {skipped.reason}",
+                )
         if not plan.deployments:
             yield self._no_eligible(route, plan.skipped)
             return
@@ -630,6 +643,12 @@ class _Call:
             total_s=min(timeouts.total_s, remaining),
         )
 
+    def _provider(self, deployment: Deployment) -> Provider:
+        provider = self.r._providers[deployment.provider]
+        if uses_json_tools(deployment, self.request):
+            return JsonToolProvider(provider)
+        return provider
+
     def _credential(self, deployment: Deployment) -> str | None:
         if not deployment.credential_env:
             return None
@@ -638,7 +657,7 @@ class _Call:
     async def _attempt(
         self, deployment: Deployment, remaining: float, breaker: CircuitBreaker
     ) -> _AttemptEnd:
-        provider = self.r._providers[deployment.provider]
+        provider = self._provider(deployment)
         limits = self._limits(deployment, remaining)
         start = self.clock.monotonic()
         started_at = self.clock.now()
@@ -673,7 +692,7 @@ class _Call:
         until the first content token by `first_token_s`, then by `idle_s` between deltas,
         and always by the attempt's total limit.
         """
-        provider = self.r._providers[deployment.provider]
+        provider = self._provider(deployment)
         limits = self._limits(deployment, remaining)
         timeouts = deployment.timeouts
         self.current = deployment
@@ -872,6 +891,20 @@ class _Call:
                     answer=answer,
                 ),
             )
+
+
+def _needs(request: ModelRequest, input_tokens: int) -> Needs:
+    """What `request` requires of a deployment."""
+    params = request.params
+    return Needs(
+        tools=bool(request.tools) and params.tool_choice != ToolChoice.NONE,
+        stream=request.stream,
+        input_tokens=input_tokens,
+        max_output_tokens=params.max_output_tokens,
+        max_cost=request.max_cost,
+        json_schema=params.response_format.type == "json_schema",
+        embeddings=request.embedding is not None,
+    )
 
 
 def _stream_timeout(

@@ -10,8 +10,10 @@ from stepline_routes.config import (
     RoutesError,
     Strategy,
     Timeouts,
+    ToolMode,
     parse_routes,
 )
+from stepline_routes.resolve import resolve_capabilities
 
 __all__ = [
     "Capabilities",
@@ -23,5 +25,7 @@ __all__ = [
     "RoutesError",
     "Strategy",
     "Timeouts",
+    "ToolMode",
     "parse_routes",
+    "resolve_capabilities",
 ]

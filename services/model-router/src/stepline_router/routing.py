@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from stepline_pricebook import ModelPrice
-from stepline_router.routes import Deployment, Route, Strategy
+from stepline_router.routes import Deployment, Route, Strategy, ToolMode
 
 __all__ = [
     "LatencyEwma",
@@ -35,6 +35,10 @@ class Needs:
     max_cost: Decimal | None = None
     # An embeddings call: only deployments that serve embeddings, and no chat-only one.
     embeddings: bool = False
+    # Output constrained by a JSON schema (`response_format` json_schema).
+    json_schema: bool = False
+    # Image parts in the input.
+    vision: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +80,14 @@ def _capability_gap(deployment: Deployment, needs: Needs) -> str | None:
         return "does not serve embeddings"
     if not needs.embeddings and not caps.chat:
         return "serves embeddings only"
-    if needs.tools and not caps.tools:
-        return "does not support tools"
+    if needs.tools and not deployment.serves_tools():
+        if deployment.tool_mode is ToolMode.JSON:
+            return "does not support tools (tool_mode json needs JSON schema output)"
+        return 'does not support tools (set tool_mode = "json" to use it through JSON output)'
+    if needs.json_schema and not caps.json_schema:
+        return "does not support JSON schema output"
+    if needs.vision and not caps.vision:
+        return "does not support image input"
     if needs.stream and not caps.streaming:
         return "does not support streaming"
     wanted = needs.input_tokens + (needs.max_output_tokens or 0)

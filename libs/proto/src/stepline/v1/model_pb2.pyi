@@ -150,6 +150,10 @@ class _ModelAttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_M
     """Other 5xx; retryable."""
     MODEL_ATTEMPT_OUTCOME_CANCELLED: _ModelAttemptOutcome.ValueType  # 14
     """Abandoned because the call's deadline passed or the call was cancelled."""
+    MODEL_ATTEMPT_OUTCOME_SKIPPED: _ModelAttemptOutcome.ValueType  # 15
+    """Not sent: the deployment cannot serve this request (tools, JSON schema output, image input,
+    context window); error_message says why.
+    """
 
 class ModelAttemptOutcome(_ModelAttemptOutcome, metaclass=_ModelAttemptOutcomeEnumTypeWrapper):
     """ModelAttemptOutcome classifies one HTTP attempt against one deployment."""
@@ -182,6 +186,10 @@ MODEL_ATTEMPT_OUTCOME_SERVER_ERROR: ModelAttemptOutcome.ValueType  # 13
 """Other 5xx; retryable."""
 MODEL_ATTEMPT_OUTCOME_CANCELLED: ModelAttemptOutcome.ValueType  # 14
 """Abandoned because the call's deadline passed or the call was cancelled."""
+MODEL_ATTEMPT_OUTCOME_SKIPPED: ModelAttemptOutcome.ValueType  # 15
+"""Not sent: the deployment cannot serve this request (tools, JSON schema output, image input,
+context window); error_message says why.
+"""
 Global___ModelAttemptOutcome: _TypeAlias = ModelAttemptOutcome  # noqa: Y015
 
 class _ModelCallErrorKind:
