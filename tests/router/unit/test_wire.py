@@ -72,7 +72,26 @@ def test_openai_request_with_tools_and_named_choice() -> None:
         (
             {
                 "model": "m",
+                "messages": [{"role": "user", "content": [{"type": "input_audio"}]}],
+            },
+            "messages[0].content[0].type",
+        ),
+        (
+            {
+                "model": "m",
                 "messages": [{"role": "user", "content": [{"type": "image_url"}]}],
+            },
+            "messages[0].content[0].image_url",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+                    }
+                ],
             },
             "messages[0].content[0].type",
         ),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stepline_routes.presets import PRESETS
 from stepline_vocab import ConfigurationError
@@ -29,6 +29,7 @@ __all__ = [
     "Route",
     "RoutesConfig",
     "RoutesError",
+    "SchemaStyle",
     "Strategy",
     "Timeouts",
     "ToolMode",
@@ -104,6 +105,18 @@ class Capabilities:
 _FEATURES = {"vision": ("image-in", "vision"), "tools": ("tools",), "json_schema": ("json-schema",)}
 
 
+class SchemaStyle(StrEnum):
+    """How an OpenAI-compatible server takes a JSON schema for constrained output.
+
+    `openai`: `response_format = {"type": "json_schema", "json_schema": {...}}` (OpenAI, vLLM,
+    Ollama, llama.cpp's llama-server). `json_object`: `{"type": "json_object", "schema": ...}`,
+    the only form llama-cpp-python's server accepts.
+    """
+
+    OPENAI = "openai"
+    JSON_OBJECT = "json_object"
+
+
 class ToolMode(StrEnum):
     """How tools reach a deployment's model.
 
@@ -158,6 +171,7 @@ class Deployment:
     weight: float = 1.0
     headers: Mapping[str, str] = field(default_factory=dict)
     tool_mode: ToolMode = ToolMode.NATIVE
+    schema_style: SchemaStyle = SchemaStyle.OPENAI
 
     def serves_tools(self) -> bool:
         """Whether a request with tools can go here: natively, or through JSON output."""
@@ -341,11 +355,8 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
     weight = _number(entry, "weight", 1.0, where)
     if weight <= 0:
         raise RoutesError(f"{where}: `weight` must be positive")
-    try:
-        tool_mode = ToolMode(entry.get("tool_mode", ToolMode.NATIVE.value))
-    except ValueError as error:
-        choices = ", ".join(m.value for m in ToolMode)
-        raise RoutesError(f"{where}: `tool_mode` must be one of {choices}") from error
+    tool_mode = _choice(entry, "tool_mode", ToolMode, ToolMode.NATIVE, where)
+    schema_style = _choice(entry, "schema_style", SchemaStyle, SchemaStyle.OPENAI, where)
     unknown = sorted(set(caps) - set(_CAPABILITY_KEYS))
     if unknown:
         raise RoutesError(f"{where}: unknown capabilities {unknown}; known: {_CAPABILITY_KEYS}")
@@ -381,6 +392,7 @@ def _deployment(name: str, entry: Any, providers: frozenset[str] | None, where: 
         weight=weight,
         headers=dict(headers),
         tool_mode=tool_mode,
+        schema_style=schema_style,
     )
 
 
@@ -432,6 +444,17 @@ def _ratio(entry: Mapping[str, Any], where: str) -> Decimal | None:
     if not value.is_finite() or value < 1:
         raise RoutesError(f"{where}: `max_fallback_price_ratio` must be at least 1")
     return value
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(entry: Mapping[str, Any], key: str, kind: type[_E], default: _E, where: str) -> _E:
+    try:
+        return kind(entry.get(key, default.value))
+    except ValueError as error:
+        choices = ", ".join(m.value for m in kind)
+        raise RoutesError(f"{where}: `{key}` must be one of {choices}") from error
 
 
 def _string(entry: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str:

@@ -4,7 +4,14 @@ Pure types here; `stepline_vocab.wire` converts them to and from the `stepline.v
 """
 
 from stepline_vocab.errors import BadInputError, ConfigurationError, ProviderError, SteplineError
-from stepline_vocab.messages import Message, Role, ToolCall, canonical_arguments
+from stepline_vocab.messages import (
+    Message,
+    Role,
+    ToolCall,
+    canonical_arguments,
+    image_ref,
+    split_data_uri,
+)
 from stepline_vocab.money import MoneyError, format_amount, parse_amount
 from stepline_vocab.tokens import Tokens
 
@@ -20,5 +27,7 @@ __all__ = [
     "ToolCall",
     "canonical_arguments",
     "format_amount",
+    "image_ref",
     "parse_amount",
+    "split_data_uri",
 ]

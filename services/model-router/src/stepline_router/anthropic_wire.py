@@ -26,6 +26,7 @@ from stepline_router.types import (
     Usage,
 )
 from stepline_router.wire import WireError, as_list, as_object, optional_number, text_of
+from stepline_vocab import image_ref
 
 __all__ = [
     "OLDEST_VERSION",
@@ -84,6 +85,7 @@ def _turn(raw: Any, i: int) -> list[Message]:
     if isinstance(content, str):
         return [Message(Role.USER if role == "user" else Role.ASSISTANT, content)]
     text: list[str] = []
+    images: list[str] = []
     calls: list[ToolCall] = []
     results: list[Message] = []
     for j, block in enumerate(as_list(content, f"{where}.content")):
@@ -91,6 +93,8 @@ def _turn(raw: Any, i: int) -> list[Message]:
         kind = block.get("type")
         if kind == "text":
             text.append(str(block.get("text") or ""))
+        elif kind == "image" and role == "user":
+            images.append(_image(block.get("source"), f"{where}.content.{j}.source"))
         elif kind == "tool_use" and role == "assistant":
             calls.append(
                 ToolCall(
@@ -119,7 +123,23 @@ def _turn(raw: Any, i: int) -> list[Message]:
     if role == "assistant":
         return [Message(Role.ASSISTANT, "".join(text), tuple(calls))]
     # Tool results answer the previous assistant turn, so they come before new user text.
-    return results + ([Message(Role.USER, "".join(text))] if text else [])
+    asked = [Message(Role.USER, "".join(text), images=tuple(images))] if text or images else []
+    return results + asked
+
+
+def _image(raw: Any, where: str) -> str:
+    """An image block's source as an image reference (URL or data URI)."""
+    source = as_object(raw, where)
+    if source.get("type") == "base64":
+        ref = image_ref(f"data:{source.get('media_type')};base64,{source.get('data')}")
+    elif source.get("type") == "url":
+        url = source.get("url")
+        ref = image_ref(url) if isinstance(url, str) else None
+    else:
+        ref = None
+    if ref is None:
+        raise WireError(f"{where}: an image source is base64 (media_type image/…, data) or a URL")
+    return ref
 
 
 def _tools(raw: Any) -> tuple[ToolSpec, ...]:

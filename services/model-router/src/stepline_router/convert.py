@@ -171,6 +171,7 @@ def _attempt(attempt: Attempt, currency: str) -> model_pb2.ModelAttempt:
         latency=_duration(attempt.latency_s),
         usage=_usage(attempt.usage),
         started_at=timestamp(attempt.started_at),
+        usage_estimated=attempt.usage_estimated,
     )
     if attempt.cost is not None:
         out.cost.CopyFrom(common_pb2.Money(currency=currency, amount=format_amount(attempt.cost)))
@@ -259,6 +260,7 @@ def usage_records(request: ModelRequest, outcome: CallOutcome) -> list[usage_pb2
             agent=request.agent,
             status_code=attempt.status_code,
             replay_of=request.replay_of,
+            usage_estimated=attempt.usage_estimated,
         )
         if attempt.cost is not None:
             record.cost.CopyFrom(

@@ -25,6 +25,7 @@ from stepline_router.types import (
     Usage,
 )
 from stepline_router.wire import WireError, as_list, as_object, optional_number, text_of
+from stepline_vocab import image_ref
 
 __all__ = [
     "ChatRequest",
@@ -52,22 +53,38 @@ _FINISH = {
 }
 
 
-def _content(value: Any, where: str) -> str:
-    """Message content: a string or a list of text parts (other part types are refused)."""
+def _content(value: Any, where: str, *, images: bool = False) -> tuple[str, tuple[str, ...]]:
+    """Message content: a string or a list of text (and, in user turns, image) parts."""
     if value is None:
-        return ""
+        return "", ()
     if isinstance(value, str):
-        return value
-    parts = []
+        return value, ()
+    parts: list[str] = []
+    found: list[str] = []
     for i, part in enumerate(as_list(value, where)):
         part = as_object(part, f"{where}[{i}]")
-        if part.get("type") not in ("text", "input_text", "output_text"):
+        kind = part.get("type")
+        if kind == "image_url" and images:
+            found.append(_image_url(part.get("image_url"), f"{where}[{i}].image_url"))
+            continue
+        if kind not in ("text", "input_text", "output_text"):
+            accepted = "text or image_url" if images else "text"
             raise WireError(
-                f"{where}[{i}]: content part type {part.get('type')!r} is not supported; send text",
+                f"{where}[{i}]: content part type {kind!r} is not supported; send {accepted}",
                 f"{where}[{i}].type",
             )
         parts.append(text_of(part.get("text"), f"{where}[{i}].text"))
-    return "".join(parts)
+    return "".join(parts), tuple(found)
+
+
+def _image_url(raw: Any, where: str) -> str:
+    url = raw if isinstance(raw, str) else as_object(raw, where).get("url")
+    ref = image_ref(url) if isinstance(url, str) else None
+    if ref is None:
+        raise WireError(
+            f"{where}.url must be an http(s) URL or a base64 data:image/… URI", f"{where}.url"
+        )
+    return ref
 
 
 def _message(raw: Any, i: int) -> Message:
@@ -76,7 +93,7 @@ def _message(raw: Any, i: int) -> Message:
     role = _ROLES.get(str(data.get("role")))
     if role is None:
         raise WireError(f"{where}.role must be one of {sorted(_ROLES)}", f"{where}.role")
-    content = _content(data.get("content"), f"{where}.content")
+    content, images = _content(data.get("content"), f"{where}.content", images=role is Role.USER)
     if role is Role.TOOL:
         call_id = data.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
@@ -94,7 +111,9 @@ def _message(raw: Any, i: int) -> Message:
             )
         )
     name = data.get("name")
-    return Message(role, content, tuple(calls), name=name if isinstance(name, str) else "")
+    return Message(
+        role, content, tuple(calls), name=name if isinstance(name, str) else "", images=images
+    )
 
 
 def _tools(raw: Any) -> tuple[ToolSpec, ...]:

@@ -48,7 +48,11 @@ from stepline_router.routing import (
 )
 from stepline_router.stream import ContentDelta, Restarted, StreamFold, TextDelta, is_content
 from stepline_router.telemetry import AttemptSpan, default_tracer, record_attempt
-from stepline_router.tokens import estimate_embedding_tokens, estimate_input_tokens
+from stepline_router.tokens import (
+    estimate_embedding_tokens,
+    estimate_input_tokens,
+    estimate_text_tokens,
+)
 from stepline_router.types import Completion, Message, ModelRequest, Role, ToolChoice, Usage
 
 __all__ = [
@@ -124,6 +128,8 @@ class Attempt:
     cost: Decimal | None = Decimal(0)
     retry_after_s: float | None = None
     sent: bool = True
+    # The provider reported no token counts (a stream without usage): `usage` is estimated.
+    usage_estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +411,8 @@ class _Call:
         self.started = self.clock.monotonic()
         self.attempts: list[Attempt] = []
         self.spent = Decimal(0)
+        # Set by `_counted` for the attempt being recorded next.
+        self._estimated = False
         self.input_tokens = (
             estimate_input_tokens(request.messages, request.tools)
             if request.embedding is None
@@ -758,23 +766,38 @@ class _Call:
             raise
         else:
             yield self._ended(
-                deployment, breaker, start, started_at, remaining, answer=fold.completion()
+                deployment, breaker, start, started_at, remaining, answer=self._counted(fold)
             )
             return
         finally:
             await deltas.aclose()
         failure.status_code = failure.status_code or fold.status_code
         if not failure.usage.input and not failure.usage.output:
-            failure.usage = fold.usage
+            failure.usage = self._counted(fold).usage
         if self.forwarding and (forwarded or sent_before):
             answer = fold.incomplete(f"stream broke after output was sent: {failure.message}")
+            answer = replace(answer, usage=failure.usage)
             yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
         elif fold.tool_call_started:
             # A second model would start a different tool call: report the cut instead.
             answer = fold.incomplete(f"stream broke after a tool call started: {failure.message}")
+            answer = replace(answer, usage=failure.usage)
             yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
         else:
             yield self._ended(deployment, breaker, start, started_at, remaining, failure=failure)
+
+    def _counted(self, fold: StreamFold) -> Completion:
+        """The stream's answer; its tokens estimated when the provider reported none.
+
+        Some servers (llama-cpp-python's) send no usage in a stream even when asked: the
+        provider still ran the tokens, so they are estimated (and flagged), never billed as 0.
+        """
+        answer = fold.completion()
+        if fold.usage_seen or not fold.content_seen:
+            return answer
+        self._estimated = True
+        output = estimate_text_tokens(fold.output_text())
+        return replace(answer, usage=Usage(input=self.input_tokens, output=output))
 
     def _ended(
         self,
@@ -867,6 +890,7 @@ class _Call:
                 cost=cost,
                 retry_after_s=retry_after_s,
                 sent=sent,
+                usage_estimated=self._estimated,
             )
         )
         if sent:
@@ -891,6 +915,7 @@ class _Call:
                     answer=answer,
                 ),
             )
+        self._estimated = False
 
 
 def _needs(request: ModelRequest, input_tokens: int) -> Needs:
@@ -904,6 +929,7 @@ def _needs(request: ModelRequest, input_tokens: int) -> Needs:
         max_cost=request.max_cost,
         json_schema=params.response_format.type == "json_schema",
         embeddings=request.embedding is not None,
+        vision=any(m.images for m in request.messages),
     )
 
 

@@ -103,6 +103,8 @@ class StreamFold:
     usage: Usage = field(default_factory=Usage)
     content_seen: bool = False
     model: str = ""
+    # Whether the provider reported token counts at all (some servers never do in a stream).
+    usage_seen: bool = False
 
     def add(self, delta: Delta) -> None:
         """Fold one delta in."""
@@ -120,11 +122,17 @@ class StreamFold:
                 self.content_seen = True
             case UsageDelta(usage=usage):
                 self.usage = usage
+                self.usage_seen = True
             case Finished(reason=reason, model=model):
                 self.finish = reason
                 self.model = model or self.model
             case _:
                 assert_never(delta)
+
+    def output_text(self) -> str:
+        """Everything the model produced so far: text, tool names and arguments."""
+        calls = "".join(c.name + c.arguments for c in self.calls.values())
+        return "".join(self.text) + calls
 
     @property
     def tool_call_started(self) -> bool:

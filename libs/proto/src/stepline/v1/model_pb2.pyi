@@ -495,6 +495,7 @@ class ModelAttempt(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    USAGE_ESTIMATED_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """1-based attempt number within the call, across deployments."""
     deployment: _builtins.str
@@ -508,6 +509,10 @@ class ModelAttempt(_message.Message):
     """HTTP status code; 0 when no response was received."""
     error_message: _builtins.str
     """Error detail for failed attempts (provider message, exception text); empty on success."""
+    usage_estimated: _builtins.bool
+    """The provider reported no token counts (a stream without usage): `usage` is the router's
+    estimate (~4 characters per token), not the provider's figure.
+    """
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
         """Wall time of the attempt."""
@@ -541,10 +546,11 @@ class ModelAttempt(_message.Message):
         cost: _common_pb2.Money | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         retry_after: _duration_pb2.Duration | None = ...,
+        usage_estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "latency", b"latency", "retry_after", b"retry_after", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cost", b"cost", "deployment", b"deployment", "error_message", b"error_message", "latency", b"latency", "model", b"model", "outcome", b"outcome", "provider", b"provider", "retry_after", b"retry_after", "started_at", b"started_at", "status_code", b"status_code", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cost", b"cost", "deployment", b"deployment", "error_message", b"error_message", "latency", b"latency", "model", b"model", "outcome", b"outcome", "provider", b"provider", "retry_after", b"retry_after", "started_at", b"started_at", "status_code", b"status_code", "usage", b"usage", "usage_estimated", b"usage_estimated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -97,6 +97,7 @@ class UsageRecorded(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     STATUS_CODE_FIELD_NUMBER: _builtins.int
     REPLAY_OF_FIELD_NUMBER: _builtins.int
+    USAGE_ESTIMATED_FIELD_NUMBER: _builtins.int
     usage_id: _builtins.str
     """Deterministic id built by the emitter, so a redelivered attempt or execution produces the
     same id and is billed once: "<call_id>/attempt/<attempt>" for a model attempt (router),
@@ -138,6 +139,10 @@ class UsageRecorded(_message.Message):
     """Set on the usage of a replay or fork: the original run id, so evaluation spend is
     reported apart from production spend.
     """
+    usage_estimated: _builtins.bool
+    """The provider reported no token counts (a stream without usage): `usage` and the cost
+    derived from it are the router's estimate, not the provider's figures.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.TokenUsage:
         """USAGE_KIND_MODEL_ATTEMPT: tokens reported."""
@@ -177,10 +182,11 @@ class UsageRecorded(_message.Message):
         agent: _builtins.str = ...,
         status_code: _builtins.int = ...,
         replay_of: _builtins.str = ...,
+        usage_estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "latency", b"latency", "occurred_at", b"occurred_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "call_id", b"call_id", "cost", b"cost", "deployment", b"deployment", "kind", b"kind", "latency", b"latency", "model", b"model", "occurred_at", b"occurred_at", "outcome", b"outcome", "price_book_version", b"price_book_version", "priced", b"priced", "provider", b"provider", "replay_of", b"replay_of", "route", b"route", "run_id", b"run_id", "status_code", b"status_code", "step_id", b"step_id", "succeeded", b"succeeded", "tenant_id", b"tenant_id", "tool", b"tool", "tool_error_kind", b"tool_error_kind", "usage", b"usage", "usage_id", b"usage_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "call_id", b"call_id", "cost", b"cost", "deployment", b"deployment", "kind", b"kind", "latency", b"latency", "model", b"model", "occurred_at", b"occurred_at", "outcome", b"outcome", "price_book_version", b"price_book_version", "priced", b"priced", "provider", b"provider", "replay_of", b"replay_of", "route", b"route", "run_id", b"run_id", "status_code", b"status_code", "step_id", b"step_id", "succeeded", b"succeeded", "tenant_id", b"tenant_id", "tool", b"tool", "tool_error_kind", b"tool_error_kind", "usage", b"usage", "usage_estimated", b"usage_estimated", "usage_id", b"usage_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,6 +37,7 @@ from stepline_router.types import (
     ToolChoice,
     Usage,
 )
+from stepline_vocab import split_data_uri
 
 __all__ = ["AnthropicProvider", "anthropic_body", "parse_anthropic_message", "tool_input"]
 
@@ -72,7 +73,8 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                 "content": message.content,
             }
         ]
-    blocks: list[dict[str, Any]] = []
+    # Images first: Anthropic reads an image best before the text about it.
+    blocks: list[dict[str, Any]] = [_image_block(ref) for ref in message.images]
     if message.content:
         blocks.append({"type": "text", "text": message.content})
     for call in message.tool_calls:
@@ -85,6 +87,14 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             }
         )
     return blocks
+
+
+def _image_block(ref: str) -> dict[str, Any]:
+    split = split_data_uri(ref)
+    if split is None:
+        return {"type": "image", "source": {"type": "url", "url": ref}}
+    media_type, data = split
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
 def anthropic_body(deployment: Deployment, request: ModelRequest) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from stepline_router.errors import Outcome, ProviderError
 from stepline_router.providers.base import AttemptLimits, Provider
 from stepline_router.providers.http import safe_text
 from stepline_router.routes import Deployment, ToolMode
-from stepline_router.stream import Delta, Opened, StreamFold, completion_deltas
+from stepline_router.stream import Delta, Opened, StreamFold, UsageDelta, completion_deltas
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -216,4 +216,6 @@ class JsonToolProvider:
                 if isinstance(delta, Opened):
                     yield delta
         for delta in completion_deltas(parse_json_tool_answer(fold.completion(), request)):
-            yield delta
+            if fold.usage_seen or not isinstance(delta, UsageDelta):
+                # No counts from the server: left for the router to estimate, not zero.
+                yield delta

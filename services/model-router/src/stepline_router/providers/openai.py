@@ -20,7 +20,7 @@ from stepline_router.providers.http import (
     sse_deltas,
     stream_error,
 )
-from stepline_router.routes import Deployment
+from stepline_router.routes import Deployment, SchemaStyle
 from stepline_router.stream import (
     Delta,
     Finished,
@@ -77,6 +77,10 @@ def _message(message: Message) -> dict[str, Any]:
                 for call in message.tool_calls
             ]
         return out
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+        parts += [{"type": "image_url", "image_url": {"url": ref}} for ref in message.images]
+        return {"role": message.role.value, "content": parts}
     return {"role": message.role.value, "content": message.content}
 
 
@@ -120,6 +124,8 @@ def openai_body(
     fmt = params.response_format
     if fmt.type == "json_object":
         body["response_format"] = {"type": "json_object"}
+    elif fmt.type == "json_schema" and deployment.schema_style is SchemaStyle.JSON_OBJECT:
+        body["response_format"] = {"type": "json_object", "schema": fmt.schema or {}}
     elif fmt.type == "json_schema":
         body["response_format"] = {
             "type": "json_schema",
