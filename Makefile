@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status openapi console-screenshot \
-        test test-unit demo bench chaos chaos-cluster chaos-scaled clean chromium
+        test test-unit demo bench chaos chaos-cluster chaos-scaled clean chromium llama-env
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -80,10 +80,16 @@ chromium: ## Debian's Chromium for the console's browser tests (installed with a
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	    chromium fonts-dejavu-core </dev/null; }
 
-test: install chromium lint typecheck proto-check ## Everything CI runs: lint, types, proto drift, all tests on a real broker
+# llama.cpp's server (llama-cpp-python[server]) + SmolLM2 for the real-inference tests and
+# `make demo LOCAL_LLM=1`: its own venv under ~/.cache/stepline, built from source once per
+# machine (~3-5 min on 2 cores, ~10 under load), reused after; never part of uv.lock.
+llama-env: $(UV) ## Build the llama.cpp server env outside the repo (once per machine)
+	@UV=$(CURDIR)/$(UV) bash deploy/llama/env.sh ensure >/dev/null
+
+test: install chromium llama-env lint typecheck proto-check ## Everything CI runs: lint, types, proto drift, all tests on a real broker
 	$(KAFKA) run -- $(RUN) pytest $(PYTEST_ARGS)
 
-demo: install ## Run a support goal end to end: broker, services, live steps, failover, cost table
+demo: install $(if $(LOCAL_LLM),llama-env) ## Run a support goal end to end (LOCAL_LLM=1: a real local model answers)
 	$(RUN) python -m stepline_client.demo
 
 console-screenshot: install chromium ## docs/console-run.png: make demo's run followed live in the console (needs a broker)

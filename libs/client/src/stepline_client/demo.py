@@ -8,8 +8,11 @@ the CRM database, search prior tickets, propose a resolution, ask approval to se
 receiver the demo runs. The route's primary deployment is a loopback server that answers 503,
 so every model step shows the failed attempt and the failover. With OPENAI_API_KEY,
 ANTHROPIC_API_KEY or STEPLINE_OPENAI_BASE_URL set, a real model answers after that failover;
-otherwise the deterministic offline `local` provider does. Everything it started is stopped at
-the end, also on Ctrl-C.
+otherwise the deterministic offline `local` provider does. With LOCAL_LLM=1 a real local model
+(SmolLM2-135M on llama.cpp's server, built once per machine by `make llama-env`) stands in
+front of `local`: having no tool calling, it is skipped by the agent's tool-offering steps
+(capability routing, in the trail) and answers the closing gateway call. Everything it started
+is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from google.protobuf.message import Message
 from stepline.v1 import model_pb2, runs_pb2, tools_pb2, usage_pb2
 from stepline_client.client import Goal, Stepline
 from stepline_client.events import describe, describe_attempt, money
+from stepline_client.llama import MODEL_ALIAS, LlamaServer, llama_env
 from stepline_client.supervisor import SERVICES, Supervisor
 from stepline_localkafka import KafkaSettings as LocalKafkaSettings
 from stepline_localkafka import LocalKafka, LocalKafkaError, find_repo_root, is_ready
@@ -68,6 +72,9 @@ GOAL = (
     "propose a resolution and send the reply to the customer."
 )
 _OUTCOME = "MODEL_ATTEMPT_OUTCOME_"
+# `make demo LOCAL_LLM=1`: the local llama.cpp server's deployment and its context window.
+LOCAL_LLM_DEPLOYMENT = "local-llm"
+LOCAL_LLM_CONTEXT = 2048
 
 
 @dataclass
@@ -78,6 +85,8 @@ class DemoResult:
     status: str = ""
     answer: str = ""
     failovers: list[str] = field(default_factory=list)
+    # Deployments passed over unsent because they cannot serve the request (capability).
+    skipped: list[str] = field(default_factory=list)
     replies: list[dict[str, Any]] = field(default_factory=list)
     total_cost: str = ""
     usage_records: int = 0
@@ -276,11 +285,32 @@ def _real_deployments(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def demo_routes(template: Path, failing_port: int, env: Mapping[str, str]) -> dict[str, Any]:
-    """The demo's routes: the failing primary on its real port, then real models, then local."""
+def demo_routes(
+    template: Path, failing_port: int, env: Mapping[str, str], local_llm: str = ""
+) -> dict[str, Any]:
+    """The demo's routes: the failing primary on its real port, then real models, then local.
+
+    `local_llm`: the base URL of the local llama.cpp server (`LOCAL_LLM=1`), put right in
+    front of the offline stand-in. SmolLM2-135M has no tool calling, so the deployment says
+    `tools = false`: the agent's steps (which offer tools) skip it, shown in the attempt trail,
+    and it answers what needs no tools — the closing call through the HTTP gateway.
+    """
     data = tomllib.loads(template.read_text(encoding="utf-8"))
     data["deployments"]["demo-primary"]["base_url"] = f"http://127.0.0.1:{failing_port}/v1"
     real = _real_deployments(env)
+    if local_llm:
+        real[LOCAL_LLM_DEPLOYMENT] = {
+            "provider": "openai_compatible",
+            "model": MODEL_ALIAS,
+            "base_url": local_llm,
+            "capabilities": {
+                "tools": False,
+                "streaming": True,
+                "context_window": LOCAL_LLM_CONTEXT,
+                "max_output_tokens": 256,
+            },
+            "timeouts": {"connect_s": 2, "first_byte_s": 60, "total_s": 90, "first_token_s": 60},
+        }
     data["deployments"].update(real)
     route = data["routes"]["default"]["deployments"]
     route[1:1] = list(real)
@@ -719,15 +749,19 @@ async def run_demo(
     leftovers = supervisor.down()
     if leftovers:
         say(f"stopped services left over from an earlier demo: {', '.join(leftovers)}")
-    with FailingProvider() as failing, ReplyReceiver() as receiver:
-        routes = demo_routes(root / "deploy/config/demo/routes.toml", failing.port, env)
+    with (
+        FailingProvider() as failing,
+        ReplyReceiver() as receiver,
+        _local_llm(env, root, state_dir, say) as local_llm,
+    ):
+        routes = demo_routes(root / "deploy/config/demo/routes.toml", failing.port, env, local_llm)
         (configs / "routes.toml").write_text(render_toml(routes))
         tools = demo_tools(root / "deploy/config/tools.toml", receiver.port)
         (configs / "tools.toml").write_text(render_toml(tools))
         prices = demo_prices(root / "deploy/config/pricebook.toml", routes)
         (configs / "pricebook.toml").write_text(render_toml(prices))
         chain = routes["routes"]["default"]["deployments"]
-        real = [d for d in chain if d not in ("demo-primary", "local")]
+        real = [d for d in chain if d not in ("demo-primary", "local", LOCAL_LLM_DEPLOYMENT)]
         result.real_model = ", ".join(f"{routes['deployments'][d]['model']}" for d in real)
         say(f"route `default`: {' → '.join(chain)}")
         say(f"  demo-primary answers HTTP 503 at 127.0.0.1:{failing.port} (the injected outage)")
@@ -735,6 +769,11 @@ async def run_demo(
             f"  then {'the real model ' + result.real_model if real else 'the offline `local` '}"
             "provider" + ("" if real else " (deterministic stand-in, not an LLM)")
         )
+        if local_llm:
+            say(
+                f"  {LOCAL_LLM_DEPLOYMENT} ({MODEL_ALIAS}, no tool calling) answers calls without"
+                " tools; the agent's steps offer tools, so they skip it"
+            )
         say(f"send_reply webhook → receiver at 127.0.0.1:{receiver.port}/reply")
         gateway = (_free_port(), f"sk-demo-{secrets.token_hex(16)}")
         service_env = _service_env(env, bootstrap, namespace, state_dir, configs, gateway)
@@ -763,6 +802,21 @@ async def run_demo(
         result.replies = list(receiver.replies)
     result.seconds = round(time.monotonic() - started, 1)
     return result
+
+
+@contextlib.contextmanager
+def _local_llm(env: Mapping[str, str], root: Path, state: Path, say: _Out) -> Iterator[str]:
+    """With LOCAL_LLM=1: the local llama.cpp server running SmolLM2 (its base URL), else ""."""
+    if env.get("LOCAL_LLM", "") in ("", "0", "false"):
+        yield ""
+        return
+    say("LOCAL_LLM=1: building/starting llama.cpp with SmolLM2-135M (first time: ~3-5 min)")
+    python, model = llama_env(root)
+    log = state / "logs" / "llama-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with LlamaServer(python, model, _free_port(), log, n_ctx=LOCAL_LLM_CONTEXT) as server:
+        say(f"llama.cpp server (SmolLM2-135M-Instruct) at {server.url}, log {log}")
+        yield server.url
 
 
 async def _auto_approve(_: runs_pb2.ApprovalRequested) -> bool:
@@ -838,6 +892,12 @@ async def _drive(
                         for i, attempt in enumerate(attempts):
                             say(describe_attempt(attempt, i == len(attempts) - 1), stamp=False)
                         for failed in attempts[:-1]:
+                            if failed.outcome == model_pb2.MODEL_ATTEMPT_OUTCOME_SKIPPED:
+                                result.skipped.append(
+                                    f"step {_step_label(step_id)}: {failed.deployment} "
+                                    f"{failed.error_message}"
+                                )
+                                continue
                             result.failovers.append(
                                 f"step {_step_label(step_id)}: {failed.deployment} "
                                 f"{_outcome_name(failed.outcome)} HTTP {failed.status_code}"
@@ -927,6 +987,12 @@ def _show_end(
         else "failover: none seen",
         stamp=False,
     )
+    if result.skipped:
+        say(
+            f"capability routing: {len(result.skipped)} attempt(s) skipped without being sent"
+            f" ({result.skipped[0].split(': ', 1)[1]})",
+            stamp=False,
+        )
     count = len(receiver.replies)
     say(f"webhook receiver got {count} repl{'y' if count == 1 else 'ies'}", stamp=False)
     for reply in receiver.replies:
