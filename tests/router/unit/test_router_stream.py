@@ -311,3 +311,32 @@ async def test_a_restart_that_also_breaks_is_reported_incomplete() -> None:
     assert isinstance(stream.outcome, CallSucceeded)
     assert stream.outcome.completion.incomplete  # never a cut answer presented as whole
     assert len(stream.outcome.attempts) == 3
+
+
+async def test_a_stream_without_token_counts_is_billed_on_an_estimate_and_says_so() -> None:
+    # llama-cpp-python's server streams no usage at all, even when asked for it.
+    uncounted = ScriptedStream(
+        (Opened(200), TextDelta("Hello there, "), TextDelta("friend."), Finished(FinishReason.STOP))
+    )
+    stream = _router(ScriptedProvider(per_deployment={"primary": [uncounted, HELLO]})).stream(
+        request(text="say hello", stream=True)
+    )
+    await _drain(stream)
+    assert isinstance(stream.outcome, CallSucceeded)
+    (attempt,) = stream.outcome.attempts
+    assert attempt.usage_estimated
+    assert attempt.usage.input > 0
+    assert attempt.usage.output == 5  # 20 characters at ~4 per token
+    assert attempt.cost is not None
+    assert attempt.cost > 0
+    (record,) = usage_records(request(stream=True), stream.outcome)
+    assert record.usage_estimated
+    assert record.usage.output_tokens == 5
+    # A provider that counts is believed as it is.
+    counted = _router(ScriptedProvider(per_deployment={"primary": [HELLO]})).stream(
+        request(stream=True)
+    )
+    await _drain(counted)
+    assert isinstance(counted.outcome, CallSucceeded)
+    assert not counted.outcome.attempts[0].usage_estimated
+    assert counted.outcome.attempts[0].usage == Usage(30, 2)
