@@ -11,9 +11,11 @@ import pytest
 from stepline_client.llama import MODEL_ALIAS, LlamaServer
 from stepline_client.llama import llama_env as _build
 
-__all__ = ["MODEL_ALIAS", "LlamaServer", "llama_env"]
+__all__ = ["LLAMA_N_CTX", "MODEL_ALIAS", "LlamaServer", "llama_env"]
 
 ROOT = Path(__file__).resolve().parents[1]
+# The test server's context window: small, so a prompt over it is cheap to build.
+LLAMA_N_CTX = 512
 
 
 def llama_env() -> tuple[str, str]:

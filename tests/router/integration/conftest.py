@@ -3,13 +3,16 @@ and loopback provider servers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from stepline_router.providers.transport import FastTransport
+from tests.llama import LLAMA_N_CTX, LlamaServer, llama_env
 from tests.router.fakes import FakeProvider
+from tests.router.support import free_port
 
 
 @pytest.fixture(params=["httpx", "aiohttp"])
@@ -30,3 +33,16 @@ async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
     finally:
         await a.stop()
         await b.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """One real llama.cpp server (SmolLM2-135M) for every test that needs one; tests that
+    kill it start it again on the same port."""
+    python, model = llama_env()
+    log = Path(tmp_path_factory.mktemp("llama")) / "server.log"
+    running = LlamaServer(python, model, free_port(), log, n_ctx=LLAMA_N_CTX).start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,10 +20,10 @@ from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
 from stepline_router.routes import RoutesConfig
 from stepline_router.stream import TextDelta
 from stepline_router.types import FinishReason, Params, ToolChoice, Usage
-from tests.llama import MODEL_ALIAS, LlamaServer, llama_env
-from tests.router.support import free_port, request, routes, weather_tool
+from tests.llama import LLAMA_N_CTX as N_CTX
+from tests.llama import MODEL_ALIAS, LlamaServer
+from tests.router.support import request, routes, weather_tool
 
-N_CTX = 512
 BOOK = PriceBook.parse(
     f"""
 version = "llama-test"
@@ -41,16 +40,10 @@ QUESTION = "Name three colours of the rainbow."
 GREEDY = {"temperature": 0.0, "seed": 7}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """One llama.cpp server for the module, with a small context window (`N_CTX`)."""
-    python, model = llama_env()
-    log = Path(tmp_path_factory.mktemp("llama")) / "server.log"
-    running = LlamaServer(python, model, free_port(), log, n_ctx=N_CTX).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+@pytest.fixture
+def server(llama_server: LlamaServer) -> LlamaServer:
+    """The session's llama.cpp server (its window is `N_CTX`)."""
+    return llama_server
 
 
 @pytest.fixture
