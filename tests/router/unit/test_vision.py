@@ -15,6 +15,7 @@ from stepline_router.providers.openai import openai_body
 from stepline_router.providers.scripted import ScriptedProvider
 from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
 from stepline_router.routes import RoutesConfig, resolve_capabilities
+from stepline_router.tokens import estimate_input_tokens
 from stepline_router.types import Completion, Message, ModelRequest, Role
 from tests.router.support import BOOK, routes
 
@@ -154,3 +155,17 @@ def test_the_price_book_says_which_models_read_images() -> None:
         True,
         False,
     ]
+
+
+async def test_an_image_counts_towards_the_window_and_the_cost_estimate() -> None:
+    config = routes(
+        '[deployments.small]\nprovider = "scripted"\nmodel = "cheap"\n'
+        "capabilities = { vision = true, context_window = 1000 }\n"
+        '[routes.default]\ndeployments = ["small"]\n'
+    )
+    assert estimate_input_tokens(_ask((URL,)).messages) > 1_600
+    router = _router(config)
+    assert router.worst_case(_ask((URL, URL))).tokens > 3_200
+    outcome = await router.complete(_ask((URL,)))
+    assert isinstance(outcome, CallFailed)
+    assert outcome.kind is ErrorKind.CONTEXT_TOO_LONG

@@ -14,6 +14,9 @@ __all__ = ["estimate_embedding_tokens", "estimate_input_tokens", "estimate_text_
 _CHARS_PER_TOKEN = 4
 # Role markers and separators each message costs on chat-formatted models.
 _PER_MESSAGE = 4
+# An image input, at the large end of what providers bill for one (Anthropic ~1,600 tokens for a
+# full-size image; OpenAI 765 at high detail for 1024×1024): windows and caps are not undercut.
+_PER_IMAGE = 1_600
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -26,6 +29,7 @@ def estimate_input_tokens(messages: Iterable[Message], tools: Iterable[ToolSpec]
     total = 0
     for message in messages:
         total += _PER_MESSAGE + estimate_text_tokens(message.content)
+        total += _PER_IMAGE * len(message.images)
         for call in message.tool_calls:
             total += estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments_json)
     for tool in tools:
