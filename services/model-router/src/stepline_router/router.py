@@ -7,6 +7,7 @@ through ports, so every path is testable with twins.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
@@ -411,8 +412,6 @@ class _Call:
         self.started = self.clock.monotonic()
         self.attempts: list[Attempt] = []
         self.spent = Decimal(0)
-        # Set by `_counted` for the attempt being recorded next.
-        self._estimated = False
         self.input_tokens = (
             estimate_input_tokens(request.messages, request.tools)
             if request.embedding is None
@@ -765,39 +764,46 @@ class _Call:
             breaker.on_abandoned(self.clock.monotonic())
             raise
         else:
+            usage, estimated = self._counted(fold)
+            answer = replace(fold.completion(), usage=usage)
             yield self._ended(
-                deployment, breaker, start, started_at, remaining, answer=self._counted(fold)
+                deployment,
+                breaker,
+                start,
+                started_at,
+                remaining,
+                answer=answer,
+                estimated=estimated,
             )
             return
         finally:
             await deltas.aclose()
         failure.status_code = failure.status_code or fold.status_code
+        estimated = False
         if not failure.usage.input and not failure.usage.output:
-            failure.usage = self._counted(fold).usage
+            failure.usage, estimated = self._counted(fold)
+        ended = functools.partial(
+            self._ended, deployment, breaker, start, started_at, remaining, estimated=estimated
+        )
         if self.forwarding and (forwarded or sent_before):
             answer = fold.incomplete(f"stream broke after output was sent: {failure.message}")
-            answer = replace(answer, usage=failure.usage)
-            yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
+            yield ended(answer=replace(answer, usage=failure.usage))
         elif fold.tool_call_started:
             # A second model would start a different tool call: report the cut instead.
             answer = fold.incomplete(f"stream broke after a tool call started: {failure.message}")
-            answer = replace(answer, usage=failure.usage)
-            yield self._ended(deployment, breaker, start, started_at, remaining, answer=answer)
+            yield ended(answer=replace(answer, usage=failure.usage))
         else:
-            yield self._ended(deployment, breaker, start, started_at, remaining, failure=failure)
+            yield ended(failure=failure)
 
-    def _counted(self, fold: StreamFold) -> Completion:
-        """The stream's answer; its tokens estimated when the provider reported none.
+    def _counted(self, fold: StreamFold) -> tuple[Usage, bool]:
+        """The stream's tokens, and whether they are estimated because the provider sent none.
 
         Some servers (llama-cpp-python's) send no usage in a stream even when asked: the
         provider still ran the tokens, so they are estimated (and flagged), never billed as 0.
         """
-        answer = fold.completion()
         if fold.usage_seen or not fold.content_seen:
-            return answer
-        self._estimated = True
-        output = estimate_text_tokens(fold.output_text())
-        return replace(answer, usage=Usage(input=self.input_tokens, output=output))
+            return fold.usage, False
+        return Usage(self.input_tokens, estimate_text_tokens(fold.output_text())), True
 
     def _ended(
         self,
@@ -809,6 +815,7 @@ class _Call:
         *,
         answer: Completion | None = None,
         failure: ProviderError | None = None,
+        estimated: bool = False,
     ) -> _AttemptEnd:
         """Record one attempt that reached the provider and tell its breaker; one path for all."""
         now = self.clock.monotonic()
@@ -824,6 +831,7 @@ class _Call:
                 usage=answer.usage,
                 error=answer.incomplete_reason,
                 answer=answer,
+                usage_estimated=estimated,
             )
             if answer.incomplete:
                 breaker.on_failure(now)
@@ -841,6 +849,7 @@ class _Call:
             usage=failure.usage,
             error=failure.message,
             retry_after_s=failure.retry_after_s,
+            usage_estimated=estimated,
         )
         # True when the call's deadline, not the deployment, bounded this attempt.
         bounded_by_deadline = remaining < deployment.timeouts.total_s
@@ -866,6 +875,7 @@ class _Call:
         error: str = "",
         retry_after_s: float | None = None,
         answer: Completion | None = None,
+        usage_estimated: bool = False,
     ) -> None:
         usage = usage or Usage()
         cost = self.book.model_cost(
@@ -890,7 +900,7 @@ class _Call:
                 cost=cost,
                 retry_after_s=retry_after_s,
                 sent=sent,
-                usage_estimated=self._estimated,
+                usage_estimated=usage_estimated,
             )
         )
         if sent:
@@ -915,7 +925,6 @@ class _Call:
                     answer=answer,
                 ),
             )
-        self._estimated = False
 
 
 def _needs(request: ModelRequest, input_tokens: int) -> Needs:
