@@ -19,7 +19,6 @@ from stepline_routes.config import (
 )
 from stepline_routes.economics import RouteEconomics, route_economics, routes_economics
 from stepline_routes.presets import PRESETS, Preset
-
 from stepline_routes.resolve import resolve_capabilities, resolved_deployment
 
 __all__ = [

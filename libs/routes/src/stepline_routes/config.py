@@ -407,6 +407,7 @@ def _with_preset(deployment: Deployment) -> Deployment:
         credential_env=deployment.credential_env or preset.key_env,
     )
 
+
 _CAPABILITY_KEYS = [
     "tools",
     "streaming",
