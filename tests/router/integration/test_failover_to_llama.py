@@ -2,8 +2,9 @@
 llama.cpp server for the same tool-calling conversation, every attempt billed at the book's
 price (the catalog's for hosted models, the local layer's for the self-hosted one).
 
-Each hosted hop is a loopback server speaking its provider's wire format that fails in turn;
-the last hop is SmolLM2-135M on llama.cpp, with no native tool calling (`tool_mode = "json"`).
+Each hosted hop (OpenAI, Anthropic, Gemini) is a loopback server speaking its provider's wire
+format that fails in turn; the last hop is SmolLM2-135M on llama.cpp, with no native tool
+calling (`tool_mode = "json"`).
 """
 
 from __future__ import annotations
@@ -29,21 +30,26 @@ from stepline_router.convert import usage_records
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
 from stepline_router.router import CallSucceeded, Router
+from stepline_router.routes import parse_routes
 from stepline_router.types import Message, Role, ToolCall
 from stepline_vocab import wire
 from tests.llama import MODEL_ALIAS, LlamaServer
+from tests.router.cloud_fakes import gemini_error
 from tests.router.fakes import FakeProvider, Received, Reply, anthropic_error, openai_error
-from tests.router.support import request, routes, weather_tool
+from tests.router.support import PROVIDERS, request, weather_tool
 
 # The catalog under a local layer that prices only the self-hosted model.
 BOOK = PriceBook.parse(
     'version = "t"\ncurrency = "USD"\n[catalog]\npackage = "genai-prices"\n'
+    'provider_ids = { gemini = "google" }\n'
     "[[models]]\n"
     f'provider = "openai_compatible"\nmodel = "{MODEL_ALIAS}"\n'
     'input_per_mtok = "0.02"\noutput_per_mtok = "0.04"\n',
     as_of=date(2026, 12, 1),
 )
-CREDENTIALS = StaticCredentials({"OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-ant"})
+CREDENTIALS = StaticCredentials(
+    {"OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-ant", "GEMINI_API_KEY": "AIza-t"}
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,16 @@ HOSTED = (
         lambda body: body["messages"][-1]["content"][0],
         {"type": "tool_result", "tool_use_id": "call_0", "content": "rain"},
     ),
+    Hop(
+        "gemini",
+        "gemini-2.5-flash",
+        "google",
+        "GEMINI_API_KEY",
+        lambda _: gemini_error(503, "UNAVAILABLE", "The model is overloaded."),
+        Outcome.OVERLOADED,
+        lambda body: body["contents"][-1]["parts"][0],
+        {"functionResponse": {"name": "get_weather", "response": {"output": "rain"}}},
+    ),
 )
 
 
@@ -114,7 +130,10 @@ async def test_one_conversation_fails_over_to_the_local_llama_server_billed_per_
     )
     names = [f"hop{i}" for i in range(len(HOSTED))] + ["llama"]
     body += f"[routes.default]\ndeployments = {json.dumps(names)}\n"
-    config = routes(body, defaults="retries_per_deployment = 0")
+    config = parse_routes(
+        f"[defaults]\nretries_per_deployment = 0\n{body}",
+        known_providers=(*PROVIDERS, *(hop.provider for hop in HOSTED)),
+    )
     ask = replace(
         request(tools=(weather_tool(),)),
         messages=(
