@@ -15,6 +15,7 @@ import pytest
 
 from stepline_client.demo import demo_prices, demo_routes, demo_tools, render_toml
 from stepline_frontdoor.sqlstore import SqliteReadStore
+from stepline_routes import parse_routes
 from stepline_runtime.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,17 @@ def test_generated_config_files_read_back_as_written() -> None:
     assert ("openai_compatible", "demo-primary-unavailable") in priced
     assert {"crm_find_customer", "send_reply"} <= {t["name"] for t in prices["tools"]}
     assert tomllib.loads(render_toml(prices)) == prices
+
+
+def test_local_llm_stands_in_front_of_the_offline_model_without_tools() -> None:
+    with_llm = demo_routes(CONFIG / "demo" / "routes.toml", 4343, {}, "http://127.0.0.1:5555/v1")
+    assert with_llm["routes"]["default"]["deployments"] == ["demo-primary", "local-llm", "local"]
+    llm = with_llm["deployments"]["local-llm"]
+    assert (llm["provider"], llm["base_url"]) == ("openai_compatible", "http://127.0.0.1:5555/v1")
+    # No tool calling: the agent's steps (which offer tools) skip it, plain calls reach it.
+    assert llm["capabilities"]["tools"] is False
+    config = parse_routes(render_toml(with_llm), known_providers=("openai_compatible", "local"))
+    assert not config.deployments["local-llm"].serves_tools()
 
 
 @pytest.mark.timeout(150)
