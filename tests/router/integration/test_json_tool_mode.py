@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -20,17 +19,6 @@ from tests.router.fakes import FakeProvider, Reply, openai_chunks, openai_comple
 from tests.router.support import BOOK, request, routes, weather_tool
 
 CALL = {"tool": "get_weather", "arguments": {"city": "Paris"}}
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
-    """A JSON-mode server (no native tools) and a native-tools fallback."""
-    a, b = await FakeProvider().start(), await FakeProvider().start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 def _config(small: str, big: str, style: str = "openai") -> RoutesConfig:
