@@ -11,6 +11,7 @@ from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
 from stepline_router.openai_wire import parse_chat_request
 from stepline_router.providers.anthropic import anthropic_body
+from stepline_router.providers.local import LocalProvider
 from stepline_router.providers.openai import openai_body
 from stepline_router.providers.scripted import ScriptedProvider
 from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
@@ -169,3 +170,33 @@ async def test_an_image_counts_towards_the_window_and_the_cost_estimate() -> Non
     outcome = await router.complete(_ask((URL,)))
     assert isinstance(outcome, CallFailed)
     assert outcome.kind is ErrorKind.CONTEXT_TOO_LONG
+
+
+async def test_an_adapter_that_would_drop_images_never_gets_them() -> None:
+    # The routes file says the model reads images, but the adapter (here the offline one)
+    # does not send them: the request goes where the pictures arrive.
+    config = routes(
+        '[deployments.offline]\nprovider = "local"\nmodel = "stepline-local-1"\n'
+        "capabilities = { vision = true }\n"
+        '[deployments.eyes]\nprovider = "scripted"\nmodel = "dear"\n'
+        "capabilities = { vision = true }\n"
+        '[routes.default]\ndeployments = ["offline", "eyes"]\n'
+    )
+    router = Router(
+        routes=lambda: config,
+        prices=lambda: BOOK,
+        providers={
+            "local": LocalProvider(),
+            "scripted": ScriptedProvider(default=Completion("a cat")),
+        },
+        credentials=StaticCredentials({}),
+        clock=ManualClock(),
+        random=lambda: 0.5,
+    )
+    outcome = await router.complete(_ask((URL,)))
+    assert isinstance(outcome, CallSucceeded)
+    assert outcome.deployment.name == "eyes"
+    assert outcome.attempts[0].error == "skipped: does not support image input"
+    plain = await router.complete(ModelRequest("c2", "t", "default", (Message(Role.USER, "hi"),)))
+    assert isinstance(plain, CallSucceeded)
+    assert plain.deployment.name == "offline"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from stepline_pricebook import PriceBook
 from stepline_routes.config import Deployment, RoutesConfig
 
-__all__ = ["resolve_capabilities", "resolved_deployment"]
+__all__ = ["map_deployments", "resolve_capabilities", "resolved_deployment"]
 
 
 def resolved_deployment(deployment: Deployment, book: PriceBook) -> Deployment:
@@ -21,7 +22,14 @@ def resolved_deployment(deployment: Deployment, book: PriceBook) -> Deployment:
 
 def resolve_capabilities(config: RoutesConfig, book: PriceBook) -> RoutesConfig:
     """Every deployment of `config` resolved against `book` (routes keep their order)."""
-    deployments = {name: resolved_deployment(d, book) for name, d in config.deployments.items()}
+    return map_deployments(config, lambda d: resolved_deployment(d, book))
+
+
+def map_deployments(
+    config: RoutesConfig, change: Callable[[Deployment], Deployment]
+) -> RoutesConfig:
+    """`config` with `change` applied to every deployment, in the routes too."""
+    deployments = {name: change(d) for name, d in config.deployments.items()}
     routes = {
         name: replace(route, deployments=tuple(deployments[d.name] for d in route.deployments))
         for name, route in config.routes.items()

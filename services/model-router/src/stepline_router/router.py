@@ -36,6 +36,7 @@ from stepline_router.routes import (
     Route,
     RoutesConfig,
     Timeouts,
+    map_deployments,
     resolve_capabilities,
 )
 from stepline_router.routing import (
@@ -222,7 +223,8 @@ class Router:
         routes, book = self._routes(), self._prices()
         cached = self._resolved
         if cached is None or cached[0] is not routes or cached[1] is not book:
-            cached = self._resolved = (routes, book, resolve_capabilities(routes, book))
+            resolved = _blind_where_unsent(resolve_capabilities(routes, book), self._providers)
+            cached = self._resolved = (routes, book, resolved)
         return cached[2], book
 
     def breaker(self, deployment: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
@@ -925,6 +927,22 @@ class _Call:
                     answer=answer,
                 ),
             )
+
+
+def _blind_where_unsent(config: RoutesConfig, providers: Mapping[str, Provider]) -> RoutesConfig:
+    """`config` with `vision` off where the deployment's adapter does not send images yet.
+
+    Adapters say so with a `sends_images = True` attribute: a model that reads images is
+    still never sent a request whose pictures its adapter would silently drop.
+    """
+
+    def blind(deployment: Deployment) -> Deployment:
+        caps = deployment.capabilities
+        if not caps.vision or getattr(providers.get(deployment.provider), "sends_images", False):
+            return deployment
+        return replace(deployment, capabilities=replace(caps, vision=False))
+
+    return map_deployments(config, blind)
 
 
 def _needs(request: ModelRequest, input_tokens: int) -> Needs:

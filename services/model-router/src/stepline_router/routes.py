@@ -14,7 +14,7 @@ from stepline_routes.config import (
     ToolMode,
     parse_routes,
 )
-from stepline_routes.resolve import resolve_capabilities
+from stepline_routes.resolve import map_deployments, resolve_capabilities
 
 __all__ = [
     "Capabilities",
@@ -28,6 +28,7 @@ __all__ = [
     "Strategy",
     "Timeouts",
     "ToolMode",
+    "map_deployments",
     "parse_routes",
     "resolve_capabilities",
 ]

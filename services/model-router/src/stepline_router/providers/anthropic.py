@@ -257,6 +257,8 @@ class AnthropicProvider:
 
     # Messages continues a trailing assistant turn (prefill).
     continues_answers = True
+    # Image inputs (`Message.images`) are sent in this wire format.
+    sends_images = True
 
     def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
         self._client = client

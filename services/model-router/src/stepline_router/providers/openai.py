@@ -304,6 +304,8 @@ class OpenAIProvider:
 
     # Chat Completions answers a trailing assistant turn anew.
     continues_answers = False
+    # Image inputs (`Message.images`) are sent in this wire format.
+    sends_images = True
 
     def __init__(
         self,

@@ -52,6 +52,8 @@ class ScriptedProvider:
         continues_answers: bool = False,
     ) -> None:
         self.continues_answers = continues_answers
+        # Requests are recorded whole, images included.
+        self.sends_images = True
         self._steps: deque[Step] = deque(steps)
         self._per: dict[str, deque[Step]] = {
             name: deque(s) for name, s in (per_deployment or {}).items()
