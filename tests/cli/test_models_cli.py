@@ -25,14 +25,22 @@ capabilities = { tools = true, streaming = true, context_window = 64000 }
 provider = "openai_compatible"
 model = "my-finetune-7b"
 base_url = "http://127.0.0.1:8000/v1"
+tool_mode = "json"
 capabilities = { tools = false, context_window = 8192 }
 
 [deployments.local]
 provider = "local"
 model = "stepline-local-1"
 
+[deployments.old]
+provider = "openai"
+model = "gpt-4"
+
 [routes.mixed]
 deployments = ["gpt", "selfhosted", "local"]
+
+[routes.legacy]
+deployments = ["old"]
 """
 
 
@@ -97,8 +105,14 @@ def test_a_route_shows_each_deployment_priced_or_unpriced(tmp_path: Path) -> Non
     assert rows["gpt"]["priced"] is True
     assert rows["gpt"]["context_window"] == 64000  # the deployment's own limit wins
     assert {"tools", "streaming", "prompt-cache"} <= set(rows["gpt"]["capabilities"])
+    assert "vision" not in rows["gpt"]["capabilities"]  # only where the routes file says so
     assert rows["selfhosted"]["priced"] is False
     assert rows["selfhosted"]["source"] == "unpriced"
+    # Tools through constrained JSON output (tool_mode = "json"), as the router routes them.
+    assert {"tools", "tools-via-json", "json-schema"} <= set(rows["selfhosted"]["capabilities"])
+    # A window the routes file leaves unsaid is the catalog's, as the router filters by it.
+    (legacy,) = _json("--route", "legacy", "--routes", str(routes))["models"]
+    assert legacy["context_window"] == 8192
     assert "input_per_mtok" not in rows["selfhosted"]
     assert document["priced"] == 2
 

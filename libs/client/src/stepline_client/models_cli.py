@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stepline_pricebook import ModelEntry, ModelPrice, PriceBook, PriceBookError, default_path
-from stepline_routes import PRESETS, RoutesError, load_routes
+from stepline_routes import PRESETS, RoutesError, ToolMode, load_routes
 from stepline_routes import default_path as default_routes_path
 
 __all__ = ["ModelsError", "RouteTarget", "add_parser", "read_route", "run"]
@@ -109,9 +109,18 @@ def read_route(path: Path, route: str) -> list[RouteTarget]:
             provider=d.provider,
             model=d.model,
             capabilities={
-                "tools": d.capabilities.tools,
+                # What the router filters by: tools natively or through JSON output.
+                "tools": d.serves_tools(),
+                "tools-via-json": d.tool_mode is ToolMode.JSON,
                 "streaming": d.capabilities.streaming,
-                "context_window": d.capabilities.context_window,
+                "vision": d.capabilities.vision,
+                "json-schema": d.capabilities.json_schema,
+                # A window the file leaves unsaid is the catalog's, as for the router.
+                **(
+                    {"context_window": d.capabilities.context_window}
+                    if "context_window" in d.capabilities.stated
+                    else {}
+                ),
             },
         )
         for d in found.deployments
