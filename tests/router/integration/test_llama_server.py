@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp.test_utils import TestServer
 
 from stepline_pricebook import PriceBook
 from stepline_router.app import build_providers
 from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
+from stepline_router.devkey import DevKeyAuthenticator, UnmeteredQuotas
 from stepline_router.errors import Outcome
-from stepline_router.router import CallFailed, CallSucceeded, ErrorKind, Router
+from stepline_router.gateway import Gateway
+from stepline_router.http_api import build_app
+from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, ErrorKind, Router
 from stepline_router.routes import RoutesConfig
 from stepline_router.stream import TextDelta
-from stepline_router.types import FinishReason, Params, ToolChoice, Usage
+from stepline_router.types import FinishReason, ModelRequest, Params, ToolChoice, Usage
 from tests.llama import LLAMA_N_CTX as N_CTX
 from tests.llama import MODEL_ALIAS, LlamaServer
 from tests.router.support import request, routes, weather_tool
@@ -241,3 +246,61 @@ async def test_a_server_killed_mid_stream_ends_incomplete_and_a_restart_serves_a
     )
     assert isinstance(again, CallSucceeded), again
     assert again.completion.content.strip()
+
+
+async def test_the_gateway_ends_a_stream_cut_by_a_killed_server_with_an_in_band_error(
+    server: LlamaServer, client: httpx.AsyncClient
+) -> None:
+    config = _routes(server)
+    recorded: list[CallOutcome] = []
+
+    async def record(_: ModelRequest, outcome: CallOutcome) -> None:
+        recorded.append(outcome)
+
+    gateway = Gateway(
+        router=_router(config, client),
+        routes=lambda: config,
+        prices=lambda: BOOK,
+        authenticator=DevKeyAuthenticator("sk-dev-llama", "dev"),
+        quotas=UnmeteredQuotas(),
+        record_usage=record,
+    )
+    app = build_app(gateway, SystemClock(), lambda: uuid.uuid4().hex)
+    events: list[str] = []
+    story = {
+        "model": "default",
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "max_tokens": 200,
+        "stream": True,
+        **GREEDY,
+    }
+    async with (
+        TestServer(app, host="127.0.0.1") as front,
+        httpx.AsyncClient() as caller,
+        caller.stream(
+            "POST",
+            f"http://127.0.0.1:{front.port}/v1/chat/completions",
+            headers={"authorization": "Bearer sk-dev-llama"},
+            json=story,
+            timeout=90,
+        ) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+                if len(events) == 4:
+                    server.kill()
+    try:
+        # The caller saw tokens, then an error event, and never `[DONE]` or a finish reason.
+        assert "[DONE]" not in events
+        last = json.loads(events[-1])
+        assert last["error"]["code"] == "incomplete"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in chunks)
+        assert not any(c["choices"] and c["choices"][0].get("finish_reason") for c in chunks)
+        (outcome,) = recorded
+        assert isinstance(outcome, CallSucceeded)
+        assert outcome.completion.incomplete
+    finally:
+        server.start()
