@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -254,8 +254,8 @@ async def test_the_gateway_ends_a_stream_cut_by_a_killed_server_with_an_in_band_
     config = _routes(server)
     recorded: list[CallOutcome] = []
 
-    async def record(_: ModelRequest, outcome: CallOutcome) -> None:
-        recorded.append(outcome)
+    async def record(batch: Sequence[tuple[ModelRequest, CallOutcome]]) -> None:
+        recorded.extend(outcome for _, outcome in batch)
 
     gateway = Gateway(
         router=_router(config, client),
@@ -263,7 +263,7 @@ async def test_the_gateway_ends_a_stream_cut_by_a_killed_server_with_an_in_band_
         prices=lambda: BOOK,
         authenticator=DevKeyAuthenticator("sk-dev-llama", "dev"),
         quotas=UnmeteredQuotas(),
-        record_usage=record,
+        publish_usage=record,
     )
     app = build_app(gateway, SystemClock(), lambda: uuid.uuid4().hex)
     events: list[str] = []
@@ -299,6 +299,7 @@ async def test_the_gateway_ends_a_stream_cut_by_a_killed_server_with_an_in_band_
         chunks = [json.loads(e) for e in events[:-1]]
         assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in chunks)
         assert not any(c["choices"] and c["choices"][0].get("finish_reason") for c in chunks)
+        await gateway.drain(10)  # the call's usage is published after the stream ends
         (outcome,) = recorded
         assert isinstance(outcome, CallSucceeded)
         assert outcome.completion.incomplete
