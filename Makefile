@@ -8,7 +8,9 @@ TOOLS := .local/tools
 UV := $(TOOLS)/bin/uv
 RUN := $(UV) run --frozen
 KAFKA := $(RUN) python -m stepline_localkafka
-PYTEST_ARGS ?=
+# Two pytest-xdist workers, a test file each at a time: the integration tests mostly wait on the
+# broker and on subprocesses, so two run side by side on two cores (PYTEST_ARGS= runs serially).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1

@@ -19,12 +19,19 @@ pytest_plugins = ["tests.postgres"]
 os.environ.setdefault("STEPLINE_METRICS_PORT", "0")
 # …nor over the router's HTTP gateway port: 0 binds a free one.
 os.environ.setdefault("STEPLINE_HTTP_PORT", "0")
+# `make test` runs pytest-xdist workers side by side (the suite mostly waits on the broker and
+# on subprocesses): each worker gets a PostgreSQL cluster of its own, next to the configured port.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _base = int(os.environ.get("STEPLINE_POSTGRES_PORT", "55432"))
+    os.environ["STEPLINE_POSTGRES_PORT"] = str(_base + 1 + int(_WORKER[2:]))
+    os.environ["STEPLINE_POSTGRES_DIR"] = f"/tmp/stepline-postgres-{_base}-{_WORKER}"
 
 
 @pytest.fixture(autouse=True)
 def _untraced_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     """Services served in-process configure tracing globally; later tests see it unconfigured."""
-    for name in ("_provider", "_tracer", "_configured"):
+    for name in ("_provider", "_tracer", "_configured", "_exporting"):
         monkeypatch.setattr(tracing, name, getattr(tracing, name))
 
 
