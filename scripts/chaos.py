@@ -461,6 +461,10 @@ class ChaosResult:
         return not self.problems
 
 
+# How long one read of the runs topic to its end may take before it is tried again.
+READ_TIMEOUT_S = 60.0
+
+
 async def _endings(kafka: KafkaSettings, stack: Stack) -> dict[str, runs_pb2.RunEvent]:
     ended: dict[str, runs_pb2.RunEvent] = {}
     for _, _, _, value in await read_topic(kafka, stack.topic(Topics.RUNS)):
@@ -690,10 +694,15 @@ async def _drive(
             deadline = time.monotonic() + run_timeout_s
             ended: dict[str, runs_pb2.RunEvent] = {}
             while time.monotonic() < deadline:
+                if chaos.done():
+                    # The driver never ends on its own: its failure is the run's, said at once.
+                    chaos.result()
+                    raise RuntimeError("the chaos driver stopped before it was told to")
                 await driver.broker_ok.wait()
                 try:
-                    ended = await _endings(kafka, stack)
-                except KafkaError as error:  # the broker restarts under us: look again
+                    # Bounded: a read that never reaches the end must not stall the run silently.
+                    ended = await asyncio.wait_for(_endings(kafka, stack), READ_TIMEOUT_S)
+                except (KafkaError, TimeoutError) as error:  # the broker restarts under us
                     _say(f"reading the runs failed ({type(error).__name__}); retrying")
                     await asyncio.sleep(2)
                     continue
