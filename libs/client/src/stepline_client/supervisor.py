@@ -284,6 +284,13 @@ class Supervisor:
             if all(self._file(i, "run", "ready").exists() for i, _ in started):
                 break
             time.sleep(0.1)
+        # A process just forked shows its parent's command line until it execs, so it would read
+        # as not running: wait for that moment (bounded; one that exits reads as stopped).
+        settle = time.monotonic() + 5
+        while time.monotonic() < settle and any(
+            p.poll() is None and not _alive(p.pid, i.spec.module) for i, p in started
+        ):
+            time.sleep(0.01)
         return [s for s in self.status() if s.running or self._wanted(self._instance(s))]
 
     def _instance(self, status: ServiceStatus) -> Instance:
