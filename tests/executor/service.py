@@ -15,9 +15,42 @@ from stepline_runtime.codec import encode
 from stepline_runtime.settings import namespaced
 from stepline_runtime.topics import Topics
 
-__all__ = ["ROOT", "Service", "request_call", "results_by_call"]
+__all__ = ["ROOT", "Service", "refund_tools", "request_call", "results_by_call"]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def refund_tools(path: Path, webhook_url: str, extra: str = "") -> Path:
+    """Write a tools file at `path`: only the non-idempotent `issue_refund` webhook (+ `extra`)."""
+    path.write_text(
+        f"""
+[search_documents]
+enabled = false
+[sql_query]
+enabled = false
+[http_request]
+enabled = false
+
+[[webhooks]]
+name = "issue_refund"
+description = "Refund an order (not idempotent on the receiver side)."
+url = "{webhook_url}"
+idempotent = false
+timeout_s = 60
+[webhooks.parameters]
+type = "object"
+required = ["order_id"]
+[webhooks.parameters.properties.order_id]
+type = "string"
+
+[tenants."*"]
+tools = ["*"]
+[agents."*"]
+tools = ["*"]
+{extra}""",
+        encoding="utf-8",
+    )
+    return path
 
 
 class Service:

@@ -27,44 +27,12 @@ from stepline_executor.spec import SPEC
 from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 from tests.executor.fakes import LocalServer, Seen
-from tests.executor.service import Service, request_call
+from tests.executor.service import Service, refund_tools, request_call
 
 pytestmark = pytest.mark.kafka
 
 # The broker's floor: a killed member is noticed after this, then its partitions move.
 SESSION_TIMEOUT_MS = 6_000
-
-
-def _config(path: Path, webhook_url: str) -> Path:
-    path.write_text(
-        f"""
-[search_documents]
-enabled = false
-[sql_query]
-enabled = false
-[http_request]
-enabled = false
-
-[[webhooks]]
-name = "issue_refund"
-description = "Refund an order (not idempotent on the receiver side)."
-url = "{webhook_url}"
-idempotent = false
-timeout_s = 60
-[webhooks.parameters]
-type = "object"
-required = ["order_id"]
-[webhooks.parameters.properties.order_id]
-type = "string"
-
-[tenants."*"]
-tools = ["*"]
-[agents."*"]
-tools = ["*"]
-""",
-        encoding="utf-8",
-    )
-    return path
 
 
 @pytest.fixture
@@ -207,7 +175,9 @@ async def _scenario(
 
     with LocalServer(respond) as receiver:
         for name, service in instances.items():
-            _config(Path(service.env["STEPLINE_TOOLS_CONFIG"]), receiver.url(f"/{name}/refund"))
+            refund_tools(
+                Path(service.env["STEPLINE_TOOLS_CONFIG"]), receiver.url(f"/{name}/refund")
+            )
             service.start()
         await _balanced(a, b)
         # One run, so one partition: a call that completes, then one held at the receiver.

@@ -26,45 +26,15 @@ from stepline_runtime.settings import KafkaSettings
 from stepline_runtime.topics import CATALOG, Topics, ensure_topics
 from tests.executor import everything
 from tests.executor.fakes import LocalServer, Seen
-from tests.executor.service import ROOT, Service, request_call, results_by_call
+from tests.executor.service import ROOT, Service, refund_tools, request_call, results_by_call
 from tests.kafkatools import read_all
 
 pytestmark = pytest.mark.kafka
 
 
 def _config(tmp: Path, webhook_url: str) -> Path:
-    path = tmp / "tools.toml"
-    path.write_text(
-        f"""
-[search_documents]
-enabled = false
-[sql_query]
-enabled = false
-[http_request]
-enabled = false
-
-[[webhooks]]
-name = "issue_refund"
-description = "Refund an order (not idempotent on the receiver side)."
-url = "{webhook_url}"
-idempotent = false
-timeout_s = 60
-[webhooks.parameters]
-type = "object"
-required = ["order_id"]
-[webhooks.parameters.properties.order_id]
-type = "string"
-
-[tenants."*"]
-tools = ["*"]
-[agents."*"]
-tools = ["*"]
-[agents.restricted]
-tools = ["calculator"]
-""",
-        encoding="utf-8",
-    )
-    return path
+    extra = '[agents.restricted]\ntools = ["calculator"]\n'
+    return refund_tools(tmp / "tools.toml", webhook_url, extra)
 
 
 @pytest.fixture
