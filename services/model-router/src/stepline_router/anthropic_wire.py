@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepline_router.gateway import CallSummary, GatewayRequest, ModelEntry
-from stepline_router.providers.anthropic import tool_input
+from stepline_router.providers.fields import object_arguments
 from stepline_router.router import CallSucceeded
 from stepline_router.stream import ContentDelta, Restarted, TextDelta
 from stepline_router.types import (
@@ -228,7 +228,12 @@ def _blocks(answer: Completion) -> list[dict[str, Any]]:
     if answer.content:
         blocks.append({"type": "text", "text": answer.content})
     blocks += [
-        {"type": "tool_use", "id": c.call_id, "name": c.name, "input": tool_input(c.arguments_json)}
+        {
+            "type": "tool_use",
+            "id": c.call_id,
+            "name": c.name,
+            "input": object_arguments(c.arguments_json),
+        }
         for c in answer.tool_calls
     ]
     return blocks

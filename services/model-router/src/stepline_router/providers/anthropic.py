@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any
 
-import httpx
-
-from stepline_router.errors import Outcome, ProviderError
-from stepline_router.providers.base import AttemptLimits
-from stepline_router.providers.http import (
-    NowFn,
-    json_or_malformed,
-    post_json,
-    sse_deltas,
-    stream_error,
-)
+from stepline_router.providers.adapter import HttpAdapter, request_headers
+from stepline_router.providers.events import EventParser, not_a
+from stepline_router.providers.fields import object_arguments, sampling
+from stepline_router.providers.http import ChunkParser, stream_error
 from stepline_router.providers.turns import block_turns
 from stepline_router.routes import Deployment
-from stepline_router.stream import (
-    Delta,
-    Finished,
-    TextDelta,
-    ToolCallDelta,
-    UsageDelta,
-)
+from stepline_router.stream import Delta, Finished, TextDelta, ToolCallDelta, UsageDelta
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -39,10 +25,13 @@ from stepline_router.types import (
 )
 from stepline_vocab import split_data_uri
 
-__all__ = ["AnthropicProvider", "anthropic_body", "parse_anthropic_message", "tool_input"]
+__all__ = ["AnthropicProvider", "anthropic_body", "parse_anthropic_message"]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
+
+# Generation settings by their Messages names (`max_tokens` is always sent, apart).
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
 
 _FINISH = {
     "end_turn": FinishReason.STOP,
@@ -52,16 +41,6 @@ _FINISH = {
     "tool_use": FinishReason.TOOL_CALLS,
     "refusal": FinishReason.CONTENT_FILTER,
 }
-
-
-def tool_input(text: str) -> dict[str, Any]:
-    """A tool call's argument text as the object Anthropic requires (unparsable text kept)."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        value = None
-    # Anthropic requires an object; keep what the model produced so the transcript stays honest.
-    return value if isinstance(value, dict) else {"_unparsed_arguments": text}
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
@@ -83,7 +62,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                 "type": "tool_use",
                 "id": call.call_id,
                 "name": call.name,
-                "input": tool_input(call.arguments_json),
+                "input": object_arguments(call.arguments_json),
             }
         )
     return blocks
@@ -121,12 +100,7 @@ def anthropic_body(deployment: Deployment, request: ModelRequest) -> dict[str, A
             body["tool_choice"] = {"type": "none"}
         else:
             body["tool_choice"] = {"type": "auto"}
-    if params.temperature is not None:
-        body["temperature"] = params.temperature
-    if params.top_p is not None:
-        body["top_p"] = params.top_p
-    if params.stop:
-        body["stop_sequences"] = list(params.stop)
+    body.update(sampling(params, _SAMPLING))
     if request.stream:
         body["stream"] = True
     body.update(params.extra)
@@ -173,47 +147,18 @@ def parse_anthropic_message(data: Any, status: int = 200) -> Completion:
             model=str(data.get("model") or ""),
         )
     except (KeyError, TypeError, AttributeError) as error:
-        raise ProviderError(
-            Outcome.MALFORMED_RESPONSE,
-            f"response is not a message ({type(error).__name__}: {error})",
-            status_code=status,
-        ) from error
+        raise not_a("a message", error, status) from error
 
 
-class _EventParser:
+class _EventParser(EventParser):
     """Messages stream events → deltas; the stream ends at `message_stop`."""
 
     end_marker = "message_stop"
 
     def __init__(self) -> None:
-        self.done = False
+        super().__init__()
         self._usage = Usage()
-        # Content block index → tool call number (callers see 0, 1, … in order).
-        self._calls: dict[int, int] = {}
         self._model = ""
-
-    @property
-    def ended(self) -> bool:
-        return self.done
-
-    @property
-    def complete(self) -> bool:
-        return self.done
-
-    def feed(self, event: str, data: str, status: int) -> list[Delta]:
-        payload = json_or_malformed(data, status, event)
-        if not isinstance(payload, dict):
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE, f"{event} event is not an object", status_code=status
-            )
-        try:
-            return self._deltas(payload.get("type", event), payload, status)
-        except (AttributeError, TypeError, ValueError) as error:
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE,
-                f"{event} event has a wrong shape ({type(error).__name__})",
-                status_code=status,
-            ) from error
 
     def _deltas(self, kind: str, data: dict[str, Any], status: int) -> list[Delta]:
         if kind == "error":
@@ -226,7 +171,7 @@ class _EventParser:
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
-                number = self._calls.setdefault(int(data.get("index", 0)), len(self._calls))
+                number = self.calls.number(int(data.get("index", 0)))
                 return [ToolCallDelta(number, block.get("id", ""), block.get("name", ""))]
             if block.get("type") == "text" and block.get("text"):
                 return [TextDelta(block["text"])]
@@ -236,7 +181,7 @@ class _EventParser:
             if delta.get("type") == "text_delta":
                 return [TextDelta(str(delta.get("text", "")))]
             if delta.get("type") == "input_json_delta":
-                number = self._calls.setdefault(int(data.get("index", 0)), len(self._calls))
+                number = self.calls.number(int(data.get("index", 0)))
                 return [ToolCallDelta(number, arguments=str(delta.get("partial_json", "")))]
             return []
         if kind == "message_delta":
@@ -252,7 +197,7 @@ class _EventParser:
         return []
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpAdapter):
     """Adapter for the Messages wire format."""
 
     # Messages continues a trailing assistant turn (prefill).
@@ -260,44 +205,19 @@ class AnthropicProvider:
     # Image inputs (`Message.images`) are sent in this wire format.
     sends_images = True
 
-    def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
-        self._client = client
-        self._now = now
-
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
         url = f"{deployment.base_url or DEFAULT_BASE_URL}/v1/messages"
-        headers = {
-            "content-type": "application/json",
-            "anthropic-version": API_VERSION,
-            **deployment.headers,
-        }
-        if credential:
-            headers["x-api-key"] = credential
+        headers = request_headers(
+            deployment, credential, "x-api-key", "", fixed={"anthropic-version": API_VERSION}
+        )
         return url, headers, anthropic_body(deployment, replace(request, stream=stream))
 
-    async def complete(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> Completion:
-        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
-        url, headers, body = self._request(deployment, request, credential, stream=False)
-        data, status = await post_json(self._client, url, headers, body, limits, self._now())
+    def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
+        """The answer of a non-streamed response body."""
         return parse_anthropic_message(data, status)
 
-    async def stream(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> AsyncGenerator[Delta, None]:
-        """One streamed attempt against `deployment`."""
-        url, headers, body = self._request(deployment, request, credential, stream=True)
-        parser = _EventParser()
-        async for delta in sse_deltas(self._client, url, headers, body, limits, self._now, parser):
-            yield delta
+    def chunk_parser(self, request: ModelRequest) -> ChunkParser:
+        """A fresh parser for one streamed response."""
+        return _EventParser()

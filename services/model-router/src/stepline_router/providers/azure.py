@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from stepline_router.errors import Outcome, ProviderError
+from stepline_router.providers.adapter import request_headers
 from stepline_router.providers.http import (
     ChunkParser,
     NowFn,
@@ -133,13 +134,9 @@ class AzureOpenAIProvider(OpenAIProvider):
         self, deployment: Deployment, credential: str | None
     ) -> tuple[str, dict[str, str]]:
         """The deployment URL with its api-version; `api-key` (or an Entra bearer token)."""
-        headers = {"content-type": "application/json", **deployment.headers}
-        if credential:
-            if credential.lower().startswith("bearer "):
-                headers["authorization"] = credential
-            else:
-                headers["api-key"] = credential
-        return azure_url(deployment), headers
+        if credential and credential.lower().startswith("bearer "):
+            return azure_url(deployment), request_headers(deployment, credential, scheme="")
+        return azure_url(deployment), request_headers(deployment, credential, "api-key", "")
 
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
@@ -149,9 +146,9 @@ class AzureOpenAIProvider(OpenAIProvider):
             body["max_tokens"] = body.pop("max_completion_tokens")
         return url, headers, body
 
-    def parse(self, data: Any, status: int) -> Completion:
+    def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
         """The answer; an answer the content filter stopped is a CONTENT_REFUSED failure."""
-        completion = super().parse(data, status)
+        completion = super().parse(data, status, request)
         if completion.finish_reason is FinishReason.CONTENT_FILTER:
             choice = data["choices"][0]
             categories = filtered_categories(choice.get("content_filter_results"))
@@ -165,6 +162,6 @@ class AzureOpenAIProvider(OpenAIProvider):
             )
         return completion
 
-    def chunk_parser(self) -> ChunkParser:
+    def chunk_parser(self, request: ModelRequest) -> ChunkParser:
         """A chunk parser that fails a stream the content filter stopped."""
         return ChatChunkParser(_check_chunk)

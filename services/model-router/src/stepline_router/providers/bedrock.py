@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -28,15 +28,10 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 
 from stepline_router.credentials import Credentials
 from stepline_router.errors import Outcome, ProviderError, classify_status
-from stepline_router.providers.anthropic import tool_input
-from stepline_router.providers.base import AttemptLimits
-from stepline_router.providers.http import (
-    NowFn,
-    json_or_malformed,
-    post_json,
-    safe_text,
-    sse_deltas,
-)
+from stepline_router.providers.adapter import HttpAdapter, request_headers
+from stepline_router.providers.events import EventParser, not_a
+from stepline_router.providers.fields import object_arguments, sampling, schema_fields
+from stepline_router.providers.http import ChunkParser, NowFn, json_or_malformed, safe_text
 from stepline_router.providers.turns import block_turns
 from stepline_router.retryafter import retry_after_seconds
 from stepline_router.routes import Deployment
@@ -65,6 +60,14 @@ __all__ = [
 SIGNING_NAME = "bedrock"
 _SECRET_SUFFIX = "SECRET_ACCESS_KEY"
 _HOST_REGION = re.compile(r"^https://bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
+
+# Generation settings by their `inferenceConfig` names (Converse has no seed).
+_SAMPLING = {
+    "max_output_tokens": "maxTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "stop": "stopSequences",
+}
 
 _FINISH = {
     "end_turn": FinishReason.STOP,
@@ -154,7 +157,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         use = {
             "toolUseId": call.call_id,
             "name": call.name,
-            "input": tool_input(call.arguments_json),
+            "input": object_arguments(call.arguments_json),
         }
         blocks.append({"toolUse": use})
     return blocks
@@ -190,15 +193,7 @@ def converse_body(deployment: Deployment, request: ModelRequest) -> dict[str, An
     system = [{"text": m.content} for m in request.messages if m.role is Role.SYSTEM and m.content]
     if system:
         body["system"] = system
-    inference: dict[str, Any] = {}
-    if params.max_output_tokens:
-        inference["maxTokens"] = params.max_output_tokens
-    if params.temperature is not None:
-        inference["temperature"] = params.temperature
-    if params.top_p is not None:
-        inference["topP"] = params.top_p
-    if params.stop:
-        inference["stopSequences"] = list(params.stop)
+    inference = sampling(params, _SAMPLING)
     if inference:
         body["inferenceConfig"] = inference
     tools = _tool_config(request)
@@ -206,7 +201,8 @@ def converse_body(deployment: Deployment, request: ModelRequest) -> dict[str, An
         body["toolConfig"] = tools
     fmt = params.response_format
     if fmt.type == "json_schema":
-        schema = {"schema": json.dumps(fmt.schema or {}), "name": fmt.name or "response"}
+        named = schema_fields(fmt)
+        schema = {"schema": json.dumps(named["schema"]), "name": named["name"]}
         body["outputConfig"] = {
             "textFormat": {"type": "json_schema", "structure": {"jsonSchema": schema}}
         }
@@ -260,11 +256,7 @@ def parse_converse(data: Any, status: int = 200) -> Completion:
         finish = _finish(data.get("stopReason"), status)
         return Completion("".join(text), tuple(calls), finish, _usage(data.get("usage")), status)
     except (KeyError, TypeError, AttributeError) as error:
-        raise ProviderError(
-            Outcome.MALFORMED_RESPONSE,
-            f"response is not a Converse output ({type(error).__name__}: {error})",
-            status_code=status,
-        ) from error
+        raise not_a("a Converse output", error, status) from error
 
 
 def _frame(message: EventStreamMessage) -> tuple[str, str]:
@@ -306,25 +298,17 @@ async def aws_event_frames(response: httpx.Response) -> AsyncIterator[tuple[str,
             yield frame
 
 
-class _EventParser:
+class _EventParser(EventParser):
     """ConverseStream events → deltas; the stream ends with `metadata` (usage) after the stop."""
 
     end_marker = "metadata"
 
-    def __init__(self) -> None:
-        self.done = False
-        # Content block index → tool call number (callers see 0, 1, … in order).
-        self._calls: dict[int, int] = {}
-
-    @property
-    def ended(self) -> bool:
-        return self.done
-
-    @property
-    def complete(self) -> bool:
-        return self.done
+    def _kind(self, event: str, payload: dict[str, Any]) -> str:
+        """The event type header: Converse payloads do not name themselves."""
+        return event
 
     def feed(self, event: str, data: str, status: int) -> list[Delta]:
+        """The deltas of one event; an exception frame raises its classified error."""
         if event.startswith("exception:"):
             kind = event.removeprefix("exception:")
             payload = json_or_malformed(data or "{}", status, kind)
@@ -333,22 +317,10 @@ class _EventParser:
             name = kind[:1].upper() + kind[1:]
             outcome = _outcome(name, 500, message)
             raise ProviderError(outcome, safe_text(f"stream {name}: {message}"), status_code=status)
-        payload = json_or_malformed(data, status, event)
-        if not isinstance(payload, dict):
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE, f"{event} event is not an object", status_code=status
-            )
-        try:
-            return self._deltas(event, payload, status)
-        except (AttributeError, TypeError, ValueError, KeyError) as error:
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE,
-                f"{event} event has a wrong shape ({type(error).__name__})",
-                status_code=status,
-            ) from error
+        return super().feed(event, data, status)
 
     def _number(self, data: dict[str, Any]) -> int:
-        return self._calls.setdefault(int(data.get("contentBlockIndex", 0)), len(self._calls))
+        return self.calls.number(int(data.get("contentBlockIndex", 0)))
 
     def _deltas(self, event: str, data: dict[str, Any], status: int) -> list[Delta]:
         if event == "contentBlockStart":
@@ -374,16 +346,17 @@ class _EventParser:
         return []
 
 
-class BedrockProvider:
+class BedrockProvider(HttpAdapter):
     """Adapter for the Bedrock Converse wire format, signed per request."""
 
     # Converse continues a trailing assistant turn (prefill) for the models that allow it,
     # but not all do: answers are not handed to it to finish.
     continues_answers = False
+    errors = staticmethod(bedrock_error)
+    frames = staticmethod(aws_event_frames)
 
     def __init__(self, client: httpx.AsyncClient, now: NowFn, credentials: Credentials) -> None:
-        self._client = client
-        self._now = now
+        super().__init__(client, now)
         self._credentials = credentials
         # botocore logs canonical requests at DEBUG, session token header included.
         logging.getLogger("botocore.auth").setLevel(logging.INFO)
@@ -418,55 +391,24 @@ class BedrockProvider:
         base = deployment.base_url or f"https://bedrock-runtime.{region}.amazonaws.com"
         url = base + converse_path(deployment.model, stream)
         body = json.dumps(converse_body(deployment, replace(request, stream=stream))).encode()
-        headers = {"content-type": "application/json", **deployment.headers}
-        if stream:
-            headers["accept"] = "application/vnd.amazon.eventstream"
+        fixed = {"accept": "application/vnd.amazon.eventstream"} if stream else None
         if not sigv4:
-            headers["authorization"] = f"Bearer {credential}"
-            return url, headers, body
+            return url, request_headers(deployment, credential, fixed=fixed), body
         key_id = self._credentials.get(f"{prefix}ACCESS_KEY_ID")
         if not key_id:
             raise ProviderError(
                 Outcome.AUTH_FAILED, f"{deployment.name}: {prefix}ACCESS_KEY_ID is not set"
             )
         token = self._credentials.get(f"{prefix}SESSION_TOKEN")
+        headers = request_headers(deployment, None, fixed=fixed)
         signed = AWSRequest(method="POST", url=url, data=body, headers=headers)
         SigV4Auth(AwsCredentials(key_id, credential, token), SIGNING_NAME, region).add_auth(signed)
         return url, dict(signed.headers.items()), body
 
-    async def complete(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> Completion:
-        """One Converse attempt against `deployment`."""
-        url, headers, body = self._request(deployment, request, credential, stream=False)
-        data, status = await post_json(
-            self._client, url, headers, body, limits, self._now(), errors=bedrock_error
-        )
+    def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
+        """The answer of a Converse response body."""
         return parse_converse(data, status)
 
-    async def stream(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> AsyncGenerator[Delta, None]:
-        """One ConverseStream attempt against `deployment`."""
-        url, headers, body = self._request(deployment, request, credential, stream=True)
-        parser = _EventParser()
-        async for delta in sse_deltas(
-            self._client,
-            url,
-            headers,
-            body,
-            limits,
-            self._now,
-            parser,
-            frames=aws_event_frames,
-            errors=bedrock_error,
-        ):
-            yield delta
+    def chunk_parser(self, request: ModelRequest) -> ChunkParser:
+        """A fresh parser for one ConverseStream response."""
+        return _EventParser()

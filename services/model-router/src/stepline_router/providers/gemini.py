@@ -26,7 +26,7 @@ import base64
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -34,14 +34,10 @@ from typing import Any
 import httpx
 
 from stepline_router.errors import Outcome, ProviderError, classify_status
-from stepline_router.providers.base import AttemptLimits
-from stepline_router.providers.http import (
-    NowFn,
-    json_or_malformed,
-    post_json,
-    safe_text,
-    sse_deltas,
-)
+from stepline_router.providers.adapter import HttpAdapter, request_headers
+from stepline_router.providers.events import SHAPE_ERRORS, decoded_object, not_a, wrong_shape
+from stepline_router.providers.fields import object_arguments, sampling
+from stepline_router.providers.http import ChunkParser, NowFn, safe_text
 from stepline_router.retryafter import parse_duration, retry_after_seconds
 from stepline_router.routes import Deployment
 from stepline_router.stream import Delta, Finished, TextDelta, ToolCallDelta, UsageDelta
@@ -69,6 +65,15 @@ API_VERSION = "v1beta"
 # Google's documented stand-in for a function call whose real signature is not known.
 SKIP_SIGNATURE = base64.b64encode(b"skip_thought_signature_validator").decode()
 _SIGNATURES_KEPT = 10_000
+
+# Generation settings by their `generationConfig` names.
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "max_output_tokens": "maxOutputTokens",
+    "stop": "stopSequences",
+    "seed": "seed",
+}
 
 _FINISH = {
     "STOP": FinishReason.STOP,
@@ -126,15 +131,6 @@ def _response_value(content: str) -> dict[str, Any]:
     return {"output": value}
 
 
-def _args(arguments_json: str) -> dict[str, Any]:
-    try:
-        value = json.loads(arguments_json or "{}")
-    except ValueError:
-        value = None
-    # `args` must be an object; keep what the model produced so the transcript stays honest.
-    return value if isinstance(value, dict) else {"_unparsed_arguments": arguments_json}
-
-
 def _contents(messages: tuple[Message, ...], signatures: Mapping[str, str]) -> list[dict[str, Any]]:
     """User/model turns; tool results ride in user turns in the order of their calls."""
     names: dict[str, str] = {}
@@ -164,7 +160,10 @@ def _contents(messages: tuple[Message, ...], signatures: Mapping[str, str]) -> l
                 names[call.call_id] = call.name
                 order[call.call_id] = number
                 part: dict[str, Any] = {
-                    "functionCall": {"name": call.name, "args": _args(call.arguments_json)}
+                    "functionCall": {
+                        "name": call.name,
+                        "args": object_arguments(call.arguments_json),
+                    }
                 }
                 signature = signatures.get(call.call_id)
                 if signature is None and not signed:
@@ -222,17 +221,7 @@ def gemini_body(
         if params.tool_choice is ToolChoice.REQUIRED and params.tool_name:
             calling["allowedFunctionNames"] = [params.tool_name]
         body["toolConfig"] = {"functionCallingConfig": calling}
-    config: dict[str, Any] = {}
-    if params.temperature is not None:
-        config["temperature"] = params.temperature
-    if params.top_p is not None:
-        config["topP"] = params.top_p
-    if params.max_output_tokens:
-        config["maxOutputTokens"] = params.max_output_tokens
-    if params.stop:
-        config["stopSequences"] = list(params.stop)
-    if params.seed is not None:
-        config["seed"] = params.seed
+    config = sampling(params, _SAMPLING)
     fmt = params.response_format
     if fmt.type in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
@@ -378,11 +367,7 @@ def parse_gemini_response(
     try:
         return _parse(data, status, turn)
     except (KeyError, IndexError, TypeError, AttributeError) as error:
-        raise ProviderError(
-            Outcome.MALFORMED_RESPONSE,
-            f"response is not a GenerateContentResponse ({type(error).__name__}: {error})",
-            status_code=status,
-        ) from error
+        raise not_a("a GenerateContentResponse", error, status) from error
 
 
 def _retry_delay(details: Any) -> float | None:
@@ -461,29 +446,23 @@ class _ChunkParser:
 
     @property
     def ended(self) -> bool:
-        # Gemini has no end-of-stream event: read until the server closes the stream.
+        """Never: Gemini has no end-of-stream event, the stream is read until it closes."""
         return False
 
     @property
     def complete(self) -> bool:
+        """Whole once a chunk carried a finish reason."""
         return self.finished
 
     def feed(self, event: str, data: str, status: int) -> list[Delta]:
-        chunk = json_or_malformed(data, status, "stream chunk")
-        if not isinstance(chunk, dict):
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE, "stream chunk is not an object", status_code=status
-            )
+        """The deltas of one chunk; `ProviderError` for a malformed or error chunk."""
+        chunk = decoded_object(data, status, "stream chunk")
         if "error" in chunk:
             raise _stream_error(chunk["error"], status)
         try:
             return self._deltas(chunk, status)
-        except (KeyError, AttributeError, TypeError, ValueError) as error:
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE,
-                f"stream chunk has a wrong shape ({type(error).__name__})",
-                status_code=status,
-            ) from error
+        except SHAPE_ERRORS as error:
+            raise wrong_shape("stream chunk", error, status) from error
 
     def _deltas(self, chunk: dict[str, Any], status: int) -> list[Delta]:
         out: list[Delta] = []
@@ -504,15 +483,15 @@ class _ChunkParser:
         return out
 
 
-class GeminiProvider:
+class GeminiProvider(HttpAdapter):
     """Adapter for Gemini's `generateContent` wire format (Google AI Studio / Gemini API)."""
 
     # Not every Gemini model continues a trailing model turn: never ask it to.
     continues_answers = False
+    errors = staticmethod(gemini_error)
 
     def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
-        self._client = client
-        self._now = now
+        super().__init__(client, now)
         # Thought signatures of calls this process saw, by call id (oldest evicted first).
         self._signatures: OrderedDict[str, str] = OrderedDict()
 
@@ -529,42 +508,21 @@ class GeminiProvider:
         base = deployment.base_url or DEFAULT_BASE_URL
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         url = f"{base}/{API_VERSION}/{_model_path(deployment.model)}:{method}"
-        headers = {"content-type": "application/json", **deployment.headers}
-        if credential:
-            headers["x-goog-api-key"] = credential
+        headers = request_headers(deployment, credential, "x-goog-api-key", "")
         body = gemini_body(deployment, replace(request, stream=stream), self._signatures)
         return url, headers, body
 
-    async def complete(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> Completion:
-        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
-        url, headers, body = self._request(deployment, request, credential, stream=False)
-        data, status = await post_json(
-            self._client, url, headers, body, limits, self._now(), errors=gemini_error
-        )
+    def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
+        """The answer of a response body; its calls' thought signatures are kept."""
         completion, signatures = parse_gemini_response(data, status, len(request.messages))
         self._keep(signatures)
         return completion
 
-    async def stream(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> AsyncGenerator[Delta, None]:
-        """One streamed attempt against `deployment`."""
-        url, headers, body = self._request(deployment, request, credential, stream=True)
-        parser = _ChunkParser(len(request.messages))
-        try:
-            async for delta in sse_deltas(
-                self._client, url, headers, body, limits, self._now, parser, errors=gemini_error
-            ):
-                yield delta
-        finally:
-            self._keep(parser.calls.signatures)
+    def chunk_parser(self, request: ModelRequest) -> ChunkParser:
+        """A fresh parser for one streamed response (synthesized ids unique to this turn)."""
+        return _ChunkParser(len(request.messages))
+
+    def _stream_ended(self, parser: ChunkParser) -> None:
+        """Keep the thought signatures the stream carried, whole or not."""
+        assert isinstance(parser, _ChunkParser)
+        self._keep(parser.calls.signatures)

@@ -300,6 +300,16 @@ class ChunkParser(Protocol):
         ...
 
 
+def _check_whole(parser: ChunkParser, status: int) -> None:
+    """A stream the server closed cleanly is still cut short without its end marker."""
+    if not parser.complete:
+        raise ProviderError(
+            Outcome.CONNECTION_FAILED,
+            f"stream ended before {parser.end_marker}",
+            status_code=status,
+        )
+
+
 async def sse_deltas(
     client: httpx.AsyncClient,
     url: str,
@@ -346,12 +356,7 @@ async def sse_deltas(
         failure = transport_error(error)
         failure.status_code = status
         raise failure from error
-    if not parser.complete:
-        raise ProviderError(
-            Outcome.CONNECTION_FAILED,
-            f"stream ended before {parser.end_marker}",
-            status_code=status,
-        )
+    _check_whole(parser, status)
 
 
 async def _sse_deltas_direct(
@@ -385,9 +390,4 @@ async def _sse_deltas_direct(
         failure = aiohttp_error(error)
         failure.status_code = status
         raise failure from error
-    if not parser.complete:
-        raise ProviderError(
-            Outcome.CONNECTION_FAILED,
-            f"stream ended before {parser.end_marker}",
-            status_code=status,
-        )
+    _check_whole(parser, status)

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from stepline_router.errors import Outcome, ProviderError
+from stepline_router.providers.adapter import HttpAdapter, request_headers
 from stepline_router.providers.base import AttemptLimits
-from stepline_router.providers.http import (
-    ChunkParser,
-    ErrorMapper,
-    NowFn,
-    error_from_response,
-    json_or_malformed,
-    post_json,
-    sse_deltas,
-    stream_error,
+from stepline_router.providers.events import (
+    SHAPE_ERRORS,
+    CallNumbers,
+    decoded_object,
+    not_a,
+    wrong_shape,
 )
+from stepline_router.providers.fields import sampling, schema_fields
+from stepline_router.providers.http import ChunkParser, NowFn, post_json, stream_error
 from stepline_router.routes import Deployment, SchemaStyle
-from stepline_router.stream import (
-    Delta,
-    Finished,
-    TextDelta,
-    ToolCallDelta,
-    UsageDelta,
-)
+from stepline_router.stream import Delta, Finished, TextDelta, ToolCallDelta, UsageDelta
 from stepline_router.types import (
     Completion,
     FinishReason,
@@ -52,6 +46,9 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _CHAT_PATH = "/chat/completions"
+
+# Generation settings by their Chat Completions names (the token limit's name varies).
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "stop": "stop", "seed": "seed"}
 
 _FINISH = {
     "stop": FinishReason.STOP,
@@ -109,16 +106,7 @@ def openai_body(
             body["tool_choice"] = {"type": "function", "function": {"name": params.tool_name}}
         else:
             body["tool_choice"] = params.tool_choice.value
-    if params.max_output_tokens:
-        body[max_tokens_field] = params.max_output_tokens
-    if params.temperature is not None:
-        body["temperature"] = params.temperature
-    if params.top_p is not None:
-        body["top_p"] = params.top_p
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.seed is not None:
-        body["seed"] = params.seed
+    body.update(sampling(params, {"max_output_tokens": max_tokens_field, **_SAMPLING}))
     if params.reasoning_effort:
         body["reasoning_effort"] = params.reasoning_effort
     fmt = params.response_format
@@ -127,14 +115,7 @@ def openai_body(
     elif fmt.type == "json_schema" and deployment.schema_style is SchemaStyle.JSON_OBJECT:
         body["response_format"] = {"type": "json_object", "schema": fmt.schema or {}}
     elif fmt.type == "json_schema":
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {
-                "name": fmt.name or "response",
-                "schema": fmt.schema or {},
-                "strict": fmt.strict,
-            },
-        }
+        body["response_format"] = {"type": "json_schema", "json_schema": schema_fields(fmt)}
     if request.stream:
         body["stream"] = True
         # Without this the stream carries no token counts at all.
@@ -181,11 +162,7 @@ def parse_openai_completion(data: Any, status: int = 200) -> Completion:
             model=str(data.get("model") or ""),
         )
     except (KeyError, IndexError, TypeError, AttributeError) as error:
-        raise ProviderError(
-            Outcome.MALFORMED_RESPONSE,
-            f"response is not a chat completion ({type(error).__name__}: {error})",
-            status_code=status,
-        ) from error
+        raise not_a("a chat completion", error, status) from error
 
 
 def openai_embeddings_body(deployment: Deployment, request: ModelRequest) -> dict[str, Any]:
@@ -210,12 +187,8 @@ def parse_openai_embeddings(data: Any, expected: int, status: int = 200) -> Comp
         vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in items)
         usage = data.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
-        raise ProviderError(
-            Outcome.MALFORMED_RESPONSE,
-            f"response is not an embeddings list ({type(error).__name__}: {error})",
-            status_code=status,
-        ) from error
+    except SHAPE_ERRORS as error:
+        raise not_a("an embeddings list", error, status) from error
     if len(vectors) != expected:
         raise ProviderError(
             Outcome.MALFORMED_RESPONSE,
@@ -237,27 +210,25 @@ class ChatChunkParser:
     def __init__(self, check: ChunkCheck | None = None) -> None:
         self.done = False
         self.finished = False
-        self._calls: dict[int, int] = {}
+        self._calls = CallNumbers()
         self._check = check
 
     @property
     def ended(self) -> bool:
+        """Whether `[DONE]` came."""
         return self.done
 
     @property
     def complete(self) -> bool:
-        # Some compatible servers never send [DONE]; a finish reason is the model's own end.
+        """Whole at `[DONE]` or, since some compatible servers never send it, a finish reason."""
         return self.done or self.finished
 
     def feed(self, event: str, data: str, status: int) -> list[Delta]:
+        """The deltas of one chunk; `ProviderError` for a malformed or error chunk."""
         if data.strip() == "[DONE]":
             self.done = True
             return []
-        chunk = json_or_malformed(data, status, "stream chunk")
-        if not isinstance(chunk, dict):
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE, "stream chunk is not an object", status_code=status
-            )
+        chunk = decoded_object(data, status, "stream chunk")
         if "error" in chunk:
             raise stream_error(chunk["error"], status)
         if self._check is not None:
@@ -272,7 +243,7 @@ class ChatChunkParser:
                     out.append(TextDelta(str(delta["refusal"])))
                 for part in delta.get("tool_calls") or ():
                     # Providers number calls by their own index; callers get 0, 1, … in order.
-                    index = self._calls.setdefault(int(part.get("index", 0)), len(self._calls))
+                    index = self._calls.number(int(part.get("index", 0)))
                     function = part.get("function") or {}
                     out.append(
                         ToolCallDelta(
@@ -289,17 +260,13 @@ class ChatChunkParser:
                 elif delta.get("refusal"):
                     out.append(Finished(FinishReason.CONTENT_FILTER))
         except (AttributeError, TypeError, ValueError) as error:
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE,
-                f"stream chunk has a wrong shape ({type(error).__name__})",
-                status_code=status,
-            ) from error
+            raise wrong_shape("stream chunk", error, status) from error
         if chunk.get("usage"):
             out.append(UsageDelta(openai_usage(chunk["usage"])))
         return out
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpAdapter):
     """Adapter for the Chat Completions wire format."""
 
     # Chat Completions answers a trailing assistant turn anew.
@@ -316,8 +283,7 @@ class OpenAIProvider:
         stream_usage: bool = True,
         renamed: Mapping[str, str] | None = None,
     ) -> None:
-        self._client = client
-        self._now = now
+        super().__init__(client, now)
         # OpenAI itself wants `max_completion_tokens`; most compatible servers `max_tokens`.
         self._max_tokens_field = max_tokens_field
         # Quirks of compatible services (see stepline_routes.presets): whether to ask for
@@ -325,24 +291,18 @@ class OpenAIProvider:
         self._stream_usage = stream_usage
         self._renamed = dict(renamed or {})
 
-    # What a non-2xx answer means; a provider with its own error details maps them itself.
-    errors: ErrorMapper = staticmethod(error_from_response)
-
     def endpoint(
         self, deployment: Deployment, credential: str | None
     ) -> tuple[str, dict[str, str]]:
         """The Chat Completions URL of `deployment` and its headers (credential included)."""
         url = f"{deployment.base_url or DEFAULT_BASE_URL}/chat/completions"
-        headers = {"content-type": "application/json", **deployment.headers}
-        if credential:
-            headers["authorization"] = f"Bearer {credential}"
-        return url, headers
+        return url, request_headers(deployment, credential)
 
-    def parse(self, data: Any, status: int) -> Completion:
+    def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
         """The answer of a non-streamed response body."""
         return parse_openai_completion(data, status)
 
-    def chunk_parser(self) -> ChunkParser:
+    def chunk_parser(self, request: ModelRequest) -> ChunkParser:
         """A fresh parser for one streamed response."""
         return ChatChunkParser()
 
@@ -359,35 +319,6 @@ class OpenAIProvider:
             if ours in body:
                 body[theirs] = body.pop(ours)
         return url, headers, body
-
-    async def complete(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> Completion:
-        """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
-        url, headers, body = self._request(deployment, request, credential, stream=False)
-        data, status = await post_json(
-            self._client, url, headers, body, limits, self._now(), errors=self.errors
-        )
-        return self.parse(data, status)
-
-    async def stream(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> AsyncGenerator[Delta, None]:
-        """One streamed attempt against `deployment`."""
-        url, headers, body = self._request(deployment, request, credential, stream=True)
-        parser = self.chunk_parser()
-        async for delta in sse_deltas(
-            self._client, url, headers, body, limits, self._now, parser, errors=self.errors
-        ):
-            yield delta
 
     async def embed(
         self,

@@ -8,21 +8,14 @@ Errors are OpenAI's own, classified as the Chat Completions adapter classifies t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any
 
-import httpx
-
 from stepline_router.errors import Outcome, ProviderError
-from stepline_router.providers.base import AttemptLimits
-from stepline_router.providers.http import (
-    NowFn,
-    json_or_malformed,
-    post_json,
-    sse_deltas,
-    stream_error,
-)
+from stepline_router.providers.adapter import HttpAdapter, request_headers
+from stepline_router.providers.events import EventParser, not_a
+from stepline_router.providers.fields import sampling, schema_fields
+from stepline_router.providers.http import ChunkParser, stream_error
 from stepline_router.providers.openai import DEFAULT_BASE_URL
 from stepline_router.routes import Deployment
 from stepline_router.stream import Delta, Finished, TextDelta, ToolCallDelta, UsageDelta
@@ -39,6 +32,12 @@ from stepline_router.types import (
 
 __all__ = ["ResponsesProvider", "parse_response", "responses_body"]
 
+# Generation settings by their Responses names (it has no stop sequences and no seed).
+_SAMPLING = {
+    "max_output_tokens": "max_output_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+}
 # Why a response stopped short (`incomplete_details.reason`).
 _INCOMPLETE = {
     "max_output_tokens": FinishReason.LENGTH,
@@ -101,26 +100,14 @@ def responses_body(deployment: Deployment, request: ModelRequest) -> dict[str, A
             body["tool_choice"] = {"type": "function", "name": params.tool_name}
         else:
             body["tool_choice"] = params.tool_choice.value
-    if params.max_output_tokens:
-        body["max_output_tokens"] = params.max_output_tokens
-    if params.temperature is not None:
-        body["temperature"] = params.temperature
-    if params.top_p is not None:
-        body["top_p"] = params.top_p
+    body.update(sampling(params, _SAMPLING))
     if params.reasoning_effort:
         body["reasoning"] = {"effort": params.reasoning_effort}
     fmt = params.response_format
     if fmt.type == "json_object":
         body["text"] = {"format": {"type": "json_object"}}
     elif fmt.type == "json_schema":
-        body["text"] = {
-            "format": {
-                "type": "json_schema",
-                "name": fmt.name or "response",
-                "schema": fmt.schema or {},
-                "strict": fmt.strict,
-            }
-        }
+        body["text"] = {"format": {"type": "json_schema", **schema_fields(fmt)}}
     if request.stream:
         body["stream"] = True
     body.update(params.extra)
@@ -184,50 +171,20 @@ def parse_response(data: Any, status: int = 200) -> Completion:
         finish = _finish(data, bool(calls), refused, status)
         return Completion("".join(text), tuple(calls), finish, _usage(data.get("usage")), status)
     except (KeyError, TypeError, AttributeError) as error:
-        raise ProviderError(
-            Outcome.MALFORMED_RESPONSE,
-            f"response is not a Responses API response ({type(error).__name__}: {error})",
-            status_code=status,
-        ) from error
+        raise not_a("a Responses API response", error, status) from error
 
 
-class _EventParser:
+class _EventParser(EventParser):
     """Responses stream events → deltas; ends at `response.completed` or `.incomplete`."""
 
     end_marker = "response.completed"
 
     def __init__(self) -> None:
-        self.done = False
+        super().__init__()
         self._refused = False
-        # Output index → tool call number (callers see 0, 1, … in order).
-        self._calls: dict[int, int] = {}
-
-    @property
-    def ended(self) -> bool:
-        return self.done
-
-    @property
-    def complete(self) -> bool:
-        return self.done
-
-    def feed(self, event: str, data: str, status: int) -> list[Delta]:
-        payload = json_or_malformed(data, status, event)
-        if not isinstance(payload, dict):
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE, f"{event} event is not an object", status_code=status
-            )
-        kind = str(payload.get("type") or event)
-        try:
-            return self._deltas(kind, payload, status)
-        except (AttributeError, TypeError, ValueError, KeyError) as error:
-            raise ProviderError(
-                Outcome.MALFORMED_RESPONSE,
-                f"{kind} event has a wrong shape ({type(error).__name__})",
-                status_code=status,
-            ) from error
 
     def _number(self, data: dict[str, Any]) -> int:
-        return self._calls.setdefault(int(data["output_index"]), len(self._calls))
+        return self.calls.number(int(data["output_index"]))
 
     def _deltas(self, kind: str, data: dict[str, Any], status: int) -> list[Delta]:
         if kind == "error":
@@ -255,53 +212,30 @@ class _EventParser:
             return [ToolCallDelta(self._number(data), arguments=str(data["delta"]))]
         if kind in ("response.completed", "response.incomplete", "response.failed"):
             response = data["response"]
-            finish = _finish(response, bool(self._calls), self._refused, status)
+            finish = _finish(response, bool(self.calls), self._refused, status)
             self.done = True
             return [UsageDelta(_usage(response.get("usage"))), Finished(finish)]
         # Lifecycle events, `.done` summaries (their deltas came first), reasoning summaries.
         return []
 
 
-class ResponsesProvider:
+class ResponsesProvider(HttpAdapter):
     """Adapter for the OpenAI Responses wire format."""
 
     # A trailing assistant item is context, not a prefix to continue.
     continues_answers = False
 
-    def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
-        self._client = client
-        self._now = now
-
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
         url = f"{deployment.base_url or DEFAULT_BASE_URL}/responses"
-        headers = {"content-type": "application/json", **deployment.headers}
-        if credential:
-            headers["authorization"] = f"Bearer {credential}"
+        headers = request_headers(deployment, credential)
         return url, headers, responses_body(deployment, replace(request, stream=stream))
 
-    async def complete(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> Completion:
-        """One attempt against `deployment`, not streamed."""
-        url, headers, body = self._request(deployment, request, credential, stream=False)
-        data, status = await post_json(self._client, url, headers, body, limits, self._now())
+    def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
+        """The answer of a non-streamed response body."""
         return parse_response(data, status)
 
-    async def stream(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        limits: AttemptLimits,
-        credential: str | None,
-    ) -> AsyncGenerator[Delta, None]:
-        """One streamed attempt against `deployment`."""
-        url, headers, body = self._request(deployment, request, credential, stream=True)
-        parser = _EventParser()
-        async for delta in sse_deltas(self._client, url, headers, body, limits, self._now, parser):
-            yield delta
+    def chunk_parser(self, request: ModelRequest) -> ChunkParser:
+        """A fresh parser for one streamed response."""
+        return _EventParser()
