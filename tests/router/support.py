@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+from genai_prices import Usage as CatalogUsage
+from genai_prices import calc_price
 
 from stepline_pricebook import PriceBook
 from stepline_router.app import PROVIDER_NAMES, build_providers
@@ -24,10 +26,13 @@ from stepline_router.types import Message, ModelRequest, Params, Role, ToolCall,
 __all__ = [
     "BOOK",
     "PROVIDERS",
+    "QUICK",
     "ROOT",
     "TOOL_TRANSCRIPT",
+    "catalog_cost",
     "free_port",
     "http_router",
+    "pair_routes",
     "request",
     "routes",
     "shipped_book",
@@ -116,6 +121,50 @@ def routes(body: str, *, defaults: str = "", breaker: str = "") -> RoutesConfig:
         f"[breaker]\n{breaker}\n{body}"
     )
     return parse_routes(text, known_providers=PROVIDERS)
+
+
+# Attempt timeouts of the loopback provider tests: a fault shows within seconds.
+QUICK = "{ connect_s = 1, first_byte_s = 1, total_s = 3 }"
+
+
+def pair_routes(
+    primary: str,
+    fallback: str,
+    provider: str,
+    model: str,
+    *,
+    fallback_provider: str = "",
+    fallback_model: str = "",
+    credential: str = "KEY",
+    timeouts: str = QUICK,
+    defaults: str = "",
+    breaker: str = "",
+) -> RoutesConfig:
+    """Route `default` over deployment `primary` (at URL `primary`), then `fallback`."""
+    body = ""
+    for name, url, kind, named in (
+        ("primary", primary, provider, model),
+        ("fallback", fallback, fallback_provider or provider, fallback_model or model),
+    ):
+        body += (
+            f'[deployments.{name}]\nprovider = "{kind}"\nmodel = "{named}"\n'
+            f'base_url = "{url}"\ncredential_env = "{credential}"\ntimeouts = {timeouts}\n'
+        )
+    body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
+    return routes(body, defaults=defaults, breaker=breaker)
+
+
+def catalog_cost(
+    model: str, provider_id: str, input_tokens: int, output: int, read: int = 0, write: int = 0
+) -> Decimal:
+    """What the maintained catalog (genai-prices) charges for these tokens."""
+    usage = CatalogUsage(
+        input_tokens=input_tokens,
+        output_tokens=output,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+    )
+    return calc_price(usage, model, provider_id=provider_id).total_price
 
 
 def weather_tool() -> ToolSpec:

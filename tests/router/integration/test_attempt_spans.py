@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,17 +27,6 @@ from tests.router.cloud_fakes import azure_completion, gemini_error
 from tests.router.fakes import FakeProvider, Reply
 from tests.router.integration.test_gemini_azure import BOOK
 from tests.router.support import request, weather_tool
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
-    """A Gemini server and an Azure server."""
-    a, b = await FakeProvider().start(), await FakeProvider().start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_each_attempt_is_a_genai_span(

@@ -13,8 +13,6 @@ import httpx
 import pytest
 from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
-from genai_prices import Usage as CatalogUsage
-from genai_prices import calc_price
 
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
@@ -34,7 +32,15 @@ from tests.router.bedrock_fakes import (
     sigv4_guard,
 )
 from tests.router.fakes import FakeProvider, Reply
-from tests.router.support import http_router, request, routes, shipped_book, weather_tool
+from tests.router.stream_faults import check_cut_streams, fails_over_from, retried_on_primary
+from tests.router.support import (
+    catalog_cost,
+    http_router,
+    pair_routes,
+    request,
+    shipped_book,
+    weather_tool,
+)
 
 MODEL = "amazon.nova-lite-v1:0"
 API_KEY = "bedrock-api-key-0123456789"
@@ -63,15 +69,7 @@ def signed(servers: tuple[FakeProvider, FakeProvider]) -> tuple[FakeProvider, Fa
 def _config(
     primary: str, fallback: str, credential: str = "AWS_SECRET_ACCESS_KEY", model: str = MODEL
 ) -> RoutesConfig:
-    body = ""
-    for name, url in (("primary", primary), ("fallback", fallback)):
-        body += (
-            f'[deployments.{name}]\nprovider = "bedrock"\nmodel = "{model}"\n'
-            f'base_url = "{url}"\ncredential_env = "{credential}"\n'
-            "timeouts = { connect_s = 1, first_byte_s = 1, total_s = 3 }\n"
-        )
-    body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
-    return routes(body)
+    return pair_routes(primary, fallback, "bedrock", model, credential=credential)
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
@@ -79,13 +77,7 @@ def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
 
 
 def _catalog_cost(input_tokens: int, output: int, read: int = 0, write: int = 0) -> object:
-    usage = CatalogUsage(
-        input_tokens=input_tokens,
-        output_tokens=output,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-    )
-    return calc_price(usage, MODEL, provider_id="aws").total_price
+    return catalog_cost(MODEL, "aws", input_tokens, output, read, write)
 
 
 async def test_converse_signed_tools_cache_usage_and_catalog_price(
@@ -249,20 +241,14 @@ async def test_stream_cut_before_output_fails_over_and_after_a_tool_call_is_inco
     signed: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
     primary, fallback = signed
-    config = _config(primary.url, fallback.url)
-    primary.queue(Reply(frames=converse_frames(["Hel", "lo"]), cut_after=1))
-    fallback.queue(Reply(frames=converse_frames(["whole"])))
-    outcome = await _router(config, client).complete(request(stream=True))
-    assert isinstance(outcome, CallSucceeded)
-    assert outcome.completion.content == "whole"
-    assert outcome.attempts[0].outcome is Outcome.CONNECTION_FAILED
     frames = converse_frames(tool_use=("tu_3", "get_weather", ['{"ci', 'ty": "Oslo"}']))
-    primary.queue(Reply(frames=frames, cut_after=3))  # start, tool start, first arguments
-    cut = await _router(config, client).complete(request(stream=True, tools=(weather_tool(),)))
-    assert isinstance(cut, CallSucceeded)
-    assert cut.completion.incomplete
-    assert cut.completion.tool_calls == (ToolCall("tu_3", "get_weather", '{"ci'),)
-    assert len(fallback.received) == 1
+    await check_cut_streams(
+        _router(_config(primary.url, fallback.url), client),
+        signed,
+        lambda texts: Reply(frames=converse_frames(texts)),
+        Reply(frames=frames, cut_after=3),  # start, tool start, first arguments
+        "tu_3",
+    )
 
 
 async def test_a_corrupt_frame_is_malformed_and_retried(
@@ -272,15 +258,13 @@ async def test_a_corrupt_frame_is_malformed_and_retried(
     frames = converse_frames(["fine"])
     broken = bytearray(frames[1])
     broken[-6] ^= 0xFF  # a payload byte: the message CRC no longer matches
-    primary.queue(Reply(frames=[frames[0], bytes(broken), *frames[2:]]), Reply(frames=frames))
-    outcome = await _router(_config(primary.url, fallback.url), client).complete(
-        request(stream=True)
+    outcome = await retried_on_primary(
+        _router(_config(primary.url, fallback.url), client),
+        primary,
+        Reply(frames=[frames[0], bytes(broken), *frames[2:]]),
+        Reply(frames=frames),
     )
-    assert isinstance(outcome, CallSucceeded)
-    assert outcome.completion.content == "fine"
-    assert outcome.attempts[0].outcome is Outcome.MALFORMED_RESPONSE
     assert "ChecksumMismatch" in outcome.attempts[0].error
-    assert outcome.deployment.name == "primary"
 
 
 @pytest.mark.parametrize(
@@ -299,14 +283,12 @@ async def test_stream_exception_events_are_classified(
     outcome: Outcome,
 ) -> None:
     primary, fallback = signed
-    frames = converse_frames(["x"])
-    primary.default = lambda _: Reply(frames=[frames[0], exception_frame(kind, message)])
-    fallback.queue(Reply(frames=converse_frames(["from fallback"])))
-    result = await _router(_config(primary.url, fallback.url), client).complete(
-        request(stream=True)
+    result = await fails_over_from(
+        _router(_config(primary.url, fallback.url), client),
+        signed,
+        Reply(frames=[converse_frames(["x"])[0], exception_frame(kind, message)]),
+        Reply(frames=converse_frames(["from fallback"])),
     )
-    assert isinstance(result, CallSucceeded)
-    assert result.completion.content == "from fallback"
     assert result.attempts[0].outcome is outcome
     assert result.attempts[0].status_code == 200
 

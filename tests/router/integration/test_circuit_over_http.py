@@ -21,7 +21,7 @@ from stepline_router.providers.openai import OpenAIProvider
 from stepline_router.router import CallSucceeded, Router
 from stepline_router.routes import RoutesConfig
 from tests.router.fakes import FakeProvider, Reply, closed_port, openai_completion, openai_error
-from tests.router.support import BOOK, request, routes
+from tests.router.support import BOOK, pair_routes, request
 
 THRESHOLD = 3
 COOLDOWN_S = 30.0
@@ -53,16 +53,15 @@ async def fallback() -> AsyncIterator[FakeProvider]:
 
 
 def _config(primary_url: str, fallback_url: str) -> RoutesConfig:
-    body = ""
-    for name, url in (("primary", primary_url), ("fallback", fallback_url)):
-        body += (
-            f'[deployments.{name}]\nprovider = "openai_compatible"\nmodel = "gpt-4o-mini"\n'
-            f'base_url = "{url}/v1"\ncredential_env = "KEY"\n'
-            "timeouts = { connect_s = 2, first_byte_s = 5, total_s = 10 }\n"
-        )
-    body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
     breaker = f"failure_threshold = {THRESHOLD}\nwindow_s = 60\ncooldown_s = {COOLDOWN_S}"
-    return routes(body, breaker=breaker)
+    return pair_routes(
+        f"{primary_url}/v1",
+        f"{fallback_url}/v1",
+        "openai_compatible",
+        "gpt-4o-mini",
+        timeouts="{ connect_s = 2, first_byte_s = 5, total_s = 10 }",
+        breaker=breaker,
+    )
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient, clock: ManualClock) -> Router:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date
 from typing import Any
@@ -32,7 +31,7 @@ from tests.router.cloud_fakes import (
     gemini_response,
 )
 from tests.router.fakes import FakeProvider, Reply, openai_chunks, openai_error
-from tests.router.support import request, weather_tool
+from tests.router.support import pair_routes, request, weather_tool
 
 KEY = "AIza-test-0123456789abcdef"
 GEMINI = "gemini-2.5-flash"
@@ -44,32 +43,14 @@ BOOK = PriceBook.parse(
 )
 
 
-@pytest.fixture
-async def servers() -> AsyncIterator[tuple[FakeProvider, FakeProvider]]:
-    """Two local provider servers (primary, fallback)."""
-    a, b = await FakeProvider().start(), await FakeProvider().start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
-
-
 def _config(primary: str, fallback: str, kind: str, fallback_kind: str = "") -> RoutesConfig:
-    body = ""
-    for name, url, provider in (
-        ("primary", primary, kind),
-        ("fallback", fallback, fallback_kind or kind),
-    ):
-        model = GEMINI if provider == "gemini" else "gpt-4o-mini"
-        body += (
-            f'[deployments.{name}]\nprovider = "{provider}"\nmodel = "{model}"\n'
-            f'base_url = "{url}"\ncredential_env = "KEY"\n'
-            "timeouts = { connect_s = 1, first_byte_s = 1, total_s = 3 }\n"
-        )
-    body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
-    text = f"[defaults]\nbackoff_base_s = 0.01\nbackoff_cap_s = 0.05\n{body}"
-    return parse_routes(text, known_providers=("gemini", "azure_openai", "openai_compatible"))
+    def model(provider: str) -> str:
+        return GEMINI if provider == "gemini" else "gpt-4o-mini"
+
+    other = fallback_kind or kind
+    return pair_routes(
+        primary, fallback, kind, model(kind), fallback_provider=other, fallback_model=model(other)
+    )
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient, key: str = KEY) -> Router:

@@ -27,22 +27,14 @@ from tests.router.fakes import (
     openai_completion,
     openai_error,
 )
-from tests.router.support import http_router, request, routes, weather_tool
+from tests.router.support import http_router, pair_routes, request, weather_tool
 
 SECRET = "sk-test-0123456789abcdef"
 
 
 def _config(primary: str, fallback: str, kind: str = "openai", **extra: str) -> RoutesConfig:
     model = "claude-haiku-4-5" if kind == "anthropic" else "gpt-4o-mini"
-    timeouts = extra.get("timeouts", "{ connect_s = 1, first_byte_s = 1, total_s = 3 }")
-    body = ""
-    for name, url in (("primary", primary), ("fallback", fallback)):
-        body += (
-            f'[deployments.{name}]\nprovider = "{kind}"\nmodel = "{model}"\n'
-            f'base_url = "{url}"\ncredential_env = "KEY"\ntimeouts = {timeouts}\n'
-        )
-    body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
-    return routes(body, defaults=extra.get("defaults", ""), breaker=extra.get("breaker", ""))
+    return pair_routes(primary, fallback, kind, model, **extra)
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:

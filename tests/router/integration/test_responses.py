@@ -7,8 +7,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from genai_prices import Usage as CatalogUsage
-from genai_prices import calc_price
 from openai import AsyncOpenAI, BadRequestError
 
 from stepline_router.credentials import StaticCredentials
@@ -23,7 +21,15 @@ from tests.router.responses_fakes import (
     response_events,
     response_failed,
 )
-from tests.router.support import http_router, request, routes, shipped_book, weather_tool
+from tests.router.stream_faults import check_cut_streams, fails_over_from, retried_on_primary
+from tests.router.support import (
+    catalog_cost,
+    http_router,
+    pair_routes,
+    request,
+    shipped_book,
+    weather_tool,
+)
 
 SECRET = "sk-test-responses-0123456789"
 MODEL = "o4-mini"
@@ -31,15 +37,7 @@ BOOK = shipped_book()
 
 
 def _config(primary: str, fallback: str) -> RoutesConfig:
-    body = ""
-    for name, url in (("primary", primary), ("fallback", fallback)):
-        body += (
-            f'[deployments.{name}]\nprovider = "openai_responses"\nmodel = "{MODEL}"\n'
-            f'base_url = "{url}"\ncredential_env = "KEY"\n'
-            "timeouts = { connect_s = 1, first_byte_s = 1, total_s = 3 }\n"
-        )
-    body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
-    return routes(body)
+    return pair_routes(primary, fallback, "openai_responses", MODEL)
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
@@ -47,13 +45,7 @@ def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
 
 
 def _catalog_cost(input_tokens: int, output: int, cached: int, written: int = 0) -> object:
-    usage = CatalogUsage(
-        input_tokens=input_tokens,
-        output_tokens=output,
-        cache_read_tokens=cached,
-        cache_write_tokens=written,
-    )
-    return calc_price(usage, MODEL, provider_id="openai").total_price
+    return catalog_cost(MODEL, "openai", input_tokens, output, cached, written)
 
 
 async def test_function_call_round_trip_usage_and_catalog_price(
@@ -230,20 +222,14 @@ async def test_stream_cut_before_output_fails_over_and_after_a_call_began_is_inc
     servers: tuple[FakeProvider, FakeProvider], client: httpx.AsyncClient
 ) -> None:
     primary, fallback = servers
-    config = _config(primary.url, fallback.url)
-    primary.queue(Reply(events=response_events(["Hel", "lo"]), cut_after=1))
-    fallback.queue(Reply(events=response_events(["whole"])))
-    outcome = await _router(config, client).complete(request(stream=True))
-    assert isinstance(outcome, CallSucceeded)
-    assert outcome.completion.content == "whole"
-    assert outcome.attempts[0].outcome is Outcome.CONNECTION_FAILED
     events = response_events(call=("call_9", "get_weather", ['{"ci', 'ty": "Oslo"}']))
-    primary.queue(Reply(events=events, cut_after=3))  # created, call added, first arguments
-    cut = await _router(config, client).complete(request(stream=True, tools=(weather_tool(),)))
-    assert isinstance(cut, CallSucceeded)
-    assert cut.completion.incomplete
-    assert cut.completion.tool_calls == (ToolCall("call_9", "get_weather", '{"ci'),)
-    assert len(fallback.received) == 1
+    await check_cut_streams(
+        _router(_config(primary.url, fallback.url), client),
+        servers,
+        lambda texts: Reply(events=response_events(texts)),
+        Reply(events=events, cut_after=3),  # created, call added, first arguments
+        "call_9",
+    )
 
 
 async def test_a_malformed_event_is_retried(
@@ -251,17 +237,12 @@ async def test_a_malformed_event_is_retried(
 ) -> None:
     primary, fallback = servers
     events = response_events(["fine"])
-    primary.queue(
+    await retried_on_primary(
+        _router(_config(primary.url, fallback.url), client),
+        primary,
         Reply(events=[events[0], 'event: response.output_text.delta\ndata: {"type": "resp']),
         Reply(events=events),
     )
-    outcome = await _router(_config(primary.url, fallback.url), client).complete(
-        request(stream=True)
-    )
-    assert isinstance(outcome, CallSucceeded)
-    assert outcome.completion.content == "fine"
-    assert outcome.attempts[0].outcome is Outcome.MALFORMED_RESPONSE
-    assert outcome.deployment.name == "primary"
 
 
 @pytest.mark.parametrize(
@@ -279,14 +260,12 @@ async def test_failed_and_error_events_are_classified(
     outcome: Outcome,
 ) -> None:
     primary, fallback = servers
-    started = response_events(["x"])[0]
-    primary.default = lambda _: Reply(events=[started, event])
-    fallback.queue(Reply(events=response_events(["from fallback"])))
-    result = await _router(_config(primary.url, fallback.url), client).complete(
-        request(stream=True)
+    result = await fails_over_from(
+        _router(_config(primary.url, fallback.url), client),
+        servers,
+        Reply(events=[response_events(["x"])[0], event]),
+        Reply(events=response_events(["from fallback"])),
     )
-    assert isinstance(result, CallSucceeded)
-    assert result.completion.content == "from fallback"
     assert result.attempts[0].outcome is outcome
 
 
