@@ -158,7 +158,9 @@ class FakeProvider:
             await writer.drain()
             return True
         payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
-        head += ["content-type: application/json", f"content-length: {len(payload)}"]
+        if "content-type" not in extra:
+            head.append("content-type: application/json")
+        head.append(f"content-length: {len(payload)}")
         head += [f"{k}: {v}" for k, v in extra.items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
         if reply.reset_mid_body:

@@ -101,13 +101,15 @@ def http_router(
     client: httpx.AsyncClient,
     credentials: Credentials,
     prices: PriceBook = BOOK,
+    *,
+    private_images: bool = False,
 ) -> Router:
     """A router over every real HTTP adapter, with seeded jitter."""
     clock = SystemClock()
     return Router(
         routes=lambda: config,
         prices=lambda: prices,
-        providers=build_providers(client, clock, credentials),
+        providers=build_providers(client, clock, credentials, private_images=private_images),
         credentials=credentials,
         clock=clock,
         random=random.Random(7).random,
@@ -139,8 +141,10 @@ def pair_routes(
     timeouts: str = QUICK,
     defaults: str = "",
     breaker: str = "",
+    extra: str = "",
 ) -> RoutesConfig:
-    """Route `default` over deployment `primary` (at URL `primary`), then `fallback`."""
+    """Route `default` over deployment `primary` (at URL `primary`), then `fallback`; `extra`
+    lines go into both deployment tables."""
     body = ""
     for name, url, kind, named in (
         ("primary", primary, provider, model),
@@ -149,6 +153,7 @@ def pair_routes(
         body += (
             f'[deployments.{name}]\nprovider = "{kind}"\nmodel = "{named}"\n'
             f'base_url = "{url}"\ncredential_env = "{credential}"\ntimeouts = {timeouts}\n'
+            f"{extra}"
         )
     body += '[routes.default]\ndeployments = ["primary", "fallback"]\n'
     return routes(body, defaults=defaults, breaker=breaker)

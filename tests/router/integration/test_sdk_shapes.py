@@ -26,7 +26,15 @@ from stepline_router.providers.anthropic import anthropic_body
 from stepline_router.providers.openai import openai_body
 from stepline_router.providers.responses import parse_response, responses_body
 from stepline_router.routes import Deployment
-from stepline_router.types import FinishReason, Params, ResponseFormat, ToolCall, ToolChoice
+from stepline_router.types import (
+    FinishReason,
+    Message,
+    Params,
+    ResponseFormat,
+    Role,
+    ToolCall,
+    ToolChoice,
+)
 from tests.router.fakes import (
     anthropic_events,
     anthropic_message,
@@ -137,6 +145,17 @@ def test_responses_request_bodies_match_the_sdk_params(params: Params) -> None:
         "function_call_output",
         "message",
     ]
+
+
+def test_responses_image_inputs_match_the_sdk_params() -> None:
+    url = "https://images.example.test/cat.jpg"
+    seen = Message(Role.USER, "What is this?", images=("data:image/png;base64,iVBORw0K", url))
+    body = responses_body(RESPONSES_DEPLOYMENT, replace(request(), messages=(seen,)))
+    _strict(RESPONSES, body)
+    (message,) = body["input"]
+    validated = RESPONSES.validate_python(body)["input"][0]["content"]
+    for sent, checked in zip(message["content"], validated, strict=True):
+        assert sent == checked  # every part as the SDK types it, no key unknown to them
 
 
 def test_fake_responses_server_answers_are_sdk_responses() -> None:

@@ -79,12 +79,18 @@ PROVIDER_NAMES = (
 
 
 def build_providers(
-    client: httpx.AsyncClient, clock: SystemClock, credentials: Credentials | None = None
+    client: httpx.AsyncClient,
+    clock: SystemClock,
+    credentials: Credentials | None = None,
+    *,
+    private_images: bool = False,
 ) -> Mapping[str, Provider]:
     """Every provider adapter, sharing one HTTP connection pool.
 
     `credentials` is for adapters that read more than the deployment's one credential (AWS
     key id, session token and region beside the secret); the environment by default.
+    `private_images` lets the adapters that fetch image URLs (Bedrock, Gemini) fetch from
+    non-public addresses too (`providers.images`).
     """
     credentials = credentials or EnvCredentials(os.environ)
     return {
@@ -92,9 +98,9 @@ def build_providers(
         "openai_compatible": OpenAIProvider(client, clock.now),
         "anthropic": AnthropicProvider(client, clock.now),
         "local": LocalProvider(),
-        "gemini": GeminiProvider(client, clock.now),
+        "gemini": GeminiProvider(client, clock.now, private_images=private_images),
         "azure_openai": AzureOpenAIProvider(client, clock.now),
-        "bedrock": BedrockProvider(client, clock.now, credentials),
+        "bedrock": BedrockProvider(client, clock.now, credentials, private_images=private_images),
         "openai_responses": ResponsesProvider(client, clock.now),
         **{
             name: OpenAIProvider(
@@ -220,7 +226,9 @@ async def _build(
         router = Router(
             routes=routes.current,
             prices=prices.current,
-            providers=build_providers(client, clock, credentials),
+            providers=build_providers(
+                client, clock, credentials, private_images=settings.image_fetch_private
+            ),
             credentials=credentials,
             clock=clock,
             random=random.SystemRandom().random,

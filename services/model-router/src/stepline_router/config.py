@@ -46,6 +46,13 @@ class Settings(ServiceSettings):
     dev_tenant: str = "dev"
     reload_interval_s: float = Field(default=2.0, gt=0)
     max_connections: int = Field(default=200, ge=1)
+    image_fetch_private: bool = Field(
+        default=False,
+        description=(
+            "STEPLINE_IMAGE_FETCH_PRIVATE: let the router fetch image URLs that Bedrock and "
+            "Gemini need as bytes from private and loopback addresses too (off: SSRF)."
+        ),
+    )
 
     def routes_path(self) -> Path:
         """The routes file to load."""

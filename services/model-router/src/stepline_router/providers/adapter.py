@@ -25,6 +25,7 @@ from stepline_router.providers.http import (
     post_json,
     sse_deltas,
 )
+from stepline_router.providers.images import inline_images
 from stepline_router.routes import Deployment
 from stepline_router.stream import Delta
 from stepline_router.types import Completion, ModelRequest
@@ -56,10 +57,27 @@ class HttpAdapter:
     errors: ErrorMapper = staticmethod(error_from_response)
     # How a 2xx stream is framed (server-sent events unless the provider says otherwise).
     frames: FramesFn = staticmethod(iter_sse)
+    # Whether some image references must be fetched and sent as bytes (see `needs_bytes`).
+    fetches_images = False
 
-    def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, now: NowFn, *, private_images: bool = False
+    ) -> None:
         self._client = client
         self._now = now
+        # Whether images may be fetched from non-public addresses (see `images`).
+        self._private_images = private_images
+
+    def needs_bytes(self, ref: str) -> bool:
+        """Whether image `ref` (a URL; data URIs are bytes already) must be fetched first."""
+        return False
+
+    async def _with_images(self, request: ModelRequest, limits: AttemptLimits) -> ModelRequest:
+        if not any(m.images for m in request.messages):
+            return request
+        return await inline_images(
+            self._client, request, limits, self.needs_bytes, allow_private=self._private_images
+        )
 
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
@@ -86,6 +104,8 @@ class HttpAdapter:
         credential: str | None,
     ) -> Completion:
         """One attempt against `deployment`, not streamed (the router streams with `stream`)."""
+        if self.fetches_images:
+            request = await self._with_images(request, limits)
         url, headers, body = self._request(deployment, request, credential, stream=False)
         data, status = await post_json(
             self._client, url, headers, body, limits, self._now(), errors=self.errors
@@ -100,6 +120,8 @@ class HttpAdapter:
         credential: str | None,
     ) -> AsyncGenerator[Delta, None]:
         """One streamed attempt against `deployment`."""
+        if self.fetches_images:
+            request = await self._with_images(request, limits)
         url, headers, body = self._request(deployment, request, credential, stream=True)
         parser = self.chunk_parser(request)
         try:

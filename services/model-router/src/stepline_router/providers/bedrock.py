@@ -46,6 +46,7 @@ from stepline_router.types import (
     ToolChoice,
     Usage,
 )
+from stepline_vocab import split_data_uri
 
 __all__ = [
     "BedrockProvider",
@@ -77,6 +78,13 @@ _FINISH = {
     "model_context_window_exceeded": FinishReason.LENGTH,
     "guardrail_intervened": FinishReason.CONTENT_FILTER,
     "content_filtered": FinishReason.CONTENT_FILTER,
+}
+# Converse's image formats (`ImageBlock.format`) by media type.
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
 }
 # The model produced output Bedrock could not parse: a retry may well succeed.
 _MALFORMED_STOPS = frozenset({"malformed_model_output", "malformed_tool_use"})
@@ -146,11 +154,26 @@ def bedrock_error(
     )
 
 
+def _image_block(ref: str) -> dict[str, Any]:
+    """An image's bytes (base64 in JSON) and format; URLs are fetched before (`needs_bytes`)."""
+    split = split_data_uri(ref)
+    if split is None:
+        raise ProviderError(Outcome.BAD_REQUEST, "Bedrock takes image bytes, not a URL")
+    media_type, data = split
+    image_format = _IMAGE_FORMATS.get(media_type.lower())
+    if image_format is None:
+        raise ProviderError(
+            Outcome.BAD_REQUEST, f"Bedrock reads png, jpeg, gif or webp images, not {media_type}"
+        )
+    return {"image": {"format": image_format, "source": {"bytes": data}}}
+
+
 def _blocks(message: Message) -> list[dict[str, Any]]:
     if message.role is Role.TOOL:
         result = {"toolUseId": message.tool_call_id, "content": [{"text": message.content}]}
         return [{"toolResult": result}]
-    blocks: list[dict[str, Any]] = []
+    # Images first, as the Anthropic models on Bedrock read them best.
+    blocks: list[dict[str, Any]] = [_image_block(ref) for ref in message.images]
     if message.content:
         blocks.append({"text": message.content})
     for call in message.tool_calls:
@@ -354,12 +377,26 @@ class BedrockProvider(HttpAdapter):
     continues_answers = False
     errors = staticmethod(bedrock_error)
     frames = staticmethod(aws_event_frames)
+    # Image inputs (`Message.images`) are sent in this wire format, as bytes.
+    sends_images = True
+    fetches_images = True
 
-    def __init__(self, client: httpx.AsyncClient, now: NowFn, credentials: Credentials) -> None:
-        super().__init__(client, now)
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        now: NowFn,
+        credentials: Credentials,
+        *,
+        private_images: bool = False,
+    ) -> None:
+        super().__init__(client, now, private_images=private_images)
         self._credentials = credentials
         # botocore logs canonical requests at DEBUG, session token header included.
         logging.getLogger("botocore.auth").setLevel(logging.INFO)
+
+    def needs_bytes(self, ref: str) -> bool:
+        """Every image URL is fetched: Converse takes bytes only (as LiteLLM does)."""
+        return True
 
     def _region(self, deployment: Deployment, prefix: str) -> str:
         match = _HOST_REGION.match(deployment.base_url)

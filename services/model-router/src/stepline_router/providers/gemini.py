@@ -38,6 +38,7 @@ from stepline_router.providers.adapter import HttpAdapter, request_headers
 from stepline_router.providers.events import SHAPE_ERRORS, decoded_object, not_a, wrong_shape
 from stepline_router.providers.fields import object_arguments, sampling
 from stepline_router.providers.http import ChunkParser, NowFn, safe_text
+from stepline_router.providers.images import url_media_type
 from stepline_router.retryafter import parse_duration, retry_after_seconds
 from stepline_router.routes import Deployment
 from stepline_router.stream import Delta, Finished, TextDelta, ToolCallDelta, UsageDelta
@@ -51,6 +52,7 @@ from stepline_router.types import (
     ToolChoice,
     Usage,
 )
+from stepline_vocab import split_data_uri
 
 __all__ = [
     "GeminiProvider",
@@ -131,6 +133,15 @@ def _response_value(content: str) -> dict[str, Any]:
     return {"output": value}
 
 
+def _image_part(ref: str) -> dict[str, Any]:
+    """A data URI inline (`inlineData`); an image URL by reference (`fileData`) when its type
+    shows in it (other URLs are fetched into data URIs before, see `needs_bytes`)."""
+    split = split_data_uri(ref)
+    if split is not None:
+        return {"inlineData": {"mimeType": split[0], "data": split[1]}}
+    return {"fileData": {"mimeType": url_media_type(ref), "fileUri": ref}}
+
+
 def _contents(messages: tuple[Message, ...], signatures: Mapping[str, str]) -> list[dict[str, Any]]:
     """User/model turns; tool results ride in user turns in the order of their calls."""
     names: dict[str, str] = {}
@@ -153,6 +164,8 @@ def _contents(messages: tuple[Message, ...], signatures: Mapping[str, str]) -> l
             rank[id(response)] = order.get(message.tool_call_id, len(order))
             parts.append(response)
         else:
+            # Images first: Gemini reads a single image best before the text about it.
+            parts.extend(_image_part(ref) for ref in message.images)
             if message.content:
                 parts.append({"text": message.content})
             signed = False
@@ -489,9 +502,14 @@ class GeminiProvider(HttpAdapter):
     # Not every Gemini model continues a trailing model turn: never ask it to.
     continues_answers = False
     errors = staticmethod(gemini_error)
+    # Image inputs (`Message.images`) are sent in this wire format.
+    sends_images = True
+    fetches_images = True
 
-    def __init__(self, client: httpx.AsyncClient, now: NowFn) -> None:
-        super().__init__(client, now)
+    def __init__(
+        self, client: httpx.AsyncClient, now: NowFn, *, private_images: bool = False
+    ) -> None:
+        super().__init__(client, now, private_images=private_images)
         # Thought signatures of calls this process saw, by call id (oldest evicted first).
         self._signatures: OrderedDict[str, str] = OrderedDict()
 
@@ -501,6 +519,11 @@ class GeminiProvider(HttpAdapter):
             self._signatures.move_to_end(call_id)
         while len(self._signatures) > _SIGNATURES_KEPT:
             self._signatures.popitem(last=False)
+
+    def needs_bytes(self, ref: str) -> bool:
+        """An https URL is sent by reference when its image type shows in it; any other is
+        fetched (as LiteLLM does)."""
+        return not ref.startswith("https://") or url_media_type(ref) is None
 
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool

@@ -68,6 +68,13 @@ def _items(message: Message) -> list[dict[str, Any]]:
             for call in message.tool_calls
         ]
         return out
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "input_text", "text": message.content}]
+        # A URL or a data URI alike; "auto" is the API's default detail, which the SDK requires.
+        parts += [
+            {"type": "input_image", "image_url": ref, "detail": "auto"} for ref in message.images
+        ]
+        return [{"type": "message", "role": message.role.value, "content": parts}]
     return [{"type": "message", "role": message.role.value, "content": message.content}]
 
 
@@ -224,6 +231,8 @@ class ResponsesProvider(HttpAdapter):
 
     # A trailing assistant item is context, not a prefix to continue.
     continues_answers = False
+    # Image inputs (`Message.images`) are sent in this wire format.
+    sends_images = True
 
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
