@@ -57,6 +57,9 @@ class HttpAdapter:
     errors: ErrorMapper = staticmethod(error_from_response)
     # How a 2xx stream is framed (server-sent events unless the provider says otherwise).
     frames: FramesFn = staticmethod(iter_sse)
+    # Image inputs (`Message.images`) are sent: every HTTP wire format here carries them
+    # (routing treats a vision deployment whose adapter lacks this as blind).
+    sends_images = True
     # Whether some image references must be fetched and sent as bytes (see `needs_bytes`).
     fetches_images = False
 

@@ -202,8 +202,6 @@ class AnthropicProvider(HttpAdapter):
 
     # Messages continues a trailing assistant turn (prefill).
     continues_answers = True
-    # Image inputs (`Message.images`) are sent in this wire format.
-    sends_images = True
 
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool

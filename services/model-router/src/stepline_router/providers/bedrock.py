@@ -7,6 +7,8 @@ siblings (`…ACCESS_KEY_ID`, optional `…SESSION_TOKEN`, `…REGION`, then `AW
 `AWS_DEFAULT_REGION`): `credential_env = "AWS_SECRET_ACCESS_KEY"` reads the usual AWS variables,
 `PROD_AWS_SECRET_ACCESS_KEY` a second account's. Any other `credential_env` is a Bedrock API
 key, sent as a bearer token. The region comes from `base_url` when it is a Bedrock host.
+Images are `image {format, source: {bytes}}` blocks: Converse takes no URL, so image URLs are
+fetched first (`images`).
 """
 
 from __future__ import annotations
@@ -377,8 +379,6 @@ class BedrockProvider(HttpAdapter):
     continues_answers = False
     errors = staticmethod(bedrock_error)
     frames = staticmethod(aws_event_frames)
-    # Image inputs (`Message.images`) are sent in this wire format, as bytes.
-    sends_images = True
     fetches_images = True
 
     def __init__(

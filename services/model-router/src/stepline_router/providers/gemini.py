@@ -18,6 +18,8 @@ Wire facts this adapter is built on (checked against the `google-genai` SDK's ty
   `cachedContentTokenCount`, and output is `candidatesTokenCount` plus `thoughtsTokenCount`.
 - Errors are `{"error": {"code", "message", "status", "details"}}`; a 429's wait may be in
   `details[].retryDelay` (google.rpc.RetryInfo) rather than a `Retry-After` header.
+- Images are `inlineData {mimeType, data}` parts (base64) or `fileData {mimeType, fileUri}`
+  for an https URL whose type shows in its path; other URLs are fetched first (`images`).
 """
 
 from __future__ import annotations
@@ -502,8 +504,6 @@ class GeminiProvider(HttpAdapter):
     # Not every Gemini model continues a trailing model turn: never ask it to.
     continues_answers = False
     errors = staticmethod(gemini_error)
-    # Image inputs (`Message.images`) are sent in this wire format.
-    sends_images = True
     fetches_images = True
 
     def __init__(

@@ -271,8 +271,6 @@ class OpenAIProvider(HttpAdapter):
 
     # Chat Completions answers a trailing assistant turn anew.
     continues_answers = False
-    # Image inputs (`Message.images`) are sent in this wire format.
-    sends_images = True
 
     def __init__(
         self,

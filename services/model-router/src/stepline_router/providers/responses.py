@@ -231,8 +231,6 @@ class ResponsesProvider(HttpAdapter):
 
     # A trailing assistant item is context, not a prefix to continue.
     continues_answers = False
-    # Image inputs (`Message.images`) are sent in this wire format.
-    sends_images = True
 
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
