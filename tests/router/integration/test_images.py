@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp.test_utils import TestServer
 from google.genai import types as gtypes
 
+from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
+from stepline_router.devkey import DevKeyAuthenticator, UnmeteredQuotas
 from stepline_router.errors import Outcome
-from stepline_router.router import CallFailed, CallSucceeded, ErrorKind
+from stepline_router.gateway import Gateway
+from stepline_router.http_api import build_app
+from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, ErrorKind
 from stepline_router.routes import RoutesConfig
 from stepline_router.types import Message, ModelRequest, Role
 from tests.router.bedrock_fakes import (
@@ -250,3 +256,54 @@ async def test_a_redirect_is_followed_to_the_image(
         {"role": "user", "content": [png, {"text": "What is in the picture?"}]}
     ]
     assert [r.path for r in pictures.received] == ["/new-home"]
+
+
+async def test_the_gateway_answers_an_unfetchable_image_with_a_400_in_openai_format(
+    servers: tuple[FakeProvider, FakeProvider],
+    client: httpx.AsyncClient,
+    pictures: FakeProvider,
+) -> None:
+    primary, fallback = servers
+    config = _config("bedrock", primary.url, fallback.url)
+    recorded: list[CallOutcome] = []
+
+    async def record(batch: Sequence[tuple[ModelRequest, CallOutcome]]) -> None:
+        recorded.extend(outcome for _, outcome in batch)
+
+    gateway = Gateway(
+        router=http_router(config, client, CREDENTIALS, BOOK),
+        routes=lambda: config,
+        prices=lambda: BOOK,
+        authenticator=DevKeyAuthenticator("sk-dev-images", "dev"),
+        quotas=UnmeteredQuotas(),
+        publish_usage=record,
+    )
+    question = {
+        "model": "default",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": f"{pictures.url}/cat?k=s3cr3t"}},
+                ],
+            }
+        ],
+    }
+    app = build_app(gateway, SystemClock(), lambda: uuid.uuid4().hex)
+    async with TestServer(app, host="127.0.0.1") as front, httpx.AsyncClient() as caller:
+        answer = await caller.post(
+            f"http://127.0.0.1:{front.port}/v1/chat/completions",
+            headers={"authorization": "Bearer sk-dev-images"},
+            json=question,
+        )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].endswith(
+        f"image {pictures.url}/cat could not be fetched: its host is not a public address"
+    )
+    assert pictures.received == []
+    assert primary.received == []
+    # The refused attempt is on the usage record like any other.
+    assert [a.outcome for o in recorded for a in o.attempts] == [Outcome.BAD_REQUEST]
