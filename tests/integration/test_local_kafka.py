@@ -189,6 +189,33 @@ def test_run_starts_and_stops_a_broker_and_propagates_the_exit_code(tmp_path: Pa
         _cli(env, "down")
 
 
+def test_run_starts_its_broker_on_an_empty_log_each_time(tmp_path: Path) -> None:
+    # Topics a run leaves behind (every test namespace) must not pile up in the next one's
+    # broker: thousands of partitions made a later start outlast its readiness timeout.
+    env = _env(tmp_path / "kafka", RUN_PORT)
+    script = (
+        "import asyncio, os, sys\n"
+        "from aiokafka.admin import AIOKafkaAdminClient, NewTopic\n"
+        "async def main():\n"
+        "    admin = AIOKafkaAdminClient(bootstrap_servers=os.environ['STEPLINE_KAFKA_BOOTSTRAP'])\n"
+        "    await admin.start()\n"
+        "    try:\n"
+        "        before = set(await admin.list_topics())\n"
+        "        await admin.create_topics([NewTopic('left.behind', 4, 1)])\n"
+        "        return 7 if 'left.behind' in before else 0\n"
+        "    finally:\n"
+        "        await admin.close()\n"
+        "sys.exit(asyncio.run(main()))\n"
+    )
+    try:
+        for attempt in (1, 2):
+            result = _cli(env, "run", "--", sys.executable, "-c", script)
+            assert result.returncode == 0, (attempt, result.stderr + result.stdout)
+        assert not (tmp_path / "kafka" / "data").exists()  # the persistent broker's log
+    finally:
+        _cli(env, "down")
+
+
 def test_up_refuses_a_port_held_by_someone_else(tmp_path: Path) -> None:
     env = _env(tmp_path / "kafka", BUSY_PORT)
     with socket.socket() as holder:

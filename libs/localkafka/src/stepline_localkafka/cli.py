@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -152,6 +154,20 @@ def _settings(args: argparse.Namespace) -> KafkaSettings:
     )
 
 
+def _throwaway(kafka: LocalKafka) -> LocalKafka:
+    """The broker `run` starts for its command: an empty log of its own, deleted afterwards.
+
+    What a command leaves behind (a test suite creates thousands of partitions) must neither
+    reach the next run nor the `up` broker's state, whose start it would slow past its timeout.
+    """
+    settings = kafka.settings
+    state_dir = settings.state_dir / "run"
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return LocalKafka(
+        replace(settings, state_dir=state_dir, lib_dir=settings.lib_dir), echo=default_echo_stderr
+    )
+
+
 def _run(kafka: LocalKafka, cmd: Sequence[str]) -> int:
     """Run ``cmd`` with STEPLINE_KAFKA_BOOTSTRAP set; start/stop a broker around it if needed."""
     started = False
@@ -177,6 +193,7 @@ def _run(kafka: LocalKafka, cmd: Sequence[str]) -> int:
         if asyncio.run(is_ready(bootstrap, 10.0, auth=auth)):
             default_echo_stderr(f"kafka already ready at {bootstrap}; not starting one")
         else:
+            kafka = _throwaway(kafka)
             started = kafka.up()
             credentials = kafka.credentials()
         env = {**os.environ, ENV_BOOTSTRAP: kafka.bootstrap}
@@ -198,6 +215,8 @@ def _run(kafka: LocalKafka, cmd: Sequence[str]) -> int:
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)
             kafka.down()
+            # The log goes; the broker's own logs stay for a look at what happened.
+            shutil.rmtree(kafka.settings.data_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
