@@ -11,7 +11,7 @@ import grpc
 from stepline.v1 import billing_service_pb2_grpc
 from stepline_billing.config import Settings, load_budgets
 from stepline_billing.grpc_service import BillingServicer
-from stepline_billing.handlers import OutputTopics, UsageHandler
+from stepline_billing.handlers import AcknowledgingPublisher, OutputTopics, UsageHandler
 from stepline_billing.sqlstore import PostgresLedgerStore, SqliteLedgerStore
 from stepline_billing.store import LedgerStore
 from stepline_keys.grpcdoor import RequireKey
@@ -56,7 +56,8 @@ async def build(context: ServiceContext[Settings]) -> AsyncIterator[Running]:
         processor = AtLeastOnce(
             context.group,
             handler.on_usage_recorded,
-            BrokerPublisher(broker),
+            # Tells the handler which of its per-batch publications were acknowledged.
+            AcknowledgingPublisher(BrokerPublisher(broker), handler.acknowledged),
             dead_letter_topic=context.topic(Topics.DLQ),
             prepare=handler.prepare_batch,
         )

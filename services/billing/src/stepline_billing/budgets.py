@@ -90,14 +90,23 @@ class RunBudget:
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """A tenant's budget as billing sees it; `version` grows with every recorded usage."""
+    """A tenant's budget as billing sees it; `version` grows with every recorded usage.
+
+    `runs` are the runs whose spend the update changed (one batch of usage can touch several);
+    `run` is the last of them.
+    """
 
     tenant_id: str
     daily: Period
     monthly: Period
     version: int
     updated_at: datetime
-    run: RunBudget | None = None
+    runs: tuple[RunBudget, ...] = ()
+
+    @property
+    def run(self) -> RunBudget | None:
+        """The last run this update changed, if any."""
+        return self.runs[-1] if self.runs else None
 
     @property
     def exhausted(self) -> bool:

@@ -208,4 +208,5 @@ def budget_to_proto(budget: Budget, currency: str) -> budgets_pb2.BudgetState:
         updated_at=timestamp(budget.updated_at),
         version=budget.version,
         run=None if budget.run is None else _run(budget.run, currency),
+        runs=[_run(run, currency) for run in budget.runs],
     )

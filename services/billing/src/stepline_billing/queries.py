@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -17,7 +17,7 @@ from stepline_billing.budgets import (
 )
 from stepline_billing.ledger import LedgerEntry, PricedBy, reprice
 from stepline_billing.rollups import Granularity, Rollup, rollup_entries
-from stepline_billing.store import Cursor, LedgerQuery, LedgerStore
+from stepline_billing.store import Cursor, LedgerQuery, LedgerStore, RunTotals
 from stepline_pricebook import PriceBook
 from stepline_runtime.ids import is_replay_run
 from stepline_vocab import Tokens
@@ -30,6 +30,7 @@ __all__ = [
     "budget",
     "evaluation_split",
     "reconcile",
+    "tenant_budget",
     "usage_summary",
 ]
 
@@ -72,6 +73,18 @@ def budget(
     store: LedgerStore, config: BudgetConfig, tenant_id: str, now: datetime, run_id: str = ""
 ) -> Budget:
     """`tenant_id`'s budget for the periods containing `now` (and one run's, if given)."""
+    totals = store.run_totals(tenant_id, run_id) if run_id else None
+    return tenant_budget(store, config, tenant_id, now, () if totals is None else (totals,))
+
+
+def tenant_budget(
+    store: LedgerStore,
+    config: BudgetConfig,
+    tenant_id: str,
+    now: datetime,
+    runs: Sequence[RunTotals],
+) -> Budget:
+    """`tenant_id`'s budget for the periods containing `now`, with these runs' totals as known."""
     limits = config.limits(tenant_id)
     periods = []
     for (start, end), limit in (
@@ -80,13 +93,17 @@ def budget(
     ):
         spend = store.spent(tenant_id, start, end)
         periods.append(Period(limit, spend.cost, start, end, unpriced_calls=spend.unpriced_calls))
-    run = None
-    totals = store.run_totals(tenant_id, run_id) if run_id else None
-    if totals is not None:
-        run = RunBudget(
-            run_id, limits.run, totals.spent, totals.recorded_calls, totals.unpriced_calls
-        )
-    return Budget(tenant_id, periods[0], periods[1], store.version(tenant_id), now, run)
+    return Budget(
+        tenant_id,
+        periods[0],
+        periods[1],
+        store.version(tenant_id),
+        now,
+        tuple(
+            RunBudget(t.run_id, limits.run, t.spent, t.recorded_calls, t.unpriced_calls)
+            for t in runs
+        ),
+    )
 
 
 def all_entries(store: LedgerStore, query: LedgerQuery) -> Iterator[LedgerEntry]:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19stepline/v1/budgets.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xef\x01\n\x0c\x42udgetPeriod\x12!\n\x05limit\x18\x01 \x01(\x0b\x32\x12.stepline.v1.Money\x12!\n\x05spent\x18\x02 \x01(\x0b\x32\x12.stepline.v1.Money\x12$\n\x08reserved\x18\x03 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x30\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\texhausted\x18\x06 \x01(\x08\"\xef\x01\n\x0b\x42udgetState\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12(\n\x05\x64\x61ily\x18\x02 \x01(\x0b\x32\x19.stepline.v1.BudgetPeriod\x12*\n\x07monthly\x18\x03 \x01(\x0b\x32\x19.stepline.v1.BudgetPeriod\x12\x11\n\texhausted\x18\x04 \x01(\x08\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12#\n\x03run\x18\x07 \x01(\x0b\x32\x16.stepline.v1.RunBudget\"\xa4\x01\n\tRunBudget\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x05limit\x18\x02 \x01(\x0b\x32\x12.stepline.v1.Money\x12!\n\x05spent\x18\x03 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x16\n\x0erecorded_calls\x18\x04 \x01(\x03\x12\x16\n\x0eunpriced_calls\x18\x05 \x01(\x03\x12\x11\n\texhausted\x18\x06 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19stepline/v1/budgets.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xef\x01\n\x0c\x42udgetPeriod\x12!\n\x05limit\x18\x01 \x01(\x0b\x32\x12.stepline.v1.Money\x12!\n\x05spent\x18\x02 \x01(\x0b\x32\x12.stepline.v1.Money\x12$\n\x08reserved\x18\x03 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x30\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\texhausted\x18\x06 \x01(\x08\"\x95\x02\n\x0b\x42udgetState\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12(\n\x05\x64\x61ily\x18\x02 \x01(\x0b\x32\x19.stepline.v1.BudgetPeriod\x12*\n\x07monthly\x18\x03 \x01(\x0b\x32\x19.stepline.v1.BudgetPeriod\x12\x11\n\texhausted\x18\x04 \x01(\x08\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12#\n\x03run\x18\x07 \x01(\x0b\x32\x16.stepline.v1.RunBudget\x12$\n\x04runs\x18\x08 \x03(\x0b\x32\x16.stepline.v1.RunBudget\"\xa4\x01\n\tRunBudget\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x05limit\x18\x02 \x01(\x0b\x32\x12.stepline.v1.Money\x12!\n\x05spent\x18\x03 \x01(\x0b\x32\x12.stepline.v1.Money\x12\x16\n\x0erecorded_calls\x18\x04 \x01(\x03\x12\x16\n\x0eunpriced_calls\x18\x05 \x01(\x03\x12\x11\n\texhausted\x18\x06 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUDGETPERIOD']._serialized_start=102
   _globals['_BUDGETPERIOD']._serialized_end=341
   _globals['_BUDGETSTATE']._serialized_start=344
-  _globals['_BUDGETSTATE']._serialized_end=583
-  _globals['_RUNBUDGET']._serialized_start=586
-  _globals['_RUNBUDGET']._serialized_end=750
+  _globals['_BUDGETSTATE']._serialized_end=621
+  _globals['_RUNBUDGET']._serialized_start=624
+  _globals['_RUNBUDGET']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

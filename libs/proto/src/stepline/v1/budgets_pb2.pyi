@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from stepline.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -85,6 +87,7 @@ class BudgetState(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     exhausted: _builtins.bool
     """Any period is exhausted: new runs fail with BUDGET_EXCEEDED and the router refuses calls."""
@@ -100,6 +103,13 @@ class BudgetState(_message.Message):
     def run(self) -> Global___RunBudget:
         """The run whose recorded spend this update changed (unset when the update was not caused by a
         run's usage). A planner holds a call's reservation until run.recorded_calls counts it.
+        When one update covers several runs, this is the last of `runs`.
+        """
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunBudget]:
+        """Every run whose recorded spend this update changed, `run` included: billing publishes one
+        state per tenant per batch of usage it records, so one update can settle several runs.
         """
 
     def __init__(
@@ -112,10 +122,11 @@ class BudgetState(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         run: Global___RunBudget | None = ...,
+        runs: _abc.Iterable[Global___RunBudget] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "monthly", b"monthly", "run", b"run", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "exhausted", b"exhausted", "monthly", b"monthly", "run", b"run", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily", b"daily", "exhausted", b"exhausted", "monthly", b"monthly", "run", b"run", "runs", b"runs", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
