@@ -11,9 +11,11 @@ from typing import cast
 import pytest
 
 from stepline_billing.ledger import LedgerEntry
+from stepline_billing.queries import reconcile
 from stepline_billing.rollups import Granularity
 from stepline_billing.sqlstore import SqliteLedgerStore
 from stepline_billing.store import InMemoryLedgerStore, LedgerQuery, Recorded
+from stepline_pricebook import PriceBook
 from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher
 from tests.billing.factories import handler, inbound, model_usage
 
@@ -87,6 +89,14 @@ def test_sqlite_batch_is_all_or_nothing_and_idempotent(tmp_path: Path) -> None:
         assert [r.inserted for r in again] == [False, False, True]
         # Rollups advance once per new row, in order within the transaction.
         assert [r.rollups[0].calls for r in first + again] == [1, 2, 2, 2, 3]
+        assert [r.run.recorded_calls for r in first + again if r.run] == [1, 2, 2, 2, 3]
+        # Written once per batch at their final totals, and in agreement with the ledger.
+        [daily] = store.rollups("acme", Granularity.DAILY)
+        assert (daily.calls, daily.cost) == (3, Decimal("1.5"))
+        totals = store.run_totals("acme", "run-1")
+        assert totals is not None
+        assert (totals.recorded_calls, totals.spent) == (3, Decimal("1.5"))
+        assert reconcile(store, PriceBook.load()) == []
         # A row that cannot be written, after a new one in the same batch.
         broken = [_with_id(entries[0], "u-new"), cast(LedgerEntry, None)]
         with pytest.raises(AttributeError):

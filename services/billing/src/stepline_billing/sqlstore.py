@@ -12,6 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -87,6 +88,14 @@ def _money(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+@dataclass(slots=True)
+class _BatchTotals:
+    """Rollups and run totals changed so far in one `record_many` transaction, by key."""
+
+    rollups: dict[RollupKey, Rollup] = field(default_factory=dict)
+    runs: dict[tuple[str, str], RunTotals] = field(default_factory=dict)
+
+
 class _Connection(Protocol):
     """What the shared code needs from a DB-API connection (sqlite3 or psycopg)."""
 
@@ -143,9 +152,16 @@ class _SqlLedgerStore(ABC):
         if not entries:
             return []
         with self._lock, self._transaction(sorted({e.usage.tenant_id for e in entries})) as conn:
-            return [self._record_in(conn, entry) for entry in entries]
+            totals = _BatchTotals()
+            recorded = [self._record_in(conn, entry, totals) for entry in entries]
+            # Each rollup and run the batch changed is written once, at its final totals.
+            for rollup in totals.rollups.values():
+                self._put_rollup(conn, rollup)
+            for run in totals.runs.values():
+                self._put_run(conn, run)
+            return recorded
 
-    def _record_in(self, conn: _Connection, entry: LedgerEntry) -> Recorded:
+    def _record_in(self, conn: _Connection, entry: LedgerEntry, totals: _BatchTotals) -> Recorded:
         usage = entry.usage
         values = self._ledger_row(entry)
         inserted = (
@@ -168,12 +184,11 @@ class _SqlLedgerStore(ABC):
             )
         rollups = []
         for key in keys_for(entry):
-            current = self._rollup(conn, key) or Rollup(key)
+            current = totals.rollups.get(key) or self._rollup(conn, key) or Rollup(key)
             if inserted:
-                current = current.add(entry)
-                self._put_rollup(conn, current)
+                current = totals.rollups[key] = current.add(entry)
             rollups.append(current)
-        run = self._update_run(conn, entry, inserted) if usage.run_id else None
+        run = self._update_run(conn, entry, inserted, totals) if usage.run_id else None
         return Recorded(inserted, tuple(rollups), run)
 
     def spent(self, tenant_id: str, start: datetime, end: datetime) -> Spend:
@@ -371,20 +386,28 @@ class _SqlLedgerStore(ABC):
             return None
         return RunTotals(tenant_id, run_id, Decimal(str(row[0])), int(row[1]), int(row[2]))
 
-    def _update_run(self, conn: _Connection, entry: LedgerEntry, inserted: bool) -> RunTotals:
+    def _update_run(
+        self, conn: _Connection, entry: LedgerEntry, inserted: bool, totals: _BatchTotals
+    ) -> RunTotals:
         usage = entry.usage
-        old = self._run_row(conn, usage.tenant_id, usage.run_id) or RunTotals(
-            usage.tenant_id, usage.run_id, Decimal(0), 0, 0
+        key = (usage.tenant_id, usage.run_id)
+        old = (
+            totals.runs.get(key)
+            or self._run_row(conn, usage.tenant_id, usage.run_id)
+            or RunTotals(usage.tenant_id, usage.run_id, Decimal(0), 0, 0)
         )
         if not inserted:
             return old
-        new = RunTotals(
+        new = totals.runs[key] = RunTotals(
             usage.tenant_id,
             usage.run_id,
             old.spent + (entry.cost or Decimal(0)),
             old.recorded_calls + 1,
             old.unpriced_calls + (0 if entry.priced else 1),
         )
+        return new
+
+    def _put_run(self, conn: _Connection, new: RunTotals) -> None:
         self._run(
             conn,
             "INSERT INTO runs (tenant_id, run_id, spent, recorded_calls, unpriced_calls) "
@@ -399,7 +422,6 @@ class _SqlLedgerStore(ABC):
                 new.unpriced_calls,
             ),
         )
-        return new
 
 
 class SqliteLedgerStore(_SqlLedgerStore):
