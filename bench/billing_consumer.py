@@ -1,14 +1,14 @@
 """Records per second and CPU per record of the billing consumer on the shared broker.
 
 Pre-produces `--records` UsageRecorded events over `--tenants` keys (and `--runs` run ids) into
-a fresh namespace (or, with `--rate`, produces them at that pace once billing has joined: batches
-as small as a live stack's), starts `python -m stepline_billing` as a subprocess and times the committed
-offsets of its group from 10% to 100% (so start-up and the first rebalance are left out); the
-process's user+system CPU over the same span, read from /proc, divided by the records committed
-in it is the CPU per record; the records written to the rollups and budgets topics per usage record are
-counted too. `--compare DIR` alternates this checkout with another source tree
-(its `libs/*/src` and `services/*/src` put first on PYTHONPATH), `--repeat` times each, and
-prints the medians: a before/after figure on a shared machine.
+a fresh namespace (or, with `--rate`, produces them at that pace once billing has joined:
+batches as small as a live stack's), starts `python -m stepline_billing` as a subprocess and
+times the committed offsets of its group from 10% to 100% (so start-up and the first rebalance
+are left out); the process's user+system CPU over the same span, read from /proc, divided by
+the records committed in it is the CPU per record; the records written to the rollups and
+budgets topics per usage record are counted too. `--compare DIR` alternates this checkout with
+another source tree (its `libs/*/src` and `services/*/src` put first on PYTHONPATH), `--repeat`
+times each, and prints the medians: a before/after figure on a shared machine.
 """
 
 from __future__ import annotations
