@@ -97,6 +97,7 @@ def test_sqlite_batch_is_all_or_nothing_and_idempotent(tmp_path: Path) -> None:
         assert totals is not None
         assert (totals.recorded_calls, totals.spent) == (3, Decimal("1.5"))
         assert reconcile(store, PriceBook.load()) == []
+        assert (store.version("acme"), store.version("nobody")) == (3, 0)
         # A row that cannot be written, after a new one in the same batch.
         broken = [_with_id(entries[0], "u-new"), cast(LedgerEntry, None)]
         with pytest.raises(AttributeError):

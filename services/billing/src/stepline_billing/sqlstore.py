@@ -206,10 +206,18 @@ class _SqlLedgerStore(ABC):
         )
 
     def version(self, tenant_id: str) -> int:
-        """Number of ledger rows of `tenant_id`."""
+        """Number of ledger rows of `tenant_id`.
+
+        Read as the sum of its daily rollups' calls: every new row counts once in exactly one
+        daily rollup, in the row's own transaction, and a tenant has far fewer daily rollups
+        (days × dimensions) than ledger rows, which a COUNT would scan on every budget state.
+        """
         with self._reader() as conn:
             row = self._run(
-                conn, "SELECT COUNT(*) FROM ledger WHERE tenant_id = ?", (tenant_id,)
+                conn,
+                "SELECT COALESCE(SUM(calls), 0) FROM rollups "
+                "WHERE tenant_id = ? AND granularity = ?",
+                (tenant_id, Granularity.DAILY.value),
             ).fetchone()
         return int(row[0])
 
