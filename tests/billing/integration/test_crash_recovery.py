@@ -133,6 +133,9 @@ async def test_a_kill_between_db_commit_and_offset_commit_charges_once(
     ]
     latest = max(states, key=lambda s: s.version)
     assert (latest.version, Decimal(latest.monthly.spent.amount)) == (UNIQUE, total)
+    # Published once per fetched batch, not per record; the tenant's last state is the newest.
+    assert len(states) < UNIQUE
+    assert states[-1].version == latest.version
 
     os.environ["STEPLINE_BILLING_DATA_DIR"] = str(data)
     try:
