@@ -7,8 +7,8 @@ Router: 200 ModelCallRequested in flight on the route `local` (a routes file wit
 provider); throughput in model calls/s (results seen on the results topic). Billing: 400
 UsageRecorded in flight over 96 tenants (the usage topic's key) into one PostgreSQL ledger of the
 benchmark's own (`tests.postgres.PrivatePostgres`, as several instances need); a usage counts as
-done when its tenant's BudgetState with the new version is published, which billing does only
-after the ledger commit. Instances are added
+done when a BudgetState of its tenant whose version counts it is published, which billing does
+only after the ledger commit. Instances are added
 one step at a time (1 → 2 → 4). Rebalance time, measured from the moment the extra instance(s)
 are spawned (Python start-up included): *assigned* = the consumer group is Stable with N members
 and all 12 partitions of the input topic assigned (DescribeGroups, polled every 50 ms);
@@ -336,7 +336,11 @@ async def _router(kafka: KafkaSettings, workdir: Path) -> list[dict[str, Any]]:
 
 
 async def _follow_budgets(ns: Namespace, load: _Load, ready: asyncio.Event) -> None:
-    """Count each published budget version once: one per usage record charged."""
+    """Count the usage records each published budget state charges: its version's advance.
+
+    Billing publishes one state per tenant per fetched batch, so a version may move by more than
+    one; a redelivery (or an older state an instance appends around a rebalance) moves nothing.
+    """
     consumer = AIOKafkaConsumer(
         ns.topic(Topics.BUDGETS),
         auto_offset_reset="latest",
@@ -354,14 +358,16 @@ async def _follow_budgets(ns: Namespace, load: _Load, ready: asyncio.Event) -> N
         for tp in partitions:
             await consumer.position(tp)
         ready.set()
-        seen: set[tuple[str, int]] = set()
+        versions: dict[str, int] = {}  # a fresh namespace: every tenant starts at 0
         while True:
             for records in (await consumer.getmany(timeout_ms=100, max_records=5_000)).values():
                 for record in records:
                     state = budgets_pb2.BudgetState.FromString(record.value or b"")
-                    if (state.tenant_id, state.version) not in seen:  # redeliveries republish
-                        seen.add((state.tenant_id, state.version))
-                        load.finish()
+                    charged = state.version - versions.get(state.tenant_id, 0)
+                    if charged > 0:
+                        versions[state.tenant_id] = state.version
+                        for _ in range(charged):
+                            load.finish()
     finally:
         await consumer.stop()
 
