@@ -377,3 +377,44 @@ async def test_after_a_crash_records_done_behind_a_stuck_one_are_not_done_again(
     outputs = [r.value for r in await read_all(kafka, sink, expect=31, timeout_s=30)]
     # The stuck record was redelivered; the thirty done behind it were skipped, not redone.
     assert sorted(outputs) == sorted([b"stuck", *(b"%d" % seq for seq in range(30))])
+
+
+async def test_a_partition_revoked_while_its_batch_is_prepared_is_not_started(
+    kafka: KafkaSettings,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    unique: Callable[[str], str],
+) -> None:
+    # Billing prepares a batch (its ledger transaction) before starting its records; a
+    # rebalance that revokes the partition meanwhile must not crash the fetcher.
+    source, sink, group = unique("prep-in"), unique("prep-out"), unique("prep-group")
+    await create_topics(admin, source, sink, partitions=1)
+    await _produce(producer, source, 10)
+    handled: list[int] = []
+    owner: list[KeyedConsumer] = []
+
+    async def prepare(records: Sequence[InboundRecord]) -> None:
+        if records and owner[0].partitions:
+            # What the group coordinator's callback does when a rebalance lands here.
+            await owner[0].revoked(list(owner[0].partitions))
+
+    async def handle(record: InboundRecord) -> Sequence[OutboundRecord]:
+        handled.append(int(record.value or b"0"))
+        return []
+
+    broker = broker_for(kafka, "test-prep")
+    processor = AtLeastOnce(group, handle, BrokerPublisher(broker), prepare=prepare)
+    consumer = KeyedConsumer(kafka, [source], group_id=group, processor=processor)
+    owner.append(consumer)
+    async with broker:
+        await broker.start()
+        await consumer.start()
+        try:
+            # The fetcher keeps running (it used to end on a KeyError) ...
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(consumer.wait()), 3)
+        finally:
+            await consumer.stop()
+    # ... and the revoked partition's records were left to its next owner.
+    assert handled == []
+    assert await _committed(admin, group, source) == 0

@@ -243,12 +243,15 @@ class KeyedConsumer:
                 await asyncio.sleep(self._kafka.retry_backoff_ms / 1000)
                 continue
             records = [
-                (tp, inbound(r)) for tp, batch in fetched.items() for r in batch
-                if tp in self._partitions and not self._partitions[tp].leaving
+                (tp, progress, inbound(r)) for tp, batch in fetched.items() for r in batch
+                if (progress := self._partitions.get(tp)) is not None and not progress.leaving
             ]  # fmt: skip
-            await self._processor.prepare([r for _, r in records])
-            for tp, record in records:
-                self._start(tp, record)
+            await self._processor.prepare([r for _, _, r in records])
+            for tp, progress, record in records:
+                # A rebalance may have revoked (or revoked and re-assigned) the partition while
+                # the batch was prepared: its records are then fetched again by its owner.
+                if self._partitions.get(tp) is progress and not progress.leaving:
+                    self._start(tp, record)
             await self._commit_due()
 
     def _start(self, tp: TopicPartition, record: InboundRecord) -> None:
