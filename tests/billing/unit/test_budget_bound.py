@@ -66,7 +66,8 @@ async def _simulate(seed: int, reserve: bool) -> tuple[Decimal, int, Decimal]:
                 async with view.changed:
                     if view.tenant is None or state.version >= view.tenant.version:
                         view.tenant = state
-                    view.recorded[state.run.run_id] = state.run.recorded_calls
+                    for run in state.runs:  # every run this state settled
+                        view.recorded[run.run_id] = run.recorded_calls
                     view.changed.notify_all()
 
     async def call(run_id: str, n: int) -> None:

@@ -1,9 +1,9 @@
 """Budgets per tenant (daily, monthly) and per run, and the planner's admission rule (pure).
 
 Billing only sees *completed* spend. The planner reserves the worst-case cost of each model call
-before starting it and keeps the reservation until billing's `BudgetState` for the run counts the
-call (`run.recorded_calls`). With that rule, and at most `P` calls in flight per run, the spend of
-a tenant running `R` runs concurrently never exceeds
+before starting it and keeps the reservation until a `BudgetState` of billing counts the call
+(the `recorded_calls` of the run among its `runs`). With that rule, and at most `P` calls in
+flight per run, the spend of a tenant running `R` runs concurrently never exceeds
 
     limit + (R·P − 1) · W
 
