@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -164,6 +165,7 @@ async def run(
             await asyncio.to_thread(process.wait, 30)
         if not finished:
             raise SystemExit(f"billing did not finish; see {data / 'billing.log'}")
+        shutil.rmtree(data)  # its ledger and log; kept only when billing did not finish
         outputs = await _written(kafka, namespace)
         counted = records - first
         return (
