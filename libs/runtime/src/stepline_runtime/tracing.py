@@ -38,6 +38,7 @@ __all__ = [
     "handling",
     "keyed_trace",
     "shutdown_tracing",
+    "spans_dropped",
     "stamp",
     "trace_id_of",
 ]
@@ -75,6 +76,11 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     _configured, _exporting = True, exporting
     trace.set_tracer_provider(provider)
     return exporting
+
+
+def spans_dropped() -> bool:
+    """True once `configure_tracing` ran without an exporter: a span built now is dropped."""
+    return _configured and not _exporting
 
 
 def shutdown_tracing() -> None:

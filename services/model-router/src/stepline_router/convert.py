@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,8 +11,10 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from stepline.v1 import common_pb2, model_pb2, usage_pb2
+from stepline_router.errors import Outcome
 from stepline_router.router import Attempt, CallFailed, CallOutcome, CallSucceeded
 from stepline_router.types import (
+    FinishReason,
     ModelRequest,
     Params,
     ResponseFormat,
@@ -54,6 +57,13 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequestError(f"{what} must be a JSON object")
     return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _tool_spec(name: str, description: str, schema: str) -> ToolSpec:
+    """The spec of one tool definition; cached by content, since an agent offers the same
+    tools on every step: the schema is parsed once, and the instance shared (see `ToolSpec`)."""
+    return ToolSpec(name, description, _json_object(schema, f"tool {name}"))
 
 
 def _money(money: common_pb2.Money, what: str) -> Decimal | None:
@@ -100,11 +110,7 @@ def request_from_proto(
     for t in tools:
         if not t.name:
             raise InvalidRequestError("every tool needs a name")
-        specs.append(
-            ToolSpec(
-                t.name, t.description, _json_object(t.parameters_json_schema, f"tool {t.name}")
-            )
-        )
+        specs.append(_tool_spec(t.name, t.description, t.parameters_json_schema))
     p = parameters
     fmt = p.response_format
     params = Params(
@@ -143,17 +149,34 @@ def request_from_proto(
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    """A protobuf Timestamp."""
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.astimezone(UTC))
-    return out
+    """A protobuf Timestamp (a naive `value` is local time)."""
+    # What `Timestamp.FromDatetime` stores, without its struct_time round trip.
+    since = (value if value.tzinfo is not None else value.astimezone(UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000
+    )
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
-    out = duration_pb2.Duration()
-    out.FromTimedelta(timedelta(seconds=max(0.0, seconds)))
-    return out
+    # What `Duration.FromTimedelta` stores (rounded to microseconds, as a timedelta is).
+    span = timedelta(seconds=max(0.0, seconds))
+    return duration_pb2.Duration(
+        seconds=span.days * 86_400 + span.seconds, nanos=span.microseconds * 1_000
+    )
+
+
+@functools.cache
+def _outcome(outcome: Outcome) -> model_pb2.ModelAttemptOutcome.ValueType:
+    return model_pb2.ModelAttemptOutcome.Value(f"MODEL_ATTEMPT_OUTCOME_{outcome}")
+
+
+@functools.cache
+def _finish(reason: FinishReason) -> model_pb2.FinishReason.ValueType:
+    return model_pb2.FinishReason.Value(f"FINISH_REASON_{reason.value.upper()}")
 
 
 _usage = wire.tokens_to_proto
@@ -165,7 +188,7 @@ def _attempt(attempt: Attempt, currency: str) -> model_pb2.ModelAttempt:
         deployment=attempt.deployment,
         provider=attempt.provider,
         model=attempt.model,
-        outcome=model_pb2.ModelAttemptOutcome.Value(f"MODEL_ATTEMPT_OUTCOME_{attempt.outcome}"),
+        outcome=_outcome(attempt.outcome),
         status_code=attempt.status_code,
         error_message=attempt.error,
         latency=_duration(attempt.latency_s),
@@ -196,9 +219,7 @@ def completed_message(outcome: CallSucceeded) -> model_pb2.ModelCallCompleted:
     return model_pb2.ModelCallCompleted(
         content=answer.content,
         tool_calls=[wire.tool_call_to_proto(c) for c in answer.tool_calls],
-        finish_reason=model_pb2.FinishReason.Value(
-            f"FINISH_REASON_{answer.finish_reason.value.upper()}"
-        ),
+        finish_reason=_finish(answer.finish_reason),
         usage=usage,
         cost=cost,
         provider=outcome.deployment.provider,
@@ -247,7 +268,7 @@ def usage_records(request: ModelRequest, outcome: CallOutcome) -> list[usage_pb2
             provider=attempt.provider,
             model=attempt.model,
             deployment=attempt.deployment,
-            outcome=model_pb2.ModelAttemptOutcome.Value(f"MODEL_ATTEMPT_OUTCOME_{attempt.outcome}"),
+            outcome=_outcome(attempt.outcome),
             succeeded=attempt.outcome.value == "SUCCEEDED",
             usage=_usage(attempt.usage),
             # An unknown price is flagged, never recorded as a zero cost.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import assert_never
+
+from prometheus_client import Counter, Histogram
 
 from stepline.v1 import model_pb2
 from stepline_router.clock import Clock
@@ -18,6 +21,7 @@ from stepline_router.convert import (
     timestamp,
     usage_records,
 )
+from stepline_router.errors import Outcome
 from stepline_router.router import CallFailed, CallOutcome, CallSucceeded, Router
 from stepline_router.types import ModelRequest
 from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
@@ -132,12 +136,25 @@ class ModelCallHandler:
 def _observe(route: str, outcome: CallOutcome) -> None:
     """Count the call and each of its attempts (skipped ones too, with their outcome)."""
     for attempt in outcome.attempts:
-        PROVIDER_ATTEMPTS.labels(
-            attempt.provider, attempt.deployment, attempt.model, attempt.outcome.value
-        ).inc()
+        _attempts(attempt.provider, attempt.deployment, attempt.model, attempt.outcome).inc()
         if attempt.sent:
-            PROVIDER_ATTEMPT_SECONDS.labels(attempt.provider, attempt.deployment).observe(
-                attempt.latency_s
-            )
+            _attempt_seconds(attempt.provider, attempt.deployment).observe(attempt.latency_s)
     result = "succeeded" if isinstance(outcome, CallSucceeded) else outcome.kind.value
-    MODEL_CALLS.labels(route, result).inc()
+    _calls(route, result).inc()
+
+
+# The metric children of each label set, looked up once: `labels()` validates and locks on
+# every call. Label sets are few (deployments × outcomes), the caches bounded all the same.
+@functools.lru_cache(maxsize=1024)
+def _attempts(provider: str, deployment: str, model: str, outcome: Outcome) -> Counter:
+    return PROVIDER_ATTEMPTS.labels(provider, deployment, model, outcome.value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attempt_seconds(provider: str, deployment: str) -> Histogram:
+    return PROVIDER_ATTEMPT_SECONDS.labels(provider, deployment)
+
+
+@functools.lru_cache(maxsize=1024)
+def _calls(route: str, result: str) -> Counter:
+    return MODEL_CALLS.labels(route, result)

@@ -56,6 +56,7 @@ from stepline_router.tokens import (
     estimate_text_tokens,
 )
 from stepline_router.types import Completion, Message, ModelRequest, Role, ToolChoice, Usage
+from stepline_runtime.tracing import spans_dropped
 
 __all__ = [
     "Attempt",
@@ -212,6 +213,9 @@ class Router:
         self._random = random
         # Each attempt sent is a span with the GenAI semantic-convention attributes.
         self._tracer = tracer or default_tracer()
+        # The process's tracer builds spans only to drop them when tracing was configured
+        # without an exporter: then attempts make none (a given tracer always gets them).
+        self._spans_dropped = spans_dropped if tracer is None else _never
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, RateWindow] = {}
         self.latency = LatencyEwma()
@@ -252,9 +256,11 @@ class Router:
         # limits as a streaming caller), but nothing is handed on until the end, so a break
         # before any tool-call output still fails over.
         call = _Call(self, request, streaming=request.stream, allowed=allowed, forwarding=False)
-        async for item in call.events():
-            if isinstance(item, CallSucceeded | CallFailed):
-                return item
+        # Closed here, not by the event loop's finaliser (a wake-up of the loop per call).
+        async with aclosing(call.events()) as events:
+            async for item in events:
+                if isinstance(item, CallSucceeded | CallFailed):
+                    return item
         raise AssertionError("a call always ends with an outcome")
 
     def stream(
@@ -672,7 +678,11 @@ class _Call:
         started_at = self.clock.now()
         self.r._windows.setdefault(deployment.name, RateWindow()).record(start, self.input_tokens)
         try:
-            async with asyncio.timeout(limits.total_s + _GUARD_S):
+            # A provider that says `in_process = True` (the offline one) computes its answer
+            # without awaiting anything, so a timer could never fire: none is armed.
+            in_process = getattr(provider, "in_process", False)
+            guard = None if in_process else limits.total_s + _GUARD_S
+            async with asyncio.timeout(guard):
                 credential = self._credential(deployment)
                 if self.request.embedding is not None:
                     # `_unavailable` planned only providers that embed.
@@ -905,7 +915,7 @@ class _Call:
                 usage_estimated=usage_estimated,
             )
         )
-        if sent:
+        if sent and not self.r._spans_dropped():
             attempt = self.attempts[-1]
             record_attempt(
                 self.r._tracer,
@@ -927,6 +937,10 @@ class _Call:
                     answer=answer,
                 ),
             )
+
+
+def _never() -> bool:
+    return False
 
 
 def _blind_where_unsent(config: RoutesConfig, providers: Mapping[str, Provider]) -> RoutesConfig:

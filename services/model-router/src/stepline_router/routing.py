@@ -108,8 +108,15 @@ def plan_route(
     """Filter `route`'s deployments by capability, price and availability, then order them."""
     skipped: list[Skipped] = []
     eligible: list[tuple[Deployment, Decimal | None]] = []
+    # The worst-case cost matters only to a cost cap, a cost order or a fallback price cap:
+    # otherwise it is not worked out (Decimal arithmetic on every deployment of every call).
+    priced = (
+        needs.max_cost is not None
+        or route.strategy is Strategy.LOWEST_COST
+        or route.max_fallback_price_ratio is not None
+    )
     for deployment in route.deployments:
-        cost = estimated_cost(deployment, needs, price)
+        cost = estimated_cost(deployment, needs, price) if priced else None
         cause = "capability"
         reason = _capability_gap(deployment, needs)
         if reason is None and needs.max_cost is not None:

@@ -33,9 +33,14 @@ def estimate_input_tokens(messages: Iterable[Message], tools: Iterable[ToolSpec]
         for call in message.tool_calls:
             total += estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments_json)
     for tool in tools:
-        schema = json.dumps(tool.parameters, sort_keys=True, separators=(",", ":"))
-        total += estimate_text_tokens(f"{tool.name} {tool.description} {schema}")
+        total += tool.derived("tokens", _tool_tokens)
     return total
+
+
+def _tool_tokens(tool: ToolSpec) -> int:
+    """Tokens of one tool definition."""
+    schema = json.dumps(tool.parameters, sort_keys=True, separators=(",", ":"))
+    return estimate_text_tokens(f"{tool.name} {tool.description} {schema}")
 
 
 def estimate_embedding_tokens(embedding: EmbeddingInput) -> int:

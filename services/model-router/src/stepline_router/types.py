@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from stepline_vocab import Message, Role, Tokens, ToolCall
 
@@ -28,6 +29,9 @@ __all__ = [
     "ToolSpec",
     "Usage",
 ]
+
+
+T = TypeVar("T")
 
 
 class ToolChoice(StrEnum):
@@ -50,11 +54,23 @@ class FinishReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A tool offered to the model; `parameters` is its JSON Schema as a dict."""
+    """A tool offered to the model; `parameters` is its JSON Schema as a dict (read-only)."""
 
     name: str
     description: str
     parameters: dict[str, Any]
+    # Work derived from this definition alone (its token estimate, the offline model's view of
+    # it), kept with it: the Kafka port hands every request the same instance for the same
+    # definition, so an agent's tools are worked out once, not on every step.
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def derived(self, key: str, compute: Callable[[ToolSpec], T]) -> T:
+        """`compute(self)`, worked out once per instance and `key` (a pure function of it)."""
+        try:
+            value: T = self._derived[key]
+        except KeyError:
+            value = self._derived[key] = compute(self)
+        return value
 
 
 @dataclass(frozen=True, slots=True)

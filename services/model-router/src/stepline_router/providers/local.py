@@ -14,6 +14,7 @@ tools found. Same input, same output, always.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -111,7 +112,10 @@ _COMPOSE_NAMES = frozenset({"body", "message", "reply", "email_body", "response"
 _ANSWER_CHARS = 600
 
 
-def _words(text: str) -> set[str]:
+# The offline model sees the same tool names, descriptions and prompts on every step of every
+# run: their word sets and expressions are computed once (bounded caches; same answers).
+@functools.lru_cache(maxsize=8192)
+def _words(text: str) -> frozenset[str]:
     out = set()
     for word in _WORD.findall(text.lower()):
         if word in _STOP or len(word) < 2:
@@ -122,30 +126,89 @@ def _words(text: str) -> set[str]:
             if word.endswith(suffix) and len(word) - len(suffix) >= 3:
                 out.add(word[: -len(suffix)])
                 break
-    return out
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_words(name: str) -> frozenset[str]:
+    """The words of a tool name, camelCase and snake_case split."""
+    return _words(re.sub(r"([a-z])([A-Z])", r"\1 \2", name).replace("_", " "))
 
 
 def _properties(tool: ToolSpec) -> dict[str, dict[str, Any]]:
+    return tool.derived("local.properties", _object_properties)
+
+
+def _object_properties(tool: ToolSpec) -> dict[str, dict[str, Any]]:
     props = tool.parameters.get("properties")
     return (
         {k: v for k, v in props.items() if isinstance(v, dict)} if isinstance(props, dict) else {}
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the model reads in one tool definition, whatever the request (worked out once)."""
+
+    # (weight, words) whose overlap with the request's words scores the tool.
+    weighted: tuple[tuple[int, frozenset[str]], ...]
+    # Parameters that take a URL / an expression: each scores when the request has one.
+    url_params: int
+    expression_params: int
+    properties: tuple[tuple[str, dict[str, Any]], ...]
+    required: frozenset[str]
+    # Per parameter: its slot (see `_slot`) and how many later required ones share it.
+    slots: tuple[tuple[str, int], ...]
+
+
+def _view(tool: ToolSpec) -> _View:
+    return tool.derived("local.view", _read)
+
+
+def _read(tool: ToolSpec) -> _View:
+    properties = tuple(_properties(tool).items())
+    weighted = [(3, _name_words(tool.name)), (1, _words(tool.description))]
+    for name, schema in properties:
+        weighted.append((2, _words(name.replace("_", " "))))
+        weighted.append((1, _words(str(schema.get("description", "")))))
+    required = tool.parameters.get("required")
+    required_names = frozenset(required) if isinstance(required, list) else frozenset()
+    slots = []
+    for index, (name, schema) in enumerate(properties):
+        slot = _slot(name, schema)
+        # An optional parameter never takes a value a later required one needs.
+        keep = (
+            sum(
+                1
+                for later, s in properties[index + 1 :]
+                if later in required_names and _slot(later, s) == slot
+            )
+            if slot
+            else 0
+        )
+        slots.append((slot, keep))
+    return _View(
+        weighted=tuple(weighted),
+        url_params=sum(1 for name, _ in properties if name.lower() in _URL_NAMES),
+        expression_params=sum(1 for name, _ in properties if name.lower() in _EXPRESSION_NAMES),
+        properties=properties,
+        required=required_names,
+        slots=tuple(slots),
+    )
+
+
 def _score(tool: ToolSpec, text: str) -> int:
+    view = _view(tool)
     words = _words(text)
-    name_words = _words(re.sub(r"([a-z])([A-Z])", r"\1 \2", tool.name).replace("_", " "))
-    score = 3 * len(name_words & words) + len(_words(tool.description) & words)
-    for name, schema in _properties(tool).items():
-        score += 2 * len(_words(name.replace("_", " ")) & words)
-        score += len(_words(str(schema.get("description", ""))) & words)
-        if name.lower() in _URL_NAMES and _URL.search(text):
-            score += 4
-        if name.lower() in _EXPRESSION_NAMES and _expression(text):
-            score += 4
+    score = sum(weight * len(found & words) for weight, found in view.weighted)
+    if view.url_params and _URL.search(text):
+        score += 4 * view.url_params
+    if view.expression_params and _expression(text):
+        score += 4 * view.expression_params
     return score
 
 
+@functools.lru_cache(maxsize=1024)
 def _expression(text: str) -> str | None:
     found = [m.group(0).strip() for m in _EXPRESSION.finditer(_URL.sub(" ", text))]
     found = [f for f in found if re.search(r"\d\s*[-+*/^%x×÷]\s*[-(]*\d", f)]
@@ -155,6 +218,7 @@ def _expression(text: str) -> str | None:
     return best.replace("×", "*").replace("÷", "/").replace("x", "*").replace("^", "**")
 
 
+@functools.lru_cache(maxsize=1024)
 def _question(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip("?.! ")
 
@@ -171,10 +235,8 @@ class _Offer:
     @classmethod
     def of(cls, text: str) -> _Offer:
         """Numbers and quoted strings of `text` in order (none taken from quotes or URLs)."""
-        quoted = [q for q in _QUOTED.findall(text) if not _URL.fullmatch(q)]
-        bare = _QUOTED.sub(" ", _URL.sub(" ", text))
-        numbers = [float(n) for n in _NUMBER.findall(bare)]
-        return cls(numbers, quoted, _question(text))
+        numbers, quoted = _offered(text)
+        return cls(list(numbers), list(quoted), _question(text))
 
     def take_number(self, schema: dict[str, Any], integer: bool, keep: int) -> float | None:
         """The first number the schema accepts, unless fewer than `keep` would remain."""
@@ -188,6 +250,14 @@ class _Offer:
     def take_quoted(self, keep: int) -> str | None:
         """The next quoted string, unless fewer than `keep` would remain."""
         return self.quoted.pop(0) if len(self.quoted) > keep else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _offered(text: str) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """Numbers and quoted strings of `text` in order (none taken from quotes or URLs)."""
+    quoted = tuple(q for q in _QUOTED.findall(text) if not _URL.fullmatch(q))
+    bare = _QUOTED.sub(" ", _URL.sub(" ", text))
+    return tuple(float(n) for n in _NUMBER.findall(bare)), quoted
 
 
 def _slot(name: str, schema: dict[str, Any]) -> str:
@@ -278,6 +348,10 @@ def _matching(pattern: str, text: str) -> str | None:
 
 def _composes(tool: ToolSpec) -> bool:
     """True when the tool takes text the model writes (so it waits for the lookups)."""
+    return tool.derived("local.composes", _writes_text)
+
+
+def _writes_text(tool: ToolSpec) -> bool:
     return any(
         name.lower() in _COMPOSE_NAMES and schema.get("type", "string") == "string"
         for name, schema in _properties(tool).items()
@@ -288,30 +362,19 @@ def _arguments(
     tool: ToolSpec, text: str, results: list[Message]
 ) -> tuple[dict[str, Any], list[str]]:
     """The arguments lifted for `tool`, and its required parameters nothing could fill."""
-    required = tool.parameters.get("required")
-    required_names = set(required) if isinstance(required, list) else set()
+    view = _view(tool)
+    required_names = view.required
     found = "\n".join(r.content for r in results)
     offer = _Offer.of(text)
-    properties = list(_properties(tool).items())
+    properties = view.properties
     args: dict[str, Any] = {}
-    for index, (name, schema) in enumerate(properties):
+    for (name, schema), (_, keep) in zip(properties, view.slots, strict=True):
         if name.lower() in _COMPOSE_NAMES and schema.get("type", "string") == "string":
             value: Any = _compose(text, results)
             limit = schema.get("maxLength")
             if isinstance(limit, int) and len(value) > limit:
                 value = value[: max(limit - 1, 0)] + "…"
         else:
-            slot = _slot(name, schema)
-            # An optional parameter never takes a value a later required one needs.
-            keep = (
-                sum(
-                    1
-                    for later, s in properties[index + 1 :]
-                    if later in required_names and _slot(later, s) == slot
-                )
-                if slot
-                else 0
-            )
             value = _value(name, schema, text, name in required_names, offer, keep)
             if value is None and found and name in required_names:
                 # Not in the request: an identifier a lookup returned will do (e.g. an id).
@@ -460,7 +523,9 @@ def _no_fit(question: str, offered: int, unfilled: list[tuple[ToolSpec, list[str
 def respond(request: ModelRequest) -> Completion:
     """The deterministic answer to `request`."""
     messages = request.messages
-    last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=-1)
+    last_user = len(messages) - 1
+    while last_user >= 0 and messages[last_user].role is not Role.USER:
+        last_user -= 1
     text = messages[last_user].content if last_user >= 0 else ""
     turn = messages[last_user + 1 :]
     calls = {c.call_id: c for m in turn for c in m.tool_calls}
@@ -523,6 +588,8 @@ class LocalProvider:
 
     # The offline stand-in starts every answer anew.
     continues_answers = False
+    # It answers in this process without awaiting anything (the router arms no timer for it).
+    in_process = True
 
     async def complete(
         self,
