@@ -212,7 +212,7 @@ async def _measure(rounds: int, profile: bool) -> dict[str, Any]:
         assert len(publisher.records) == 2 * len(records), "one usage record and one result each"
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
+        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(40)
         print(out.getvalue())
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)

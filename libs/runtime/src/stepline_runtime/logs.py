@@ -42,8 +42,17 @@ _SECRET_PATTERNS = (
 )
 
 
+# Every secret pattern above contains one of these: text without any is returned as it is,
+# one scan instead of one per pattern (every log line's message and fields go through here).
+_MAYBE_SECRET = re.compile(r"(?i)authorization|api|password|secret|token|sk-|AIza")
+# One encoder for every line, not one built per `json.dumps` call with options.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def redact(text: str) -> str:
     """`text` with credentials replaced by `***`."""
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern in _SECRET_PATTERNS:
         if pattern.groups >= 2:
             text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
@@ -84,7 +93,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, int | float | bool) else redact(str(value))
         if record.exc_info:
             entry["error"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 @dataclass

@@ -221,9 +221,13 @@ def stamp(records: Sequence[OutboundRecord]) -> list[OutboundRecord]:
     if not traceparent:
         return list(records)
     trace_id = trace_id_of(traceparent)
+    current = traceparent.encode()
     stamped = []
     for record in records:
         existing = next((v for k, v in record.headers if k == HeaderName.TRACEPARENT), None)
+        if existing == current:
+            stamped.append(record)  # the handler already wrote this span's own
+            continue
         if existing is not None and trace_id_of(existing.decode(errors="replace")) not in (
             "",
             trace_id,

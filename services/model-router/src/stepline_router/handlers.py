@@ -28,6 +28,7 @@ from stepline_runtime.codec import Cause, InvalidRecordError, decode, encode
 from stepline_runtime.logs import bind
 from stepline_runtime.metrics import MODEL_CALLS, PROVIDER_ATTEMPT_SECONDS, PROVIDER_ATTEMPTS
 from stepline_runtime.records import InboundRecord, OutboundRecord
+from stepline_runtime.tracing import current_traceparent
 
 __all__ = ["ModelCallHandler", "Topics"]
 
@@ -101,7 +102,9 @@ class ModelCallHandler:
             result.failed.CopyFrom(failed_message(outcome))
         else:
             assert_never(outcome)
-        traceparent = decoded.headers.traceparent
+        # This record's span when it is handled in one (`stamp` then keeps the records as
+        # they are); else the request's.
+        traceparent = current_traceparent() or decoded.headers.traceparent
         return [
             *self.usage_outputs(request, outcome, traceparent),
             encode(

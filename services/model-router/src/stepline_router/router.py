@@ -678,20 +678,13 @@ class _Call:
         started_at = self.clock.now()
         self.r._windows.setdefault(deployment.name, RateWindow()).record(start, self.input_tokens)
         try:
-            # A provider that says `in_process = True` (the offline one) computes its answer
-            # without awaiting anything, so a timer could never fire: none is armed.
-            in_process = getattr(provider, "in_process", False)
-            guard = None if in_process else limits.total_s + _GUARD_S
-            async with asyncio.timeout(guard):
-                credential = self._credential(deployment)
-                if self.request.embedding is not None:
-                    # `_unavailable` planned only providers that embed.
-                    assert isinstance(provider, Embedder)
-                    completion = await provider.embed(deployment, self.request, limits, credential)
-                else:
-                    completion = await provider.complete(
-                        deployment, self.request, limits, credential
-                    )
+            if getattr(provider, "in_process", False):
+                # It computes its answer without awaiting anything (the offline provider): a
+                # timer could never fire, so none is armed.
+                completion = await self._ask(provider, deployment, limits)
+            else:
+                async with asyncio.timeout(limits.total_s + _GUARD_S):
+                    completion = await self._ask(provider, deployment, limits)
         except ProviderError as error:
             return self._ended(deployment, breaker, start, started_at, remaining, failure=error)
         except TimeoutError:
@@ -701,6 +694,16 @@ class _Call:
             breaker.on_abandoned(self.clock.monotonic())
             raise
         return self._ended(deployment, breaker, start, started_at, remaining, answer=completion)
+
+    async def _ask(
+        self, provider: Provider, deployment: Deployment, limits: AttemptLimits
+    ) -> Completion:
+        credential = self._credential(deployment)
+        if self.request.embedding is not None:
+            # `_unavailable` planned only providers that embed.
+            assert isinstance(provider, Embedder)
+            return await provider.embed(deployment, self.request, limits, credential)
+        return await provider.complete(deployment, self.request, limits, credential)
 
     async def _attempt_stream(
         self, deployment: Deployment, remaining: float, breaker: CircuitBreaker

@@ -24,8 +24,26 @@ def estimate_text_tokens(text: str) -> int:
     return math.ceil(len(text) / _CHARS_PER_TOKEN)
 
 
+# The last estimate and what it was of (see `estimate_input_tokens`).
+_last: tuple[tuple[Message, ...], tuple[ToolSpec, ...], int] | None = None
+
+
 def estimate_input_tokens(messages: Iterable[Message], tools: Iterable[ToolSpec] = ()) -> int:
     """Prompt tokens of a transcript plus its tool definitions."""
+    # The router plans with this estimate and the offline provider bills it, for the same
+    # request: the last answer is kept for the same (immutable) tuples. They are held here,
+    # so their identities cannot be reused by other objects while they are compared.
+    global _last
+    last = _last
+    if last is not None and last[0] is messages and last[1] is tools:
+        return last[2]
+    total = _estimate(messages, tools)
+    if isinstance(messages, tuple) and isinstance(tools, tuple):
+        _last = (messages, tools, total)
+    return total
+
+
+def _estimate(messages: Iterable[Message], tools: Iterable[ToolSpec]) -> int:
     total = 0
     for message in messages:
         total += _PER_MESSAGE + estimate_text_tokens(message.content)
