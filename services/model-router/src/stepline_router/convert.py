@@ -111,9 +111,30 @@ def request_from_proto(
         if not t.name:
             raise InvalidRequestError("every tool needs a name")
         specs.append(_tool_spec(t.name, t.description, t.parameters_json_schema))
-    p = parameters
+    return ModelRequest(
+        call_id=call_id,
+        tenant_id=tenant_id,
+        route=route,
+        messages=tuple(converted),
+        tools=tuple(specs),
+        params=_params(parameters.SerializeToString(deterministic=True)),
+        deadline=deadline,
+        max_cost=_money(max_cost, "max_cost"),
+        stream=stream,
+        run_id=run_id,
+        step_id=step_id,
+        agent=agent,
+        replay_of=replay_of,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _params(encoded: bytes) -> Params:
+    """The core parameters of encoded `ModelParameters`: cached by content, as an agent asks
+    with the same ones on every step (the instance is shared, read-only like `ToolSpec`)."""
+    p = model_pb2.ModelParameters.FromString(encoded)
     fmt = p.response_format
-    params = Params(
+    return Params(
         temperature=p.temperature if p.HasField("temperature") else None,
         top_p=p.top_p if p.HasField("top_p") else None,
         max_output_tokens=max(0, p.max_output_tokens),
@@ -131,21 +152,6 @@ def request_from_proto(
         seed=p.seed if p.HasField("seed") else None,
         reasoning_effort=p.reasoning_effort,
         extra=json_format.MessageToDict(p.extra) if p.HasField("extra") else {},
-    )
-    return ModelRequest(
-        call_id=call_id,
-        tenant_id=tenant_id,
-        route=route,
-        messages=tuple(converted),
-        tools=tuple(specs),
-        params=params,
-        deadline=deadline,
-        max_cost=_money(max_cost, "max_cost"),
-        stream=stream,
-        run_id=run_id,
-        step_id=step_id,
-        agent=agent,
-        replay_of=replay_of,
     )
 
 

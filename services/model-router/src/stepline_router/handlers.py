@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import assert_never
 
 from prometheus_client import Counter, Histogram
@@ -89,12 +89,14 @@ class ModelCallHandler:
                 },
             )
         _observe(request.route, outcome)
+        # One time for the result and its records' headers (formatted once for all of them).
+        finished = self._clock.now()
         result = model_pb2.ModelCallResult(
             run_id=request.run_id,
             tenant_id=request.tenant_id,
             step_id=request.step_id,
             call_id=request.call_id,
-            finished_at=timestamp(self._clock.now()),
+            finished_at=timestamp(finished),
         )
         if isinstance(outcome, CallSucceeded):
             result.completed.CopyFrom(completed_message(outcome))
@@ -106,7 +108,7 @@ class ModelCallHandler:
         # they are); else the request's.
         traceparent = current_traceparent() or decoded.headers.traceparent
         return [
-            *self.usage_outputs(request, outcome, traceparent),
+            *self.usage_outputs(request, outcome, traceparent, finished),
             encode(
                 self._topics.results,
                 request.run_id,
@@ -115,13 +117,19 @@ class ModelCallHandler:
                 source=self._source,
                 tenant_id=request.tenant_id,
                 traceparent=traceparent,
+                time=finished,
             ),
         ]
 
     def usage_outputs(
-        self, request: ModelRequest, outcome: CallOutcome, traceparent: str = ""
+        self,
+        request: ModelRequest,
+        outcome: CallOutcome,
+        traceparent: str = "",
+        time: datetime | None = None,
     ) -> list[OutboundRecord]:
-        """`UsageRecorded` records (key tenant_id) for every attempt, skipped ones included."""
+        """`UsageRecorded` records (key tenant_id) for every attempt, skipped ones included;
+        `time` is their header's (now by default)."""
         return [
             encode(
                 self._topics.usage,
@@ -131,6 +139,7 @@ class ModelCallHandler:
                 source=self._source,
                 tenant_id=request.tenant_id,
                 traceparent=traceparent,
+                time=time,
             )
             for usage in usage_records(request, outcome)
         ]

@@ -99,6 +99,7 @@ _NUMBER = re.compile(r"(?<![\w.:/-])-?\d+(?:\.\d+)?(?!\w|[.:/-]\w)")
 _EXPRESSION = re.compile(r"[-+(]*\d[\d.\s]*(?:[-+*/^%x×÷][\s(]*-?\d[\d.\s)]*)+")
 _QUOTED = re.compile(r"[\"“']([^\"”']{2,})[\"”']")
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_SPACES = re.compile(r"\s+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 # Sentences that say what was done or should be done weigh more when grounding a reply.
 _ACTION = re.compile(r"\b(resolution|next step|solution|workaround|recommend\w*|offer\w*)\b", re.I)
@@ -220,7 +221,7 @@ def _expression(text: str) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _question(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().rstrip("?.! ")
+    return _SPACES.sub(" ", text).strip().rstrip("?.! ")
 
 
 @dataclass(slots=True)
@@ -432,7 +433,7 @@ def _compose(text: str, results: list[Message]) -> str:
         for record in _records(value) or [{"text": value}]:
             source = next((str(record[k]) for k in _SOURCE_KEYS if record.get(k)), "")
             for chunk in _strings(record):
-                for sentence in _SENTENCE.split(re.sub(r"\s+", " ", chunk).strip()):
+                for sentence in _SENTENCE.split(_SPACES.sub(" ", chunk).strip()):
                     sentence = sentence.strip(" …")
                     if len(sentence) < 20 or "@" in sentence:
                         continue
@@ -498,7 +499,7 @@ def _answer(
         if call is not None and call.name in composing:
             continue
         tool = call.name if call is not None else result.name or "tool"
-        content = re.sub(r"\s+", " ", result.content).strip()
+        content = _SPACES.sub(" ", result.content).strip()
         if len(content) > _ANSWER_CHARS:
             content = content[:_ANSWER_CHARS] + "…"
         lines.append(f"According to {tool}: {content}")
