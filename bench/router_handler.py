@@ -160,7 +160,7 @@ async def _requests(handler: ModelCallHandler) -> list[InboundRecord]:
     """Both model requests of RUNS runs of the four-step agent, as the planner sends them."""
     tools = _tools()
     definitions = _definitions(tools)
-    by_name = {t.spec.name: t for t in tools}
+    by_name: dict[str, Any] = {t.spec.name: t for t in tools}
     records: list[InboundRecord] = []
     for run in range(RUNS):
         transcript = [Message(Role.SYSTEM, SYSTEM), Message(Role.USER, GOAL)]
@@ -172,9 +172,9 @@ async def _requests(handler: ModelCallHandler) -> list[InboundRecord]:
         transcript.append(Message(Role.ASSISTANT, answer.content, calls))
         for call in calls:
             tool = by_name[call.name]
-            parsed = tool.parse(json.loads(call.arguments_json))  # type: ignore[attr-defined]
+            parsed = tool.parse(json.loads(call.arguments_json))
             context = CallContext("bench", f"bench-run-{run:04d}", call.call_id, call.call_id, 5)
-            output = await tool.run(parsed, context)  # type: ignore[attr-defined]
+            output = await tool.run(parsed, context)
             transcript.append(
                 Message(Role.TOOL, output.text, tool_call_id=call.call_id, name=call.name)
             )
@@ -186,9 +186,9 @@ async def _measure(rounds: int, profile: bool) -> dict[str, Any]:
     configure_logging("model-router")
     # The service's JSON log line per call is formatted and written, here to /dev/null.
     devnull = Path(os.devnull).open("w")  # noqa: SIM115, ASYNC230 - kept for the process
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(devnull)
+    for sink in logging.getLogger().handlers:
+        if isinstance(sink, logging.StreamHandler):
+            sink.setStream(devnull)
     tracing.configure_tracing("model-router", environ={})
     _, handler = _router()
     records = await _requests(handler)
@@ -212,7 +212,7 @@ async def _measure(rounds: int, profile: bool) -> dict[str, Any]:
         assert len(publisher.records) == 2 * len(records), "one usage record and one result each"
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(40)
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
         print(out.getvalue())
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
