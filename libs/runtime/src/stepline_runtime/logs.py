@@ -166,6 +166,8 @@ class RepeatFilter(logging.Filter):
 
     def flush(self, *, everything: bool = False) -> None:
         """Write a summary for every window that ended (or all of them) and forget it."""
+        if not self._windows:
+            return  # nothing held back: the common case, checked on every line without the lock
         now = self._clock()
         with self._lock:
             ended = [
@@ -245,6 +247,12 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     _repeats.attach(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Neither format writes the caller's file and line, thread or process: the logging module
+    # is told not to work them out for every record (its documented optimisation switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root.setLevel(level.upper())
     # aiokafka logs every retriable coordinator hiccup at WARNING/ERROR; keep its noise down.
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
