@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import pstats
 import statistics
 import subprocess
@@ -60,7 +61,9 @@ __all__ = ["main"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SYSTEM = "You are a support agent. Use the tools, then answer briefly."
-GOAL = "What is 1234 * 5678, and what do the support tickets say about refunds?"
+# The full-stack benchmark's goal, with a number of its own per run: caches keyed by a text
+# must not make one run's first step cheaper than it is when every goal differs.
+GOAL = "What is {} * 5678, and what do the support tickets say about refunds?"
 RUNS = 100
 ROUNDS = 7
 REQUESTS_TOPIC = "stepline.model.requests.v1"
@@ -156,17 +159,18 @@ class _NoCredentials:
         return None
 
 
-async def _requests(handler: ModelCallHandler) -> list[InboundRecord]:
-    """Both model requests of RUNS runs of the four-step agent, as the planner sends them."""
+async def _requests(handler: ModelCallHandler, first: int) -> list[InboundRecord]:
+    """Both model requests of RUNS runs of the four-step agent (runs `first`…), as the planner
+    sends them."""
     tools = _tools()
     definitions = _definitions(tools)
     by_name: dict[str, Any] = {t.spec.name: t for t in tools}
     records: list[InboundRecord] = []
-    for run in range(RUNS):
-        transcript = [Message(Role.SYSTEM, SYSTEM), Message(Role.USER, GOAL)]
-        first = _record(run, 0, transcript, definitions, len(records))
-        records.append(first)
-        answer = _result(await handler.on_model_call_requested(first)).completed
+    for run in range(first, first + RUNS):
+        transcript = [Message(Role.SYSTEM, SYSTEM), Message(Role.USER, GOAL.format(1234 + run))]
+        asked = _record(run, 0, transcript, definitions, len(records))
+        records.append(asked)
+        answer = _result(await handler.on_model_call_requested(asked)).completed
         calls = wire.tool_calls_from_proto(answer.tool_calls)
         assert {c.name for c in calls} == set(by_name), f"unexpected tool calls {calls}"
         transcript.append(Message(Role.ASSISTANT, answer.content, calls))
@@ -182,7 +186,22 @@ async def _requests(handler: ModelCallHandler) -> list[InboundRecord]:
     return records
 
 
-async def _measure(rounds: int, profile: bool) -> dict[str, Any]:
+async def _record_sets(count: int) -> list[list[InboundRecord]]:
+    """`count` sets of requests, each of other runs (other goals)."""
+    _, handler = _router()
+    return [await _requests(handler, index * RUNS) for index in range(count)]
+
+
+def _save(sets: list[list[InboundRecord]], path: Path) -> None:
+    rows = [[(r.topic, r.partition, r.offset, r.key, r.value, r.headers) for r in s] for s in sets]
+    path.write_bytes(pickle.dumps(rows))
+
+
+def _load(path: Path) -> list[list[InboundRecord]]:
+    return [[InboundRecord(*row) for row in rows] for rows in pickle.loads(path.read_bytes())]
+
+
+async def _measure(rounds: int, profile: bool, sets: Path | None) -> dict[str, Any]:
     configure_logging("model-router")
     # The service's JSON log line per call is formatted and written, here to /dev/null.
     devnull = Path(os.devnull).open("w")  # noqa: SIM115, ASYNC230 - kept for the process
@@ -190,15 +209,18 @@ async def _measure(rounds: int, profile: bool) -> dict[str, Any]:
         if isinstance(sink, logging.StreamHandler):
             sink.setStream(devnull)
     tracing.configure_tracing("model-router", environ={})
+    # Made by another process (the parent) when given: this one has seen none of their texts,
+    # as a router has not seen a new run's goal.
+    record_sets = _load(sets) if sets is not None else await _record_sets(rounds + 1)
+    assert len(record_sets) > rounds, "a set of requests per round, and one to warm up"
     _, handler = _router()
-    records = await _requests(handler)
     publisher = InMemoryPublisher()
     processor = AtLeastOnce("model-router", handler.on_model_call_requested, publisher)
-    for record in records:  # warm-up round: caches, imports, lazy protobuf classes
+    for record in record_sets[0]:  # warm-up: imports, lazy protobuf classes, tool definitions
         await processor.process(record)
     per_request: list[float] = []
     profiler = cProfile.Profile(time.process_time) if profile else None
-    for _ in range(rounds):
+    for records in record_sets[1 : rounds + 1]:
         publisher.records.clear()
         if profiler is not None:
             profiler.enable()
@@ -217,7 +239,7 @@ async def _measure(rounds: int, profile: bool) -> dict[str, Any]:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
         print(out.getvalue())
-    return {"requests": len(records), "us_per_request": [round(v, 1) for v in per_request]}
+    return {"requests": RUNS * 2, "us_per_request": [round(v, 1) for v in per_request]}
 
 
 def _base_sources(rev: str, into: Path) -> Path:
@@ -233,13 +255,22 @@ def _base_sources(rev: str, into: Path) -> Path:
     return into / "services" / "model-router" / "src"
 
 
-def _child(pythonpath: str | None, rounds: int) -> tuple[float, float]:
+def _child(pythonpath: str | None, rounds: int, sets: Path) -> tuple[float, float]:
     """One measuring process: the median and the best of its rounds, in µs per request."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "bench.router_handler", "--child", "--rounds", str(rounds)],
+        [
+            sys.executable,
+            "-m",
+            "bench.router_handler",
+            "--child",
+            "--rounds",
+            str(rounds),
+            "--sets",
+            str(sets),
+        ],
         cwd=ROOT,
         env=env,
         check=True,
@@ -266,26 +297,29 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="alternating runs per side")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sets", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child or args.profile:
-        measured = asyncio.run(_measure(args.rounds, args.profile))
+        measured = asyncio.run(_measure(args.rounds, args.profile, args.sets))
         measured["median_us"] = round(statistics.median(measured["us_per_request"]), 1)
         print(json.dumps(measured))
         return
     load_before = os.getloadavg()
     result: dict[str, Any] = {"runs": RUNS, "requests_per_round": 2 * RUNS, "rounds": args.rounds}
-    if args.base is None:
-        result["after"] = _side([_child(None, args.rounds) for _ in range(args.pairs)])
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-router-base-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        sets = Path(tmp) / "requests.pickle"
+        _save(asyncio.run(_record_sets(args.rounds + 1)), sets)
+        if args.base is None:
+            result["after"] = _side([_child(None, args.rounds, sets) for _ in range(args.pairs)])
+        else:
             base = str(_base_sources(args.base, Path(tmp)))
             before, after = [], []
             for _ in range(args.pairs):
-                before.append(_child(base, args.rounds))
-                after.append(_child(None, args.rounds))
-        result["base"] = args.base
-        result["before"] = _side(before)
-        result["after"] = _side(after)
+                before.append(_child(base, args.rounds, sets))
+                after.append(_child(None, args.rounds, sets))
+            result["base"] = args.base
+            result["before"] = _side(before)
+            result["after"] = _side(after)
     result["loadavg_1_5_15_start_end"] = [round(v, 2) for v in (*load_before, *os.getloadavg())]
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)
