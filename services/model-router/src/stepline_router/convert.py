@@ -210,11 +210,10 @@ def _attempt(attempt: Attempt, currency: str) -> model_pb2.ModelAttempt:
 
 
 def _totals(outcome: CallOutcome) -> tuple[common_pb2.TokenUsage, common_pb2.Money]:
-    usage = Usage()
-    cost = Decimal(0)
-    for attempt in outcome.attempts:
-        usage = usage + attempt.usage
-        cost += attempt.cost or 0
+    attempts = outcome.attempts
+    cost = sum((a.cost or Decimal(0) for a in attempts), Decimal(0))
+    # Most calls take one attempt: its usage is the total (no sum of fresh objects).
+    usage = attempts[0].usage if len(attempts) == 1 else sum((a.usage for a in attempts), Usage())
     return _usage(usage), common_pb2.Money(currency=outcome.currency, amount=format_amount(cost))
 
 
