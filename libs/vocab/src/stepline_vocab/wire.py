@@ -1,9 +1,13 @@
-"""The vocabulary on the wire: one conversion each way for Money, TokenUsage and ChatMessage."""
+"""The vocabulary on the wire: one conversion each way for Money, TokenUsage and ChatMessage,
+and times as protobuf Timestamps."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2
 from stepline_vocab.messages import Message, Role, ToolCall
@@ -18,6 +22,7 @@ __all__ = [
     "money_to_proto",
     "role_from_proto",
     "role_to_proto",
+    "timestamp_to_proto",
     "tokens_from_proto",
     "tokens_to_proto",
     "tool_call_from_proto",
@@ -116,3 +121,18 @@ def message_from_proto(message: common_pb2.ChatMessage, role: Role) -> Message:
 def tool_calls_from_proto(calls: Iterable[common_pb2.ToolCall]) -> tuple[ToolCall, ...]:
     """Core tool calls of repeated ToolCall protos."""
     return tuple(tool_call_from_proto(c) for c in calls)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_to_proto(value: datetime) -> Timestamp:
+    """A protobuf Timestamp of `value` (a naive one is local time, as `astimezone` reads it).
+
+    What `Timestamp.FromDatetime` stores, by arithmetic on the aware value instead of its time
+    tuple and `timegm` on every call; `timedelta` normalises like Timestamp (nanos >= 0).
+    """
+    if value.tzinfo is None:
+        value = value.astimezone(UTC)
+    since = value - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)

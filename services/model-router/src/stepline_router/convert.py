@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format
 
 from stepline.v1 import common_pb2, model_pb2, usage_pb2
 from stepline_router.errors import Outcome
@@ -155,16 +155,7 @@ def _params(encoded: bytes) -> Params:
     )
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    """A protobuf Timestamp (a naive `value` is local time)."""
-    # What `Timestamp.FromDatetime` stores, without its struct_time round trip.
-    since = (value if value.tzinfo is not None else value.astimezone(UTC)) - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000
-    )
+timestamp = wire.timestamp_to_proto
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
