@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import tools_pb2
 from stepline_executor.model import ErrorKind, Outcome
+from stepline_vocab import wire as vocab_wire
 
 __all__ = [
     "KINDS",
@@ -43,10 +44,8 @@ def duration(seconds: float) -> Duration:
 
 
 def timestamp(at: datetime) -> Timestamp:
-    """A protobuf Timestamp of `at`."""
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
+    """A protobuf Timestamp of `at` (a naive one is UTC, as `FromDatetime` reads it)."""
+    return vocab_wire.timestamp_to_proto(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
 
 
 def outcome_to_proto(outcome: Outcome) -> tools_pb2.ToolCallCompleted | tools_pb2.ToolCallFailed:
