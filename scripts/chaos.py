@@ -53,7 +53,7 @@ import psycopg
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
-from scripts.bad_input import ROOT, Stack, _await_no_lag, read_topic
+from scripts.bad_input import ROOT, Stack, _await_no_lag, _committed, read_topic
 from stepline.v1 import dead_letter_pb2, runs_pb2, usage_pb2
 from stepline_client import Goal, Stepline
 from stepline_localkafka import KafkaSettings as LocalKafkaSettings
@@ -492,6 +492,49 @@ async def _tool_runs(kafka: KafkaSettings, stack: Stack) -> set[str]:
     return runs
 
 
+# Where a run that never ended can be: its last record on each of these says who holds it.
+TRAIL = (
+    Topics.RUNS,
+    Topics.MODEL_REQUESTS,
+    Topics.MODEL_RESULTS,
+    Topics.TOOL_REQUESTS,
+    Topics.TOOL_RESULTS,
+)
+
+
+async def _stuck(kafka: KafkaSettings, stack: Stack, run_ids: Sequence[str]) -> list[str]:
+    """For each run in `run_ids`: its partition and its last committed record on each topic."""
+    last: dict[str, dict[str, str]] = {r: {} for r in run_ids}
+    partition: dict[str, int] = {}
+    committed = await _committed(kafka, stack)
+    for topic in TRAIL:
+        name = stack.topic(topic)
+        for p, offset, key, value in await read_topic(kafka, name):
+            run_id = (key or b"").decode(errors="replace")
+            if run_id not in last:
+                continue
+            partition[run_id] = p
+            what = ""
+            if topic == Topics.RUNS:
+                event = runs_pb2.RunEvent()
+                with contextlib.suppress(DecodeError):
+                    event.ParseFromString(value or b"")
+                what = str(event.WhichOneof("event"))
+            consumed = [
+                group
+                for (t, group, cp), at in committed.items()
+                if t == name and cp == p and at > offset
+            ]
+            last[run_id][topic.split(".")[1]] = (
+                f"@{offset} {what} consumed by {consumed or 'nobody yet'}"
+            )
+    return [
+        f"{run_id} (partition {partition.get(run_id, '?')}): "
+        + "; ".join(f"{t} {v}" for t, v in trail.items())
+        for run_id, trail in last.items()
+    ]
+
+
 async def _usage(kafka: KafkaSettings, stack: Stack) -> tuple[dict[str, Decimal], int]:
     unique: dict[str, Decimal] = {}
     records = await read_topic(kafka, stack.topic(Topics.USAGE))
@@ -566,9 +609,12 @@ class Driver:
                 self.broker_event_at = time.monotonic() - started
                 if self.brokers.cluster is None:
                     self.broker_ok.clear()  # the client cannot submit while it is down
-                self.broker_event = await asyncio.to_thread(self.brokers.disrupt, self.rng)
+                try:
+                    self.broker_event = await asyncio.to_thread(self.brokers.disrupt, self.rng)
+                finally:
+                    # Even when the restart failed: whoever waits for it must go on and see why.
+                    self.broker_ok.set()
                 _say(self.broker_event)
-                self.broker_ok.set()
                 await self._restart_dead(None)
                 continue
             # A random instance of a random consuming service (one each when not scaled).
@@ -737,6 +783,9 @@ async def _drive(
         if kind == "failed":
             reasons[runs_pb2.RunFailureReason.Name(event.failed.reason)] += 1
     result.endings, result.failure_reasons = dict(endings), dict(reasons)
+    if result.not_terminal:
+        for line in await _stuck(kafka, stack, [r for r in run_ids if r not in ended]):
+            _say(f"not terminal: {line}")
     with_tools = await _tool_runs(kafka, stack)
     result.completed_without_tools = sum(
         1
