@@ -15,7 +15,8 @@ only after the ledger commit. Instances are added
 one step at a time (1 → 2 → 4). Rebalance time, measured from the moment the extra instance(s)
 are spawned (Python start-up included): *assigned* = the consumer group is Stable with N members
 and all 12 partitions of the input topic assigned (DescribeGroups, polled every 50 ms);
-*resumed* = after that, the group's committed offset has advanced on every partition. The
+*resumed* = after that, the group's committed offset has advanced on every partition; *ready* =
+every new instance reported itself started (its ready file), the start-up part of *assigned*. The
 longest gap between two finished units of work during the rebalance is reported as *stall*.
 Throughput is measured over a fixed window once the group has resumed.
 
@@ -150,14 +151,29 @@ async def _members(kafka: KafkaSettings, group: str, topic: str) -> int:
 
 
 async def _rebalance(
-    ns: Namespace, load: _Load, group: str, topic: str, members_wanted: int, spawned_at: float
-) -> dict[str, float]:
-    """Seconds from spawning until the group is assigned again and processing resumed."""
+    ns: Namespace,
+    load: _Load,
+    group: str,
+    topic: str,
+    members_wanted: int,
+    spawned_at: float,
+    new: Sequence[Service],
+) -> dict[str, float | None]:
+    """Seconds from spawning until the new instances are ready (started), the group is
+    assigned again and processing resumed."""
     admin = AIOKafkaAdminClient(**ns.kafka.client_kwargs("bench-admin"))
     await admin.start()
+    ready_at: float | None = None
+
+    def note_ready() -> None:
+        nonlocal ready_at
+        if ready_at is None and all(s.ready() for s in new):
+            ready_at = time.perf_counter()
+
     try:
         deadline = spawned_at + 90
         while True:
+            note_ready()
             state, members, assigned = await group_state(admin, group, topic)
             if state == "Stable" and members == members_wanted and assigned == PARTITIONS:
                 break
@@ -167,6 +183,7 @@ async def _rebalance(
         assigned_at = time.perf_counter()
         baseline = await ns.committed(group, topic)
         while True:
+            note_ready()
             now = await ns.committed(group, topic)
             if all(now.get(p, -1) > baseline.get(p, -1) for p in range(PARTITIONS)):
                 break
@@ -174,9 +191,12 @@ async def _rebalance(
                 raise TimeoutError(f"{group}: partitions without progress after the rebalance")
             await asyncio.sleep(0.05)
         resumed_at = time.perf_counter()
+        note_ready()
     finally:
         await admin.close()
     return {
+        # Start-up of the new instances (Python, config, connections): part of `assigned`.
+        "ready_s": round(ready_at - spawned_at, 2) if ready_at is not None else None,
         "assigned_s": round(assigned_at - spawned_at, 2),
         "resumed_s": round(resumed_at - spawned_at, 2),
         "stall_s": round(load.longest_gap(spawned_at, resumed_at), 2),
@@ -197,12 +217,13 @@ async def _scale(
     per_instance = await _members(ns.kafka, group, topic)
     levels: list[dict[str, Any]] = []
     for instances in INSTANCES:
-        rebalance: dict[str, float] | None = None
+        rebalance: dict[str, float | None] | None = None
         if instances > len(services):
             spawned_at = time.perf_counter()
-            services += [spawn(i + 1) for i in range(len(services), instances)]
+            new = [spawn(i + 1) for i in range(len(services), instances)]
+            services += new
             rebalance = await _rebalance(
-                ns, load, group, topic, per_instance * instances, spawned_at
+                ns, load, group, topic, per_instance * instances, spawned_at, new
             )
         cpu_before = {s.name: s.cpu_s() for s in services}
         start = time.perf_counter()
@@ -226,8 +247,9 @@ async def _scale(
         print(
             f"scale-out {group.split('.')[-1]}: {instances} instance(s): {rate:.1f}/s"
             + (
-                f", rebalance assigned {rebalance['assigned_s']} s, resumed "
-                f"{rebalance['resumed_s']} s, stall {rebalance['stall_s']} s"
+                f", rebalance: ready {rebalance['ready_s']} s, assigned "
+                f"{rebalance['assigned_s']} s, resumed {rebalance['resumed_s']} s, "
+                f"stall {rebalance['stall_s']} s"
                 if rebalance
                 else ""
             )
