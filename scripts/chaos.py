@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -449,6 +450,9 @@ class ChaosResult:
     ledger_total: str = "0"
     topic_total: str = "0"
     lag: dict[str, int] = field(default_factory=dict)
+    # The last generation each consumer group reached (from the broker's log): a few per kill
+    # is a rebalance per membership change; hundreds is a rebalance storm (see RELIABILITY.md).
+    generations: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     submit_s: float = 0.0
     all_terminal_s: float = 0.0
@@ -542,6 +546,20 @@ async def _usage(kafka: KafkaSettings, stack: Stack) -> tuple[dict[str, Decimal]
         usage = usage_pb2.UsageRecorded.FromString(value or b"")
         unique.setdefault(usage.usage_id, Decimal(usage.cost.amount or "0"))
     return unique, len(records)
+
+
+_STABILIZED = re.compile(r"Stabilized group (\S+) generation (\d+)")
+
+
+def _generations(state_dir: Path, namespace: str) -> dict[str, int]:
+    """The last generation of each of the namespace's consumer groups, from the broker logs."""
+    last: dict[str, int] = {}
+    for log in sorted(state_dir.glob("kafka*/**/server.log*")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if (found := _STABILIZED.search(line)) and found[1].startswith(f"{namespace}."):
+                group = found[1].removeprefix(f"{namespace}.")
+                last[group] = max(last.get(group, 0), int(found[2]))
+    return dict(sorted(last.items()))
 
 
 def _ledger(path: Path, dsn: str = "") -> dict[str, Decimal]:
@@ -675,6 +693,7 @@ async def run_chaos(
         ledger="postgresql" if instances > 1 else "sqlite",
     )
     brokers = Brokers(state_dir, cluster, rng)
+    namespace = f"t{uuid.uuid4().hex[:10]}"
     postgres = PrivatePostgres(_free_block(1, rng)) if instances > 1 else None
     _say(f"starting {'a three-node cluster' if cluster else 'a broker'} in {state_dir}")
     try:
@@ -683,9 +702,7 @@ async def run_chaos(
         os.environ["STEPLINE_REPLICATION_FACTOR"] = str(result.replication_factor)
         kafka = KafkaSettings(bootstrap=brokers.bootstrap)
         scale = {name: instances for name in VICTIMS}
-        stack = Stack(
-            state_dir / "stack", f"t{uuid.uuid4().hex[:10]}", partitions=partitions, scale=scale
-        )
+        stack = Stack(state_dir / "stack", namespace, partitions=partitions, scale=scale)
         if postgres is not None:
             stack.env["STEPLINE_BILLING_DSN"] = await asyncio.to_thread(postgres.start, "chaos")
             _say(f"billing ledger: PostgreSQL {stack.env['STEPLINE_BILLING_DSN']}")
@@ -711,6 +728,7 @@ async def run_chaos(
         if postgres is not None:
             postgres.stop()
         os.environ.pop("STEPLINE_REPLICATION_FACTOR", None)
+    result.generations = _generations(state_dir, namespace)
     result.seconds = round(time.monotonic() - started, 1)
     _judge(result)
     return result
@@ -864,6 +882,7 @@ def _summary(result: ChaosResult) -> str:
         f"ids; ledger {result.ledger_rows} rows, total {result.ledger_total} "
         f"(topic {result.topic_total})",
         f"consumer lag: {result.lag}; dead letters: {result.dead_letters}",
+        f"group generations: {result.generations}",
         f"submitted in {result.submit_s} s, all terminal after {result.all_terminal_s} s, "
         f"{result.seconds} s in all",
         "PASS" if result.ok else "FAIL:\n  " + "\n  ".join(result.problems),
