@@ -711,7 +711,10 @@ async def run_chaos(
         with provider.serving(), receiver.serving(), stack.running():
             _say(f"stack up in namespace {stack.namespace}; submitting {runs} runs")
             await _drive(stack, brokers, kafka, rng, kill_every_s, run_timeout_s, result, started)
+            # Said, because each wait may take minutes when a group cannot catch up.
+            _say("runs done; awaiting consumer lag 0 (at most 120 s)")
             result.lag = await _await_no_lag(kafka, stack, 120)
+            _say(f"lag {result.lag}; awaiting the ledger = the usage topic (at most 120 s)")
             await _settle_billing(kafka, stack, result)
             result.dead_letters = len(await read_topic(kafka, stack.topic(Topics.DLQ)))
             if result.dead_letters:
