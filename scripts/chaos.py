@@ -54,7 +54,7 @@ import psycopg
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
-from scripts.bad_input import ROOT, Stack, _await_no_lag, _committed, read_topic
+from scripts.bad_input import GROUPS, ROOT, Stack, _await_no_lag, _committed, read_topic
 from stepline.v1 import dead_letter_pb2, runs_pb2, usage_pb2
 from stepline_client import Goal, Stepline
 from stepline_localkafka import KafkaSettings as LocalKafkaSettings
@@ -524,14 +524,11 @@ async def _stuck(kafka: KafkaSettings, stack: Stack, run_ids: Sequence[str]) -> 
                 with contextlib.suppress(DecodeError):
                     event.ParseFromString(value or b"")
                 what = str(event.WhichOneof("event"))
-            consumed = [
-                group
-                for (t, group, cp), at in committed.items()
-                if t == name and cp == p and at > offset
-            ]
-            last[run_id][topic.split(".")[1]] = (
-                f"@{offset} {what} consumed by {consumed or 'nobody yet'}"
-            )
+            readers = [group for group, topics in GROUPS.items() if topic in topics]
+            done = [g for g in readers if committed.get((name, g, p), 0) > offset]
+            consumed = f" consumed by {done or 'nobody yet'}" if readers else ""
+            label = topic.removeprefix("stepline.").removesuffix(".v1")
+            last[run_id][label] = f"@{offset}{f' {what}' if what else ''}{consumed}"
     return [
         f"{run_id} (partition {partition.get(run_id, '?')}): "
         + "; ".join(f"{t} {v}" for t, v in trail.items())
