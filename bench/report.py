@@ -220,6 +220,8 @@ def _scaleout(data: dict[str, Any], results: Path) -> list[str]:
                     level["instances"],
                     f"{level['units_per_s']} {part['unit']}/s",
                     f"{level['steps_per_s']}",
+                    # Results written before the start-up was measured have no `ready_s`.
+                    f"{rebalance['ready_s']} s" if rebalance and rebalance.get("ready_s") else "-",
                     f"{rebalance['assigned_s']} s" if rebalance else "-",
                     f"{rebalance['resumed_s']} s" if rebalance else "-",
                     f"{rebalance['stall_s']} s" if rebalance else "-",
@@ -232,6 +234,7 @@ def _scaleout(data: dict[str, Any], results: Path) -> list[str]:
                     "instances",
                     "throughput",
                     "steps/s",
+                    "new instances ready",
                     "rebalance: assigned",
                     "resumed",
                     "longest stall",

@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -53,7 +54,7 @@ import psycopg
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
-from scripts.bad_input import ROOT, Stack, _await_no_lag, read_topic
+from scripts.bad_input import GROUPS, ROOT, Stack, _await_no_lag, _committed, read_topic
 from stepline.v1 import dead_letter_pb2, runs_pb2, usage_pb2
 from stepline_client import Goal, Stepline
 from stepline_localkafka import KafkaSettings as LocalKafkaSettings
@@ -449,6 +450,9 @@ class ChaosResult:
     ledger_total: str = "0"
     topic_total: str = "0"
     lag: dict[str, int] = field(default_factory=dict)
+    # The last generation each consumer group reached (from the broker's log): a few per kill
+    # is a rebalance per membership change; hundreds is a rebalance storm (see RELIABILITY.md).
+    generations: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     submit_s: float = 0.0
     all_terminal_s: float = 0.0
@@ -492,6 +496,46 @@ async def _tool_runs(kafka: KafkaSettings, stack: Stack) -> set[str]:
     return runs
 
 
+# Where a run that never ended can be: its last record on each of these says who holds it.
+TRAIL = (
+    Topics.RUNS,
+    Topics.MODEL_REQUESTS,
+    Topics.MODEL_RESULTS,
+    Topics.TOOL_REQUESTS,
+    Topics.TOOL_RESULTS,
+)
+
+
+async def _stuck(kafka: KafkaSettings, stack: Stack, run_ids: Sequence[str]) -> list[str]:
+    """For each run in `run_ids`: its partition and its last committed record on each topic."""
+    last: dict[str, dict[str, str]] = {r: {} for r in run_ids}
+    partition: dict[str, int] = {}
+    committed = await _committed(kafka, stack)
+    for topic in TRAIL:
+        name = stack.topic(topic)
+        for p, offset, key, value in await read_topic(kafka, name):
+            run_id = (key or b"").decode(errors="replace")
+            if run_id not in last:
+                continue
+            partition[run_id] = p
+            what = ""
+            if topic == Topics.RUNS:
+                event = runs_pb2.RunEvent()
+                with contextlib.suppress(DecodeError):
+                    event.ParseFromString(value or b"")
+                what = str(event.WhichOneof("event"))
+            readers = [group for group, topics in GROUPS.items() if topic in topics]
+            done = [g for g in readers if committed.get((name, g, p), 0) > offset]
+            consumed = f" consumed by {done or 'nobody yet'}" if readers else ""
+            label = topic.removeprefix("stepline.").removesuffix(".v1")
+            last[run_id][label] = f"@{offset}{f' {what}' if what else ''}{consumed}"
+    return [
+        f"{run_id} (partition {partition.get(run_id, '?')}): "
+        + "; ".join(f"{t} {v}" for t, v in trail.items())
+        for run_id, trail in last.items()
+    ]
+
+
 async def _usage(kafka: KafkaSettings, stack: Stack) -> tuple[dict[str, Decimal], int]:
     unique: dict[str, Decimal] = {}
     records = await read_topic(kafka, stack.topic(Topics.USAGE))
@@ -499,6 +543,20 @@ async def _usage(kafka: KafkaSettings, stack: Stack) -> tuple[dict[str, Decimal]
         usage = usage_pb2.UsageRecorded.FromString(value or b"")
         unique.setdefault(usage.usage_id, Decimal(usage.cost.amount or "0"))
     return unique, len(records)
+
+
+_STABILIZED = re.compile(r"Stabilized group (\S+) generation (\d+)")
+
+
+def _generations(state_dir: Path, namespace: str) -> dict[str, int]:
+    """The last generation of each of the namespace's consumer groups, from the broker logs."""
+    last: dict[str, int] = {}
+    for log in sorted(state_dir.glob("kafka*/**/server.log*")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if (found := _STABILIZED.search(line)) and found[1].startswith(f"{namespace}."):
+                group = found[1].removeprefix(f"{namespace}.")
+                last[group] = max(last.get(group, 0), int(found[2]))
+    return dict(sorted(last.items()))
 
 
 def _ledger(path: Path, dsn: str = "") -> dict[str, Decimal]:
@@ -566,9 +624,12 @@ class Driver:
                 self.broker_event_at = time.monotonic() - started
                 if self.brokers.cluster is None:
                     self.broker_ok.clear()  # the client cannot submit while it is down
-                self.broker_event = await asyncio.to_thread(self.brokers.disrupt, self.rng)
+                try:
+                    self.broker_event = await asyncio.to_thread(self.brokers.disrupt, self.rng)
+                finally:
+                    # Even when the restart failed: whoever waits for it must go on and see why.
+                    self.broker_ok.set()
                 _say(self.broker_event)
-                self.broker_ok.set()
                 await self._restart_dead(None)
                 continue
             # A random instance of a random consuming service (one each when not scaled).
@@ -629,6 +690,7 @@ async def run_chaos(
         ledger="postgresql" if instances > 1 else "sqlite",
     )
     brokers = Brokers(state_dir, cluster, rng)
+    namespace = f"t{uuid.uuid4().hex[:10]}"
     postgres = PrivatePostgres(_free_block(1, rng)) if instances > 1 else None
     _say(f"starting {'a three-node cluster' if cluster else 'a broker'} in {state_dir}")
     try:
@@ -637,9 +699,7 @@ async def run_chaos(
         os.environ["STEPLINE_REPLICATION_FACTOR"] = str(result.replication_factor)
         kafka = KafkaSettings(bootstrap=brokers.bootstrap)
         scale = {name: instances for name in VICTIMS}
-        stack = Stack(
-            state_dir / "stack", f"t{uuid.uuid4().hex[:10]}", partitions=partitions, scale=scale
-        )
+        stack = Stack(state_dir / "stack", namespace, partitions=partitions, scale=scale)
         if postgres is not None:
             stack.env["STEPLINE_BILLING_DSN"] = await asyncio.to_thread(postgres.start, "chaos")
             _say(f"billing ledger: PostgreSQL {stack.env['STEPLINE_BILLING_DSN']}")
@@ -648,7 +708,10 @@ async def run_chaos(
         with provider.serving(), receiver.serving(), stack.running():
             _say(f"stack up in namespace {stack.namespace}; submitting {runs} runs")
             await _drive(stack, brokers, kafka, rng, kill_every_s, run_timeout_s, result, started)
+            # Said, because each wait may take minutes when a group cannot catch up.
+            _say("runs done; awaiting consumer lag 0 (at most 120 s)")
             result.lag = await _await_no_lag(kafka, stack, 120)
+            _say(f"lag {result.lag}; awaiting the ledger = the usage topic (at most 120 s)")
             await _settle_billing(kafka, stack, result)
             result.dead_letters = len(await read_topic(kafka, stack.topic(Topics.DLQ)))
             if result.dead_letters:
@@ -665,6 +728,7 @@ async def run_chaos(
         if postgres is not None:
             postgres.stop()
         os.environ.pop("STEPLINE_REPLICATION_FACTOR", None)
+    result.generations = _generations(state_dir, namespace)
     result.seconds = round(time.monotonic() - started, 1)
     _judge(result)
     return result
@@ -737,6 +801,9 @@ async def _drive(
         if kind == "failed":
             reasons[runs_pb2.RunFailureReason.Name(event.failed.reason)] += 1
     result.endings, result.failure_reasons = dict(endings), dict(reasons)
+    if result.not_terminal:
+        for line in await _stuck(kafka, stack, [r for r in run_ids if r not in ended]):
+            _say(f"not terminal: {line}")
     with_tools = await _tool_runs(kafka, stack)
     result.completed_without_tools = sum(
         1
@@ -815,6 +882,7 @@ def _summary(result: ChaosResult) -> str:
         f"ids; ledger {result.ledger_rows} rows, total {result.ledger_total} "
         f"(topic {result.topic_total})",
         f"consumer lag: {result.lag}; dead letters: {result.dead_letters}",
+        f"group generations: {result.generations}",
         f"submitted in {result.submit_s} s, all terminal after {result.all_terminal_s} s, "
         f"{result.seconds} s in all",
         "PASS" if result.ok else "FAIL:\n  " + "\n  ".join(result.problems),

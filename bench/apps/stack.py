@@ -138,6 +138,10 @@ class Service:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.started_at = time.perf_counter()
+        # Written by the service once every part of it started (its readiness), unless the
+        # caller names its own.
+        self.ready_file = Path(env.get("STEPLINE_READY_FILE") or log.with_suffix(".ready"))
+        env = {**env, "STEPLINE_READY_FILE": str(self.ready_file)}
         with log.open("ab") as sink:
             self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=sink)
         self.process = psutil.Process(self.popen.pid)
@@ -154,6 +158,10 @@ class Service:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float(self.process.memory_info().rss) / 2**20
+
+    def ready(self) -> bool:
+        """Whether the service reported every part of it started."""
+        return self.ready_file.exists()
 
     def alive(self) -> bool:
         """Whether the process still runs."""

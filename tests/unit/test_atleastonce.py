@@ -133,6 +133,29 @@ async def test_a_broken_producer_stops_the_service_instead_of_dead_lettering() -
         await asyncio.wait_for(stopped, 1)
 
 
+async def test_another_producer_of_the_process_broken_under_the_handler_stops_it_too() -> None:
+    """The executor writes each call's intent with its changelog producer before the tool
+    runs and reports a failed write as `IntentNotRecordedError` from the producer's error.
+    After a broker restart in `make chaos-scaled` that producer answered
+    OutOfOrderSequenceNumber for good: each request it held was tried 5 times and
+    dead-lettered. Broken is broken, whichever producer and however wrapped."""
+
+    async def records_intent(record: InboundRecord) -> Sequence[OutboundRecord]:
+        try:
+            await _raise(OutOfOrderSequenceNumber())
+        except OutOfOrderSequenceNumber as error:
+            raise RuntimeError("the intent was not recorded; the tool was not run") from error
+        return []
+
+    publisher = InMemoryPublisher()
+    processor = AtLeastOnce("svc", records_intent, publisher, backoff_s=0, max_attempts=2)
+    with pytest.raises(ProducerBrokenError, match="OutOfOrderSequenceNumber"):
+        await processor.process(RECORD)
+    assert publisher.records == []  # no dead letter: the record comes back to a fresh process
+    with pytest.raises(ProducerBrokenError):
+        await asyncio.wait_for(processor.wait_broken(), 1)
+
+
 async def test_the_keyed_consumer_part_ends_when_its_producer_broke() -> None:
     processor = AtLeastOnce("svc", echo, _BrokenProducer(), backoff_s=0)
     consumer = KeyedConsumer(KafkaSettings(), ["in"], group_id="g", processor=processor)

@@ -167,6 +167,20 @@ class ProducerBrokenError(SteplineError, RuntimeError):
     """The service's producer cannot send any more: stop, so that it is started afresh."""
 
 
+def _broken_producer(failure: BaseException) -> BaseException | None:
+    """The broken-producer error behind `failure`, however deep a handler wrapped it (the
+    executor's changelog producer fails under `IntentNotRecordedError`), else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = failure
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, _PRODUCER_BROKEN):
+            broken: BaseException = cause  # aiokafka's error classes are untyped
+            return broken
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class AtLeastOnce:
     """Handles records one by one until their outputs are acknowledged, retrying in place.
 
@@ -232,9 +246,11 @@ class AtLeastOnce:
                 RECORDS_PROCESSED.labels(self.consumer, record.topic).inc()
                 return
             reason = redact(f"{type(failure).__name__}: {failure}")
-            if isinstance(failure, _PRODUCER_BROKEN):
+            if (broken := _broken_producer(failure)) is not None:
                 # Not the record's fault: neither an attempt nor a dead letter. It stays undone
                 # and comes back to whoever holds its partition once this process has stopped.
+                if broken is not failure:
+                    reason = redact(f"{type(broken).__name__} under {reason}")
                 if not self._broken.is_set():
                     log.error("the producer is broken; stopping", extra={"reason": reason})
                 self._broken_reason = reason

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
@@ -49,6 +48,11 @@ _STUCK_BACKOFF_S = 1.0
 # metadata (offset.metadata.max.bytes) is 4,096 bytes. What does not fit is redone after a crash.
 _DONE_PREFIX = "done:"
 _MAX_METADATA = 3_000
+# How stale the client's topic metadata may get. A group leader that assigned while a topic
+# was missing from its metadata (partitions without a leader just after a broker restart)
+# rebalances only when a refresh shows the topic: aiokafka's default, 5 minutes, left a whole
+# group without partitions that long.
+_METADATA_MAX_AGE_MS = 5_000
 
 
 def encode_done(position: int, done: Collection[int]) -> str:
@@ -171,11 +175,13 @@ class KeyedConsumer:
             # aiokafka speaks only the eager rebalance protocol (no cooperative assignors):
             # sticky assignment keeps each member's partitions where they were, so a rebalance
             # moves only those of the member that left or joined. Its memory of the last
-            # assignment is class state: one subclass per consumer. Round robin second, for a
-            # group whose older members know only it (rolling upgrade).
+            # assignment is class state: one subclass per consumer. One assignor only:
+            # aiokafka 0.14 sends a JoinGroup per assignor listed, the second with other
+            # metadata, which rebalances the group again, and under churn for minutes
+            # (RELIABILITY.md, "Scaled chaos"). Members of the previous release also list
+            # sticky, so a rolling upgrade still finds a common protocol.
             partition_assignment_strategy=(
                 type("StickyPartitionAssignor", (StickyPartitionAssignor,), {}),
-                RoundRobinPartitionAssignor,
             ),
             # A killed member is noticed after the session timeout; a member restarted with
             # the same static id within it gets its partitions back without a rebalance.
@@ -186,6 +192,7 @@ class KeyedConsumer:
             auto_offset_reset="earliest",
             # Inputs may be produced inside transactions (the planner's): read committed only.
             isolation_level="read_committed",
+            metadata_max_age_ms=_METADATA_MAX_AGE_MS,
             max_poll_records=self._max_poll_records,
             **self._kafka.client_kwargs(self._processor.consumer),
         )
