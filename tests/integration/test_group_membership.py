@@ -1,10 +1,11 @@
-"""Group membership of the keyed consumer on a real broker: static identity."""
+"""Group membership of the keyed consumer and the transactional processor on a real broker."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 
 import pytest
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -12,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stepline_runtime.atleastonce import AtLeastOnce, InMemoryPublisher
 from stepline_runtime.keyed import KeyedConsumer
+from stepline_runtime.processor import ProcessorConfig, TransactionalProcessor
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_runtime.settings import KafkaSettings
 from tests.kafkatools import create_topics
@@ -147,3 +149,43 @@ async def test_partitions_missing_from_the_leaders_metadata_are_assigned_soon_af
         assert time.monotonic() - appeared < 30
     finally:
         await member.stop()
+
+
+class _Stateless:
+    """A `StatefulHandler` with no state and no outputs: only the assignment matters here."""
+
+    def forget(self, partition: int) -> None:
+        """Nothing to drop."""
+
+    async def restore(self, partition: int, records: Sequence[InboundRecord]) -> None:
+        """Nothing to fold."""
+
+    async def handle(self, record: InboundRecord) -> Sequence[OutboundRecord]:
+        """No outputs."""
+        return []
+
+    async def tick(self, partition: int, now: datetime) -> Sequence[OutboundRecord]:
+        """No timers."""
+        return []
+
+
+async def test_the_transactional_processor_gets_partitions_of_a_late_topic_within_seconds(
+    kafka: KafkaSettings, admin: AIOKafkaAdminClient, unique: Callable[[str], str]
+) -> None:
+    """The planner's processor is a group consumer too: the same 5-minute wait applied to it."""
+    topic, changelog, group = unique("late-input"), unique("late-state"), unique("late-eos")
+    await create_topics(admin, changelog, partitions=2)
+    processor = TransactionalProcessor(
+        ProcessorConfig(app_id=group, inputs=(topic,), changelog=changelog), _Stateless(), kafka
+    )
+    running = asyncio.create_task(processor.run())
+    try:
+        await asyncio.sleep(5)  # joined the group, with nothing to assign
+        assert processor.partitions == frozenset()
+        await create_topics(admin, topic, partitions=2)
+        appeared = time.monotonic()
+        await _until(lambda: len(processor.partitions) == 2, timeout_s=60)
+        assert time.monotonic() - appeared < 30
+    finally:
+        processor.stop()
+        await asyncio.wait_for(running, 30)

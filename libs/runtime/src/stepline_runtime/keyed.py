@@ -36,7 +36,7 @@ from stepline_runtime.logs import redact
 from stepline_runtime.metrics import RECORDS_IN_FLIGHT
 from stepline_runtime.processor import inbound
 from stepline_runtime.records import InboundRecord
-from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.settings import GROUP_METADATA_MAX_AGE_MS, KafkaSettings
 
 __all__ = ["KeyedConsumer", "Progress", "decode_done", "encode_done"]
 
@@ -48,11 +48,6 @@ _STUCK_BACKOFF_S = 1.0
 # metadata (offset.metadata.max.bytes) is 4,096 bytes. What does not fit is redone after a crash.
 _DONE_PREFIX = "done:"
 _MAX_METADATA = 3_000
-# How stale the client's topic metadata may get. A group leader that assigned while a topic
-# was missing from its metadata (partitions without a leader just after a broker restart)
-# rebalances only when a refresh shows the topic: aiokafka's default, 5 minutes, left a whole
-# group without partitions that long.
-_METADATA_MAX_AGE_MS = 5_000
 
 
 def encode_done(position: int, done: Collection[int]) -> str:
@@ -192,7 +187,7 @@ class KeyedConsumer:
             auto_offset_reset="earliest",
             # Inputs may be produced inside transactions (the planner's): read committed only.
             isolation_level="read_committed",
-            metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+            metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
             max_poll_records=self._max_poll_records,
             **self._kafka.client_kwargs(self._processor.consumer),
         )

@@ -44,7 +44,7 @@ from stepline_runtime.metrics import (
     TRANSACTIONS,
 )
 from stepline_runtime.records import InboundRecord, OutboundRecord
-from stepline_runtime.settings import KafkaSettings
+from stepline_runtime.settings import GROUP_METADATA_MAX_AGE_MS, KafkaSettings
 from stepline_runtime.topics import Topics
 
 __all__ = ["ProcessorConfig", "StatefulHandler", "TransactionalProcessor", "inbound"]
@@ -172,6 +172,7 @@ class TransactionalProcessor:
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=max(1_000, config.session_timeout_ms // 3),
+            metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
             **kafka.client_kwargs(f"{config.app_id}-consumer"),
         )
         self._restorer = AIOKafkaConsumer(

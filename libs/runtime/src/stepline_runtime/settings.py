@@ -10,10 +10,16 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["KafkaSettings", "ServiceSettings", "namespaced"]
+__all__ = ["GROUP_METADATA_MAX_AGE_MS", "KafkaSettings", "ServiceSettings", "namespaced"]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+# How stale a group consumer's topic metadata may get. A group leader that assigned while a topic
+# was missing from its metadata (partitions without a leader just after a broker restart)
+# rebalances only when a refresh shows the topic: aiokafka's default, 5 minutes, left a whole
+# group without partitions that long (RELIABILITY.md, "Scaled chaos", finding 8).
+GROUP_METADATA_MAX_AGE_MS = 5_000
 
 
 class KafkaSettings(BaseSettings):
