@@ -6,8 +6,9 @@ send: for each run a goal, the router's answer with two parallel tool calls (`ca
 `search_documents`), the executor's two results, and the router's final answer, i.e. the
 four-step agent of `bench/stack.py`. `RUNS_IN_FLIGHT` runs advance together, phase by phase, so
 caches see many live transcripts as under load. The records answering a phase are built from
-the handler's own outputs before the phase is timed; only `handle` is timed, in CPU time of the
-process (`time.process_time_ns`: other processes on a shared machine do not count). µs/step = time in `handle` (goal and results) ÷ steps.
+the handler's own outputs before the phase is timed; only `handle` is timed, in CPU time of
+the process (`time.process_time_ns`: other processes on a shared machine do not count).
+µs/step = time in `handle` (goal and results) ÷ steps.
 
 `python -m bench.planner_handler` prints µs per step and writes
 `bench/results/planner_handler.json`; `--profile` prints the top frames (cProfile) instead;

@@ -211,20 +211,35 @@ def decide(
 
 
 class _Tx:
-    """One transition in progress: the evolving state and the outputs so far."""
+    """One transition in progress: the evolving state and the outputs so far.
 
-    def __init__(self, run: Run, now: datetime, ctx: Context) -> None:
+    The first change copies the run; later changes write into that copy. A transition changes
+    its run ~10 times, and a copy of every field each time was the core's largest cost. The
+    copy is this transition's own until `decide` returns it, so nobody sees it change: the
+    run passed in is never touched and the run returned is not changed afterwards.
+    """
+
+    def __init__(self, run: Run, now: datetime, ctx: Context, *, owned: bool = False) -> None:
         self.run = run
         self.now = now
         self.ctx = ctx
         self.out: list[Output] = []
+        # Whether `run` is this transition's own copy (built here), free to write into.
+        self._owned = owned
 
     @property
     def profile(self) -> AgentProfile | None:
         return self.ctx.profiles.agents.get(self.run.agent)
 
     def set(self, **changes: object) -> None:
-        self.run = replace(self.run, **changes)
+        if not self._owned:
+            self.run = replace(self.run, **changes)
+            self._owned = True
+            return
+        run = self.run
+        for name, value in changes.items():
+            # Frozen from the outside; this copy is not visible to anyone yet (see above).
+            object.__setattr__(run, name, value)
 
     def emit(self, body: EventBody) -> None:
         sequence = self.run.last_event_sequence + 1
@@ -293,6 +308,7 @@ def _on_goal(
         ),
         now,
         ctx,
+        owned=True,
     )
     failure = _invalid(goal, profile, ctx, now)
     if failure is not None:

@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import TypeAlias, assert_never
 
 from google.protobuf.message import Message as ProtoMessage
 
-from stepline.v1 import control_pb2, goals_pb2, model_pb2, planner_state_pb2, tools_pb2
+from stepline.v1 import control_pb2, goals_pb2, model_pb2, planner_state_pb2, runs_pb2, tools_pb2
 from stepline_planner import convert, serialized
 from stepline_planner import outputs as o
 from stepline_planner.decide import Context, RejectedError, decide, next_due
@@ -318,8 +319,16 @@ class PlannerHandler:
 
         if isinstance(out, o.RunEvent):
             _observe(out)
-            msg = convert.event_to_proto(out)
-            return rec(t.runs, out.run_id, msg, msg.event_id, out.tenant_id)
+            return encode_serialized(
+                t.runs,
+                out.run_id,
+                serialized.run_event_bytes(out),
+                _RUN_EVENT,
+                event_id=f"{out.run_id}/{out.sequence}",
+                source=SOURCE,
+                tenant_id=out.tenant_id,
+                time=now,
+            )
         if isinstance(out, o.ModelCallRequested):
             return encode_serialized(
                 t.model_requests,
@@ -401,6 +410,9 @@ class PlannerHandler:
 
 
 _FINAL = {o.RunCompleted: "completed", o.RunFailed: "failed", o.RunCancelled: "cancelled"}
+_RUN_EVENT = type_name(runs_pb2.RunEvent)
+# `labels()` locks and hashes on every call; the label values are few (kinds × outcomes).
+_step_seconds = lru_cache(maxsize=64)(STEP_SECONDS.labels)
 
 
 def _observe(event: o.RunEvent) -> None:
@@ -408,7 +420,7 @@ def _observe(event: o.RunEvent) -> None:
     body = event.body
     if isinstance(body, o.StepCompleted):
         kind, outcome = body.kind.value.lower(), body.outcome.value.lower()
-        STEP_SECONDS.labels(kind, outcome).observe(body.duration.total_seconds())
+        _step_seconds(kind, outcome).observe(body.duration.total_seconds())
     elif isinstance(body, o.RunCompleted | o.RunFailed | o.RunCancelled):
         status = _FINAL[type(body)]
         RUNS_FINISHED.labels(event.agent, status).inc()
