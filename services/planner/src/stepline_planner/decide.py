@@ -130,9 +130,10 @@ DELEGATE_TOOL = ToolSpec(
 _CHILD_GRACE = timedelta(seconds=5)
 # Requests per model step: one retry when the first outlived the router's downtime.
 _MODEL_STEP_ATTEMPTS = 2
-# How long a priced tool call given up on (step deadline, run ended) may still report what it was
-# billed; a run that ends meanwhile holds its terminal event so its cost equals the ledger. It
-# covers an executor restart and its consumer group's rebalance.
+# How long a priced call given up on (a tool call at its step deadline or the run's end, a model
+# request a retry superseded) may still report what it was billed; a run that ends meanwhile
+# holds its terminal event so its cost equals the ledger. It covers an executor restart and its
+# consumer group's rebalance.
 SETTLE_WINDOW = timedelta(seconds=30)
 
 
@@ -660,6 +661,8 @@ def _superseded(step: PendingStep) -> tuple[str, ...]:
 
 
 def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
+    if _settle(tx, event, StepKind.MODEL, event.usage):
+        return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.MODEL)
     if step is None:
         return
@@ -697,6 +700,8 @@ def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
 
 
 def _on_model_failed(tx: _Tx, event: ModelFailed) -> None:
+    if _settle(tx, event, StepKind.MODEL, event.usage):
+        return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.MODEL)
     if step is None:
         return
@@ -1116,7 +1121,7 @@ def _finish_tool_step(
 
 
 def _on_tool_result(tx: _Tx, event: ToolCompleted | ToolFailed) -> None:
-    if _settle(tx, event):
+    if _settle(tx, event, StepKind.TOOL):
         return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.TOOL)
     if step is None:
@@ -1138,10 +1143,21 @@ def _on_tool_result(tx: _Tx, event: ToolCompleted | ToolFailed) -> None:
         )
 
 
-def _settle(tx: _Tx, event: ToolCompleted | ToolFailed) -> bool:
-    """Count the cost of a late result for a call given up on; True when `event` was one."""
+def _settle(
+    tx: _Tx,
+    event: ToolCompleted | ToolFailed | ModelCompleted | ModelFailed,
+    kind: StepKind,
+    usage: Usage | None = None,
+) -> bool:
+    """Count what a late result for a call given up on was billed; True when `event` was one."""
+    if not tx.run.unsettled:
+        return False
     late = next(
-        (u for u in tx.run.unsettled if (u.step_id, u.call_id) == (event.step_id, event.call_id)),
+        (
+            u
+            for u in tx.run.unsettled
+            if (u.step_id, u.call_id, u.kind) == (event.step_id, event.call_id, kind)
+        ),
         None,
     )
     if late is None:
@@ -1150,8 +1166,9 @@ def _settle(tx: _Tx, event: ToolCompleted | ToolFailed) -> bool:
     tx.set(
         unsettled=tuple(u for u in tx.run.unsettled if u is not late),
         cost=tx.run.cost + event.cost,
+        usage=tx.run.usage + usage if usage is not None else tx.run.usage,
     )
-    tx.emit(DuplicateResultIgnored(late.step_id, late.call_id, reason, StepKind.TOOL, event.cost))
+    tx.emit(DuplicateResultIgnored(late.step_id, late.call_id, reason, kind, event.cost))
     if tx.run.end_held and not tx.run.unsettled:
         _release_end(tx)
     return True
@@ -1165,6 +1182,13 @@ def _unsettle(tx: _Tx, step: PendingStep) -> None:
     # Its price stays reserved until the executor says what it billed.
     waiting = replace(step, deadline=tx.now + SETTLE_WINDOW, reserved=price)
     tx.set(unsettled=(*tx.run.unsettled, waiting))
+
+
+def _unsettle_model_call(tx: _Tx, step: PendingStep) -> None:
+    """Keep waiting for what a superseded model request was billed, if it may cost anything."""
+    if step.reserved <= 0:
+        return  # a free route: nothing to wait for
+    tx.set(unsettled=(*tx.run.unsettled, replace(step, deadline=tx.now + SETTLE_WINDOW)))
 
 
 def _on_child_ended(tx: _Tx, event: ChildEnded) -> None:
@@ -1320,6 +1344,9 @@ def _on_step_timeout(tx: _Tx, step: PendingStep) -> None:
             return
     if step.kind is StepKind.MODEL:
         if _retry_model_step(tx, step, Outcome.TIMED_OUT, message):
+            # The router may have been slow rather than down: the first request can still be
+            # answered, and billed. Its reservation stays until it says what it cost.
+            _unsettle_model_call(tx, step)
             return
         tx.remove(step)
         tx.set(steps_taken=tx.run.steps_taken + 1)
