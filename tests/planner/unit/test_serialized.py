@@ -351,7 +351,19 @@ def _events() -> list[o.RunEvent]:
         o.RunFailed(Reason.MODEL_FAILED, "down", Usage(), Decimal(0), 1, timedelta(0), "r1:1"),
         o.RunCancelled("stop", "run:p1", True, Usage(), Decimal(0), 2, timedelta(seconds=1)),
     ]
-    return [o.RunEvent("r1", "t1", "a", n, when, "USD", b) for n, b in enumerate(bodies, 1)]
+    events = [o.RunEvent("r1", "t1", "a", n, when, "USD", b) for n, b in enumerate(bodies, 1)]
+    failed = bodies[-2]
+    # A goal refused before it named a tenant or agent; times before the epoch, naive, zero.
+    return [
+        *events,
+        o.RunEvent("r2", "", "", 1, when, "USD", failed),
+        o.RunEvent("r3", "t1", "a", 2, datetime(1960, 1, 1, 0, 0, 0, 1, tzinfo=UTC), "", failed),
+        o.RunEvent("r4", "t1", "a", 3, datetime(2026, 3, 1, 1, 30, 0, 5), "USD", failed),
+        o.RunEvent("r5", "t1", "a", 4, datetime(1970, 1, 1, tzinfo=UTC), "USD", failed),
+        o.RunEvent(
+            "r6", "t1", "a", 300, when.astimezone(timezone(timedelta(hours=-3))), "USD", failed
+        ),
+    ]
 
 
 @pytest.mark.parametrize("event", _events(), ids=lambda e: type(e.body).__name__)

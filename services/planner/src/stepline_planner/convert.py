@@ -73,6 +73,7 @@ __all__ = [
     "goal_to_proto",
     "messages_from_proto",
     "messages_to_proto",
+    "model_request_head_to_proto",
     "model_request_to_proto",
     "model_result_from_proto",
     "pending_step_to_proto",
@@ -82,6 +83,7 @@ __all__ = [
     "run_to_proto",
     "session_from_proto",
     "session_to_proto",
+    "timestamp_to_proto",
     "tool_cancel_to_proto",
     "tool_request_to_proto",
     "tool_result_from_proto",
@@ -97,8 +99,11 @@ class ConversionError(BadInputError):
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
+    return None if value is None else timestamp_to_proto(value)
+
+
+def timestamp_to_proto(value: datetime) -> Timestamp:
+    """A datetime as Timestamp (a naive one is local time)."""
     if value.tzinfo is None:  # naive: local time, as `astimezone` reads it
         value = value.astimezone(UTC)
     # Arithmetic on the aware value instead of `FromDatetime` (a time tuple and `timegm` per
@@ -395,6 +400,13 @@ def budget_from_proto(state: budgets_pb2.BudgetState) -> TenantBudget:
 
 def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequested:
     """A model step request as ModelCallRequested."""
+    request = model_request_head_to_proto(req)
+    request.messages.extend(messages_to_proto(req.messages))
+    return request
+
+
+def model_request_head_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequested:
+    """A model step request without its messages (they are appended as cached entries)."""
     mode = model_pb2.TOOL_CHOICE_MODE_AUTO if req.tools_allowed else model_pb2.TOOL_CHOICE_MODE_NONE
     return model_pb2.ModelCallRequested(
         run_id=req.run_id,
@@ -402,7 +414,6 @@ def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequ
         step_id=req.step_id,
         call_id=req.call_id,
         route=req.route,
-        messages=messages_to_proto(req.messages),
         tools=[
             common_pb2.ToolDefinition(
                 name=t.name,
@@ -472,7 +483,7 @@ def event_head_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
     return runs_pb2.RunEvent(
         run_id=event.run_id,
         tenant_id=event.tenant_id,
-        event_id=f"{event.run_id}/{event.sequence}",
+        event_id=event.event_id,
         sequence=event.sequence,
         occurred_at=_ts(event.occurred_at),
         agent=event.agent,

@@ -332,7 +332,7 @@ class PlannerHandler:
                 out.run_id,
                 serialized.run_event_bytes(out),
                 _RUN_EVENT,
-                event_id=f"{out.run_id}/{out.sequence}",
+                event_id=out.event_id,
                 source=SOURCE,
                 tenant_id=out.tenant_id,
                 time=now,

@@ -9,9 +9,10 @@ order they come), so such a record is the concatenation of independently seriali
 - a snapshot: the run's head (`convert.run_head_to_proto`, cached per run while its fields are
   the same objects), its progress (`convert.run_progress_to_proto`, serialised afresh), then one
   cached, length-delimited entry per pending step, unsettled step and transcript message;
-- a model request: the request without its messages, then one cached entry per message;
-- a run event: its envelope, then its body as the `RunEvent` oneof field (the same bytes as the
-  whole message serialised, as the body's field numbers follow the envelope's).
+- a model request: its head (`convert.model_request_head_to_proto`), then one cached entry
+  per message;
+- a run event: its envelope (a run's ids and an input's time cached), then its body as the
+  `RunEvent` oneof field: the same bytes as the whole message serialised.
 
 Each parses to the same message as the full conversion (`convert.run_to_proto`,
 `convert.model_request_to_proto`, `convert.event_to_proto`; unit-tested): the formats are
@@ -21,13 +22,13 @@ unchanged and restore reads old and new snapshots alike; only where the fields s
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from functools import lru_cache
 from operator import attrgetter
 
 from stepline.v1 import common_pb2, model_pb2, planner_state_pb2, runs_pb2
 from stepline_planner import convert
 from stepline_planner import outputs as o
-from stepline_planner.copies import replace
 from stepline_planner.state import Message, PendingStep, Run
 
 __all__ = ["model_request_bytes", "run_event_bytes", "run_state_bytes"]
@@ -50,7 +51,7 @@ def run_state_bytes(run: Run) -> bytes:
 
 def model_request_bytes(request: o.ModelCallRequested) -> bytes:
     """The serialised request: parses equal to `convert.model_request_to_proto(request)`."""
-    head = convert.model_request_to_proto(replace(request, messages=()))
+    head = convert.model_request_head_to_proto(request)
     parts = [head.SerializeToString(deterministic=True)]
     _append_entries(parts, _REQUEST_MESSAGES, request.messages)
     return b"".join(parts)
@@ -58,10 +59,49 @@ def model_request_bytes(request: o.ModelCallRequested) -> bytes:
 
 def run_event_bytes(event: o.RunEvent) -> bytes:
     """The serialised `RunEvent`: the bytes of `convert.event_to_proto(event)`, body not copied."""
-    head = convert.event_head_to_proto(event).SerializeToString(deterministic=True)
     field, body = convert.event_body_to_proto(event)
     data = body.SerializeToString(deterministic=True)
-    return b"".join((head, _EVENT_BODIES[field], _varint(len(data)), data))
+    return b"".join((_envelope(event), _EVENT_BODIES[field], _varint(len(data)), data))
+
+
+def _envelope(event: o.RunEvent) -> bytes:
+    """RunEvent's fields before the body, in field order as protobuf writes them.
+
+    What a run's events share (its ids, agent) and an input's events share (their time) comes
+    from caches; only the event id and sequence are written for each event.
+    """
+    event_id = event.event_id.encode()
+    return b"".join(
+        (
+            _string_field(_RUN_ID, event.run_id),
+            _string_field(_TENANT_ID, event.tenant_id),
+            _EVENT_ID,
+            _varint(len(event_id)),
+            event_id,
+            _int_field(_SEQUENCE, event.sequence),
+            _occurred_at(event.occurred_at),
+            _string_field(_AGENT, event.agent),
+        )
+    )
+
+
+@lru_cache(maxsize=4096)  # run ids, tenants and agents of live runs
+def _string_field(tag: bytes, value: str) -> bytes:
+    if not value:  # proto3 writes no empty string
+        return b""
+    data = value.encode()
+    return tag + _varint(len(data)) + data
+
+
+def _int_field(tag: bytes, value: int) -> bytes:
+    # Negative int64s are ten-byte varints of their two's complement, as protobuf writes them.
+    return tag + _varint(value & 0xFFFF_FFFF_FFFF_FFFF) if value else b""
+
+
+@lru_cache(maxsize=256)  # every event of an input shares its time
+def _occurred_at(when: datetime) -> bytes:
+    stamp = convert.timestamp_to_proto(when).SerializeToString(deterministic=True)
+    return _OCCURRED_AT + _varint(len(stamp)) + stamp
 
 
 # --- the run's head ---------------------------------------------------------------------------
@@ -148,6 +188,12 @@ _RUN_TRANSCRIPT = _field_tag(planner_state_pb2.RunState.DESCRIPTOR, "transcript"
 _PENDING = _field_tag(planner_state_pb2.RunState.DESCRIPTOR, "pending_steps")
 _UNSETTLED = _field_tag(planner_state_pb2.RunState.DESCRIPTOR, "unsettled_steps")
 _REQUEST_MESSAGES = _field_tag(model_pb2.ModelCallRequested.DESCRIPTOR, "messages")
+_RUN_ID, _TENANT_ID, _EVENT_ID, _OCCURRED_AT, _AGENT = (
+    _field_tag(runs_pb2.RunEvent.DESCRIPTOR, name)
+    for name in ("run_id", "tenant_id", "event_id", "occurred_at", "agent")
+)
+# Wire type 0 (varint).
+_SEQUENCE = _varint(runs_pb2.RunEvent.DESCRIPTOR.fields_by_name["sequence"].number << 3)
 # Every body a RunEvent can carry: the tag of its oneof field, by field name.
 _EVENT_BODIES = {
     field.name: _tag(field.number)
