@@ -191,7 +191,7 @@ def decide(
         _on_model_completed(tx, event)
     elif isinstance(event, ModelFailed):
         _on_model_failed(tx, event)
-    elif isinstance(event, ToolCompleted | ToolFailed):
+    elif isinstance(event, (ToolCompleted, ToolFailed)):
         _on_tool_result(tx, event)
     elif isinstance(event, ApprovalDecided):
         _on_approval(tx, event)

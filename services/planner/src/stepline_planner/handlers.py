@@ -432,21 +432,24 @@ def _observe(event: o.RunEvent) -> None:
     body = event.body
     if isinstance(body, o.StepCompleted):
         _step_seconds(body.kind, body.outcome).observe(body.duration.total_seconds())
-    elif isinstance(body, o.RunCompleted | o.RunFailed | o.RunCancelled):
+    elif isinstance(body, (o.RunCompleted, o.RunFailed, o.RunCancelled)):
         status = _FINAL[type(body)]
         RUNS_FINISHED.labels(event.agent, status).inc()
         RUN_SECONDS.labels(event.agent, status).observe(body.duration.total_seconds())
     elif isinstance(
+        # A tuple, not a `|` union: that would be built anew for every event.
         body,
-        o.RunQueued
-        | o.RunStarted
-        | o.StepStarted
-        | o.ApprovalRequested
-        | o.ApprovalResolved
-        | o.DuplicateResultIgnored
-        | o.BudgetReserved
-        | o.ChildRunStarted
-        | o.WrapUpStarted,
+        (
+            o.RunQueued,
+            o.RunStarted,
+            o.StepStarted,
+            o.ApprovalRequested,
+            o.ApprovalResolved,
+            o.DuplicateResultIgnored,
+            o.BudgetReserved,
+            o.ChildRunStarted,
+            o.WrapUpStarted,
+        ),
     ):
         pass  # no figure of their own: counted through the steps and runs above
     else:
