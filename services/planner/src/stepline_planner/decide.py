@@ -211,6 +211,9 @@ def decide(
     return tx.run, tx.out
 
 
+_write = object.__setattr__
+
+
 class _Tx:
     """One transition in progress: the evolving state and the outputs so far.
 
@@ -233,14 +236,14 @@ class _Tx:
         return self.ctx.profiles.agents.get(self.run.agent)
 
     def set(self, **changes: object) -> None:
-        if not self._owned:
-            self.run = replace(self.run, **changes)
-            self._owned = True
+        if self._owned:
+            run = self.run
+            for name, value in changes.items():
+                # Frozen from the outside; this copy is not visible to anyone yet (see above).
+                _write(run, name, value)
             return
-        run = self.run
-        for name, value in changes.items():
-            # Frozen from the outside; this copy is not visible to anyone yet (see above).
-            object.__setattr__(run, name, value)
+        self.run = replace(self.run, **changes)
+        self._owned = True
 
     def emit(self, body: EventBody) -> None:
         sequence = self.run.last_event_sequence + 1
@@ -491,8 +494,13 @@ def _model_request(
     wrapping = tx.run.status is Status.WRAPPING_UP
     tools = () if wrapping else _offered(tx, profile)
     max_out = profile.wrap_up_max_output_tokens if wrapping else profile.max_output_tokens
-    messages = compact(tx.run.transcript, route.context_window_tokens - max_out, tools)
-    worst = route.price.worst_case(estimate_tokens(messages, tools), max_out)
+    transcript, limit = tx.run.transcript, route.context_window_tokens - max_out
+    tokens = estimate_tokens(transcript, tools)
+    # Compacted only when it does not fit (the estimate walks the whole transcript: once).
+    messages = transcript if tokens <= limit else compact(transcript, limit, tools)
+    if messages is not transcript:
+        tokens = estimate_tokens(messages, tools)
+    worst = route.price.worst_case(tokens, max_out)
     return tools, max_out, messages, worst
 
 
@@ -636,7 +644,7 @@ def _pending_or_ignore(tx: _Tx, step_id: str, call_id: str, kind: StepKind) -> P
     """The pending step a result answers, or None after recording why it is ignored."""
     run = tx.run
     step = run.step(step_id)
-    reason: IgnoredReason | None = None
+    reason: IgnoredReason
     if run.status.terminal:
         reason = IgnoredReason.RUN_FINISHED
     elif step is None:
@@ -645,14 +653,14 @@ def _pending_or_ignore(tx: _Tx, step_id: str, call_id: str, kind: StepKind) -> P
             reason = IgnoredReason.ALREADY_COMPLETED
         else:
             reason = IgnoredReason.UNKNOWN_STEP
+    elif step.call_id == call_id and step.kind is kind and not step.awaiting_approval:
+        return step  # the answer awaited (tested first: by far the most frequent)
     elif step.kind is kind and call_id in _superseded(step):
         reason = IgnoredReason.STEP_TIMED_OUT  # the answer to a call the step gave up on
-    elif step.call_id != call_id or step.kind is not kind or step.awaiting_approval:
+    else:
         reason = IgnoredReason.CALL_MISMATCH
-    if reason is not None:
-        tx.emit(DuplicateResultIgnored(step_id, call_id, reason, kind))
-        return None
-    return step
+    tx.emit(DuplicateResultIgnored(step_id, call_id, reason, kind))
+    return None
 
 
 def _superseded(step: PendingStep) -> tuple[str, ...]:
