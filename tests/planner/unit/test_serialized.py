@@ -398,3 +398,19 @@ def test_a_step_completed_with_every_field_sets_every_field() -> None:
     assert {f.name for f, _ in body.ListFields()} == set(
         runs_pb2.StepCompleted.DESCRIPTOR.fields_by_name
     )
+
+
+def test_cached_amounts_are_copied_into_the_messages_that_carry_them() -> None:
+    event = o.RunEvent(
+        "r1",
+        "t1",
+        "a",
+        1,
+        datetime(2026, 11, 1, tzinfo=UTC),
+        "USD",
+        o.BudgetReserved("s", Decimal("1.5"), Decimal("2")),
+    )
+    first = convert.event_to_proto(event)
+    first.budget_reserved.amount.amount = "9"  # a consumer changing its own message
+    again = convert.event_to_proto(event)
+    assert again.budget_reserved.amount.amount == "1.5"

@@ -138,8 +138,11 @@ def decimal_of(money: common_pb2.Money) -> Decimal:
         raise ConversionError(str(error)) from error
 
 
-_money = wire.money_to_proto
-_usage = wire.tokens_to_proto
+# Every event and snapshot carries a few amounts and token counts, mostly the same values again
+# (a run's cost, a price): each is converted once. The messages are shared, so they are only
+# ever passed to a constructor, which copies them, never changed.
+_money = lru_cache(maxsize=4096)(wire.money_to_proto)
+_usage = lru_cache(maxsize=4096)(wire.tokens_to_proto)
 _usage_of = wire.tokens_from_proto
 
 
