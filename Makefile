@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install lint format typecheck proto proto-check kafka-up kafka-down kafka-status openapi console-screenshot \
-        test test-unit demo bench chaos chaos-cluster chaos-scaled clean chromium llama-env
+        test test-unit demo bench bench-planner chaos chaos-cluster chaos-scaled clean chromium llama-env
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ console-screenshot: install chromium ## docs/console-run.png: make demo's run fo
 bench: install ## Benchmarks on a local broker; figures printed and written to bench/results/
 	$(UV) sync --frozen --all-packages --group bench
 	$(KAFKA) run -- $(RUN) --all-packages --group bench python -m bench
+
+bench-planner: install ## The planner's handler CPU per step, in-process (no broker); bench/results/planner_handler.json
+	$(RUN) python -m bench.planner_handler
 
 chaos: install ## 200 runs while services are SIGKILLed, the broker restarts and a provider fails 30%
 	$(RUN) python -m scripts.chaos

@@ -506,6 +506,50 @@ def test_model_step_that_timed_out_is_retried_once_then_completes() -> None:
     assert "stale" not in [m.content for m in d.state.transcript]
 
 
+def test_a_late_answer_to_a_superseded_model_call_counts_what_it_was_billed_once() -> None:
+    # The router was slow, not down: it answered (and billed) the call the step gave up on.
+    d = Driver(context(profile(run_deadline_s=100)))
+    d.start()
+    d.feed(Tick(), after_s=61)  # retried as r1:1:2
+    late = ModelCompleted("r1:1", "r1:1:1", "slow", usage=Usage(100, 10), cost=Decimal("0.003"))
+    d.feed(late, after_s=2)
+    ignored = d.events(o.DuplicateResultIgnored)
+    assert [(i.call_id, i.reason, i.cost) for i in ignored] == [
+        ("r1:1:1", IgnoredReason.STEP_TIMED_OUT, Decimal("0.003"))
+    ]
+    assert (d.state.cost, d.state.usage) == (Decimal("0.003"), Usage(100, 10))
+    d.feed(late)  # a redelivered copy is not counted again
+    assert d.events(o.DuplicateResultIgnored)[0].cost == 0
+    assert d.state.cost == Decimal("0.003")
+    d.feed(ModelCompleted("r1:1", "r1:1:2", "42", usage=Usage(50, 5), cost=Decimal("0.002")))
+    completed = d.events(o.RunCompleted)[0]
+    assert (completed.cost, completed.usage) == (Decimal("0.005"), Usage(150, 15))
+    assert "slow" not in [m.content for m in d.state.transcript]
+
+
+def test_a_run_answered_before_its_superseded_model_call_reports_waits_for_its_cost() -> None:
+    d = Driver(context(profile(run_deadline_s=100)))
+    d.start()
+    d.feed(Tick(), after_s=61)
+    d.feed(ModelCompleted("r1:1", "r1:1:2", "42", cost=Decimal("0.002")), after_s=1)
+    assert d.events(o.RunCompleted) == []  # the first call may still be billed
+    assert d.state.status is Status.COMPLETED
+    assert d.state.end_held
+    d.feed(ModelFailed("r1:1", "r1:1:1", "UNAVAILABLE", cost=Decimal("0.001")), after_s=1)
+    ignored = d.events(o.DuplicateResultIgnored)[0]
+    assert (ignored.reason, ignored.cost) == (IgnoredReason.RUN_FINISHED, Decimal("0.001"))
+    completed = d.events(o.RunCompleted)[0]
+    assert (completed.answer, completed.cost) == ("42", Decimal("0.003"))
+    # A call that never reports holds the end for the settle window only.
+    other = Driver(context(profile(run_deadline_s=100)))
+    other.start()
+    other.feed(Tick(), after_s=61)
+    other.feed(ModelCompleted("r1:1", "r1:1:2", "42", cost=Decimal("0.002")), after_s=1)
+    assert other.events(o.RunCompleted) == []
+    other.feed(Tick(), after_s=30)
+    assert other.events(o.RunCompleted)[0].cost == Decimal("0.002")
+
+
 def test_model_step_is_retried_only_once() -> None:
     d = Driver()
     d.start()

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from stepline_runtime.headers import CONTENT_TYPE_PROTOBUF, EventHeaders
+from stepline_runtime.headers import CONTENT_TYPE_PROTOBUF, EventHeaders, encode_headers
 from stepline_runtime.records import InboundRecord, OutboundRecord
 from stepline_vocab import BadInputError
 
@@ -101,15 +101,8 @@ def encode_serialized(
     time: datetime | None = None,
 ) -> OutboundRecord:
     """Like `encode`, for a message already serialised (e.g. from cached parts) as `payload`."""
-    headers = EventHeaders(
-        event_id=event_id,
-        type_name=message_type,
-        source=source,
-        tenant_id=tenant_id,
-        time=time,
-        traceparent=traceparent,
-    )
-    return OutboundRecord(topic=topic, key=key.encode(), value=payload, headers=headers.encode())
+    headers = encode_headers(event_id, message_type, source, tenant_id, time, traceparent)
+    return OutboundRecord(topic, key.encode(), payload, headers)
 
 
 def decode(record: InboundRecord, expected: Iterable[type[M]]) -> Decoded[M]:

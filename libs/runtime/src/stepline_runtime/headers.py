@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from stepline_runtime.records import Header
 
-__all__ = ["CONTENT_TYPE_PROTOBUF", "EventHeaders", "HeaderName"]
+__all__ = ["CONTENT_TYPE_PROTOBUF", "EventHeaders", "HeaderName", "encode_headers"]
 
 CONTENT_TYPE_PROTOBUF = "application/x-protobuf"
 
@@ -47,25 +47,16 @@ class EventHeaders:
 
     def encode(self) -> tuple[Header, ...]:
         """Kafka headers, omitting empty optional fields."""
-        # Written for every record a service produces: no generator, and the values records
-        # of one step share (type, source, time, content type) encoded once.
-        pairs: list[Header] = [_SPEC_VERSION]
-        if self.event_id:
-            pairs.append((HeaderName.ID, self.event_id.encode()))
-        if self.type_name:
-            pairs.append((HeaderName.TYPE, _utf8(self.type_name)))
-        if self.source:
-            pairs.append((HeaderName.SOURCE, _utf8(self.source)))
-        pairs.append((HeaderName.TIME, _time_bytes(self.time or datetime.now(UTC))))
-        if self.content_type:
-            pairs.append((HeaderName.CONTENT_TYPE, _utf8(self.content_type)))
-        if self.tenant_id:
-            pairs.append((HeaderName.TENANT, _utf8(self.tenant_id)))
-        if self.traceparent:
-            pairs.append((HeaderName.TRACEPARENT, self.traceparent.encode()))
-        if self.tracestate:
-            pairs.append((HeaderName.TRACESTATE, self.tracestate.encode()))
-        return tuple(pairs)
+        return encode_headers(
+            self.event_id,
+            self.type_name,
+            self.source,
+            self.tenant_id,
+            self.time,
+            self.traceparent,
+            self.tracestate,
+            self.content_type,
+        )
 
     @classmethod
     def decode(cls, headers: Iterable[Header]) -> EventHeaders:
@@ -84,6 +75,38 @@ class EventHeaders:
             tracestate=found.get(HeaderName.TRACESTATE, ""),
             content_type=found.get(HeaderName.CONTENT_TYPE, ""),
         )
+
+
+def encode_headers(
+    event_id: str,
+    type_name: str,
+    source: str,
+    tenant_id: str = "",
+    time: datetime | None = None,
+    traceparent: str = "",
+    tracestate: str = "",
+    content_type: str = CONTENT_TYPE_PROTOBUF,
+) -> tuple[Header, ...]:
+    """`EventHeaders(...).encode()` without building the `EventHeaders` (the codec's path)."""
+    # Written for every record a service produces: no generator, and the values records
+    # of one step share (type, source, time, content type) encoded once.
+    pairs: list[Header] = [_SPEC_VERSION]
+    if event_id:
+        pairs.append((HeaderName.ID, event_id.encode()))
+    if type_name:
+        pairs.append((HeaderName.TYPE, _utf8(type_name)))
+    if source:
+        pairs.append((HeaderName.SOURCE, _utf8(source)))
+    pairs.append((HeaderName.TIME, _time_bytes(time or datetime.now(UTC))))
+    if content_type:
+        pairs.append((HeaderName.CONTENT_TYPE, _utf8(content_type)))
+    if tenant_id:
+        pairs.append((HeaderName.TENANT, _utf8(tenant_id)))
+    if traceparent:
+        pairs.append((HeaderName.TRACEPARENT, traceparent.encode()))
+    if tracestate:
+        pairs.append((HeaderName.TRACESTATE, tracestate.encode()))
+    return tuple(pairs)
 
 
 _SPEC_VERSION: Header = (HeaderName.SPEC_VERSION, b"1.0")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import assert_never
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, TypeAlias, assert_never, cast
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import (
@@ -40,7 +43,9 @@ from stepline_planner.replay_convert import (
 )
 from stepline_planner.state import (
     Decision,
+    IgnoredReason,
     Message,
+    Outcome,
     PendingStep,
     Reason,
     Role,
@@ -52,24 +57,33 @@ from stepline_planner.state import (
 from stepline_vocab import BadInputError, MoneyError, wire
 
 __all__ = [
+    "RUN_HEAD_FIELDS",
     "ConversionError",
+    "EventBodyProto",
     "approval_from_proto",
     "budget_from_proto",
     "cancel_from_proto",
     "child_ended_from_proto",
     "child_ended_to_proto",
     "decimal_of",
+    "event_body_to_proto",
+    "event_head_to_proto",
     "event_to_proto",
     "goal_from_proto",
     "goal_to_proto",
     "messages_from_proto",
     "messages_to_proto",
+    "model_request_head_to_proto",
     "model_request_to_proto",
     "model_result_from_proto",
+    "pending_step_to_proto",
     "run_from_proto",
+    "run_head_to_proto",
+    "run_progress_to_proto",
     "run_to_proto",
     "session_from_proto",
     "session_to_proto",
+    "timestamp_to_proto",
     "tool_cancel_to_proto",
     "tool_request_to_proto",
     "tool_result_from_proto",
@@ -85,8 +99,11 @@ class ConversionError(BadInputError):
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
+    return None if value is None else timestamp_to_proto(value)
+
+
+def timestamp_to_proto(value: datetime) -> Timestamp:
+    """A datetime as Timestamp (a naive one is local time)."""
     if value.tzinfo is None:  # naive: local time, as `astimezone` reads it
         value = value.astimezone(UTC)
     # Arithmetic on the aware value instead of `FromDatetime` (a time tuple and `timegm` per
@@ -121,8 +138,11 @@ def decimal_of(money: common_pb2.Money) -> Decimal:
         raise ConversionError(str(error)) from error
 
 
-_money = wire.money_to_proto
-_usage = wire.tokens_to_proto
+# Every event and snapshot carries a few amounts and token counts, mostly the same values again
+# (a run's cost, a price): each is converted once. The messages are shared, so they are only
+# ever passed to a constructor, which copies them, never changed.
+_money = lru_cache(maxsize=4096)(wire.money_to_proto)
+_usage = lru_cache(maxsize=4096)(wire.tokens_to_proto)
 _usage_of = wire.tokens_from_proto
 
 
@@ -131,12 +151,27 @@ def _enum_name(enum_type: object, prefix: str, value: int) -> str:
     return name.removeprefix(prefix)
 
 
+def _by_prefix(enum_type: Any, prefix: str, members: Iterable[StrEnum]) -> dict[StrEnum, int]:
+    """Each core enum member's proto value (`PREFIX_NAME`); a member without one fails import."""
+    return {m: enum_type.Value(f"{prefix}{m.value}") for m in members}
+
+
+# Looked up on every event and snapshot: built once, and a core value the proto lacks fails at
+# import instead of on the first event that carries it.
+_STATUSES = _by_prefix(runs_pb2.RunStatus, "RUN_STATUS_", Status)
+_REASONS = _by_prefix(runs_pb2.RunFailureReason, "RUN_FAILURE_REASON_", Reason)
+_KINDS = _by_prefix(runs_pb2.StepKind, "STEP_KIND_", StepKind)
+_OUTCOMES = _by_prefix(runs_pb2.StepOutcome, "STEP_OUTCOME_", Outcome)
+_IGNORED = _by_prefix(runs_pb2.IgnoredResultReason, "IGNORED_RESULT_REASON_", IgnoredReason)
+_DECISIONS = _by_prefix(control_pb2.ApprovalDecision, "APPROVAL_DECISION_", Decision)
+
+
 def _status(status: Status) -> runs_pb2.RunStatus.ValueType:
-    return runs_pb2.RunStatus.Value(f"RUN_STATUS_{status.value}")
+    return cast(runs_pb2.RunStatus.ValueType, _STATUSES[status])
 
 
 def _reason(reason: Reason) -> runs_pb2.RunFailureReason.ValueType:
-    return runs_pb2.RunFailureReason.Value(f"RUN_FAILURE_REASON_{reason.value}")
+    return cast(runs_pb2.RunFailureReason.ValueType, _REASONS[reason])
 
 
 def _reason_of(value: int) -> Reason:
@@ -144,19 +179,21 @@ def _reason_of(value: int) -> Reason:
 
 
 def _kind(kind: StepKind) -> runs_pb2.StepKind.ValueType:
-    return runs_pb2.StepKind.Value(f"STEP_KIND_{kind.value}")
+    return cast(runs_pb2.StepKind.ValueType, _KINDS[kind])
 
 
 def _decision(decision: Decision) -> control_pb2.ApprovalDecision.ValueType:
-    return control_pb2.ApprovalDecision.Value(f"APPROVAL_DECISION_{decision.value}")
+    return cast(control_pb2.ApprovalDecision.ValueType, _DECISIONS[decision])
 
 
+@lru_cache(maxsize=64)  # a handful of kinds, named by the executor's enum
 def _tool_error(kind: str) -> tools_pb2.ToolCallErrorKind.ValueType:
     if not kind:
         return tools_pb2.TOOL_CALL_ERROR_KIND_UNSPECIFIED
     return tools_pb2.ToolCallErrorKind.Value(f"TOOL_CALL_ERROR_KIND_{kind}")
 
 
+@lru_cache(maxsize=64)  # a handful of reasons, named by the router's enum
 def _finish(reason: str) -> model_pb2.FinishReason.ValueType:
     if not reason:
         return model_pb2.FINISH_REASON_UNSPECIFIED
@@ -366,6 +403,13 @@ def budget_from_proto(state: budgets_pb2.BudgetState) -> TenantBudget:
 
 def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequested:
     """A model step request as ModelCallRequested."""
+    request = model_request_head_to_proto(req)
+    request.messages.extend(messages_to_proto(req.messages))
+    return request
+
+
+def model_request_head_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequested:
+    """A model step request without its messages (they are appended as cached entries)."""
     mode = model_pb2.TOOL_CHOICE_MODE_AUTO if req.tools_allowed else model_pb2.TOOL_CHOICE_MODE_NONE
     return model_pb2.ModelCallRequested(
         run_id=req.run_id,
@@ -373,7 +417,6 @@ def model_request_to_proto(req: o.ModelCallRequested) -> model_pb2.ModelCallRequ
         step_id=req.step_id,
         call_id=req.call_id,
         route=req.route,
-        messages=messages_to_proto(req.messages),
         tools=[
             common_pb2.ToolDefinition(
                 name=t.name,
@@ -432,164 +475,174 @@ def tool_cancel_to_proto(req: o.ToolCallsCancelRequested) -> tools_pb2.ToolCalls
 
 def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
     """A core run event as RunEvent."""
-    msg = runs_pb2.RunEvent(
+    msg = event_head_to_proto(event)
+    field, body = event_body_to_proto(event)
+    getattr(msg, field).CopyFrom(body)
+    return msg
+
+
+def event_head_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
+    """A run event's envelope (ids, sequence, time) without its body."""
+    return runs_pb2.RunEvent(
         run_id=event.run_id,
         tenant_id=event.tenant_id,
-        event_id=f"{event.run_id}/{event.sequence}",
+        event_id=event.event_id,
         sequence=event.sequence,
         occurred_at=_ts(event.occurred_at),
         agent=event.agent,
     )
+
+
+# A RunEvent body: the name of its `RunEvent` oneof field and the message that goes there.
+EventBodyProto: TypeAlias = tuple[str, ProtoMessage]
+
+
+def event_body_to_proto(event: o.RunEvent) -> EventBodyProto:
+    """A run event's body: its oneof field name and message (the hot kinds tested first)."""
     c, b = event.currency, event.body
+    if isinstance(b, o.StepStarted):
+        return "step_started", runs_pb2.StepStarted(
+            step_id=b.step_id,
+            call_id=b.call_id,
+            kind=_kind(b.kind),
+            route=b.route,
+            tool=b.tool,
+            arguments_json=b.arguments_json,
+            deadline=_ts(b.deadline),
+        )
+    if isinstance(b, o.StepCompleted):
+        return "step_completed", _step_completed(b, c)
+    if isinstance(b, o.BudgetReserved):
+        return "budget_reserved", runs_pb2.BudgetReserved(
+            step_id=b.step_id,
+            amount=_money(b.amount, c),
+            reserved_total=_money(b.reserved_total, c),
+        )
     if isinstance(b, o.RunQueued):
-        msg.queued.reason = b.reason
-    elif isinstance(b, o.RunStarted):
-        msg.started.CopyFrom(
-            runs_pb2.RunStarted(
-                goal=b.goal,
-                session_id=b.session_id,
-                budget=_money(b.budget, c),
-                deadline=_ts(b.deadline),
-                parent_run_id=b.parent_run_id,
-                submitted_by=b.submitted_by,
-                route=b.route,
-                max_steps=b.max_steps,
-                metadata=dict(b.metadata),
-                replay=origin_to_proto(b.replay, b.route) if b.replay else None,
-            )
+        return "queued", runs_pb2.RunQueued(reason=b.reason)
+    if isinstance(b, o.RunStarted):
+        return "started", runs_pb2.RunStarted(
+            goal=b.goal,
+            session_id=b.session_id,
+            budget=_money(b.budget, c),
+            deadline=_ts(b.deadline),
+            parent_run_id=b.parent_run_id,
+            submitted_by=b.submitted_by,
+            route=b.route,
+            max_steps=b.max_steps,
+            metadata=dict(b.metadata),
+            replay=origin_to_proto(b.replay, b.route) if b.replay else None,
         )
-    elif isinstance(b, o.StepStarted):
-        msg.step_started.CopyFrom(
-            runs_pb2.StepStarted(
-                step_id=b.step_id,
-                call_id=b.call_id,
-                kind=_kind(b.kind),
-                route=b.route,
-                tool=b.tool,
-                arguments_json=b.arguments_json,
-                deadline=_ts(b.deadline),
-            )
+    if isinstance(b, o.ApprovalRequested):
+        return "approval_requested", runs_pb2.ApprovalRequested(
+            approval_id=b.approval_id,
+            step_id=b.step_id,
+            call_id=b.call_id,
+            tool=b.tool,
+            arguments_json=b.arguments_json,
+            expires_at=_ts(b.expires_at),
         )
-    elif isinstance(b, o.StepCompleted):
-        msg.step_completed.CopyFrom(
-            runs_pb2.StepCompleted(
-                step_id=b.step_id,
-                call_id=b.call_id,
-                kind=_kind(b.kind),
-                outcome=runs_pb2.StepOutcome.Value(f"STEP_OUTCOME_{b.outcome.value}"),
-                route=b.route,
-                provider=b.provider,
-                model=b.model,
-                deployment=b.deployment,
-                finish_reason=_finish(b.finish_reason),
-                requested_tools=list(b.requested_tools),
-                tool=b.tool,
-                tool_error_kind=_tool_error(b.tool_error_kind),
-                output_truncated=b.output_truncated,
-                usage=_usage(b.usage),
-                cost=_money(b.cost, c),
-                duration=_duration(b.duration),
-                error_message=b.error_message,
-                output=b.output,
-                content=b.content,
-                tool_calls=[wire.tool_call_to_proto(t) for t in b.tool_calls],
-                model_tool_call_id=b.model_tool_call_id,
-                replay_served=served_to_proto(b.served),
-                recorded_call_id=b.recorded_call_id,
-            )
+    if isinstance(b, o.ApprovalResolved):
+        return "approval_resolved", runs_pb2.ApprovalResolved(
+            approval_id=b.approval_id,
+            step_id=b.step_id,
+            call_id=b.call_id,
+            decision=_decision(b.decision),
+            reason=b.reason,
+            decided_by=b.decided_by,
+            timed_out=b.timed_out,
+            arguments_edited=b.arguments_edited,
         )
-    elif isinstance(b, o.ApprovalRequested):
-        msg.approval_requested.CopyFrom(
-            runs_pb2.ApprovalRequested(
-                approval_id=b.approval_id,
-                step_id=b.step_id,
-                call_id=b.call_id,
-                tool=b.tool,
-                arguments_json=b.arguments_json,
-                expires_at=_ts(b.expires_at),
-            )
+    if isinstance(b, o.DuplicateResultIgnored):
+        return "duplicate_result_ignored", runs_pb2.DuplicateResultIgnored(
+            step_id=b.step_id,
+            call_id=b.call_id,
+            reason=cast(runs_pb2.IgnoredResultReason.ValueType, _IGNORED[b.reason]),
+            kind=_kind(b.kind),
+            cost=_money(b.cost, c) if b.cost else None,
         )
-    elif isinstance(b, o.ApprovalResolved):
-        msg.approval_resolved.CopyFrom(
-            runs_pb2.ApprovalResolved(
-                approval_id=b.approval_id,
-                step_id=b.step_id,
-                call_id=b.call_id,
-                decision=_decision(b.decision),
-                reason=b.reason,
-                decided_by=b.decided_by,
-                timed_out=b.timed_out,
-                arguments_edited=b.arguments_edited,
-            )
+    if isinstance(b, o.ChildRunStarted):
+        return "child_run_started", runs_pb2.ChildRunStarted(
+            child_run_id=b.child_run_id, agent=b.agent, goal=b.goal, step_id=b.step_id
         )
-    elif isinstance(b, o.DuplicateResultIgnored):
-        msg.duplicate_result_ignored.CopyFrom(
-            runs_pb2.DuplicateResultIgnored(
-                step_id=b.step_id,
-                call_id=b.call_id,
-                reason=runs_pb2.IgnoredResultReason.Value(
-                    f"IGNORED_RESULT_REASON_{b.reason.value}"
-                ),
-                kind=_kind(b.kind),
-                cost=_money(b.cost, c) if b.cost else None,
-            )
+    if isinstance(b, o.WrapUpStarted):
+        return "wrap_up_started", runs_pb2.WrapUpStarted(limit=_reason(b.limit), message=b.message)
+    if isinstance(b, o.RunCompleted):
+        return "completed", runs_pb2.RunCompleted(
+            answer=b.answer,
+            usage=_usage(b.usage),
+            cost=_money(b.cost, c),
+            steps=b.steps,
+            duration=_duration(b.duration),
+            limit_reached=_reason(b.limit_reached),
         )
-    elif isinstance(b, o.BudgetReserved):
-        msg.budget_reserved.CopyFrom(
-            runs_pb2.BudgetReserved(
-                step_id=b.step_id,
-                amount=_money(b.amount, c),
-                reserved_total=_money(b.reserved_total, c),
-            )
+    if isinstance(b, o.RunFailed):
+        return "failed", runs_pb2.RunFailed(
+            reason=_reason(b.reason),
+            message=b.message,
+            usage=_usage(b.usage),
+            cost=_money(b.cost, c),
+            steps=b.steps,
+            duration=_duration(b.duration),
+            step_id=b.step_id,
         )
-    elif isinstance(b, o.ChildRunStarted):
-        msg.child_run_started.CopyFrom(
-            runs_pb2.ChildRunStarted(
-                child_run_id=b.child_run_id, agent=b.agent, goal=b.goal, step_id=b.step_id
-            )
+    if isinstance(b, o.RunCancelled):
+        return "cancelled", runs_pb2.RunCancelled(
+            reason=b.reason,
+            requested_by=b.requested_by,
+            by_parent=b.by_parent,
+            usage=_usage(b.usage),
+            cost=_money(b.cost, c),
+            steps=b.steps,
+            duration=_duration(b.duration),
         )
-    elif isinstance(b, o.WrapUpStarted):
-        msg.wrap_up_started.CopyFrom(
-            runs_pb2.WrapUpStarted(limit=_reason(b.limit), message=b.message)
-        )
-    elif isinstance(b, o.RunCompleted):
-        msg.completed.CopyFrom(
-            runs_pb2.RunCompleted(
-                answer=b.answer,
-                usage=_usage(b.usage),
-                cost=_money(b.cost, c),
-                steps=b.steps,
-                duration=_duration(b.duration),
-                limit_reached=_reason(b.limit_reached),
-            )
-        )
-    elif isinstance(b, o.RunFailed):
-        msg.failed.CopyFrom(
-            runs_pb2.RunFailed(
-                reason=_reason(b.reason),
-                message=b.message,
-                usage=_usage(b.usage),
-                cost=_money(b.cost, c),
-                steps=b.steps,
-                duration=_duration(b.duration),
-                step_id=b.step_id,
-            )
-        )
-    elif isinstance(b, o.RunCancelled):
-        msg.cancelled.CopyFrom(
-            runs_pb2.RunCancelled(
-                reason=b.reason,
-                requested_by=b.requested_by,
-                by_parent=b.by_parent,
-                usage=_usage(b.usage),
-                cost=_money(b.cost, c),
-                steps=b.steps,
-                duration=_duration(b.duration),
-            )
-        )
-    else:
-        assert_never(b)
-    return msg
+    assert_never(b)
+
+
+def _step_completed(b: o.StepCompleted, currency: str) -> runs_pb2.StepCompleted:
+    step = runs_pb2.StepCompleted(
+        step_id=b.step_id,
+        call_id=b.call_id,
+        kind=_kind(b.kind),
+        outcome=cast(runs_pb2.StepOutcome.ValueType, _OUTCOMES[b.outcome]),
+        usage=_usage(b.usage),
+        cost=_money(b.cost, currency),
+        duration=_duration(b.duration),
+        replay_served=served_to_proto(b.served),
+    )
+    # Most fields are empty for a given kind of step: set only the others (an empty string,
+    # zero or list serialises like an unset one), so a step costs what it carries.
+    if b.route:
+        step.route = b.route
+    if b.provider:
+        step.provider = b.provider
+    if b.model:
+        step.model = b.model
+    if b.deployment:
+        step.deployment = b.deployment
+    if b.finish_reason:
+        step.finish_reason = _finish(b.finish_reason)
+    if b.requested_tools:
+        step.requested_tools.extend(b.requested_tools)
+    if b.tool:
+        step.tool = b.tool
+    if b.tool_error_kind:
+        step.tool_error_kind = _tool_error(b.tool_error_kind)
+    if b.output_truncated:
+        step.output_truncated = True
+    if b.error_message:
+        step.error_message = b.error_message
+    if b.output:
+        step.output = b.output
+    if b.content:
+        step.content = b.content
+    if b.tool_calls:
+        step.tool_calls.extend(wire.tool_call_to_proto(t) for t in b.tool_calls)
+    if b.model_tool_call_id:
+        step.model_tool_call_id = b.model_tool_call_id
+    if b.recorded_call_id:
+        step.recorded_call_id = b.recorded_call_id
+    return step
 
 
 # --- durable state ----------------------------------------------------------------------------
@@ -597,52 +650,100 @@ def event_to_proto(event: o.RunEvent) -> runs_pb2.RunEvent:
 
 def run_to_proto(run: Run) -> planner_state_pb2.RunState:
     """A run as its changelog record."""
+    state = run_head_to_proto(run)
+    state.MergeFrom(run_progress_to_proto(run))
+    state.pending_steps.extend(pending_step_to_proto(p, run.currency) for p in run.pending)
+    state.unsettled_steps.extend(pending_step_to_proto(p, run.currency) for p in run.unsettled)
+    state.transcript.extend(messages_to_proto(run.transcript))
+    return state
+
+
+# The fields of `Run` that `run_head_to_proto` reads, and only those: what the goal fixed
+# (a replay's spec changes once, at the start). A snapshot reuses a run's encoded head while
+# these are the same objects; a unit test checks no other field reaches the head.
+RUN_HEAD_FIELDS = (
+    "run_id",
+    "tenant_id",
+    "agent",
+    "session_id",
+    "goal",
+    "currency",
+    "route",
+    "max_steps",
+    "budget",
+    "deadline",
+    "parent_run_id",
+    "metadata",
+    "idempotency_key",
+    "submitted_by",
+    "started_at",
+    "replay",
+)
+
+
+def run_head_to_proto(run: Run) -> planner_state_pb2.RunState:
+    """The part of a run's record that its goal fixed (`RUN_HEAD_FIELDS`)."""
     c = run.currency
     return planner_state_pb2.RunState(
         run_id=run.run_id,
         tenant_id=run.tenant_id,
         agent=run.agent,
         session_id=run.session_id,
-        status=_status(run.status),
         goal=run.goal,
-        transcript=messages_to_proto(run.transcript),
-        pending_steps=[_step_to_proto(p, c) for p in run.pending],
-        step_ordinal=run.step_ordinal,
         route=run.route,
         max_steps=run.max_steps,
         budget=_money(run.budget, c),
         deadline=_ts(run.deadline),
-        usage=_usage(run.usage),
-        cost=_money(run.cost, c),
-        reserved_cost=_money(run.reserved, c),
         parent_run_id=run.parent_run_id,
-        child_run_ids=list(run.child_run_ids),
         metadata=dict(run.metadata),
         idempotency_key=run.idempotency_key,
         submitted_by=run.submitted_by,
         started_at=_ts(run.started_at),
-        finished_at=_ts(run.finished_at),
-        last_event_sequence=run.last_event_sequence,
-        answer=run.answer,
-        failure_reason=_reason(run.failure_reason),
-        failure_message=run.failure_message,
-        wrap_up_limit=_reason(run.wrap_up_limit),
-        steps_taken=run.steps_taken,
-        updated_at=_ts(run.updated_at),
-        queued_tool_calls=[
-            common_pb2.ToolCall(call_id=t.call_id, name=t.name, arguments_json=t.arguments_json)
-            for t in run.queued_tool_calls
-        ],
-        unsettled_steps=[_step_to_proto(p, c) for p in run.unsettled],
-        end_held=run.end_held,
-        failed_step_id=run.failed_step_id,
-        cancelled_by=run.cancelled_by,
         replay=replay_to_proto(run.replay) if run.replay else None,
-        replay_used=list(run.replay_used),
     )
 
 
-def _step_to_proto(p: PendingStep, currency: str) -> planner_state_pb2.PendingStep:
+def run_progress_to_proto(run: Run) -> planner_state_pb2.RunState:
+    """The part of a run's record that transitions change, without steps and transcript."""
+    c = run.currency
+    state = planner_state_pb2.RunState(
+        status=_status(run.status),
+        step_ordinal=run.step_ordinal,
+        usage=_usage(run.usage),
+        cost=_money(run.cost, c),
+        reserved_cost=_money(run.reserved, c),
+        last_event_sequence=run.last_event_sequence,
+        steps_taken=run.steps_taken,
+        updated_at=_ts(run.updated_at),
+        finished_at=_ts(run.finished_at),
+    )
+    # Set only what is not empty (an empty value serialises like an unset one): most of these
+    # stay empty until the run ends.
+    if run.child_run_ids:
+        state.child_run_ids.extend(run.child_run_ids)
+    if run.answer:
+        state.answer = run.answer
+    if run.failure_reason is not Reason.UNSPECIFIED:
+        state.failure_reason = _reason(run.failure_reason)
+    if run.failure_message:
+        state.failure_message = run.failure_message
+    if run.wrap_up_limit is not Reason.UNSPECIFIED:
+        state.wrap_up_limit = _reason(run.wrap_up_limit)
+    if run.queued_tool_calls:
+        state.queued_tool_calls.extend(wire.tool_call_to_proto(t) for t in run.queued_tool_calls)
+    if run.end_held:
+        state.end_held = True
+    if run.failed_step_id:
+        state.failed_step_id = run.failed_step_id
+    if run.cancelled_by:
+        state.cancelled_by = run.cancelled_by
+    if run.replay_used:
+        state.replay_used.extend(run.replay_used)
+    return state
+
+
+def pending_step_to_proto(p: PendingStep, currency: str) -> planner_state_pb2.PendingStep:
+    """A pending (or unsettled) step as its entry in the run's record."""
     return planner_state_pb2.PendingStep(
         step_id=p.step_id,
         call_id=p.call_id,

@@ -130,9 +130,10 @@ DELEGATE_TOOL = ToolSpec(
 _CHILD_GRACE = timedelta(seconds=5)
 # Requests per model step: one retry when the first outlived the router's downtime.
 _MODEL_STEP_ATTEMPTS = 2
-# How long a priced tool call given up on (step deadline, run ended) may still report what it was
-# billed; a run that ends meanwhile holds its terminal event so its cost equals the ledger. It
-# covers an executor restart and its consumer group's rebalance.
+# How long a priced call given up on (a tool call at its step deadline or the run's end, a model
+# request a retry superseded) may still report what it was billed; a run that ends meanwhile
+# holds its terminal event so its cost equals the ledger. It covers an executor restart and its
+# consumer group's rebalance.
 SETTLE_WINDOW = timedelta(seconds=30)
 
 
@@ -190,7 +191,7 @@ def decide(
         _on_model_completed(tx, event)
     elif isinstance(event, ModelFailed):
         _on_model_failed(tx, event)
-    elif isinstance(event, ToolCompleted | ToolFailed):
+    elif isinstance(event, (ToolCompleted, ToolFailed)):
         _on_tool_result(tx, event)
     elif isinstance(event, ApprovalDecided):
         _on_approval(tx, event)
@@ -210,21 +211,39 @@ def decide(
     return tx.run, tx.out
 
 
-class _Tx:
-    """One transition in progress: the evolving state and the outputs so far."""
+_write = object.__setattr__
 
-    def __init__(self, run: Run, now: datetime, ctx: Context) -> None:
+
+class _Tx:
+    """One transition in progress: the evolving state and the outputs so far.
+
+    The first change copies the run; later changes write into that copy. A transition changes
+    its run ~10 times, and a copy of every field each time was the core's largest cost. The
+    copy is this transition's own until `decide` returns it, so nobody sees it change: the
+    run passed in is never touched and the run returned is not changed afterwards.
+    """
+
+    def __init__(self, run: Run, now: datetime, ctx: Context, *, owned: bool = False) -> None:
         self.run = run
         self.now = now
         self.ctx = ctx
         self.out: list[Output] = []
+        # Whether `run` is this transition's own copy (built here), free to write into.
+        self._owned = owned
 
     @property
     def profile(self) -> AgentProfile | None:
         return self.ctx.profiles.agents.get(self.run.agent)
 
     def set(self, **changes: object) -> None:
+        if self._owned:
+            run = self.run
+            for name, value in changes.items():
+                # Frozen from the outside; this copy is not visible to anyone yet (see above).
+                _write(run, name, value)
+            return
         self.run = replace(self.run, **changes)
+        self._owned = True
 
     def emit(self, body: EventBody) -> None:
         sequence = self.run.last_event_sequence + 1
@@ -293,6 +312,7 @@ def _on_goal(
         ),
         now,
         ctx,
+        owned=True,
     )
     failure = _invalid(goal, profile, ctx, now)
     if failure is not None:
@@ -474,8 +494,13 @@ def _model_request(
     wrapping = tx.run.status is Status.WRAPPING_UP
     tools = () if wrapping else _offered(tx, profile)
     max_out = profile.wrap_up_max_output_tokens if wrapping else profile.max_output_tokens
-    messages = compact(tx.run.transcript, route.context_window_tokens - max_out, tools)
-    worst = route.price.worst_case(estimate_tokens(messages, tools), max_out)
+    transcript, limit = tx.run.transcript, route.context_window_tokens - max_out
+    tokens = estimate_tokens(transcript, tools)
+    # Compacted only when it does not fit (the estimate walks the whole transcript: once).
+    messages = transcript if tokens <= limit else compact(transcript, limit, tools)
+    if messages is not transcript:
+        tokens = estimate_tokens(messages, tools)
+    worst = route.price.worst_case(tokens, max_out)
     return tools, max_out, messages, worst
 
 
@@ -619,7 +644,7 @@ def _pending_or_ignore(tx: _Tx, step_id: str, call_id: str, kind: StepKind) -> P
     """The pending step a result answers, or None after recording why it is ignored."""
     run = tx.run
     step = run.step(step_id)
-    reason: IgnoredReason | None = None
+    reason: IgnoredReason
     if run.status.terminal:
         reason = IgnoredReason.RUN_FINISHED
     elif step is None:
@@ -628,14 +653,14 @@ def _pending_or_ignore(tx: _Tx, step_id: str, call_id: str, kind: StepKind) -> P
             reason = IgnoredReason.ALREADY_COMPLETED
         else:
             reason = IgnoredReason.UNKNOWN_STEP
+    elif step.call_id == call_id and step.kind is kind and not step.awaiting_approval:
+        return step  # the answer awaited (tested first: by far the most frequent)
     elif step.kind is kind and call_id in _superseded(step):
         reason = IgnoredReason.STEP_TIMED_OUT  # the answer to a call the step gave up on
-    elif step.call_id != call_id or step.kind is not kind or step.awaiting_approval:
+    else:
         reason = IgnoredReason.CALL_MISMATCH
-    if reason is not None:
-        tx.emit(DuplicateResultIgnored(step_id, call_id, reason, kind))
-        return None
-    return step
+    tx.emit(DuplicateResultIgnored(step_id, call_id, reason, kind))
+    return None
 
 
 def _superseded(step: PendingStep) -> tuple[str, ...]:
@@ -644,6 +669,8 @@ def _superseded(step: PendingStep) -> tuple[str, ...]:
 
 
 def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
+    if _settle(tx, event, StepKind.MODEL, event.usage):
+        return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.MODEL)
     if step is None:
         return
@@ -681,6 +708,8 @@ def _on_model_completed(tx: _Tx, event: ModelCompleted) -> None:
 
 
 def _on_model_failed(tx: _Tx, event: ModelFailed) -> None:
+    if _settle(tx, event, StepKind.MODEL, event.usage):
+        return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.MODEL)
     if step is None:
         return
@@ -1100,7 +1129,7 @@ def _finish_tool_step(
 
 
 def _on_tool_result(tx: _Tx, event: ToolCompleted | ToolFailed) -> None:
-    if _settle(tx, event):
+    if _settle(tx, event, StepKind.TOOL):
         return
     step = _pending_or_ignore(tx, event.step_id, event.call_id, StepKind.TOOL)
     if step is None:
@@ -1122,10 +1151,21 @@ def _on_tool_result(tx: _Tx, event: ToolCompleted | ToolFailed) -> None:
         )
 
 
-def _settle(tx: _Tx, event: ToolCompleted | ToolFailed) -> bool:
-    """Count the cost of a late result for a call given up on; True when `event` was one."""
+def _settle(
+    tx: _Tx,
+    event: ToolCompleted | ToolFailed | ModelCompleted | ModelFailed,
+    kind: StepKind,
+    usage: Usage | None = None,
+) -> bool:
+    """Count what a late result for a call given up on was billed; True when `event` was one."""
+    if not tx.run.unsettled:
+        return False
     late = next(
-        (u for u in tx.run.unsettled if (u.step_id, u.call_id) == (event.step_id, event.call_id)),
+        (
+            u
+            for u in tx.run.unsettled
+            if (u.step_id, u.call_id, u.kind) == (event.step_id, event.call_id, kind)
+        ),
         None,
     )
     if late is None:
@@ -1134,8 +1174,9 @@ def _settle(tx: _Tx, event: ToolCompleted | ToolFailed) -> bool:
     tx.set(
         unsettled=tuple(u for u in tx.run.unsettled if u is not late),
         cost=tx.run.cost + event.cost,
+        usage=tx.run.usage + usage if usage is not None else tx.run.usage,
     )
-    tx.emit(DuplicateResultIgnored(late.step_id, late.call_id, reason, StepKind.TOOL, event.cost))
+    tx.emit(DuplicateResultIgnored(late.step_id, late.call_id, reason, kind, event.cost))
     if tx.run.end_held and not tx.run.unsettled:
         _release_end(tx)
     return True
@@ -1149,6 +1190,13 @@ def _unsettle(tx: _Tx, step: PendingStep) -> None:
     # Its price stays reserved until the executor says what it billed.
     waiting = replace(step, deadline=tx.now + SETTLE_WINDOW, reserved=price)
     tx.set(unsettled=(*tx.run.unsettled, waiting))
+
+
+def _unsettle_model_call(tx: _Tx, step: PendingStep) -> None:
+    """Keep waiting for what a superseded model request was billed, if it may cost anything."""
+    if step.reserved <= 0:
+        return  # a free route: nothing to wait for
+    tx.set(unsettled=(*tx.run.unsettled, replace(step, deadline=tx.now + SETTLE_WINDOW)))
 
 
 def _on_child_ended(tx: _Tx, event: ChildEnded) -> None:
@@ -1304,6 +1352,9 @@ def _on_step_timeout(tx: _Tx, step: PendingStep) -> None:
             return
     if step.kind is StepKind.MODEL:
         if _retry_model_step(tx, step, Outcome.TIMED_OUT, message):
+            # The router may have been slow rather than down: the first request can still be
+            # answered, and billed. Its reservation stays until it says what it cost.
+            _unsettle_model_call(tx, step)
             return
         tx.remove(step)
         tx.set(steps_taken=tx.run.steps_taken + 1)

@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TypeAlias, assert_never
+from functools import lru_cache
+from typing import TYPE_CHECKING, TypeAlias, assert_never
 
 from google.protobuf.message import Message as ProtoMessage
 
-from stepline.v1 import control_pb2, goals_pb2, model_pb2, planner_state_pb2, tools_pb2
+from stepline.v1 import control_pb2, goals_pb2, model_pb2, planner_state_pb2, runs_pb2, tools_pb2
 from stepline_planner import convert, serialized
 from stepline_planner import outputs as o
 from stepline_planner.decide import Context, RejectedError, decide, next_due
@@ -26,7 +27,7 @@ from stepline_planner.inputs import GoalReceived, Input, SessionGranted, Session
 from stepline_planner.profiles import Profiles
 from stepline_planner.sessions import decide_session, session_key
 from stepline_planner.spec import SPEC
-from stepline_planner.state import Run, Session
+from stepline_planner.state import Outcome, Run, Session, StepKind
 from stepline_planner.tables import Tables
 from stepline_runtime import tracing
 from stepline_runtime.codec import (
@@ -40,6 +41,9 @@ from stepline_runtime.codec import (
 from stepline_runtime.logs import bind
 from stepline_runtime.metrics import RUN_SECONDS, RUNS_FINISHED, STEP_SECONDS
 from stepline_runtime.records import InboundRecord, OutboundRecord
+
+if TYPE_CHECKING:  # the metrics' type; the metrics themselves come from stepline_runtime
+    from prometheus_client import Histogram
 
 __all__ = ["PlannerHandler", "PlannerTopics"]
 
@@ -107,6 +111,7 @@ class PlannerHandler:
         self._tool_prices = dict(tool_prices)
         self._retention = timedelta(seconds=profiles.finished_retention_s)
         self._partitions: dict[int, _Partition] = {}
+        self._ctx: Context | None = None
 
     # --- what the processor drives ----------------------------------------------------------
 
@@ -243,9 +248,13 @@ class PlannerHandler:
     # --- running the core -------------------------------------------------------------------
 
     def _context(self) -> Context:
-        return Context(
-            self._profiles, self._tables.tools(), self._tables.budgets(), self._tool_prices
-        )
+        tools, budgets = self._tables.tools(), self._tables.budgets()
+        ctx = self._ctx
+        # The tables hand out the mappings they keep current: one Context serves until they
+        # hand out others.
+        if ctx is None or ctx.tools is not tools or ctx.budgets is not budgets:
+            ctx = self._ctx = Context(self._profiles, tools, budgets, self._tool_prices)
+        return ctx
 
     def _apply(
         self, partition: int, run_id: str, event: Input, now: datetime | None = None
@@ -318,8 +327,16 @@ class PlannerHandler:
 
         if isinstance(out, o.RunEvent):
             _observe(out)
-            msg = convert.event_to_proto(out)
-            return rec(t.runs, out.run_id, msg, msg.event_id, out.tenant_id)
+            return encode_serialized(
+                t.runs,
+                out.run_id,
+                serialized.run_event_bytes(out),
+                _RUN_EVENT,
+                event_id=out.event_id,
+                source=SOURCE,
+                tenant_id=out.tenant_id,
+                time=now,
+            )
         if isinstance(out, o.ModelCallRequested):
             return encode_serialized(
                 t.model_requests,
@@ -401,29 +418,38 @@ class PlannerHandler:
 
 
 _FINAL = {o.RunCompleted: "completed", o.RunFailed: "failed", o.RunCancelled: "cancelled"}
+_RUN_EVENT = type_name(runs_pb2.RunEvent)
+
+
+# `labels()` locks and hashes on every call; the label values are few (kinds × outcomes).
+@lru_cache(maxsize=64)
+def _step_seconds(kind: StepKind, outcome: Outcome) -> Histogram:
+    return STEP_SECONDS.labels(kind.value.lower(), outcome.value.lower())
 
 
 def _observe(event: o.RunEvent) -> None:
     """Step latency and finished runs, from the events that carry their durations."""
     body = event.body
     if isinstance(body, o.StepCompleted):
-        kind, outcome = body.kind.value.lower(), body.outcome.value.lower()
-        STEP_SECONDS.labels(kind, outcome).observe(body.duration.total_seconds())
-    elif isinstance(body, o.RunCompleted | o.RunFailed | o.RunCancelled):
+        _step_seconds(body.kind, body.outcome).observe(body.duration.total_seconds())
+    elif isinstance(body, (o.RunCompleted, o.RunFailed, o.RunCancelled)):
         status = _FINAL[type(body)]
         RUNS_FINISHED.labels(event.agent, status).inc()
         RUN_SECONDS.labels(event.agent, status).observe(body.duration.total_seconds())
     elif isinstance(
+        # A tuple, not a `|` union: that would be built anew for every event.
         body,
-        o.RunQueued
-        | o.RunStarted
-        | o.StepStarted
-        | o.ApprovalRequested
-        | o.ApprovalResolved
-        | o.DuplicateResultIgnored
-        | o.BudgetReserved
-        | o.ChildRunStarted
-        | o.WrapUpStarted,
+        (
+            o.RunQueued,
+            o.RunStarted,
+            o.StepStarted,
+            o.ApprovalRequested,
+            o.ApprovalResolved,
+            o.DuplicateResultIgnored,
+            o.BudgetReserved,
+            o.ChildRunStarted,
+            o.WrapUpStarted,
+        ),
     ):
         pass  # no figure of their own: counted through the steps and runs above
     else:

@@ -270,6 +270,11 @@ class RunEvent:
     currency: str
     body: EventBody
 
+    @property
+    def event_id(self) -> str:
+        """The deterministic id consumers dedupe on: `<run_id>/<sequence>`."""
+        return f"{self.run_id}/{self.sequence}"
+
 
 # --- requests to other services -----------------------------------------------------------------
 

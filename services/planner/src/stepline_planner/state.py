@@ -172,8 +172,9 @@ class Run:
     failure_message: str = ""
     wrap_up_limit: Reason = Reason.UNSPECIFIED
     steps_taken: int = 0
-    # Tool calls given up on (deadline, run ended) that may still be billed; `deadline` is when
-    # the planner stops waiting for their result. A result settles one: its cost is counted.
+    # Calls given up on that may still be billed: tool calls (deadline, run ended) and model
+    # requests a retry superseded; `deadline` is when the planner stops waiting for their
+    # result. A result settles one: its cost is counted.
     unsettled: tuple[PendingStep, ...] = ()
     # The run has ended but its terminal event waits for `unsettled` (so its cost is the ledger's).
     end_held: bool = False
