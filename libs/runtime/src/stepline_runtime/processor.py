@@ -326,17 +326,13 @@ class TransactionalProcessor:
             for record in inputs:
                 for out in await self._outputs(inbound(record)):
                     sends.append(await self._send(task, out))
-            if offsets:
-                # Adding the offsets runs beside the produce requests rather than after their
-                # acknowledgements: one round trip less per transaction, same atomicity (the
-                # commit still waits for every send).
-                adding = asyncio.ensure_future(
-                    producer.send_offsets_to_transaction(offsets, self._config.app_id)
-                )
-                adding.add_done_callback(_retrieve)
-                sends.append(adding)
             if sends:
                 await asyncio.gather(*sends)
+            # The offsets only after every send is acknowledged: adding them while the produce
+            # requests were in flight (one round trip less, in theory) stalled aiokafka's sender
+            # for up to ~0.5 s per transaction (full stack at 10 runs in flight: 176 -> 35 steps/s).
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self._config.app_id)
             await producer.commit_transaction()
             TRANSACTIONS.labels(self._config.app_id, "committed").inc()
         except _FATAL as error:
