@@ -83,7 +83,6 @@ __all__ = [
     "run_to_proto",
     "session_from_proto",
     "session_to_proto",
-    "timestamp_to_proto",
     "tool_cancel_to_proto",
     "tool_request_to_proto",
     "tool_result_from_proto",
@@ -99,20 +98,7 @@ class ConversionError(BadInputError):
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
-    return None if value is None else timestamp_to_proto(value)
-
-
-def timestamp_to_proto(value: datetime) -> Timestamp:
-    """A datetime as Timestamp (a naive one is local time)."""
-    if value.tzinfo is None:  # naive: local time, as `astimezone` reads it
-        value = value.astimezone(UTC)
-    # Arithmetic on the aware value instead of `FromDatetime` (a time tuple and `timegm` per
-    # call, a tenth of a snapshot's cost); `timedelta` normalises like Timestamp: nanos >= 0.
-    delta = value - _EPOCH
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+    return None if value is None else wire.timestamp_to_proto(value)
 
 
 def _dt(stamp: Timestamp, present: bool = True) -> datetime | None:

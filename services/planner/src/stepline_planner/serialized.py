@@ -30,6 +30,7 @@ from stepline.v1 import common_pb2, model_pb2, planner_state_pb2, runs_pb2
 from stepline_planner import convert
 from stepline_planner import outputs as o
 from stepline_planner.state import Message, PendingStep, Run
+from stepline_vocab import wire
 
 __all__ = ["model_request_bytes", "run_event_bytes", "run_state_bytes"]
 
@@ -100,7 +101,7 @@ def _int_field(tag: bytes, value: int) -> bytes:
 
 @lru_cache(maxsize=256)  # every event of an input shares its time
 def _occurred_at(when: datetime) -> bytes:
-    stamp = convert.timestamp_to_proto(when).SerializeToString(deterministic=True)
+    stamp = wire.timestamp_to_proto(when).SerializeToString(deterministic=True)
     return _OCCURRED_AT + _varint(len(stamp)) + stamp
 
 
