@@ -122,6 +122,17 @@ async def test_a_member_joins_with_one_join_request_so_its_join_alone_never_reba
         await member.stop()
 
 
+async def _assigned_soon_after_it_appears(
+    admin: AIOKafkaAdminClient, topic: str, held: Callable[[], frozenset[int]]
+) -> None:
+    """With the member holding nothing, create `topic` (2 partitions): both held within 30 s."""
+    assert held() == frozenset()
+    await create_topics(admin, topic, partitions=2)
+    appeared = time.monotonic()
+    await _until(lambda: len(held()) == 2, timeout_s=60)
+    assert time.monotonic() - appeared < 30
+
+
 async def test_partitions_missing_from_the_leaders_metadata_are_assigned_soon_after_they_appear(
     kafka: KafkaSettings, admin: AIOKafkaAdminClient, unique: Callable[[str], str]
 ) -> None:
@@ -142,11 +153,7 @@ async def test_partitions_missing_from_the_leaders_metadata_are_assigned_soon_af
     await member.start()
     try:
         await _until(lambda: seen.assigned() is not None)  # joined, with nothing to assign
-        assert seen.assigned() == frozenset()
-        await create_topics(admin, topic, partitions=2)
-        appeared = time.monotonic()
-        await _until(lambda: len(seen.assigned() or ()) == 2, timeout_s=60)
-        assert time.monotonic() - appeared < 30
+        await _assigned_soon_after_it_appears(admin, topic, lambda: seen.assigned() or frozenset())
     finally:
         await member.stop()
 
@@ -181,11 +188,7 @@ async def test_the_transactional_processor_gets_partitions_of_a_late_topic_withi
     running = asyncio.create_task(processor.run())
     try:
         await asyncio.sleep(5)  # joined the group, with nothing to assign
-        assert processor.partitions == frozenset()
-        await create_topics(admin, topic, partitions=2)
-        appeared = time.monotonic()
-        await _until(lambda: len(processor.partitions) == 2, timeout_s=60)
-        assert time.monotonic() - appeared < 30
+        await _assigned_soon_after_it_appears(admin, topic, lambda: processor.partitions)
     finally:
         processor.stop()
         await asyncio.wait_for(running, 30)

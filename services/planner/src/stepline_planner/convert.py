@@ -585,6 +585,22 @@ def event_body_to_proto(event: o.RunEvent) -> EventBodyProto:
     assert_never(b)
 
 
+# StepCompleted fields copied as they are (strings and a flag), when set.
+_STEP_PLAIN_FIELDS = (
+    "route",
+    "provider",
+    "model",
+    "deployment",
+    "tool",
+    "output_truncated",
+    "error_message",
+    "output",
+    "content",
+    "model_tool_call_id",
+    "recorded_call_id",
+)
+
+
 def _step_completed(b: o.StepCompleted, currency: str) -> runs_pb2.StepCompleted:
     step = runs_pb2.StepCompleted(
         step_id=b.step_id,
@@ -598,36 +614,18 @@ def _step_completed(b: o.StepCompleted, currency: str) -> runs_pb2.StepCompleted
     )
     # Most fields are empty for a given kind of step: set only the others (an empty string,
     # zero or list serialises like an unset one), so a step costs what it carries.
-    if b.route:
-        step.route = b.route
-    if b.provider:
-        step.provider = b.provider
-    if b.model:
-        step.model = b.model
-    if b.deployment:
-        step.deployment = b.deployment
+    for name in _STEP_PLAIN_FIELDS:
+        value = getattr(b, name)
+        if value:
+            setattr(step, name, value)
     if b.finish_reason:
         step.finish_reason = _finish(b.finish_reason)
     if b.requested_tools:
         step.requested_tools.extend(b.requested_tools)
-    if b.tool:
-        step.tool = b.tool
     if b.tool_error_kind:
         step.tool_error_kind = _tool_error(b.tool_error_kind)
-    if b.output_truncated:
-        step.output_truncated = True
-    if b.error_message:
-        step.error_message = b.error_message
-    if b.output:
-        step.output = b.output
-    if b.content:
-        step.content = b.content
     if b.tool_calls:
         step.tool_calls.extend(wire.tool_call_to_proto(t) for t in b.tool_calls)
-    if b.model_tool_call_id:
-        step.model_tool_call_id = b.model_tool_call_id
-    if b.recorded_call_id:
-        step.recorded_call_id = b.recorded_call_id
     return step
 
 
