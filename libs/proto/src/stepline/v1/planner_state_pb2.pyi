@@ -238,8 +238,9 @@ class RunState(_message.Message):
 
     @_builtins.property
     def unsettled_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingStep]:
-        """Tool calls given up on (step deadline, run ended) whose result may still carry a cost; their
-        deadline is when the planner stops waiting for it.
+        """Calls given up on whose result may still carry a cost (a tool call at its step deadline or
+        the run's end, a model request a retry superseded); their deadline is when the planner stops
+        waiting for it.
         """
 
     @_builtins.property
