@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -132,6 +133,17 @@ def broker_process(port: int = 9092) -> psutil.Process | None:
     return None
 
 
+# prctl(2) option: the signal a child gets when the thread that started it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: end with the benchmark even when it is killed (SIGKILL, ^C in
+    the middle of a level), instead of loading the machine as an orphan (Linux only)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Service:
     """One service process started by the benchmark, with its CPU time and peak RSS."""
 
@@ -143,7 +155,9 @@ class Service:
         self.ready_file = Path(env.get("STEPLINE_READY_FILE") or log.with_suffix(".ready"))
         env = {**env, "STEPLINE_READY_FILE": str(self.ready_file)}
         with log.open("ab") as sink:
-            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+            self.popen = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=sink, stderr=sink, preexec_fn=_die_with_parent
+            )
         self.process = psutil.Process(self.popen.pid)
         self.log = log
 
