@@ -31,10 +31,7 @@ BIN_DIR ?= $(shell [ -w /usr/local/bin ] && echo /usr/local/bin || echo $(HOME)/
 
 .venv/.installed: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml
 	$(UV) sync --frozen --all-packages
-	@mkdir -p $(BIN_DIR)
-	@printf '#!/bin/sh\n# Installed by `make install` in %s: runs its stepline CLI.\nexec "%s/.venv/bin/stepline" "$$@"\n' \
-	  "$(CURDIR)" "$(CURDIR)" > $(BIN_DIR)/stepline && chmod +x $(BIN_DIR)/stepline
-	@echo "stepline is on PATH: $(BIN_DIR)/stepline runs this checkout's CLI"
+	@sh scripts/install_launcher.sh "$(BIN_DIR)" "$(CURDIR)"
 	@touch $@
 
 install: .venv/.installed ## Install uv, Python 3.11 packages (one lock file) and dev tools

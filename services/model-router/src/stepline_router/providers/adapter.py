@@ -8,6 +8,7 @@ framing (`frames`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ def request_headers(
     return headers
 
 
-class HttpAdapter:
+class HttpAdapter(ABC):
     """One attempt over HTTP, non-streamed or streamed; subclasses supply the wire format."""
 
     # Whether a trailing assistant turn is continued (prefill); see `Provider`.
@@ -82,22 +83,23 @@ class HttpAdapter:
             self._client, request, limits, self.needs_bytes, allow_private=self._private_images
         )
 
+    @abstractmethod
     def _request(
         self, deployment: Deployment, request: ModelRequest, credential: str | None, stream: bool
     ) -> tuple[str, dict[str, str], Body]:
         """URL, headers and body of one attempt."""
-        raise NotImplementedError
 
+    @abstractmethod
     def parse(self, data: Any, status: int, request: ModelRequest) -> Completion:
         """The answer of a non-streamed response body."""
-        raise NotImplementedError
 
+    @abstractmethod
     def chunk_parser(self, request: ModelRequest) -> ChunkParser:
         """A fresh parser for one streamed response."""
-        raise NotImplementedError
 
     def _stream_ended(self, parser: ChunkParser) -> None:
         """Called once a stream stops, however it stopped (nothing to do by default)."""
+        return None
 
     async def complete(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from stepline_router.errors import Outcome, ProviderError
@@ -63,7 +64,7 @@ class CallNumbers:
         return self._numbers.setdefault(index, len(self._numbers))
 
 
-class EventParser:
+class EventParser(ABC):
     """A stream of JSON-object events that ends at one event (`done`); a `ChunkParser` base.
 
     Subclasses turn one decoded event into deltas (`_deltas`) and set `done` at their end
@@ -99,5 +100,6 @@ class EventParser:
         except SHAPE_ERRORS as error:
             raise wrong_shape(f"{kind} event", error, status) from error
 
+    @abstractmethod
     def _deltas(self, kind: str, data: dict[str, Any], status: int) -> list[Delta]:
-        raise NotImplementedError
+        """The deltas of one well-formed event of kind `kind` (the wire format's own part)."""
