@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import random
 
 import httpx
 import pytest
 
-from stepline_router.app import build_providers
-from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.errors import Outcome
 from stepline_router.router import CallSucceeded, Router
 from stepline_router.routes import RoutesConfig
 from stepline_router.stream import TextDelta, ToolCallDelta
 from tests.router.fakes import FakeProvider, Reply, openai_chunks, openai_completion
-from tests.router.support import BOOK, request, routes, weather_tool
+from tests.router.support import http_router, request, routes, weather_tool
 
 CALL = {"tool": "get_weather", "arguments": {"city": "Paris"}}
 
@@ -33,15 +30,7 @@ def _config(small: str, big: str, style: str = "openai") -> RoutesConfig:
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
-    clock = SystemClock()
-    return Router(
-        routes=lambda: config,
-        prices=lambda: BOOK,
-        providers=build_providers(client, clock),
-        credentials=StaticCredentials({}),
-        clock=clock,
-        random=random.Random(7).random,
-    )
+    return http_router(config, client, StaticCredentials({}))
 
 
 @pytest.mark.parametrize("style", ["openai", "json_object"])

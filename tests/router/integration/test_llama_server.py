@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -14,7 +13,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from stepline_pricebook import PriceBook
-from stepline_router.app import build_providers
 from stepline_router.clock import SystemClock
 from stepline_router.credentials import StaticCredentials
 from stepline_router.devkey import DevKeyAuthenticator, UnmeteredQuotas
@@ -27,7 +25,7 @@ from stepline_router.stream import TextDelta
 from stepline_router.types import FinishReason, ModelRequest, Params, ToolChoice, Usage
 from tests.llama import LLAMA_N_CTX as N_CTX
 from tests.llama import MODEL_ALIAS, LlamaServer
-from tests.router.support import request, routes, weather_tool
+from tests.router.support import http_router, request, routes, weather_tool
 
 BOOK = PriceBook.parse(
     f"""
@@ -71,15 +69,7 @@ def _routes(server: LlamaServer, *, window: int = N_CTX, extra: str = "") -> Rou
 
 
 def _router(config: RoutesConfig, client: httpx.AsyncClient) -> Router:
-    clock = SystemClock()
-    return Router(
-        routes=lambda: config,
-        prices=lambda: BOOK,
-        providers=build_providers(client, clock),
-        credentials=StaticCredentials({}),
-        clock=clock,
-        random=random.Random(7).random,
-    )
+    return http_router(config, client, StaticCredentials({}), BOOK)
 
 
 async def _direct(client: httpx.AsyncClient, server: LlamaServer, **body: Any) -> dict[str, Any]:
