@@ -43,28 +43,13 @@ from stepline_runtime.records import InboundRecord, OutboundRecord
 
 __all__ = ["main", "measure"]
 
+from bench.apps.agent import AGENTS, GOAL
+
 RESULTS = Path(__file__).parent / "results" / "planner_handler.json"
 RUNS_IN_FLIGHT = 100
 RUNS = 2_000
 STEPS_PER_RUN = 4
 TENANT = "acme"
-GOAL = "What is 1234 * 5678, and what do the support tickets say about refunds?"
-
-AGENTS = """
-[planner]
-finished_retention_s = 3600
-
-[agents.stack]
-system_prompt = "You are a support agent. Use the tools, then answer briefly."
-route = "local"
-tools = ["calculator", "search_documents"]
-max_steps = 10
-max_parallel_tool_calls = 4
-run_deadline_s = 600
-model_step_deadline_s = 120
-tool_step_deadline_s = 120
-max_output_tokens = 200
-"""
 
 _SCHEMA_CALC = json.dumps(
     {

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.apps.agent import AGENTS, GOAL
 from bench.apps.stack import (
     ROOT,
     ClosedLoop,
@@ -55,24 +56,6 @@ SERVICES = (PLANNER, ROUTER, EXECUTOR, BILLING)
 LEVELS = [(1, 20), (10, 60), (100, 300), (1_000, 1_000)]
 QUICK_LEVELS = [(1, 5), (10, 20), (100, 100)]
 WARMUP_RUNS = 10
-GOAL = "What is 1234 * 5678, and what do the support tickets say about refunds?"
-
-AGENTS = """
-[planner]
-session_busy = "queue"
-finished_retention_s = 3600
-
-[agents.stack]
-system_prompt = "You are a support agent. Use the tools, then answer briefly."
-route = "local"
-tools = ["calculator", "search_documents"]
-max_steps = 10
-max_parallel_tool_calls = 4
-run_deadline_s = 600
-model_step_deadline_s = 120
-tool_step_deadline_s = 120
-max_output_tokens = 200
-"""
 
 TOOLS = f"""
 [defaults]
